@@ -1,0 +1,182 @@
+"""Batched, XLA-compilable, stateless-seeded augmentation run on the device inside the replicated step."""
+
+import dataclasses
+
+import tensorflow as tf
+
+# Multiples of the deepest encoder stride (EfficientNet / U-Net): decoders need exact 2x up-sampling.
+_STRIDE = 32
+_MAX_PIXEL = 255.0
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """What augment_batch does; all magnitudes are half-widths of uniform ranges."""
+
+    crop_height: int | None = None  # None: no crop (full input height)
+    crop_width: int | None = None
+    hflip: bool = True
+    vflip: bool = True
+    brightness: float = 0.1  # max additive delta, in [0, 1] units of full scale
+    contrast: float = 0.1  # factor in [1 - c, 1 + c] around each image's mean
+    gamma: float = 0.1  # exponent in [1 - g, 1 + g]
+    cutout: int = 0  # number of zeroed boxes per image; 0 = off
+    cutout_size: tuple[int, int] = (32, 32)  # (height, width) of each box
+    label_from_crop: bool = True  # classifier labels from the augmented (cropped) mask
+
+    def __post_init__(self):
+        for name in ("crop_height", "crop_width"):
+            value = getattr(self, name)
+            if value is not None and (value <= 0 or value % _STRIDE):
+                raise ValueError(f"AugmentConfig.{name}={value}: must be a positive multiple of {_STRIDE}")
+        for name in ("brightness", "contrast"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"AugmentConfig.{name}={getattr(self, name)}: must be in [0, 1]")
+        if not 0.0 <= self.gamma < 1.0:
+            raise ValueError(f"AugmentConfig.gamma={self.gamma}: must be in [0, 1) (the exponent must stay > 0)")
+        if self.cutout < 0:
+            raise ValueError(f"AugmentConfig.cutout={self.cutout}: must be >= 0")
+        if len(self.cutout_size) != 2 or min(self.cutout_size) <= 0:
+            raise ValueError(f"AugmentConfig.cutout_size={self.cutout_size}: must be two positive ints (h, w)")
+
+
+def eval_preprocess(images):
+    """uint8 [B,H,W,3] -> float32 0..255, no augmentation (the encoders normalise inside)."""
+    return tf.cast(images, tf.float32)
+
+
+def labels_from_masks(masks):
+    """float32 [B, C]: 1 where class c has any pixel > 0.5 in the (possibly cropped) mask."""
+    present = tf.reduce_max(tf.cast(masks, tf.float32), axis=[1, 2]) > 0.5
+    return tf.cast(present, tf.float32)
+
+
+def any_defect(masks):
+    """float32 [B, 1]: 1 where any class is present (the binary classifier's target)."""
+    return tf.reduce_max(labels_from_masks(masks), axis=1, keepdims=True)
+
+
+def classifier_labels(masks, augmented_masks, *, config):
+    """[B, C] classifier targets: from the augmented mask if config.label_from_crop, else the original."""
+    # From the crop by default: a crop that misses every defect pixel is a clean image as far as the model
+    # can see, and keeping the full image's positive label would train it on targets its input cannot support.
+    return labels_from_masks(augmented_masks if config.label_from_crop else masks)
+
+
+def augment_batch(images, masks, *, seed, config):
+    """Augment uint8 images [B,H,W,3] and masks [B,H,W,C] with a [2] int seed -> float32 [B,ch,cw,3], [B,ch,cw,C]."""
+    images, masks = tf.convert_to_tensor(images), tf.convert_to_tensor(masks)
+    batch, height, width, crop_h, crop_w = _check_inputs(images, masks, config)
+    geometry_seed, photometric_seed, cutout_seed = _split(_check_seed(seed), num=3)
+    channels = images.shape[-1]
+    # One gather per axis over image and mask together: they cannot get different windows or flips.
+    both = tf.concat([images, masks], axis=-1)
+    both = _crop_and_flip(both, seed=geometry_seed, crop=(crop_h, crop_w), size=(height, width), config=config)
+    both = tf.cast(both, tf.float32)
+    out_images, out_masks = both[..., :channels], both[..., channels:]
+    out_images = _photometric(out_images, seed=photometric_seed, batch=batch, config=config)
+    if config.cutout:
+        out_images = _cutout(out_images, seed=cutout_seed, batch=batch, config=config)
+    return out_images, out_masks
+
+
+def _check_inputs(images, masks, config):
+    if images.dtype != tf.uint8 or masks.dtype != tf.uint8:
+        raise TypeError(f"augment_batch: images and masks must be uint8, got {images.dtype} and {masks.dtype}")
+    if images.shape.rank != 4 or not images.shape.is_fully_defined():
+        raise ValueError(f"augment_batch: images need a static [B,H,W,3] shape (TPU), got {images.shape}")
+    if masks.shape[:3] != images.shape[:3] or not masks.shape.is_fully_defined():
+        raise ValueError(f"augment_batch: masks {masks.shape} must be static and match images {images.shape}")
+    batch, height, width, _ = images.shape
+    crop_h = height if config.crop_height is None else config.crop_height
+    crop_w = width if config.crop_width is None else config.crop_width
+    if crop_h > height or crop_w > width:
+        raise ValueError(f"augment_batch: crop {crop_h}x{crop_w} is larger than the input {height}x{width}")
+    if config.cutout and (config.cutout_size[0] > crop_h or config.cutout_size[1] > crop_w):
+        raise ValueError(f"augment_batch: cutout_size {config.cutout_size} exceeds the crop {crop_h}x{crop_w}")
+    return batch, height, width, crop_h, crop_w
+
+
+def _check_seed(seed):
+    seed = tf.convert_to_tensor(seed)
+    if seed.shape != [2] or not seed.dtype.is_integer:
+        raise ValueError(f"augment_batch: seed must be an integer tensor of shape [2], got {seed.dtype} {seed.shape}")
+    return _canonical(seed)
+
+
+def _canonical(seed):
+    """The [2] seed with each element reduced to 31 bits (int64)."""
+    # The TF and XLA kernels of the stateless RNG ops agree only for seed elements in [0, 2**31) (measured on
+    # CPU: negative or wider elements give different streams); keeping seeds there lets an eager debugging
+    # run reproduce the jitted step exactly.
+    return tf.bitwise.bitwise_and(tf.cast(seed, tf.int64), 0x7FFFFFFF)
+
+
+def _split(seed, *, num):
+    """`num` independent canonical [2] seeds derived from one."""
+    return tf.unstack(_canonical(tf.random.experimental.stateless_split(seed, num=num)))
+
+
+def _axis_indices(*, seed, batch, crop, size, flip):
+    """[B, crop] source indices along one axis: a random window start, reversed where the example flips."""
+    start_seed, flip_seed = _split(seed, num=2)
+    start = tf.random.stateless_uniform([batch, 1], seed=start_seed, minval=0, maxval=size - crop + 1, dtype=tf.int32)
+    steps = tf.range(crop, dtype=tf.int32)[None, :]
+    if flip:
+        flipped = tf.random.stateless_uniform([batch, 1], seed=flip_seed, minval=0, maxval=2, dtype=tf.int32) > 0
+        steps = tf.where(flipped, crop - 1 - steps, steps)
+    return start + steps
+
+
+def _crop_and_flip(both, *, seed, crop, size, config):
+    """Per-example window + flips as index gathers: static output shape, exact pixels, XLA kernels everywhere
+    (unlike ImageProjectiveTransform or crop_and_resize, which interpolates)."""
+    batch = both.shape[0]
+    row_seed, col_seed = _split(seed, num=2)
+    rows = _axis_indices(seed=row_seed, batch=batch, crop=crop[0], size=size[0], flip=config.vflip)
+    cols = _axis_indices(seed=col_seed, batch=batch, crop=crop[1], size=size[1], flip=config.hflip)
+    both = tf.gather(both, rows, axis=1, batch_dims=1)
+    return tf.gather(both, cols, axis=2, batch_dims=1)
+
+
+def _uniform(seed, batch, half_width, center=0.0):
+    """[B,1,1,1] per-example draws in center ± half_width, broadcastable over pixels."""
+    # Built from 24-bit integer draws: float stateless_uniform's XLA kernel turns bits into floats
+    # differently from the TF kernel (measured on CPU), integer draws agree, so a jitted step and an
+    # eager debugging run see the same numbers. 2**24 values are exact in float32.
+    bits = tf.random.stateless_uniform([batch, 1, 1, 1], seed=seed, minval=0, maxval=1 << 24, dtype=tf.int32)
+    unit = tf.cast(bits, tf.float32) * (1.0 / (1 << 24))
+    return center + half_width * (2.0 * unit - 1.0)
+
+
+def _photometric(images, *, seed, batch, config):
+    """Gamma, then contrast around the image mean, then brightness; one draw per example for all channels."""
+    gamma_seed, contrast_seed, brightness_seed = _split(seed, num=3)
+    if config.gamma:
+        # Gamma first, while the input is still inside 0..255, so the power never sees a negative base.
+        images = _MAX_PIXEL * tf.pow(images / _MAX_PIXEL, _uniform(gamma_seed, batch, config.gamma, center=1.0))
+    if config.contrast:
+        mean = tf.reduce_mean(images, axis=[1, 2, 3], keepdims=True)
+        images = (images - mean) * _uniform(contrast_seed, batch, config.contrast, center=1.0) + mean
+    if config.brightness:
+        images = images + _MAX_PIXEL * _uniform(brightness_seed, batch, config.brightness)
+    return tf.clip_by_value(images, 0.0, _MAX_PIXEL)
+
+
+def _cutout(images, *, seed, batch, config):
+    """Zero config.cutout boxes of config.cutout_size per image, each fully inside the image."""
+    # The mask is left unchanged: as in the Cutout paper the box is an occlusion, not a removal. The steel
+    # and its defect are still there, so the target keeps them and the model learns to complete a defect
+    # from the context around the box (removal is what a crop does, and there the target follows).
+    _, height, width, _ = images.shape
+    box_h, box_w = config.cutout_size
+    row_seed, col_seed = _split(seed, num=2)
+    shape = [batch, config.cutout, 1, 1]
+    top = tf.random.stateless_uniform(shape, seed=row_seed, minval=0, maxval=height - box_h + 1, dtype=tf.int32)
+    left = tf.random.stateless_uniform(shape, seed=col_seed, minval=0, maxval=width - box_w + 1, dtype=tf.int32)
+    rows = tf.range(height, dtype=tf.int32)[None, None, :, None]
+    cols = tf.range(width, dtype=tf.int32)[None, None, None, :]
+    # Comparisons against iota instead of scatter: dense, static-shaped, cheap for the TPU's vector units.
+    inside = (rows >= top) & (rows < top + box_h) & (cols >= left) & (cols < left + box_w)
+    covered = tf.reduce_any(inside, axis=1)[..., None]
+    return tf.where(covered, tf.zeros_like(images), images)

@@ -1,0 +1,258 @@
+"""Pack a source into TFRecord shards with stratified folds: plan, write in parallel, resume, manifest last."""
+
+import hashlib
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from steel_tpu import kaggle, rle, storage
+from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
+from steel_tpu.data import example, tfrecord
+from steel_tpu.data.folds import assign_folds
+from steel_tpu.data.source import SourceError, scan
+
+MANIFEST = "manifest.json"
+PLAN = "_plan.json"  # the plan's digest + shards finished so far; exists only while a build is unfinished
+SHARD_GLOB = {"train": "train-f*-*-of-*.tfrec", "test": "test-*-of-*.tfrec"}
+_TEMP_GLOB = ".tmp-*"  # storage.atomic_write's local temp files, left behind only by a killed writer
+_MB = 1_000_000
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One planned shard: its file name, its fold (-1 for test) and its images in record order."""
+
+    name: str
+    fold: int
+    image_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Summary:
+    out: str
+    images: int
+    shards: int
+    kept: int  # shards intact from a previous run, not rewritten
+    written_images: int
+    bytes: int
+    skipped: int
+    seconds: float
+
+    def __str__(self):
+        rate = f"{self.written_images / max(self.seconds, 1e-9):.0f} images/s" if self.written_images else "all kept"
+        return (f"{self.images} images in {self.shards} shards ({self.kept} kept), {self.bytes / _MB:.1f} MB, "
+                f"{rate}, {self.skipped} skipped -> {self.out}")
+
+
+def shard_name(*, split, fold, index, count):
+    if split == "train":
+        return f"train-f{fold}-{index:05d}-of-{count:05d}.tfrec"
+    return f"test-{index:05d}-of-{count:05d}.tfrec"
+
+
+def plan_shards(source, *, folds, seed, shard_mb):
+    """The shards of a scanned source, a pure function of (source, folds, seed, shard_mb) so a re-run agrees.
+
+    Each fold gets round(bytes / shard_mb) shards, at least one, in a seeded order that mixes the classes.
+    """
+    if shard_mb <= 0:
+        raise ValueError(f"shard_mb must be > 0, got {shard_mb}")
+    if source.split == "train":
+        try:
+            fold_of = assign_folds({i: source.labels.present(i) for i in source.paths}, k=folds, seed=seed)
+        except ValueError as e:
+            raise SourceError(f"{source.images_dir}: {e}") from None
+        groups = {f: [i for i in source.paths if fold_of[i] == f] for f in range(folds)}
+        groups = {f: [ids[j] for j in np.random.default_rng([seed, f]).permutation(len(ids))]
+                  for f, ids in groups.items()}
+    else:
+        groups = {-1: sorted(source.paths)}
+    specs = []
+    for fold, ids in groups.items():
+        count = max(1, round(sum(source.sizes[i] for i in ids) / (shard_mb * _MB)))
+        for index, chunk in enumerate(np.array_split(np.array(ids, dtype=object), count)):
+            name = shard_name(split=source.split, fold=fold, index=index, count=count)
+            specs.append(ShardSpec(name=name, fold=fold, image_ids=tuple(chunk)))
+    return specs
+
+
+def build_shards(*, data, out, folds=5, seed=0, shard_mb=100.0, split="train", workers=None, overwrite=False,
+                 skip_bad=False, progress=True, _after_shard=None):
+    """Write the shards of `data` under `out` (local or gs://) and the manifest last; resume unless overwrite.
+
+    `_after_shard(n_written)` is a test hook run after each finished shard (to interrupt a build).
+    """
+    start = time.perf_counter()
+    workers = workers or os.cpu_count()
+    source = scan(data, split=split, workers=workers, skip_bad=skip_bad)
+    specs = plan_shards(source, folds=folds, seed=seed, shard_mb=shard_mb)
+    plan_sha256 = _plan_digest(source, specs, folds=folds, seed=seed, shard_mb=shard_mb)
+    storage.makedirs(out)
+    previous = {} if overwrite else _previous(out, plan_sha256, split=split)
+    # The plan goes down before anything is removed or written, so an interruption from here on can resume.
+    _write_json(storage.join(out, PLAN), {"plan_sha256": plan_sha256, "shards": list(previous.values())})
+    storage.remove(storage.join(out, MANIFEST))
+    _remove_stale(out, split=split, keep=set() if overwrite else {s.name for s in specs})
+    done = {s.name: previous[s.name] for s in specs
+            if s.name in previous and _intact(storage.join(out, s.name), previous[s.name])}
+    todo = [s for s in specs if s.name not in done]
+    _write_all(todo, done, source=source, out=out, plan_sha256=plan_sha256, workers=workers, progress=progress,
+               after_shard=_after_shard)
+    manifest = _manifest(source, specs, done, data=data, folds=folds, seed=seed, shard_mb=shard_mb,
+                         plan_sha256=plan_sha256)
+    _write_json(storage.join(out, MANIFEST), manifest)
+    storage.remove(storage.join(out, PLAN))
+    return Summary(out=str(out), images=manifest["records"], shards=len(specs), kept=len(specs) - len(todo),
+                   written_images=sum(len(s.image_ids) for s in todo), bytes=manifest["bytes"],
+                   skipped=len(source.skipped), seconds=time.perf_counter() - start)
+
+
+def _write_all(todo, done, *, source, out, plan_sha256, workers, progress, after_shard):
+    """Write the shards of `todo` in parallel, one writer per shard, recording each in the plan file as it lands."""
+    bar = tqdm(total=sum(len(s.image_ids) for s in todo), unit="img", disable=not progress, desc="shards")
+    lock = threading.Lock()
+
+    def tick():
+        with lock:
+            bar.update(1)
+
+    stop = threading.Event()
+    # Threads, not processes: reading, CRC, hashing and writing release the GIL, and workers start instantly.
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        futures = [pool.submit(_write_shard, s, source=source, out=out, on_image=tick, stop=stop) for s in todo]
+        for future in as_completed(futures):
+            stats = future.result()
+            done[stats["name"]] = stats
+            _write_json(storage.join(out, PLAN), {"plan_sha256": plan_sha256, "shards": list(done.values())})
+            if after_shard:
+                after_shard(len(done))
+    finally:
+        stop.set()  # on an error or Ctrl-C, writers abandon their shard (its temp file goes) instead of finishing
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+
+
+class _Stopped(Exception):
+    """Raised inside a shard writer when the build is being abandoned."""
+
+
+def _write_shard(spec, *, source, out, on_image, stop):
+    """Stream one shard to its final name (atomically) and return its manifest entry."""
+    digest, size, class_counts = hashlib.sha256(), 0, [0] * NUM_CLASSES
+    with storage.atomic_write(storage.join(out, spec.name), "wb") as f:
+        for image_id in spec.image_ids:
+            if stop.is_set():
+                raise _Stopped(spec.name)
+            rles = source.labels.rles[image_id] if source.labels else kaggle.EMPTY
+            record = example.serialize(
+                image_id=image_id,
+                jpeg_bytes=storage.read_bytes(source.paths[image_id]),
+                height=HEIGHT,
+                width=WIDTH,
+                rles=rles,
+                areas=[rle.area(r) for r in rles],
+                fold=spec.fold,
+            )
+            framed = tfrecord.frame(record)
+            f.write(framed)
+            digest.update(framed)
+            size += len(framed)
+            class_counts = [n + bool(r) for n, r in zip(class_counts, rles)]
+            on_image()
+    return {"name": spec.name, "fold": spec.fold, "records": len(spec.image_ids), "class_counts": class_counts,
+            "bytes": size, "sha256": digest.hexdigest()}
+
+
+def _plan_digest(source, specs, *, folds, seed, shard_mb):
+    # Image sizes stand in for their bytes: a replaced image of another size makes a new plan.
+    doc = {
+        "schema_version": example.SCHEMA_VERSION,
+        "split": source.split,
+        "csv_sha256": source.csv_sha256,
+        "folds": folds,
+        "seed": seed,
+        "shard_mb": shard_mb,
+        "shards": [[s.name, [[i, source.sizes[i]] for i in s.image_ids]] for s in specs],
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _previous(out, plan_sha256, *, split):
+    """Manifest entries of shards a previous build of the same plan finished: {name: entry}."""
+    manifest_path = storage.join(out, MANIFEST)
+    if storage.exists(manifest_path):
+        other = json.loads(storage.read_text(manifest_path)).get("split")
+        if other != split:
+            raise SourceError(f"{manifest_path}: {out} holds {other} shards; use another --out or --overwrite")
+    for path in (storage.join(out, PLAN), manifest_path):
+        if storage.exists(path):
+            doc = json.loads(storage.read_text(path))
+            if doc.get("plan_sha256") == plan_sha256:
+                return {s["name"]: s for s in doc["shards"]}
+    return {}
+
+
+def _remove_stale(out, *, split, keep):
+    """Remove this split's shard files outside the plan and temp files of a killed writer."""
+    for path in storage.glob(storage.join(out, SHARD_GLOB[split])) + storage.glob(storage.join(out, _TEMP_GLOB)):
+        if os.path.basename(path) not in keep:
+            storage.remove(path)
+
+
+def _intact(path, entry):
+    if not storage.exists(path) or storage.size(path) != entry["bytes"]:
+        return False
+    return file_sha256(path) == entry["sha256"]
+
+
+def file_sha256(path, *, chunk=1 << 20):
+    digest = hashlib.sha256()
+    with storage.open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_json(path, doc):
+    storage.write_text(path, json.dumps(doc, indent=1) + "\n")
+
+
+def _manifest(source, specs, done, *, data, folds, seed, shard_mb, plan_sha256):
+    shards = [done[s.name] for s in specs]
+    fold_ids = sorted({s.fold for s in specs if s.fold >= 0})
+    return {
+        "schema_version": example.SCHEMA_VERSION,
+        "split": source.split,
+        "source": str(data),
+        "csv_sha256": source.csv_sha256,
+        "folds": folds if source.split == "train" else None,
+        "seed": seed,
+        "shard_mb": shard_mb,
+        "plan_sha256": plan_sha256,
+        **totals(shards),
+        "fold_totals": [fold_totals(shards, f) for f in fold_ids],
+        "shards": shards,
+        "skipped": [{"image_id": i, "reason": reason} for i, reason in source.skipped],
+    }
+
+
+def fold_totals(entries, fold):
+    """One fold's shard count and totals, from the manifest entries of all shards."""
+    mine = [e for e in entries if e["fold"] == fold]
+    return {"fold": fold, "shards": len(mine), **totals(mine)}
+
+
+def totals(entries):
+    """Records, per-class positive counts and bytes summed over manifest entries."""
+    return {
+        "records": sum(e["records"] for e in entries),
+        "class_counts": [sum(e["class_counts"][c] for e in entries) for c in range(NUM_CLASSES)],
+        "bytes": sum(e["bytes"] for e in entries),
+    }

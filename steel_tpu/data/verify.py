@@ -1,0 +1,181 @@
+"""Re-read a shard folder and check it against its manifest and, given the source, image by image."""
+
+import hashlib
+import json
+import os
+import posixpath
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from steel_tpu import kaggle, rle, storage
+from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
+from steel_tpu.data import example, tfrecord
+from steel_tpu.data.shards import MANIFEST, PLAN, SHARD_GLOB, fold_totals, totals
+from steel_tpu.data.source import locate
+
+_SHOWN = 20  # problems spelled out in the error; the rest are counted
+
+
+class VerifyError(ValueError):
+    """Shards that do not match their manifest or their source; the message names each shard and image."""
+
+
+@dataclass(frozen=True)
+class Report:
+    out: str
+    shards: int
+    records: int
+    bytes: int
+    source: str | None
+
+    def __str__(self):
+        checked = f"; every image of {self.source} round-trips and is in exactly one shard" if self.source else ""
+        return f"OK {self.out}: {self.shards} shards, {self.records} records, {self.bytes / 1e6:.1f} MB{checked}"
+
+
+@dataclass(frozen=True)
+class _Expected:
+    """What the source says each image must be: its file and its RLEs."""
+
+    paths: dict[str, str]
+    rles: dict[str, tuple[str, ...]]
+
+
+def verify(out, *, data=None, workers=None):
+    """Check every shard's bytes, sha256, records and class counts; with `data`, every image and mask too."""
+    manifest = _load_manifest(out)
+    entries = manifest["shards"]
+    on_disk = {posixpath.basename(p) for p in storage.glob(storage.join(out, SHARD_GLOB[manifest["split"]]))}
+    listed = {e["name"] for e in entries}
+    problems = [f"{n}: in {MANIFEST} but not in {out}" for n in sorted(listed - on_disk)]
+    problems += [f"{n}: a shard file that {MANIFEST} does not list" for n in sorted(on_disk - listed)]
+    problems += _check_totals(manifest)
+    expected = _expected(data, manifest) if data is not None else None
+    present = [e for e in entries if e["name"] in on_disk]
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+        results = list(pool.map(lambda e: _check_shard(out, e, expected), present))
+    seen = {}
+    for entry, (ids, shard_problems) in zip(present, results):
+        problems += shard_problems
+        for image_id in ids:
+            if image_id in seen:
+                problems.append(f"{image_id}: in both {seen[image_id]} and {entry['name']}")
+            seen.setdefault(image_id, entry["name"])
+    if expected is not None:
+        problems += [f"{i}: an image of {data} in no shard" for i in sorted(set(expected.paths) - set(seen))]
+    if problems:
+        shown = "; ".join(problems[:_SHOWN]) + (f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else "")
+        raise VerifyError(f"{out}: {len(problems)} problem(s): {shown}")
+    return Report(out=str(out), shards=len(entries), records=manifest["records"], bytes=manifest["bytes"],
+                  source=None if data is None else str(data))
+
+
+def _load_manifest(out):
+    path = storage.join(out, MANIFEST)
+    if not storage.exists(path):
+        unfinished = " (a build is unfinished: re-run the same shards command to resume)" if storage.exists(
+            storage.join(out, PLAN)) else ""
+        raise VerifyError(f"{path}: not found, not a finished shard folder{unfinished}")
+    manifest = json.loads(storage.read_text(path))
+    if manifest.get("schema_version") != example.SCHEMA_VERSION:
+        raise VerifyError(f"{path}: schema version {manifest.get('schema_version')}, this code reads "
+                          f"{example.SCHEMA_VERSION}")
+    return manifest
+
+
+def _check_totals(manifest):
+    """The manifest's own sums (totals, per fold) agree with its shard entries."""
+    problems = []
+    entries = manifest["shards"]
+    summed = totals(entries)
+    for key, value in summed.items():
+        if manifest[key] != value:
+            problems.append(f"{MANIFEST}: total {key} {manifest[key]} != {value} summed over its shards")
+    if manifest["split"] == "train":
+        for fold in range(manifest["folds"]):
+            mine = fold_totals(entries, fold)
+            theirs = next((t for t in manifest["fold_totals"] if t["fold"] == fold), None)
+            if mine["shards"] == 0:
+                problems.append(f"{MANIFEST}: fold {fold} has no shard")
+            if theirs != mine:
+                problems.append(f"{MANIFEST}: fold {fold} totals {theirs} != {mine} summed over its shards")
+    return problems
+
+
+def _expected(data, manifest):
+    """Every image the source holds minus those the manifest records as skipped."""
+    _, _, found, labels = locate(data, split=manifest["split"])
+    skipped = {s["image_id"] for s in manifest["skipped"]}
+    ids = (set(found) | set(labels.image_ids if labels else ())) - skipped
+    rles = labels.subset(sorted(ids)).rles if labels else dict.fromkeys(ids, kaggle.EMPTY)
+    # An id listed in the CSV but absent from the folder maps to no path: reading it reports it as missing.
+    return _Expected(paths={i: found.get(i) for i in ids}, rles=rles)
+
+
+class _HashingReader:
+    """A read-only view of a binary file that hashes and counts every byte read through it."""
+
+    def __init__(self, f):
+        self._f, self.sha256, self.bytes = f, hashlib.sha256(), 0
+
+    def read(self, n):
+        block = self._f.read(n)
+        self.sha256.update(block)
+        self.bytes += len(block)
+        return block
+
+
+def _check_shard(out, entry, expected):
+    """(image ids in record order, problems) of one shard against its manifest entry and the source."""
+    name, ids, problems, class_counts = entry["name"], [], [], [0] * NUM_CLASSES
+    with storage.open(storage.join(out, name), "rb") as raw:
+        reader = _HashingReader(raw)
+        try:
+            for index, serialized in enumerate(tfrecord.read_records(reader)):
+                record = example.parse_numpy(serialized)
+                ids.append(record[example.IMAGE_ID])
+                where = f"{name} record {index} ({record[example.IMAGE_ID]})"
+                problems += _check_record(record, where, fold=entry["fold"], expected=expected)
+                class_counts = [n + bool(p) for n, p in zip(class_counts, record[example.PRESENT])]
+        except (tfrecord.TFRecordError, DecodeError) as e:
+            problems.append(f"{name}: {e}")
+        while reader.read(1 << 20):  # after a broken record: hash the rest, so the checksum is checked too
+            pass
+    found = {"records": len(ids), "class_counts": class_counts, "bytes": reader.bytes,
+             "sha256": reader.sha256.hexdigest()}
+    problems += [f"{name}: {key} {found[key]} != {entry[key]} in {MANIFEST}" for key in found if found[key] != entry[key]]
+    return ids, problems
+
+
+def _check_record(record, where, *, fold, expected):
+    problems = []
+    if record[example.FOLD] != fold:
+        problems.append(f"{where}: fold {record[example.FOLD]}, its shard is fold {fold}")
+    if (record[example.HEIGHT], record[example.WIDTH]) != (HEIGHT, WIDTH):
+        problems.append(f"{where}: size {record[example.WIDTH]}x{record[example.HEIGHT]}, expected {WIDTH}x{HEIGHT}")
+    try:
+        areas = [rle.area(r) for r in record[example.RLE]]
+    except rle.RleError as e:
+        return [*problems, f"{where}: bad RLE ({e})"]
+    if areas != record[example.AREA] or [int(a > 0) for a in areas] != record[example.PRESENT]:
+        problems.append(f"{where}: area/present {record[example.AREA]}/{record[example.PRESENT]} disagree with its RLEs")
+    if expected is not None:
+        problems += _check_against_source(record, where, expected)
+    return problems
+
+
+def _check_against_source(record, where, expected):
+    image_id = record[example.IMAGE_ID]
+    if image_id not in expected.paths:
+        return [f"{where}: not an image of the source (or recorded as skipped)"]
+    if expected.paths[image_id] is None:
+        return [f"{where}: listed in the source CSV but its file is missing"]
+    problems = []
+    if storage.read_bytes(expected.paths[image_id]) != record[example.IMAGE]:
+        problems.append(f"{where}: image bytes differ from {expected.paths[image_id]}")
+    for class_id, (mine, theirs) in enumerate(zip(record[example.RLE], expected.rles[image_id]), start=1):
+        if mine.split() != theirs.split():
+            problems.append(f"{where}: class {class_id} mask differs from the source CSV")
+    return problems

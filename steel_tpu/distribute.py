@@ -1,0 +1,140 @@
+"""The one place that knows TPUs, tf.distribute strategies and mixed-precision policies."""
+
+import dataclasses
+import glob
+import importlib.util
+import json
+import os
+import warnings
+
+import keras
+import tensorflow as tf
+
+KINDS = ("tpu", "gpu", "cpu")
+PREFER = ("tpu", "gpu", "cpu", "mirrored")
+
+
+@dataclasses.dataclass(frozen=True)
+class Device:
+    """The chosen strategy, what it runs on and how many replicas it has."""
+
+    strategy: tf.distribute.Strategy
+    kind: str
+    replicas: int
+
+
+def tpu_detected(*, environ=None, accel_paths=None):
+    """Whether this host looks like it has a TPU (Colab / Cloud TPU VM / TPU node variables, devices or libtpu)."""
+    environ = os.environ if environ is None else environ
+    accel_paths = glob.glob("/dev/accel*") + glob.glob("/dev/vfio/[0-9]*") if accel_paths is None else accel_paths
+    has_libtpu = importlib.util.find_spec("libtpu") is not None
+    return bool({"COLAB_TPU_ADDR", "TPU_NAME"} & set(environ)) or bool(accel_paths) or has_libtpu
+
+
+def tpu_candidates(tpu, *, environ=None):
+    """TPU names to try, in order. An explicit name is tried alone."""
+    environ = os.environ if environ is None else environ
+    if tpu:
+        return [tpu]
+    # TPUClusterResolver() with no name raises ValueError on Colab TPU VMs, so 'local' (a TPU attached to this
+    # VM) goes first; the named / grpc forms cover TPU nodes and old Colab runtimes.
+    names = ["local"]
+    if environ.get("TPU_NAME"):
+        names.append(environ["TPU_NAME"])
+    if environ.get("COLAB_TPU_ADDR"):
+        names.append("grpc://" + environ["COLAB_TPU_ADDR"])
+    return names
+
+
+def _connect_tpu(names):
+    errors = []
+    for name in names:
+        try:
+            resolver = tf.distribute.cluster_resolver.TPUClusterResolver.connect(tpu=name)
+            return tf.distribute.TPUStrategy(resolver)
+        except (ValueError, RuntimeError, tf.errors.OpError) as error:
+            errors.append(f"tpu={name!r}: {type(error).__name__}: {error}")
+    raise RuntimeError("could not connect to a TPU; tried " + "; ".join(errors))
+
+
+def _tf_config_workers(environ):
+    raw = environ.get("TF_CONFIG")
+    if not raw:
+        return 0
+    try:
+        return len(json.loads(raw).get("cluster", {}).get("worker", []))
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise ValueError(f"TF_CONFIG is not a JSON object with cluster.worker: {error}") from error
+
+
+def _local_choice(prefer, environ):
+    gpus = tf.config.list_physical_devices("GPU")
+    kind = "gpu" if gpus else "cpu"
+    # A multi-worker cluster beats local GPUs: MirroredStrategy would silently train on one host only.
+    if prefer != "cpu" and _tf_config_workers(environ) > 1:
+        return tf.distribute.MultiWorkerMirroredStrategy(), kind
+    if prefer == "gpu" and not gpus:
+        raise RuntimeError("prefer='gpu' but TensorFlow sees no GPU")
+    if prefer == "mirrored" or (gpus and prefer != "cpu"):
+        # With no GPU this mirrors over the logical CPU devices: the 8-core TPU stand-in used by the tests.
+        return tf.distribute.MirroredStrategy(), kind
+    return tf.distribute.get_strategy(), "cpu"
+
+
+def select_strategy(*, tpu=None, prefer=None, verbose=True):
+    """Pick TPU (named or detected), multi-worker, local GPUs (Mirrored) or the default strategy."""
+    if prefer not in (None, *PREFER):
+        raise ValueError(f"prefer={prefer!r}: expected one of {PREFER} or None")
+    environ = os.environ
+    strategy = None
+    if tpu or prefer == "tpu" or (prefer is None and tpu_detected(environ=environ)):
+        try:
+            strategy, kind = _connect_tpu(tpu_candidates(tpu, environ=environ)), "tpu"
+        except RuntimeError as error:
+            if tpu or prefer == "tpu":
+                raise
+            warnings.warn(f"TPU detected but not usable, falling back: {error}", stacklevel=2)
+    if strategy is None:
+        strategy, kind = _local_choice(prefer, environ)
+    device = Device(strategy=strategy, kind=kind, replicas=strategy.num_replicas_in_sync)
+    if verbose:
+        print(f"steel_tpu: {type(strategy).__name__} on {kind}, {device.replicas} replica(s)")
+    return device
+
+
+def set_precision(kind, *, gpu_float16=False):
+    """Set Keras' global dtype policy for `kind` and return its name."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r}: expected one of {KINDS}")
+    # bfloat16 is the TPU MXU's native input type and needs no loss scaling; float16 only pays on GPU tensor cores.
+    policy = {"tpu": "mixed_bfloat16", "gpu": "mixed_float16" if gpu_float16 else "float32", "cpu": "float32"}[kind]
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def wrap_optimizer(optimizer, policy):
+    """Add dynamic loss scaling where `policy` computes in float16 (its gradients underflow otherwise)."""
+    name = policy if isinstance(policy, str) else policy.name
+    if name == "mixed_float16":
+        return keras.optimizers.LossScaleOptimizer(optimizer)
+    return optimizer
+
+
+def per_replica_batch_size(device, global_batch_size):
+    """global / replicas, refusing a remainder (every replica must see the same static batch shape)."""
+    if global_batch_size <= 0 or global_batch_size % device.replicas:
+        raise ValueError(
+            f"global batch size {global_batch_size} must be a positive multiple of the "
+            f"{device.replicas} replicas of {type(device.strategy).__name__}"
+        )
+    return global_batch_size // device.replicas
+
+
+def distribute_dataset(device, dataset_fn, *, global_batch_size):
+    """A distributed dataset from `dataset_fn(batch_size=per-replica batch, input_context=ctx)`."""
+    batch_size = per_replica_batch_size(device, global_batch_size)
+
+    def fn(input_context):
+        return dataset_fn(batch_size=batch_size, input_context=input_context)
+
+    return device.strategy.distribute_datasets_from_function(fn)

@@ -1,0 +1,102 @@
+"""Per-example losses (one float32 value per example, shape [B]) for segmentation and classification."""
+
+import re
+
+import tensorflow as tf
+
+# Smallest probability margin float32 resolves just below 1.0 (ulp there is 6e-8): log(1e-7) ~ -16.1,
+# so a confident wrong pixel costs a finite, bounded loss instead of inf.
+EPS = 1e-7
+
+
+def _float32(y_true, y_pred):
+    # bfloat16 has 8 mantissa bits: sums over 256x1600 pixels and log() near 0/1 must happen in float32.
+    return tf.cast(y_true, tf.float32), tf.cast(y_pred, tf.float32)
+
+
+def _mean_per_example(values):
+    return tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
+
+
+def _check_shapes(y_true, y_pred):
+    if y_pred.shape.rank < 2:
+        raise ValueError(f"y_pred must be [B, ..., C], got shape {y_pred.shape}")
+    y_true.shape.assert_is_compatible_with(y_pred.shape)
+
+
+def bce(y_true, y_pred, *, pos_weight=None, label_smoothing=0.0, from_logits=False):
+    """Binary cross-entropy averaged over pixels and classes; `pos_weight` ([C]) scales the positive term."""
+    y_true, y_pred = _float32(y_true, y_pred)
+    _check_shapes(y_true, y_pred)
+    if label_smoothing:
+        y_true = y_true * (1.0 - label_smoothing) + 0.5 * label_smoothing
+    if from_logits:
+        log_p, log_not_p = tf.math.log_sigmoid(y_pred), tf.math.log_sigmoid(-y_pred)
+    else:
+        p = tf.clip_by_value(y_pred, EPS, 1.0 - EPS)
+        log_p, log_not_p = tf.math.log(p), tf.math.log(1.0 - p)
+    positive = y_true * log_p
+    if pos_weight is not None:
+        positive = positive * tf.constant(pos_weight, tf.float32)
+    return _mean_per_example(-(positive + (1.0 - y_true) * log_not_p))
+
+
+def soft_dice(y_true, y_pred, *, smooth=1.0):
+    """Mean over classes of 1 - soft Dice, each class summed over the example's pixels (0 when perfect)."""
+    y_true, y_pred = _float32(y_true, y_pred)
+    _check_shapes(y_true, y_pred)
+    spatial = list(range(1, y_pred.shape.rank - 1))
+    intersection = tf.reduce_sum(y_true * y_pred, axis=spatial)
+    total = tf.reduce_sum(y_true, axis=spatial) + tf.reduce_sum(y_pred, axis=spatial)
+    dice = (2.0 * intersection + smooth) / (total + smooth)
+    return tf.reduce_mean(1.0 - dice, axis=-1)
+
+
+def focal(y_true, y_pred, *, gamma=2.0, alpha=0.25):
+    """Binary focal loss (Lin et al. 2017) averaged over pixels and classes."""
+    y_true, y_pred = _float32(y_true, y_pred)
+    _check_shapes(y_true, y_pred)
+    p = tf.clip_by_value(y_pred, EPS, 1.0 - EPS)
+    positive = -alpha * y_true * tf.pow(1.0 - p, gamma) * tf.math.log(p)
+    negative = -(1.0 - alpha) * (1.0 - y_true) * tf.pow(p, gamma) * tf.math.log(1.0 - p)
+    return _mean_per_example(positive + negative)
+
+
+TERMS = {"bce": bce, "dice": soft_dice, "focal": focal}
+
+
+def combined(weights, *, options=None):
+    """A loss summing `weight * term(y_true, y_pred, **options[name])` over `weights` ({name: weight})."""
+    options = options or {}
+    unknown = sorted(set(weights) - set(TERMS)) + sorted(set(options) - set(weights))
+    if unknown or not weights:
+        raise ValueError(f"loss terms {unknown or '(none)'} not usable: choose from {sorted(TERMS)} "
+                         f"(options only for terms that have a weight)")
+    terms = [(name, float(w), TERMS[name], dict(options.get(name, {}))) for name, w in weights.items()]
+
+    def loss(y_true, y_pred):
+        return tf.add_n([w * fn(y_true, y_pred, **kwargs) for _, w, fn, kwargs in terms])
+
+    loss.__name__ = "+".join(f"{w:g}*{name}" for name, w, _, _ in terms)
+    return loss
+
+
+_TERM = re.compile(r"^\s*(?:(?P<weight>[0-9]*\.?[0-9]+)\s*\*\s*)?(?P<name>[a-z_]+)\s*$")
+
+
+def parse_spec(spec):
+    """`{"bce": 0.75, "dice": 0.25}`, `"bce+dice"` (weights 1) or `"0.75*bce+0.25*dice"` -> {name: weight}."""
+    if isinstance(spec, dict):
+        return {str(k): float(v) for k, v in spec.items()}
+    weights = {}
+    for part in str(spec).split("+"):
+        match = _TERM.match(part)
+        if not match:
+            raise ValueError(f"loss spec {spec!r}: cannot parse term {part!r} (expected name or weight*name)")
+        weights[match["name"]] = weights.get(match["name"], 0.0) + float(match["weight"] or 1.0)
+    return weights
+
+
+def make_loss(spec, *, options=None):
+    """The per-example loss named by `spec` (see parse_spec); `options` = {term: kwargs}, e.g. pos_weight."""
+    return combined(parse_spec(spec), options=options)

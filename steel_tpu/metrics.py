@@ -1,0 +1,154 @@
+"""The Kaggle score (mean Dice over image x class, empty/empty = 1), from masks or from RLE CSVs, and ROC AUC."""
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from steel_tpu import storage
+from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
+from steel_tpu.kaggle import EMPTY, CsvError, image_id_problem, read_labels
+from steel_tpu.rle import parse_runs
+
+
+def _binary(name, array):
+    array = np.asarray(array)
+    if array.dtype != bool and not np.isin(array, (0, 1)).all():
+        bad = array[~np.isin(array, (0, 1))].flat[0]
+        raise ValueError(f"{name} must be boolean or 0/1 (threshold probabilities first); found {bad}")
+    return array.astype(bool, copy=False)
+
+
+def dice_matrix(pred, truth):
+    """float64 [N, C] Dice of each image x class from [N, H, W, C] boolean or 0/1 masks; 1.0 where both are empty."""
+    pred, truth = _binary("pred", pred), _binary("truth", truth)
+    if pred.ndim != 4 or pred.shape != truth.shape:
+        raise ValueError(f"pred {pred.shape} and truth {truth.shape} must both be [N, H, W, C]")
+    inter = np.logical_and(pred, truth).sum(axis=(1, 2), dtype=np.int64)
+    total = pred.sum(axis=(1, 2), dtype=np.int64) + truth.sum(axis=(1, 2), dtype=np.int64)
+    return np.divide(2.0 * inter, total, out=np.ones(total.shape), where=total > 0)
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Mean Dice over every image x class pair, per-class means, and how many images were scored."""
+
+    mean: float
+    per_class: tuple[float, float, float, float]
+    n_images: int
+
+    @classmethod
+    def from_dice(cls, dice):
+        """Scores of a [N, C] Dice matrix (from dice_matrix or score_labels)."""
+        dice = np.asarray(dice, dtype=np.float64)
+        if dice.ndim != 2 or dice.shape[1] != NUM_CLASSES or dice.shape[0] == 0:
+            raise ValueError(f"expected a non-empty [N, {NUM_CLASSES}] Dice matrix, got shape {dice.shape}")
+        return cls(
+            mean=float(dice.mean()), per_class=tuple(float(d) for d in dice.mean(axis=0)), n_images=dice.shape[0]
+        )
+
+    def format(self):
+        classes = "  ".join(f"class{c} {d:.4f}" for c, d in enumerate(self.per_class, start=1))
+        return f"dice {self.mean:.4f}  {classes}  (n={self.n_images} images)"
+
+
+def _overlap(runs_a, runs_b):
+    """Pixels two validated run lists (sorted, disjoint) share, by interval arithmetic: no mask is decoded."""
+    (starts_a, lengths_a), (starts_b, lengths_b) = runs_a, runs_b
+    ends_a, ends_b = starts_a + lengths_a, starts_b + lengths_b  # half-open
+    cuts = np.unique(np.concatenate([starts_a, ends_a, starts_b, ends_b]))
+    left = cuts[:-1]
+    # Between two consecutive cuts membership is constant: (#starts <= x) - (#ends <= x) is 1 inside a run.
+    in_a = np.searchsorted(starts_a, left, "right") - np.searchsorted(ends_a, left, "right")
+    in_b = np.searchsorted(starts_b, left, "right") - np.searchsorted(ends_b, left, "right")
+    return int(np.sum(np.diff(cuts) * in_a * in_b))
+
+
+def _dice_rle(pred, truth, height, width):
+    if not pred and not truth:
+        return 1.0
+    if not pred or not truth:
+        return 0.0
+    runs_p = parse_runs(pred, height=height, width=width)
+    runs_t = parse_runs(truth, height=height, width=width)
+    return 2.0 * _overlap(runs_p, runs_t) / (runs_p[1].sum() + runs_t[1].sum())
+
+
+def score_labels(pred, truth, *, image_ids, height=HEIGHT, width=WIDTH):
+    """Scores of `pred` against `truth` (both Labels) over `image_ids`; an image either lacks is clean there."""
+    image_ids = tuple(image_ids)
+    if not image_ids:
+        raise ValueError("no images to score")
+    dice = [
+        [_dice_rle(p, t, height, width) for p, t in zip(pred.rles.get(i, EMPTY), truth.rles.get(i, EMPTY))]
+        for i in image_ids
+    ]
+    return Scores.from_dice(dice)
+
+
+def read_image_set(images):
+    """Image ids of a folder's *.jpg files, or of a text file with one id per line (local or gs://)."""
+    if storage.isdir(images):
+        ids = [os.path.basename(p) for p in storage.glob(storage.join(images, "*.jpg"))]
+        if not ids:
+            raise ValueError(f"{images}: no *.jpg images in this folder")
+        return ids
+    try:
+        lines = storage.read_text(images).splitlines()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{images}: no such image folder or id list") from None
+    ids = {}
+    for line, text in enumerate(lines, start=1):
+        image_id = text.strip()
+        if not image_id:
+            continue
+        problem = image_id_problem(image_id)
+        if problem:
+            raise ValueError(f"{images} line {line}: {problem}")
+        if image_id in ids:
+            raise ValueError(f"{images} line {line}: image {image_id} listed twice (first on line {ids[image_id]})")
+        ids[image_id] = line
+    if not ids:
+        raise ValueError(f"{images}: no image ids in this file")
+    return list(ids)
+
+
+def evaluate(*, pred_path, truth_path, images=None, height=HEIGHT, width=WIDTH):
+    """Kaggle score of a submission CSV against a truth CSV (either layout; an image without rows is clean).
+
+    With `images` (a folder or an id list) exactly that set is scored: a prediction outside it is an error and a
+    missing prediction counts as empty. Without it, the union of the images either CSV mentions is scored.
+    """
+    pred = read_labels(pred_path, height=height, width=width)
+    truth = read_labels(truth_path, height=height, width=width)
+    if images is None:
+        image_ids = tuple(dict.fromkeys(truth.image_ids + pred.image_ids))
+    else:
+        image_ids = tuple(read_image_set(images))
+        allowed = set(image_ids)
+        outside = [i for i in pred.image_ids if i not in allowed]
+        if outside:
+            raise CsvError(
+                f"{pred_path} (image {outside[0]}): predicted image is not in the evaluated set {images} "
+                f"({len(image_ids)} images; {len(outside)} predicted images outside it)"
+            )
+    return score_labels(pred, truth, image_ids=image_ids, height=height, width=width)
+
+
+def roc_auc(labels, scores):
+    """Area under the ROC curve of 1-D 0/1 `labels` ranked by `scores` (Mann-Whitney U; tied scores share ranks)."""
+    labels, scores = np.asarray(labels), np.asarray(scores, dtype=np.float64)
+    if labels.ndim != 1 or labels.shape != scores.shape:
+        raise ValueError(f"labels {labels.shape} and scores {scores.shape} must be 1-D and the same length")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels must be 0/1")
+    if np.isnan(scores).any():
+        raise ValueError("scores contain NaN")
+    positive = labels == 1
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"ROC AUC needs both classes; got {n_pos} positive and {n_neg} negative labels")
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    mean_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based ranks; a tie group shares its mean rank
+    ranks = mean_rank[inverse]
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))

@@ -1,0 +1,43 @@
+"""Keras model builders; know nothing of data or devices."""
+
+from collections.abc import Sequence
+
+import keras
+
+from steel_tpu.models.classifier import build_classifier
+from steel_tpu.models.sm import build_sm
+from steel_tpu.models.unetpp import build_unet, build_unetpp
+
+SEGMENTER_ARCHS = ("unetpp", "unet", "sm-unet", "sm-fpn", "sm-linknet")
+ARCHS = ("classifier", *SEGMENTER_ARCHS)
+
+__all__ = [
+    "ARCHS",
+    "SEGMENTER_ARCHS",
+    "build_classifier",
+    "build_model",
+    "build_segmenter",
+    "build_sm",
+    "build_unet",
+    "build_unetpp",
+]
+
+
+def build_segmenter(*, arch: str = "unetpp", encoder: str, input_shape: Sequence[int], **options) -> keras.Model:
+    """Segmenter by arch name; `encoder` is the backbone name for sm-* archs (segmentation-models is an
+    optional extra, imported only when one is built); options go to the builder."""
+    if arch not in SEGMENTER_ARCHS:
+        raise ValueError(f"segmenter arch must be one of {SEGMENTER_ARCHS}, got {arch!r}")
+    if arch.startswith("sm-"):
+        return build_sm(arch=arch.removeprefix("sm-"), backbone=encoder, input_shape=input_shape, **options)
+    builder = build_unetpp if arch == "unetpp" else build_unet
+    return builder(encoder=encoder, input_shape=input_shape, **options)
+
+
+def build_model(*, arch: str, encoder: str, input_shape: Sequence[int], **options) -> keras.Model:
+    """Any model by arch name: "classifier" or one of SEGMENTER_ARCHS (see build_segmenter)."""
+    if arch == "classifier":
+        return build_classifier(encoder=encoder, input_shape=input_shape, **options)
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    return build_segmenter(arch=arch, encoder=encoder, input_shape=input_shape, **options)

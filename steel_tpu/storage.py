@@ -1,0 +1,119 @@
+"""Local and gs:// paths behind one small API (fsspec/gcsfs on the Python side)."""
+
+import contextlib
+import os
+import posixpath
+import shutil
+import tempfile
+
+import fsspec
+
+GCS_PREFIX = "gs://"
+
+
+def is_gcs(path):
+    return str(path).startswith(GCS_PREFIX)
+
+
+def _fs(path):
+    fs, stripped = fsspec.core.url_to_fs(str(path))
+    return fs, stripped
+
+
+def _with_protocol(path, original):
+    # gcsfs drops the scheme in listings; callers always get back the form they passed in.
+    return GCS_PREFIX + path.lstrip("/") if is_gcs(original) and not is_gcs(path) else path
+
+
+def join(base, *parts):
+    base = str(base)
+    return posixpath.join(base, *parts) if is_gcs(base) else os.path.join(base, *parts)
+
+
+def open(path, mode="rb"):  # noqa: A001 - mirrors builtins.open on purpose
+    fs, p = _fs(path)
+    return fs.open(p, mode)
+
+
+def exists(path):
+    fs, p = _fs(path)
+    return fs.exists(p)
+
+
+def isdir(path):
+    fs, p = _fs(path)
+    return fs.isdir(p)
+
+
+def size(path):
+    fs, p = _fs(path)
+    return fs.size(p)
+
+
+def makedirs(path):
+    fs, p = _fs(path)
+    if not is_gcs(path):  # GCS has no directories: an object's name is enough
+        fs.makedirs(p, exist_ok=True)
+
+
+def listdir(path):
+    """Sorted full paths of the entries directly under `path`."""
+    fs, p = _fs(path)
+    return sorted(_with_protocol(e, str(path)) for e in fs.ls(p, detail=False))
+
+
+def glob(pattern):
+    """Sorted full paths matching a glob pattern."""
+    fs, p = _fs(pattern)
+    return sorted(_with_protocol(e, str(pattern)) for e in fs.glob(p))
+
+
+def remove(path):
+    fs, p = _fs(path)
+    if fs.exists(p):
+        fs.rm(p)
+
+
+def read_bytes(path):
+    fs, p = _fs(path)
+    return fs.cat_file(p)
+
+
+def read_text(path):
+    return read_bytes(path).decode("utf-8")
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb"):
+    """Write to a temporary file and publish it under `path` only if the block succeeds.
+
+    Locally that is a rename in the same directory; on GCS it is one upload of the finished file,
+    and a GCS object only becomes visible once its upload completes.
+    """
+    path = str(path)
+    local_dir = None if is_gcs(path) else (os.path.dirname(os.path.abspath(path)))
+    if local_dir:
+        os.makedirs(local_dir, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=local_dir, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        if local_dir:
+            os.replace(tmp, path)
+        else:
+            fs, p = _fs(path)
+            fs.put_file(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_bytes(path, data):
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def write_text(path, text):
+    write_bytes(path, text.encode("utf-8"))

@@ -1,0 +1,183 @@
+"""Dice from masks and from RLE CSVs agree; evaluate's image-set semantics; rank ROC AUC vs a pairwise count."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from steel_tpu import rle
+from steel_tpu.kaggle import EMPTY, CsvError, Labels, write_submission, write_train_csv
+from steel_tpu.metrics import Scores, dice_matrix, evaluate, read_image_set, roc_auc, score_labels
+
+H, W = 32, 64
+
+
+def labels_of(masks, ids):
+    """Labels from [N, H, W, C] masks."""
+    return Labels.from_mapping({i: tuple(rle.encode(m[..., c]) for c in range(4)) for i, m in zip(ids, masks)})
+
+
+def test_dice_matrix_hand_computed():
+    pred = np.zeros((2, 2, 4, 4), bool)
+    truth = np.zeros((2, 2, 4, 4), np.uint8)
+    pred[0, 0, 0:3, 0] = True  # class 1: 3 predicted pixels ...
+    truth[0, 0, 2, 0] = truth[0, 1, 2, 0] = 1  # ... 2 true ones, 1 shared: 2*1/(3+2)
+    truth[0, 1, 1, 2] = 1  # class 3: missed
+    pred[0, :, 3, 3] = truth[0, :, 3, 3] = 1  # class 4: exact
+    pred[1, 1, 1, 1] = True  # image 2 class 2: false positive
+    expected = [[0.4, 1.0, 0.0, 1.0], [1.0, 0.0, 1.0, 1.0]]
+    np.testing.assert_array_equal(dice_matrix(pred, truth), expected)
+    assert dice_matrix(pred, truth).dtype == np.float64
+
+
+def test_dice_matrix_rejects_probabilities_and_shape_mismatch():
+    with pytest.raises(ValueError, match="0/1.*found 0.7"):
+        dice_matrix(np.full((1, 2, 2, 4), 0.7), np.zeros((1, 2, 2, 4)))
+    with pytest.raises(ValueError, match=r"\[N, H, W, C\]"):
+        dice_matrix(np.zeros((1, 2, 2, 4)), np.zeros((1, 2, 3, 4)))
+
+
+masks = hnp.arrays(bool, (3, 8, 16, 4), elements=st.booleans())
+
+
+@settings(max_examples=60, deadline=None)
+@given(pred=masks, truth=masks, sparsity=st.integers(0, 3))
+def test_score_labels_equals_dice_matrix_on_decoded_masks(pred, truth, sparsity):
+    # Thinning with a fixed pattern gives empty masks, tiny runs and coarse ones in the same draw.
+    keep = np.arange(pred.size).reshape(pred.shape) % (sparsity + 1) == 0
+    pred, truth = pred & keep, truth & ~np.roll(keep, sparsity)
+    ids = [f"{k}.jpg" for k in range(len(pred))]
+    scores = score_labels(labels_of(pred, ids), labels_of(truth, ids), image_ids=ids, height=8, width=16)
+    expected = dice_matrix(pred, truth)
+    # One image at a time checks every (image, class) cell, not only the means.
+    for k, image_id in enumerate(ids):
+        one = score_labels(labels_of(pred, ids), labels_of(truth, ids), image_ids=[image_id], height=8, width=16)
+        np.testing.assert_allclose(one.per_class, expected[k], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(scores.per_class, expected.mean(axis=0), rtol=0, atol=1e-12)
+    assert scores.mean == pytest.approx(expected.mean(), abs=1e-12) and scores.n_images == 3
+
+
+def test_score_labels_at_full_size_with_adjacent_runs():
+    truth = np.zeros((1, 256, 1600, 4), bool)
+    pred = np.zeros_like(truth)
+    truth[0, :, 100:400, 2] = True  # one long run across columns
+    truth[0, 255, 0:50, 0] = truth[0, 0, 0:50, 0] = True  # last pixel of a column touches the next column's first
+    pred[0, 128:, 300:900, 2] = True
+    pred[0, 255, 25:50, 0] = True
+    pred[0, 10, 10, 1] = True
+    ids = ["a.jpg"]
+    got = score_labels(labels_of(pred, ids), labels_of(truth, ids), image_ids=ids)
+    np.testing.assert_allclose(got.per_class, dice_matrix(pred, truth)[0], rtol=0, atol=1e-12)
+
+
+def test_scores_format_and_from_dice():
+    scores = Scores.from_dice([[1.0, 1.0, 0.5, 1.0], [1.0, 0.0, 1.0, 0.75]])
+    assert scores == Scores(mean=0.78125, per_class=(1.0, 0.5, 0.75, 0.875), n_images=2)
+    assert scores.format() == "dice 0.7812  class1 1.0000  class2 0.5000  class3 0.7500  class4 0.8750  (n=2 images)"
+    with pytest.raises(ValueError, match="non-empty"):
+        Scores.from_dice(np.zeros((0, 4)))
+
+
+def test_score_labels_needs_images():
+    with pytest.raises(ValueError, match="no images"):
+        score_labels(Labels.from_mapping({}), Labels.from_mapping({}), image_ids=[])
+
+
+@pytest.fixture
+def files(tmp_path):
+    """truth: a, b, e with defects (train.csv layout); pred: a exact, b missed, c a false positive, no e."""
+    block = np.zeros((H, W), np.uint8)
+    block[4:20, 10:30] = 1
+    shifted = np.roll(block, 8, axis=1)
+    b = rle.encode(block)
+    truth = Labels.from_mapping({"a.jpg": (b, "", "", ""), "b.jpg": ("", "", b, ""), "e.jpg": ("", "", "", b)})
+    pred = Labels.from_mapping({"a.jpg": (b, "", "", ""), "b.jpg": EMPTY, "c.jpg": ("", rle.encode(shifted), "", "")})
+    paths = {"truth": tmp_path / "train.csv", "legacy": tmp_path / "legacy.csv", "pred": tmp_path / "sub.csv"}
+    write_train_csv(str(paths["truth"]), truth)
+    write_submission(str(paths["legacy"]), truth, layout="legacy")
+    write_submission(str(paths["pred"]), pred)
+    return {k: str(v) for k, v in paths.items()} | {"dir": tmp_path}
+
+
+def test_evaluate_without_images_scores_the_union(files):
+    scores = evaluate(pred_path=files["pred"], truth_path=files["truth"], height=H, width=W)
+    # a: all 1; b: class 3 missed; c: class 2 false positive; e: class 4 missed (no prediction = empty).
+    assert scores == Scores.from_dice([[1, 1, 1, 1], [1, 1, 0, 1], [1, 0, 1, 1], [1, 1, 1, 0]])
+    assert scores.n_images == 4
+    legacy = evaluate(pred_path=files["pred"], truth_path=files["legacy"], height=H, width=W)
+    assert legacy == scores
+
+
+def test_evaluate_with_an_image_folder_counts_unlisted_images_as_clean(files):
+    folder = files["dir"] / "images"
+    folder.mkdir()
+    for name in ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]:
+        (folder / name).write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image")
+    scores = evaluate(pred_path=files["pred"], truth_path=files["truth"], images=str(folder), height=H, width=W)
+    assert scores == Scores.from_dice([[1, 1, 1, 1], [1, 1, 0, 1], [1, 0, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0]])
+
+
+def test_evaluate_with_an_id_list_rejects_predictions_outside_it(files):
+    ids = files["dir"] / "ids.txt"
+    ids.write_text("a.jpg\nb.jpg\n")
+    with pytest.raises(CsvError, match=r"sub.csv \(image c.jpg\): predicted image is not in the evaluated set"):
+        evaluate(pred_path=files["pred"], truth_path=files["truth"], images=str(ids), height=H, width=W)
+    ids.write_text("a.jpg\n\nb.jpg\nc.jpg\n")  # e's defect is outside the set: not scored
+    scores = evaluate(pred_path=files["pred"], truth_path=files["truth"], images=str(ids), height=H, width=W)
+    assert scores == Scores.from_dice([[1, 1, 1, 1], [1, 1, 0, 1], [1, 0, 1, 1]])
+
+
+def test_truth_against_itself_is_one(files):
+    for truth in (files["truth"], files["legacy"]):
+        scores = evaluate(pred_path=truth, truth_path=files["truth"], height=H, width=W)
+        assert scores.mean == 1.0 and scores.per_class == (1.0,) * 4 and scores.n_images == 3
+
+
+def test_read_image_set_errors(tmp_path):
+    ids = tmp_path / "ids.txt"
+    ids.write_text("a.jpg\nb.jpg\na.jpg\n")
+    with pytest.raises(ValueError, match=r"ids.txt line 3: image a.jpg listed twice \(first on line 1\)"):
+        read_image_set(str(ids))
+    ids.write_text("a.jpg\ntest_images/b.jpg\n")
+    with pytest.raises(ValueError, match="ids.txt line 2: .*path separator"):
+        read_image_set(str(ids))
+    ids.write_text("\n\n")
+    with pytest.raises(ValueError, match="no image ids"):
+        read_image_set(str(ids))
+    with pytest.raises(ValueError, match=r"no \*.jpg images"):
+        read_image_set(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="missing.txt: no such image folder or id list"):
+        read_image_set(str(tmp_path / "missing.txt"))
+
+
+def brute_force_auc(labels, scores):
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    wins = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+    return wins.mean()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    data=st.lists(st.tuples(st.integers(0, 1), st.integers(0, 6)), min_size=2, max_size=60).filter(
+        lambda d: len({label for label, _ in d}) == 2
+    )
+)
+def test_roc_auc_equals_pairwise_count_with_ties(data):
+    labels, scores = (np.array(x) for x in zip(*data))
+    assert roc_auc(labels, scores / 7.0) == pytest.approx(brute_force_auc(labels, scores), abs=1e-12)
+
+
+def test_roc_auc_extremes_and_errors():
+    assert roc_auc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+    assert roc_auc([True, True, False], [0.1, 0.2, 0.8]) == 0.0
+    assert roc_auc([0, 1, 0, 1], [0.5] * 4) == 0.5
+    with pytest.raises(ValueError, match="both classes"):
+        roc_auc([1, 1], [0.1, 0.2])
+    with pytest.raises(ValueError, match="0/1"):
+        roc_auc([0, 2], [0.1, 0.2])
+    with pytest.raises(ValueError, match="NaN"):
+        roc_auc([0, 1], [0.1, np.nan])
+    with pytest.raises(ValueError, match="1-D"):
+        roc_auc([[0, 1]], [[0.1, 0.2]])
