@@ -1,4 +1,4 @@
-"""Shard building vs a plain copy of the same JPEGs (the I/O bound), same process: `python benchmarks/bench_shards.py`."""
+"""Shard building vs a plain copy of the same JPEGs (the I/O bound), one process: python benchmarks/bench_shards.py"""
 
 import argparse
 import os

@@ -7,6 +7,8 @@ import sys
 import time
 
 from steel_tpu import kaggle, metrics, synth
+from steel_tpu.data.shards import build_shards
+from steel_tpu.data.verify import verify
 
 
 def _stage(title):
@@ -33,6 +35,12 @@ def run(*, out, n_train=120, n_test=40, seed=0):
     empty = kaggle.Labels(image_ids=tuple(test_ids), rles={i: ("",) * 4 for i in test_ids})
     kaggle.write_submission(empty_path, empty)
     print(metrics.evaluate(pred_path=empty_path, truth_path=truth_path, images=test_images).format())
+
+    shards = os.path.join(out, "shards")
+    t = _stage(f"shard the train images into 5 stratified folds -> {shards}")
+    print(build_shards(data=data, out=shards, folds=5, seed=seed, shard_mb=1, progress=False))
+    _stage("verify the shards byte for byte against the source")
+    print(verify(shards, data=data))
     return 0
 
 

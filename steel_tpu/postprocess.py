@@ -4,10 +4,12 @@ Validation, out-of-fold predictions, tuning and scoring all go through these fun
 out-of-fold predictions means the same thing when `predict` applies it.
 """
 
+from dataclasses import asdict, dataclass
+
 import numpy as np
 import tensorflow as tf
 
-from steel_tpu.constants import HEIGHT, WIDTH
+from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
 
 QUANT = 255.0  # probabilities travel as uint8: a quarter of the device-to-host bytes of float32
 
@@ -18,10 +20,18 @@ def to_full_resolution(probs, *, height=HEIGHT, width=WIDTH):
     return tf.cast(tf.round(tf.clip_by_value(full, 0.0, 1.0) * QUANT), tf.uint8)
 
 
+def levels(thresholds):
+    """uint8 levels L such that `q > L` on uint8 maps q is exactly `q > threshold * 255` (thresholds in 0..1)."""
+    thresholds = np.asarray(thresholds, dtype=np.float32)
+    if np.any(~(thresholds >= 0.0) | ~(thresholds <= 1.0)):
+        raise ValueError(f"pixel thresholds must be in 0..1, got {thresholds.tolist()}")
+    # q is an integer, so q > x <=> q > floor(x): the comparison stays in uint8 (no float copy of 1.6 M px/image).
+    return np.floor(thresholds * QUANT).astype(np.uint8)
+
+
 def binarize(quantized, thresholds):
     """uint8 probability maps [..., C] -> bool masks, with one threshold (in 0..1) per class or one for all."""
-    levels = np.asarray(thresholds, dtype=np.float32) * QUANT
-    return quantized.astype(np.float32) > levels
+    return np.asarray(quantized) > levels(thresholds)
 
 
 def downsample(quantized, *, scale):
@@ -31,3 +41,68 @@ def downsample(quantized, *, scale):
         raise ValueError(f"scale {scale} does not divide the {h}x{w} maps")
     blocks = quantized.reshape(n, h // scale, scale, w // scale, scale, c).astype(np.float32)
     return np.round(blocks.mean(axis=(2, 4))).astype(np.uint8)
+
+
+def area_kept(areas, min_area):
+    """Masks whose full-resolution pixel count reaches the minimum area survive (numpy broadcasting)."""
+    return np.asarray(areas) >= np.asarray(min_area)
+
+
+def gate_kept(class_probs, gate):
+    """Masks whose classifier probability reaches the gate survive; a gate of 0 passes everything."""
+    return np.asarray(class_probs) >= np.asarray(gate)
+
+
+@dataclass(frozen=True)
+class PostProcess:
+    """Probability maps -> submitted masks: per-class pixel threshold, minimum area and classifier gate.
+
+    `gate` is () for none, (t,) for a binary head (p_any < t empties the whole image), or one threshold per
+    class for a multilabel head. `tune` chooses these on out-of-fold data with the same rules (area_kept,
+    gate_kept, levels) that `apply` uses at scoring time.
+    """
+
+    pixel_threshold: tuple = (0.5,) * NUM_CLASSES
+    min_area: tuple = (0,) * NUM_CLASSES
+    gate: tuple = ()
+
+    def __post_init__(self):
+        object.__setattr__(self, "pixel_threshold", tuple(float(t) for t in self.pixel_threshold))
+        object.__setattr__(self, "min_area", tuple(int(a) for a in self.min_area))
+        object.__setattr__(self, "gate", tuple(float(t) for t in self.gate))
+        if len(self.pixel_threshold) != NUM_CLASSES or len(self.min_area) != NUM_CLASSES:
+            raise ValueError(f"PostProcess needs {NUM_CLASSES} pixel thresholds and min areas, got {self}")
+        levels(self.pixel_threshold)
+        if min(self.min_area) < 0:
+            raise ValueError(f"PostProcess.min_area must be >= 0, got {self.min_area}")
+        if len(self.gate) not in (0, 1, NUM_CLASSES) or not all(0.0 <= t <= 1.0 for t in self.gate):
+            raise ValueError(f"PostProcess.gate must be (), one or {NUM_CLASSES} values in 0..1, got {self.gate}")
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(**{k: d[k] for k in ("pixel_threshold", "min_area", "gate") if k in d})
+
+    def to_dict(self):
+        return {k: list(v) for k, v in asdict(self).items()}
+
+    def keep(self, areas, class_probs=None):
+        """bool [N, C]: which thresholded masks (full-resolution pixel counts `areas`) are submitted."""
+        kept = area_kept(areas, self.min_area)
+        if self.gate:
+            if class_probs is None:
+                raise ValueError("this post-processing gates on a classifier, but no classifier probabilities "
+                                 "were given")
+            probs = np.asarray(class_probs)
+            if probs.shape[-1] != len(self.gate):
+                raise ValueError(f"gate has {len(self.gate)} threshold(s) but the classifier gives "
+                                 f"{probs.shape[-1]} probabilities per image")
+            kept = kept & gate_kept(probs, self.gate)
+        return kept
+
+    def apply(self, quantized, class_probs=None):
+        """Full-resolution uint8 maps [N, H, W, C] (+ classifier probs [N, heads]) -> bool masks [N, H, W, C]."""
+        masks = binarize(quantized, self.pixel_threshold)
+        kept = self.keep(masks.sum(axis=(1, 2)), class_probs)
+        if not kept.all():
+            masks &= kept[:, None, None, :]
+        return masks

@@ -44,10 +44,8 @@ def _fast_values(text):
     raw = text.encode("ascii")
     if raw.translate(None, _DIGITS_AND_SPACE):
         return None
-    if not raw.strip():
-        # np.fromstring reads a blank string as one bogus number (-1 or 0).
-        return np.zeros(0, dtype=np.int64)
-    # C-speed text parsing; a token too big for int64 saturates and then fails the range check.
+    # C-speed text parsing. Its quirks all fail _well_formed and so take the careful path: a token too big for
+    # int64 saturates (out of range), a blank string reads as one bogus number (odd count).
     return np.fromstring(raw, dtype=np.int64, sep=" ")
 
 
@@ -130,7 +128,8 @@ def encode(mask):
 def encode_batch(masks):
     """RLE strings of a batch: [N,H,W] masks -> N strings; [N,H,W,C] -> N lists of C strings.
 
-    Vectorised over the whole batch: one pass finds every run edge of every mask, one pass formats every number.
+    Vectorised: numpy finds the run edges of each image in one pass over its pixels, then one sort and one
+    formatting pass serve the whole batch (no Python loop over runs or numbers).
     """
     masks = np.asarray(masks)
     if masks.ndim == 3:
@@ -147,18 +146,9 @@ def _encode_groups(masks):
     n, h, w, c = masks.shape
     if h < 1 or w < 1:
         raise ValueError(f"masks need at least one row and column, got shape {masks.shape}")
-    on = masks if masks.dtype == bool else masks != 0
-    # Edges are found in the masks' own row-major layout (a transposing copy would cost more than the rest):
-    # boundary row i in 0..h of a column marks a change between rows i-1 and i, rows -1 and h being off.
-    edges = np.empty((n, h + 1, w, c), dtype=bool)
-    edges[:, 0], edges[:, h] = on[:, 0], on[:, h - 1]
-    np.not_equal(on[:, 1:], on[:, :-1], out=edges[:, 1:h])
-    index = np.flatnonzero(edges)
-    rest, channel = _divmod(index, c)
-    rest, col = _divmod(rest, w)
-    image, row = _divmod(rest, h + 1)
     span = h * w + 1  # positions 0..h*w of one mask, so keys of different masks never collide
-    key = (image * c + channel) * span + col * h + row
+    keys = (_edge_keys(mask, first_group=i * c, span=span) for i, mask in enumerate(masks))
+    key = np.concatenate([np.zeros(0, dtype=np.int64), *keys])
     key.sort()
     # A run through the bottom of column j and the top of column j+1 is one Kaggle run: its end edge and
     # start edge share a position; dropping both joins the halves.
@@ -172,6 +162,21 @@ def _encode_groups(masks):
     values[0::2] = position[0::2] + 1
     values[1::2] = position[1::2] - position[0::2]
     return _join_groups(values, group[0::2], n * c)
+
+
+def _edge_keys(mask, *, first_group, span):
+    """Sort keys (group * span + column-major position) of every run edge of one [H,W,C] mask."""
+    h, w, c = mask.shape
+    on = mask if mask.dtype == bool else mask != 0
+    # Edges are found in the mask's own row-major layout (a transposing copy costs more than the rest), one
+    # image at a time so the temporaries stay in the CPU cache (a whole batch's spill to memory and run slower):
+    # boundary row i in 0..h of a column marks a change between rows i-1 and i, rows -1 and h being off.
+    edges = np.empty((h + 1, w, c), dtype=bool)
+    edges[0], edges[h] = on[0], on[h - 1]
+    np.not_equal(on[1:], on[:-1], out=edges[1:h])
+    rest, channel = _divmod(np.flatnonzero(edges), c)
+    row, col = _divmod(rest, w)
+    return (first_group + channel) * span + col * h + row
 
 
 def _divmod(a, b):
@@ -193,7 +198,7 @@ def _join_groups(values, run_group, num_groups):
 def _decimal_text(values):
     """Every value in decimal followed by one space, as one string, and the offset where each value starts.
 
-    Digits are computed column by column in numpy: str() per number costs ~10x more on long masks.
+    Digits are computed column by column in numpy: str() per number is the slow part of encoding long masks.
     """
     digits = len(str(int(values.max())))
     chars = np.empty((values.size, digits + 1), dtype=np.uint8)
@@ -233,14 +238,16 @@ def tf_decode_classes(rles, *, height=HEIGHT, width=WIDTH):
     starts = pairs[:, 0] - 1
     ends = starts + pairs[:, 1]
     # Column-major runs are vertical strokes; cut at column borders they are (column, top, bottom) pieces.
-    columns = tf.ragged.range(starts // height, (ends - 1) // height + 1)
+    first_column, last_column = starts // height, (ends - 1) // height
+    num_pieces = tf.reduce_sum(last_column - first_column + 1)
     runs = (run_class, starts, ends)
     shape = (num_classes, width, height)
-    # Painting pieces costs pieces x height, a running sum costs every pixel but ~4x more per pixel (TF's
-    # cumsum is slow on CPU): paint Severstal-like masks (3-4x faster), sum noisy ones (bounded worst case).
+    # Painting costs pieces x height; a running sum costs every pixel, each several times dearer (TF's cumsum
+    # is slow on CPU). Paint Severstal-like masks (few pieces); sum noisy ones, whose pieces would cost more.
+    # benchmarks/bench_rle.py measures both kinds against a plain running-sum decoder.
     painted = tf.cond(
-        tf.size(columns.flat_values) <= num_classes * width,
-        lambda: _paint_pieces(runs, columns, shape),
+        num_pieces <= num_classes * width,
+        lambda: _paint_pieces(runs, tf.ragged.range(first_column, last_column + 1), shape),
         lambda: _running_sum(runs, shape),
     )
     return tf.transpose(painted, [2, 1, 0])

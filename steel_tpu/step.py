@@ -5,6 +5,7 @@ import tensorflow as tf
 
 
 def _check_optimizer(optimizer, replicas):
+    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer clips via its inner one
     clipping = {k: getattr(optimizer, k, None) for k in ("clipnorm", "clipvalue", "global_clipnorm")}
     clipping = {k: v for k, v in clipping.items() if v is not None}
     if clipping and replicas > 1:
@@ -37,10 +38,12 @@ def _grad_fn(*, model, loss_fn, optimizer, global_batch_size, replicas, augment_
             scaled = optimizer.scale_loss(loss)
         return loss, tape.gradient(scaled, model.trainable_variables)
 
-    # jit_compile covers only forward + backward: apply_gradients must stay outside XLA because its all-reduce
-    # is a merge_call into cross-replica context, which a compiled function cannot contain under
-    # MirroredStrategy (on TPU the whole replica function is compiled by TPUStrategy anyway).
-    return tf.function(grads, jit_compile=jit_compile)
+    # jit_compile covers only forward + backward: apply_gradients stays outside XLA because its all-reduce is a
+    # merge_call into cross-replica context, which a compiled function cannot contain under MirroredStrategy,
+    # and jit_compile on the outer function fails there (each replica's variables live on another device).
+    # On TPU, TPUStrategy compiles the whole replica function anyway. Without jit no nested tf.function is made:
+    # synchronized BatchNormalization (an all-reduce in the forward pass) only works un-nested.
+    return tf.function(grads, jit_compile=True) if jit_compile else grads
 
 
 def make_train_step(*, model, loss_fn, optimizer, global_batch_size, strategy, augment_fn=None,
@@ -52,6 +55,10 @@ def make_train_step(*, model, loss_fn, optimizer, global_batch_size, strategy, a
     """
     replicas = strategy.num_replicas_in_sync
     _check_optimizer(optimizer, replicas)
+    if not optimizer.built:
+        with strategy.scope():
+            # Slot variables (momentum, Adam moments) must be created as mirrored variables, before tracing.
+            optimizer.build(model.trainable_variables)
     grads_fn = _grad_fn(model=model, loss_fn=loss_fn, optimizer=optimizer, global_batch_size=global_batch_size,
                         replicas=replicas, augment_fn=augment_fn, jit_compile=jit_compile)
 
@@ -80,24 +87,51 @@ def make_train_step(*, model, loss_fn, optimizer, global_batch_size, strategy, a
     return train_step
 
 
-def make_eval_step(*, model, strategy, jit_compile=True):
-    """A function `((images, extras)) -> (predictions, extras)` as numpy, concatenated over replicas.
+def make_predict_step(*, forward, strategy, jit_compile=True):
+    """A function `(images [B, ...] numpy) -> forward(images) as numpy`, rows in order, B split over replicas.
 
-    `extras` (ids, validity masks, targets...) pass through untouched so the host can drop padded rows; keep
-    them numeric, since strings cannot live on a TPU.
+    The batch is sliced on the host, one slice per replica, so ids, strings and validity masks never need to
+    go to the device (strings cannot live on a TPU); the caller keeps them beside the returned rows.
     """
-    forward = tf.function(lambda images: model(images, training=False), jit_compile=jit_compile)
-
-    def replica_step(batch):
-        images, extras = batch
-        return forward(images), extras
+    replicas = strategy.num_replicas_in_sync
+    compiled = tf.function(forward, jit_compile=True) if jit_compile else forward
 
     @tf.function
-    def run(batch):
-        outputs = strategy.run(replica_step, args=(batch,))
+    def run(per_replica_images):
+        outputs = strategy.run(compiled, args=(per_replica_images,))
+        # gather concatenates in replica order, which is the order the host slices were taken in.
         return tf.nest.map_structure(lambda x: strategy.gather(x, axis=0), outputs)
 
+    def predict(images):
+        images = np.asarray(images)
+        if images.shape[0] % replicas:
+            raise ValueError(f"predict batch of {images.shape[0]} rows is not divisible by {replicas} replicas "
+                             f"(pad it and drop the padding with a validity mask)")
+        size = images.shape[0] // replicas
+
+        def replica_slice(context):
+            start = context.replica_id_in_sync_group * size
+            return tf.constant(images[start:start + size])
+
+        outputs = run(strategy.experimental_distribute_values_from_function(replica_slice))
+        return tf.nest.map_structure(np.asarray, outputs)
+
+    return predict
+
+
+def make_eval_step(*, model, strategy, jit_compile=True):
+    """A function `(batch dict with "image" and bool "valid") -> {"pred": ..., other keys}` for valid rows only.
+
+    Predictions come from `model(images, training=False)` on every replica; every other key of the batch
+    (ids, targets) passes through on the host, and padded rows are dropped so metrics see each example once.
+    """
+    predict = make_predict_step(forward=lambda images: model(images, training=False), strategy=strategy,
+                                jit_compile=jit_compile)
+
     def eval_step(batch):
-        return tf.nest.map_structure(np.asarray, run(batch))
+        valid = np.asarray(batch["valid"], bool)
+        preds = tf.nest.map_structure(lambda x: x[valid], predict(batch["image"]))
+        extras = {k: np.asarray(v)[valid] for k, v in batch.items() if k not in ("image", "valid")}
+        return {"pred": preds, **extras}
 
     return eval_step

@@ -3,12 +3,14 @@
 import contextlib
 import os
 import posixpath
-import shutil
 import tempfile
 
 import fsspec
 
 GCS_PREFIX = "gs://"
+# Read once: os.umask can only be read by setting it, which would race with other threads' file creation.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def is_gcs(path):
@@ -16,8 +18,10 @@ def is_gcs(path):
 
 
 def _fs(path):
-    fs, stripped = fsspec.core.url_to_fs(str(path))
-    return fs, stripped
+    # No listings cache on GCS: TensorFlow (or another process) writes objects behind gcsfs' back, and every
+    # call here must see the bucket as it is now.
+    options = {"use_listings_cache": False} if is_gcs(path) else {}
+    return fsspec.core.url_to_fs(str(path), **options)
 
 
 def _with_protocol(path, original):
@@ -52,20 +56,26 @@ def size(path):
 
 def makedirs(path):
     fs, p = _fs(path)
-    if not is_gcs(path):  # GCS has no directories: an object's name is enough
+    if not is_gcs(path):
         fs.makedirs(p, exist_ok=True)
+    elif "/" in p.strip("/") and not fs.isdir(p):
+        # GCS has no directories. A zero-byte "name/" object (what TensorFlow, gsutil and the console make)
+        # lets exists/isdir see an empty one as they do locally; a bare bucket is never created here.
+        fs.pipe_file(p.rstrip("/") + "/", b"")
 
 
 def listdir(path):
     """Sorted full paths of the entries directly under `path`."""
     fs, p = _fs(path)
-    return sorted(_with_protocol(e, str(path)) for e in fs.ls(p, detail=False))
+    # On GCS the listing also holds the "name/" directory marker of `path` itself.
+    entries = (e for e in fs.ls(p, detail=False) if e.rstrip("/") != p.rstrip("/"))
+    return sorted(_with_protocol(e, str(path)) for e in entries)
 
 
 def glob(pattern):
-    """Sorted full paths matching a glob pattern."""
+    """Sorted full paths matching a glob pattern (GCS directory markers, "name/", are not files)."""
     fs, p = _fs(pattern)
-    return sorted(_with_protocol(e, str(pattern)) for e in fs.glob(p))
+    return sorted(_with_protocol(e, str(pattern)) for e in fs.glob(p) if not e.endswith("/"))
 
 
 def remove(path):
@@ -95,6 +105,8 @@ def atomic_write(path, mode="wb"):
     if local_dir:
         os.makedirs(local_dir, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=local_dir, prefix=".tmp-", suffix="-" + os.path.basename(path))
+    # mkstemp makes 0600 files; a published file gets the mode a plain open() would have given it.
+    os.fchmod(fd, 0o666 & ~_UMASK)
     try:
         with os.fdopen(fd, mode) as f:
             yield f

@@ -3,9 +3,16 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Both are read once, at import, so they must precede the imports below. TF's GCS stat cache would serve
+# sizes (and so truncated reads) up to 5 s stale after another client rewrites an object; gcsfs 2026.x
+# would ask every bucket's type over gRPC, which the emulator lacks (60 s a bucket).
+os.environ.setdefault("GCS_STAT_CACHE_MAX_AGE", "0")
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
+import fsspec  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from gcs_emulator import GcsEmulator  # noqa: E402
 
 NUM_LOGICAL_CPUS = 8
 
@@ -20,3 +27,24 @@ def logical_cpus():
     devices = tf.config.list_logical_devices("CPU")
     assert len(devices) == NUM_LOGICAL_CPUS
     return [d.name for d in devices]
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """A loopback GCS for the session: gcsfs and TensorFlow's gs:// in this process (and in subprocesses
+    given `gcs_server.env`) talk to it; stopped at session end."""
+    with GcsEmulator() as server, pytest.MonkeyPatch.context() as patch:
+        for key, value in server.env.items():
+            patch.setenv(key, value)
+        # fsspec read FSSPEC_GCS_TOKEN when it was imported; anonymous, so no real credentials are looked up.
+        patch.setitem(fsspec.config.conf, "gcs", {**fsspec.config.conf.get("gcs", {}), "token": "anon"})
+        gcs_class = fsspec.get_filesystem_class("gs")
+        gcs_class.clear_instance_cache()
+        yield server
+        gcs_class.clear_instance_cache()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server):
+    """A fresh, empty bucket for one test, as "gs://<name>"."""
+    return gcs_server.create_bucket()

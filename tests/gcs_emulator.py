@@ -31,6 +31,8 @@ LOOPBACK = "127.0.0.1"
 GOOGLE_HOSTS = ("storage.googleapis.com", "www.googleapis.com", "*.googleapis.com")
 STARTUP_TIMEOUT_S = 15.0
 REQUEST_TIMEOUT_S = 30.0
+# Calls to the emulator itself never go through a proxy a developer's environment may name.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 # Hop-by-hop headers are for one connection only; TF also sends `Transfer-Encoding: identity` on its empty
 # resumable-upload POST, which fake-gcs-server answers with 501. Date and Server come from this proxy.
 _NOT_FORWARDED = {
@@ -108,6 +110,10 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
     def log_message(self, format, *args):  # noqa: A002 - base-class signature
         pass
 
+    def setup(self):
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def do_CONNECT(self):
         self.tunnel_host = self.path.split(":")[0]
         self.send_response(200, "Connection established")
@@ -123,7 +129,12 @@ class _ProxyHandler(http.server.BaseHTTPRequestHandler):
                 self.handle_one_request()
         finally:
             self.upstream.close()
-        self.close_connection = True
+
+    def handle_expect_100(self):
+        # curl waits up to 1 s for "100 Continue" before sending a body; the TLS writer buffers, so flush.
+        super().handle_expect_100()
+        self.wfile.flush()
+        return True
 
     def _read_body(self):
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
@@ -233,7 +244,7 @@ class GcsEmulator:
             f"{self.url}/storage/v1/b", data=json.dumps({"name": name}).encode(), method="POST",
             headers={"Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT_S):
+        with _DIRECT.open(request, timeout=REQUEST_TIMEOUT_S):
             pass
         return f"gs://{name}"
 
@@ -260,6 +271,8 @@ def client_env(*, emulator_url, proxy_url, ca_path):
         "STORAGE_EMULATOR_HOST": emulator_url,
         # gcsfs 2026.x otherwise asks each bucket's type over gRPC, which the emulator lacks: 60 s a bucket.
         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",
+        # Read when TensorFlow is imported: only a subprocess started with this env gets it (see conftest).
+        "GCS_STAT_CACHE_MAX_AGE": "0",
         "FSSPEC_GCS_TOKEN": "anon",
         "HTTPS_PROXY": proxy_url,
         "https_proxy": proxy_url,  # curl reads the lower-case name first
@@ -304,7 +317,7 @@ def _start_fake_gcs_server(workdir):
         if process.poll() is not None:
             raise RuntimeError(f"fake-gcs-server exited with {process.returncode}: {_tail(log_path)}")
         try:
-            with urllib.request.urlopen(f"{url}/storage/v1/b", timeout=1):
+            with _DIRECT.open(f"{url}/storage/v1/b", timeout=1):
                 return process, url
         except OSError:
             time.sleep(0.05)
@@ -318,7 +331,8 @@ def _serve(workdir):
     try:
         ca_path, cert_path, key_path = write_tls_files(workdir)
         proxy = TlsInterceptProxy(upstream_url=emulator_url, cert_path=cert_path, key_path=key_path)
-        threading.Thread(target=proxy.serve_forever, name="gcs-tls-proxy", daemon=True).start()
+        serve = threading.Thread(target=proxy.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        serve.start()
         ready = {"emulator_url": emulator_url, "proxy_url": proxy.url, "ca_path": ca_path}
         sys.stdout.write(json.dumps(ready) + "\n")
         sys.stdout.flush()

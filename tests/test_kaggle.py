@@ -188,3 +188,17 @@ def test_labels_helpers():
 def test_labels_rejects_inconsistent_fields(kwargs, message):
     with pytest.raises(ValueError, match=message):
         Labels(**kwargs)
+
+
+@pytest.mark.parametrize("layout", ["current", "legacy"])
+def test_gcs_round_trip_and_errors(gcs_bucket, layout):
+    labels = random_labels(seed=3, n_images=4)
+    path = f"{gcs_bucket}/out/sub.csv"
+    write_submission(path, labels, layout=layout)
+    assert read_labels(path, height=H, width=W) == labels
+    bad = f"{gcs_bucket}/bad.csv"
+    write_train_csv(bad, Labels.from_mapping({"a.jpg": ("1 4000", "", "", "")}))
+    with pytest.raises(CsvError, match=f"^{bad} line 2 \\(image a.jpg\\): class 1: bad EncodedPixels"):
+        read_labels(bad, height=H, width=W)
+    with pytest.raises(FileNotFoundError, match=f"^{gcs_bucket}/nope.csv: no such labels CSV"):
+        read_labels(f"{gcs_bucket}/nope.csv")

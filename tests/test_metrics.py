@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from steel_tpu import rle
+from steel_tpu import rle, storage
 from steel_tpu.kaggle import EMPTY, CsvError, Labels, write_submission, write_train_csv
 from steel_tpu.metrics import Scores, dice_matrix, evaluate, read_image_set, roc_auc, score_labels
 
@@ -181,3 +181,16 @@ def test_roc_auc_extremes_and_errors():
         roc_auc([0, 1], [0.1, np.nan])
     with pytest.raises(ValueError, match="1-D"):
         roc_auc([[0, 1]], [[0.1, 0.2]])
+
+
+def test_evaluate_on_gcs(gcs_bucket, files):
+    for name in ("pred", "truth"):
+        storage.write_bytes(f"{gcs_bucket}/{name}.csv", open(files[name], "rb").read())
+    for image_id in ["a.jpg", "b.jpg", "c.jpg", "d.jpg"]:
+        storage.write_bytes(f"{gcs_bucket}/test_images/{image_id}", b"")
+    storage.write_text(f"{gcs_bucket}/ids.txt", "a.jpg\nb.jpg\nc.jpg\nd.jpg\ne.jpg\n")
+    pred, truth = f"{gcs_bucket}/pred.csv", f"{gcs_bucket}/truth.csv"
+    by_folder = evaluate(pred_path=pred, truth_path=truth, images=f"{gcs_bucket}/test_images", height=H, width=W)
+    assert by_folder == Scores.from_dice([[1, 1, 1, 1], [1, 1, 0, 1], [1, 0, 1, 1], [1, 1, 1, 1]])
+    by_list = evaluate(pred_path=pred, truth_path=truth, images=f"{gcs_bucket}/ids.txt", height=H, width=W)
+    assert by_list == Scores.from_dice([[1, 1, 1, 1], [1, 1, 0, 1], [1, 0, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0]])

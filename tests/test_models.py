@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from steel_tpu.models import build_classifier, build_model, build_segmenter, build_sm, build_unet, build_unetpp
 from steel_tpu.models.encoders import EFFICIENTNET, STRIDES, build_encoder, encoder_names, resolve_weights
-from steel_tpu.models.sm import SmPreprocess
+from steel_tpu.models.sm import PREPROCESSING, SmPreprocess, import_sm, preprocessing_mode
 
 SHAPE = (64, 128, 3)
 TINY = (32, 16, 8, 8, 4)
@@ -115,9 +115,13 @@ def test_input_size_must_be_multiple_of_32(builder):
         builder(encoder="efficientnetb0", input_shape=SHAPE, decoder_filters=(8, 8))
 
 
-def test_sm_input_size_checked_before_import():
+def test_sm_arguments_checked_before_import():
     with pytest.raises(ValueError, match="multiples of 32"):
         build_sm(arch="unet", backbone="resnet18", input_shape=(64, 100, 3))
+    with pytest.raises(ValueError, match="unknown segmentation-models backbone 'resnet19'"):
+        build_sm(arch="unet", backbone="resnet19", input_shape=SHAPE)
+    with pytest.raises(ValueError, match="arch must be one of"):
+        build_sm(arch="pspnet", backbone="resnet18", input_shape=SHAPE)
 
 
 @pytest.mark.parametrize("name", ["efficientnetb0", "efficientnetb3"])
@@ -267,15 +271,23 @@ def test_sm_compiles_with_xla_and_keeps_float32_under_bfloat16(sm_models):
     finally:
         keras.mixed_precision.set_global_policy(previous)
     assert model(_images(), training=False).dtype == tf.float32
-    with pytest.raises(ValueError, match="unknown segmentation-models backbone 'resnet19'"):
-        build_sm(arch="unet", backbone="resnet19", input_shape=SHAPE)
 
 
 @needs_sm
-def test_sm_preprocessing_maps_0_255_to_backbone_input():
-    image = tf.constant([[[[0.0, 127.5, 255.0]]]])
-    # ResNets normalise with their own input BatchNormalization, so 0..255 passes through unchanged.
-    np.testing.assert_allclose(SmPreprocess("resnet18")(image).numpy(), image.numpy())
-    mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
-    want = (np.array([0.0, 0.5, 1.0]) - mean) / std
-    np.testing.assert_allclose(SmPreprocess("efficientnetb0")(image).numpy()[0, 0, 0], want, rtol=1e-5)
+def test_sm_preprocessing_table_matches_segmentation_models():
+    sm = import_sm()
+    assert sorted(sm.get_available_backbone_names()) == sorted(b for names in PREPROCESSING.values() for b in names)
+    images = np.random.default_rng(3).uniform(0, 255, (1, 4, 4, 3)).astype("float32")
+    for backbone in sm.get_available_backbone_names():
+        want = sm.get_preprocessing(backbone)(images.copy())  # numpy path: no graph-cached constants
+        got = SmPreprocess(preprocessing_mode(backbone))(tf.constant(images)).numpy()
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4, err_msg=backbone)
+
+
+@needs_sm
+@pytest.mark.slow
+def test_sm_model_saves_and_loads(tmp_path):
+    model = build_segmenter(arch="sm-unet", encoder="efficientnetb0", input_shape=SHAPE)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded(_images()).numpy(), model(_images()).numpy(), atol=1e-6)

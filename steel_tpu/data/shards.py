@@ -61,8 +61,6 @@ def plan_shards(source, *, folds, seed, shard_mb):
 
     Each fold gets round(bytes / shard_mb) shards, at least one, in a seeded order that mixes the classes.
     """
-    if shard_mb <= 0:
-        raise ValueError(f"shard_mb must be > 0, got {shard_mb}")
     if source.split == "train":
         try:
             fold_of = assign_folds({i: source.labels.present(i) for i in source.paths}, k=folds, seed=seed)
@@ -89,6 +87,8 @@ def build_shards(*, data, out, folds=5, seed=0, shard_mb=100.0, split="train", w
     `_after_shard(n_written)` is a test hook run after each finished shard (to interrupt a build).
     """
     start = time.perf_counter()
+    if shard_mb <= 0 or (split == "train" and folds < 2):
+        raise ValueError(f"need shard_mb > 0 and folds >= 2, got shard_mb={shard_mb}, folds={folds}")
     workers = workers or os.cpu_count()
     source = scan(data, split=split, workers=workers, skip_bad=skip_bad)
     specs = plan_shards(source, folds=folds, seed=seed, shard_mb=shard_mb)

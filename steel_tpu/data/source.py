@@ -14,6 +14,9 @@ TRAIN_CSV = "train.csv"
 TRAIN_IMAGES = "train_images"
 TEST_IMAGES = "test_images"
 _JPEG_END = b"\xff\xd9"
+# Some writers pad after the end-of-image marker; in entropy-coded data 0xFF is always stuffed, so the
+# marker cannot occur there by chance and finding it in the tail is a sound truncation check.
+_TAIL = 64
 
 
 class SourceError(ValueError):
@@ -85,14 +88,14 @@ def _list_jpegs(folder):
 
 
 def _check_jpeg(path):
-    """(problem or None, byte size): reads only the JPEG header and its last two bytes, never decodes."""
+    """(problem or None, byte size): reads only the JPEG header and its tail, never decodes."""
     try:
         with storage.open(path, "rb") as f:
             image = Image.open(f)
             kind, (width, height) = image.format, image.size
             size = f.seek(0, 2)
-            f.seek(-2, 2)
-            end = f.read(2)
+            f.seek(max(size - _TAIL, 0))
+            tail = f.read(_TAIL)
     except UnidentifiedImageError:
         return "not a JPEG (not an image format PIL knows)", 0
     except (OSError, SyntaxError) as e:  # PIL raises SyntaxError for some malformed headers
@@ -101,7 +104,7 @@ def _check_jpeg(path):
         return f"not a JPEG ({kind})", size
     if (width, height) != (WIDTH, HEIGHT):
         return f"{width}x{height}, expected {WIDTH}x{HEIGHT}", size
-    if end != _JPEG_END:
+    if _JPEG_END not in tail:
         return "truncated JPEG (no end-of-image marker)", size
     return None, size
 

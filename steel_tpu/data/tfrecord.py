@@ -1,4 +1,4 @@
-"""TFRecord framing in plain Python, so shards stream through any file object (local or gs://) and are hashed as written."""
+"""TFRecord framing in plain Python: shards stream through any file object (local or gs://), hashed as written."""
 
 import struct
 

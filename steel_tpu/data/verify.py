@@ -66,7 +66,8 @@ def verify(out, *, data=None, workers=None):
     if expected is not None:
         problems += [f"{i}: an image of {data} in no shard" for i in sorted(set(expected.paths) - set(seen))]
     if problems:
-        shown = "; ".join(problems[:_SHOWN]) + (f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else "")
+        more = f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
+        shown = "; ".join(problems[:_SHOWN]) + more
         raise VerifyError(f"{out}: {len(problems)} problem(s): {shown}")
     return Report(out=str(out), shards=len(entries), records=manifest["records"], bytes=manifest["bytes"],
                   source=None if data is None else str(data))
@@ -145,7 +146,8 @@ def _check_shard(out, entry, expected):
             pass
     found = {"records": len(ids), "class_counts": class_counts, "bytes": reader.bytes,
              "sha256": reader.sha256.hexdigest()}
-    problems += [f"{name}: {key} {found[key]} != {entry[key]} in {MANIFEST}" for key in found if found[key] != entry[key]]
+    problems += [f"{name}: {key} {value} != {entry[key]} in {MANIFEST}" for key, value in found.items()
+                 if value != entry[key]]
     return ids, problems
 
 
@@ -160,7 +162,7 @@ def _check_record(record, where, *, fold, expected):
     except rle.RleError as e:
         return [*problems, f"{where}: bad RLE ({e})"]
     if areas != record[example.AREA] or [int(a > 0) for a in areas] != record[example.PRESENT]:
-        problems.append(f"{where}: area/present {record[example.AREA]}/{record[example.PRESENT]} disagree with its RLEs")
+        problems.append(f"{where}: area {record[example.AREA]} / present {record[example.PRESENT]} disagree with the RLEs")
     if expected is not None:
         problems += _check_against_source(record, where, expected)
     return problems

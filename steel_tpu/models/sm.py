@@ -27,21 +27,57 @@ def import_sm() -> ModuleType:
         ) from error
 
 
+# What sm.get_preprocessing(backbone) does to an image, per backbone (checked against it in the tests).
+# Rebuilt here rather than called: keras_applications caches its mean as a constant of the first graph
+# that calls it, which breaks every later graph (functional build, tf.function, XLA).
+PREPROCESSING = {
+    # These normalise with an input BatchNormalization of their own.
+    "none": (
+        *("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"),
+        *("seresnet18", "seresnet34", "resnext50", "resnext101"),
+    ),
+    "torch": (
+        *("seresnet50", "seresnet101", "seresnet152", "seresnext50", "seresnext101", "senet154"),
+        *("densenet121", "densenet169", "densenet201", *(f"efficientnetb{i}" for i in range(8))),
+    ),
+    "tf": ("inceptionresnetv2", "inceptionv3", "mobilenet", "mobilenetv2"),
+    "caffe": ("vgg16", "vgg19"),
+}
+_TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+_CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+def preprocessing_mode(backbone: str) -> str:
+    """The PREPROCESSING mode of a segmentation-models backbone."""
+    for mode, backbones in PREPROCESSING.items():
+        if backbone in backbones:
+            return mode
+    names = ", ".join(name for names in PREPROCESSING.values() for name in names)
+    raise ValueError(f"unknown segmentation-models backbone {backbone!r}; choose one of {names}")
+
+
 @keras.saving.register_keras_serializable(package="steel_tpu")
 class SmPreprocess(keras.layers.Layer):
-    """The backbone's own input preprocessing (sm.get_preprocessing) applied to 0..255 images in-graph."""
+    """A backbone's input preprocessing (a PREPROCESSING mode) applied in-graph to 0..255 images."""
 
-    def __init__(self, backbone: str, **kwargs):
+    def __init__(self, mode: str, **kwargs):
+        if mode not in PREPROCESSING:
+            raise ValueError(f"mode must be one of {tuple(PREPROCESSING)}, got {mode!r}")
         # float32 whatever the policy: ImageNet mean/std scaling of 0..255 values is where bfloat16 hurts.
-        super().__init__(dtype="float32", **{k: v for k, v in kwargs.items() if k != "dtype"})
-        self.backbone = backbone
-        self._preprocess = import_sm().get_preprocessing(backbone)
+        super().__init__(**{**kwargs, "dtype": "float32"})
+        self.mode = mode
 
     def call(self, images):
-        return self._preprocess(images)
+        if self.mode == "torch":
+            return (images / 255.0 - keras.ops.array(_TORCH_MEAN)) / keras.ops.array(_TORCH_STD)
+        if self.mode == "tf":
+            return images / 127.5 - 1.0
+        if self.mode == "caffe":
+            return keras.ops.flip(images, axis=-1) - keras.ops.array(_CAFFE_BGR_MEAN)
+        return images
 
     def get_config(self):
-        return {**super().get_config(), "backbone": self.backbone}
+        return {**super().get_config(), "mode": self.mode}
 
 
 def build_sm(
@@ -57,19 +93,17 @@ def build_sm(
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {tuple(ARCHS)}, got {arch!r}")
     check_input_shape(input_shape)
+    mode = preprocessing_mode(backbone)
     sm = import_sm()
-    backbones = sm.get_available_backbone_names()
-    if backbone not in backbones:
-        raise ValueError(f"unknown segmentation-models backbone {backbone!r}; choose one of {', '.join(backbones)}")
 
     def build(resolved: str | None) -> keras.Model:
-        # Linear head: the sigmoid runs below in float32 so bfloat16 does not round the probabilities.
+        # Linear head: the sigmoid runs below in float32 (a bfloat16 sigmoid keeps ~3 significant digits).
         return getattr(sm, ARCHS[arch])(
             backbone, input_shape=tuple(input_shape), classes=num_classes, activation="linear", encoder_weights=resolved
         )
 
     network = resolve_weights(weights, name=f"sm-{arch}/{backbone}", build=build, allow_random=allow_random)
     images = keras.Input(tuple(input_shape), name="images")
-    logits = network(SmPreprocess(backbone, name="preprocess")(images))
+    logits = network(SmPreprocess(mode, name="preprocess")(images))
     output = keras.layers.Activation("sigmoid", dtype="float32", name="masks")(logits)
     return keras.Model(images, output, name=f"sm_{arch}_{backbone}")

@@ -1,0 +1,159 @@
+"""RLE codec vs the seed reference code, same Severstal-like masks, same process: `python benchmarks/bench_rle.py`."""
+
+import argparse
+import os
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from steel_tpu import rle
+from steel_tpu.constants import HEIGHT, WIDTH
+
+CLASSES = 4
+
+
+def severstal_like(count, rng):
+    """[count, H, W] uint8 masks: 0-5 coarse elliptic blobs each (a third of the masks empty), like train.csv."""
+    rows, cols = np.ogrid[:HEIGHT, :WIDTH]
+    masks = np.zeros((count, HEIGHT, WIDTH), np.uint8)
+    for mask in masks:
+        for _ in range(rng.choice(6, p=[0.35, 0.25, 0.15, 0.1, 0.1, 0.05])):
+            cy, cx = rng.uniform(0, HEIGHT), rng.uniform(0, WIDTH)
+            ry, rx = rng.uniform(4, 130), rng.uniform(4, 300)
+            # A wobbly rim, as hand-drawn polygons have.
+            wobble = 1 + 0.15 * np.sin(cols / rng.uniform(5, 40) + rng.uniform(0, 6))
+            mask[((rows - cy) / ry) ** 2 + ((cols - cx) / rx) ** 2 < wobble] = 1
+    return masks
+
+
+def noisy(count, rng):
+    """Salt-and-pepper masks (a badly thresholded prediction): the decoders' worst case, many tiny runs."""
+    return (rng.random((count, HEIGHT, WIDTH)) < 0.3).astype(np.uint8)
+
+
+def seed_decode(text):
+    tokens = text.split()
+    starts, lengths = np.asarray(tokens[0::2], dtype=int), np.asarray(tokens[1::2], dtype=int)
+    flat = np.zeros(HEIGHT * WIDTH, dtype=np.uint8)
+    for s, l in zip(starts, lengths):
+        flat[s - 1 : s - 1 + l] = 1
+    return flat.reshape(WIDTH, HEIGHT).T
+
+
+def seed_encode(mask):
+    pixels = mask.T.flatten()
+    pixels = np.concatenate([[0], pixels, [0]])
+    runs = np.where(pixels[1:] != pixels[:-1])[0] + 1
+    runs[1::2] -= runs[::2]
+    return " ".join(str(x) for x in runs)
+
+
+def plain_tf_decode(text):
+    """The straightforward in-graph decoder: scatter +1/-1 at run edges, cumsum over every pixel, transpose."""
+    values = tf.reshape(tf.strings.to_number(tf.strings.split(text), out_type=tf.int32), [-1, 2])
+    starts = values[:, 0] - 1
+    edges = tf.concat([starts, starts + values[:, 1]], axis=0)
+    signs = tf.concat([tf.ones_like(starts), -tf.ones_like(starts)], axis=0)
+    delta = tf.math.unsorted_segment_sum(signs, edges, num_segments=HEIGHT * WIDTH + 1)
+    flat = tf.cast(tf.math.cumsum(delta)[:-1], tf.uint8)
+    return tf.transpose(tf.reshape(flat, [WIDTH, HEIGHT]))
+
+
+def streamed(fn, items):
+    """A pass calling fn on each item and dropping the result, as a streaming caller does."""
+
+    def run():
+        for item in items:
+            fn(item)
+
+    return run
+
+
+def through_tf_data(decoder, texts):
+    """A pass through Dataset.map(decoder), checked against the seed decoder first."""
+    dataset = tf.data.Dataset.from_tensor_slices(texts).map(decoder)
+    for text, decoded in zip(texts[:8], dataset):
+        expected = np.stack([seed_decode(t) for t in np.atleast_1d(text)], axis=-1).reshape(decoded.shape)
+        np.testing.assert_array_equal(decoded.numpy(), expected)
+    batched = dataset.batch(16)
+    return lambda: [None for _ in batched]
+
+
+def race(reference, project, *, repeat):
+    """Best wall time of two passes, alternated so both meet the same load (the machine is shared)."""
+    best = [float("inf"), float("inf")]
+    for _ in range(repeat):
+        for i, run in enumerate((reference, project)):
+            start = time.perf_counter()
+            run()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--masks", type=int, default=256)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    rng = np.random.default_rng(args.seed)
+    masks = severstal_like(args.masks // CLASSES * CLASSES, rng)
+    texts = [seed_encode(m) for m in masks]
+    assert [rle.encode(m) for m in masks] == texts
+    assert all(np.array_equal(rle.decode(t), m) for t, m in zip(texts, masks))
+    # The model's output layout: [N, H, W, C], contiguous.
+    images = np.ascontiguousarray(masks.reshape(-1, CLASSES, HEIGHT, WIDTH).transpose(0, 2, 3, 1))
+    batches = [images[i : i + 16] for i in range(0, len(images), 16)]
+    per_image = [[seed_encode(m[..., k]) for k in range(CLASSES)] for m in images]
+    assert sum((rle.encode_batch(b) for b in batches), []) == per_image
+    dense_texts = [rle.encode(m) for m in noisy(32, rng)]
+
+    runs = np.mean([len(t.split()) // 2 for t in texts])
+    empty = np.mean([not t for t in texts])
+    print(
+        f"{len(masks)} Severstal-like {HEIGHT}x{WIDTH} masks ({empty:.0%} empty, {runs:.0f} runs on average), "
+        f"{os.cpu_count()} cores (shared), best of {args.repeat}; rates in masks/s"
+    )
+    print(f"{'':46s} {'reference':>10s} {'project':>10s} {'ratio':>7s}")
+    rows = [
+        ("decode vs seed loop", len(texts), streamed(seed_decode, texts), streamed(rle.decode, texts)),
+        ("encode vs seed", len(masks), streamed(seed_encode, masks), streamed(rle.encode, masks)),
+        (
+            "encode_batch [16,H,W,4] vs seed encode each",
+            len(masks),
+            streamed(lambda m: [seed_encode(m[..., k]) for k in range(CLASSES)], images),
+            streamed(rle.encode_batch, batches),
+        ),
+        (
+            "tf_decode in tf.data vs plain TF cumsum",
+            len(texts),
+            through_tf_data(plain_tf_decode, texts),
+            through_tf_data(rle.tf_decode, texts),
+        ),
+        (
+            "  same, salt-and-pepper masks",
+            len(dense_texts),
+            through_tf_data(plain_tf_decode, dense_texts),
+            through_tf_data(rle.tf_decode, dense_texts),
+        ),
+        (
+            "tf_decode_classes [4] in tf.data vs plain x4",
+            len(texts),
+            through_tf_data(lambda s: tf.stack([plain_tf_decode(s[k]) for k in range(CLASSES)], -1), per_image),
+            through_tf_data(rle.tf_decode_classes, per_image),
+        ),
+        (
+            "tf_decode in tf.data vs seed numpy decode",
+            len(texts),
+            streamed(seed_decode, texts),
+            through_tf_data(rle.tf_decode, texts),
+        ),
+    ]
+    for name, count, reference, project in rows:
+        reference_s, project_s = race(reference, project, repeat=args.repeat)
+        print(f"{name:46s} {count / reference_s:10.0f} {count / project_s:10.0f} {reference_s / project_s:6.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+"""The fold models of a workdir as one device function: mean probabilities, optional flip TTA, full-res maps."""
+
+import dataclasses
+
+import tensorflow as tf
+
+from steel_tpu import augment, postprocess, storage, train, workdir
+
+
+@dataclasses.dataclass(frozen=True)
+class Ensemble:
+    """Loaded fold models of both tasks and the input size each expects."""
+
+    segmenters: tuple
+    classifiers: tuple
+    segment_size: tuple  # (h, w) the segmenters take: the size the input pipeline decodes to
+    classify_size: tuple
+    folds: dict  # task -> fold numbers loaded
+    identity: dict  # task -> [(weights path, bytes)]: what a resumed run must find unchanged
+
+
+def _build(task, tcfg):
+    # Weights come from the workdir: never fetch (or require) pretrained encoder weights to build the graph.
+    offline = dataclasses.replace(tcfg, model=dataclasses.replace(tcfg.model, weights=None, allow_random_weights=True))
+    return train.build_model(task, offline)
+
+
+def load(work, *, strategy, folds=None, tasks=workdir.TASKS):
+    """Every completed fold of each task in `tasks` (or just `folds`), built under `strategy`'s scope."""
+    cfg = workdir.load_config(work)
+    loaded, chosen, identity = {}, {}, {}
+    for task in tasks:
+        done = workdir.completed_folds(work, task)
+        use = [f for f in done if folds is None or f in folds]
+        if folds is not None and task == "segment" and sorted(use) != sorted(folds):
+            raise FileNotFoundError(f"{work}: segment folds {sorted(set(folds) - set(done))} are not complete")
+        paths = [workdir.fold_file(work, task, f, "best.weights.h5") for f in use]
+        with strategy.scope():
+            models = [_build(task, getattr(cfg, task)) for _ in use]
+        for model, path in zip(models, paths):
+            workdir.load_weights(model, path)
+        loaded[task], chosen[task] = tuple(models), use
+        identity[task] = [(p, storage.size(p)) for p in paths]
+    if not loaded.get("segment"):
+        raise FileNotFoundError(f"{work}: no completed segment folds (segment/fold*/done.json): nothing to predict with")
+    size = lambda task: (getattr(cfg, task).data.image_height, getattr(cfg, task).data.image_width)  # noqa: E731
+    return Ensemble(segmenters=loaded["segment"], classifiers=loaded.get("classify", ()),
+                    segment_size=size("segment"), classify_size=size("classify"), folds=chosen, identity=identity)
+
+
+def _views(images, tta):
+    """(view, undo) pairs: identity, and with TTA the horizontal and vertical flips (their own inverses)."""
+    identity = lambda x: x  # noqa: E731
+    if not tta:
+        return [(images, identity)]
+    hflip, vflip = (lambda x: tf.reverse(x, axis=[2])), (lambda x: tf.reverse(x, axis=[1]))
+    return [(images, identity), (hflip(images), hflip), (vflip(images), vflip)]
+
+
+def _mean(outputs):
+    return tf.add_n(outputs) / float(len(outputs))
+
+
+def _class_probs(output):
+    # A two-headed classifier gates on its binary head, as training's validation (and so tune) does.
+    return tf.cast(output["binary"] if isinstance(output, dict) else output, tf.float32)
+
+
+def make_forward(ensemble, *, tta=False):
+    """uint8 images [B, h, w, 3] at segment_size -> {"maps": uint8 [B, 256, 1600, 4], "probs": [B, heads]}.
+
+    "probs" is present only with classifiers. Everything runs on the device, in one XLA program.
+    """
+
+    def forward(images):
+        x = augment.eval_preprocess(images)
+        seg = [undo(tf.cast(m(view, training=False), tf.float32))
+               for view, undo in _views(x, tta) for m in ensemble.segmenters]
+        out = {"maps": postprocess.to_full_resolution(_mean(seg))}
+        if ensemble.classifiers:
+            if tuple(ensemble.classify_size) != tuple(ensemble.segment_size):
+                # One decode per image on the host; the classifier's size is made on the device.
+                x = tf.round(tf.image.resize(x, ensemble.classify_size, method="area"))
+            out["probs"] = _mean([_class_probs(m(view, training=False))
+                                  for view, _ in _views(x, tta) for m in ensemble.classifiers])
+        return out
+
+    return forward

@@ -1,0 +1,231 @@
+"""Score a folder of JPEGs (or test shards) with a workdir's fold ensemble into a Kaggle submission CSV.
+
+Host decoding (tf.data, prefetched), the ensemble on the device (the training strategy code), and thresholds,
+min areas, gating and RLE encoding in one worker thread, so the device never waits for the host's post-processing.
+Progress is committed in chunks beside the output (submission_writer); a re-run resumes after the last one.
+"""
+
+import collections
+import csv
+import io
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from tqdm import tqdm
+
+from steel_tpu import distribute, ensemble, postprocess, rle, step, storage, tune
+from steel_tpu.data import pipeline, source
+from steel_tpu.kaggle import EMPTY
+from steel_tpu.submission_writer import ChunkedSubmission
+from steel_tpu.workdir import load_config
+
+CHUNK_SIZE = 1024  # images per committed part file: at most this much work is redone after a crash
+_IN_FLIGHT = 2  # device batches waiting for the host worker: bounds host memory, keeps the device busy
+_SHARD_GLOB = "test-*.tfrec"
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """One committed unit of work, in output order."""
+
+    index: int
+    inputs: tuple  # what the input pipeline reads: JPEG paths of the good images, or one test shard
+    size: int  # images the model sees
+    image_ids: tuple | None  # every image, bad ones included, in output order; None: learnt from a shard
+    bad: tuple = ()  # (image id, reason): written as empty masks
+
+
+def _jpeg_chunks(images, *, chunk_size, skip_bad, workers):
+    """Chunks of a JPEG folder, every image checked from its header (id-naming SourceError unless skip_bad)."""
+    found = source.scan(images, split="test", workers=workers, skip_bad=skip_bad)
+    reasons = dict(found.skipped)
+    ids = sorted(set(found.paths) | set(reasons))
+    chunks = []
+    for index, start in enumerate(range(0, len(ids), chunk_size)):
+        part = tuple(ids[start:start + chunk_size])
+        good = [i for i in part if i in found.paths]
+        chunks.append(Chunk(index=index, inputs=tuple(found.paths[i] for i in good), size=len(good),
+                            image_ids=part, bad=tuple((i, reasons[i]) for i in part if i in reasons)))
+    return chunks
+
+
+def _shard_chunks(images):
+    """One chunk per test shard, sized from the shard builder's manifest."""
+    manifest_path = storage.join(images, "manifest.json")
+    if not storage.exists(manifest_path):
+        raise FileNotFoundError(f"{images}: test shards without manifest.json (an unfinished shard build?)")
+    manifest = json.loads(storage.read_text(manifest_path))
+    if manifest.get("split") != "test":
+        raise ValueError(f"{manifest_path}: {manifest.get('split')} shards; predict reads test shards or JPEGs")
+    return [Chunk(index=i, inputs=(storage.join(images, s["name"]),), size=s["records"], image_ids=None)
+            for i, s in enumerate(manifest["shards"])]
+
+
+def plan_chunks(images, *, chunk_size=CHUNK_SIZE, skip_bad=False, workers=None):
+    """The chunks of `images`: a folder of test shards (manifest.json) or of *.jpg files, local or gs://."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if storage.isdir(images) and storage.glob(storage.join(images, _SHARD_GLOB)):
+        return _shard_chunks(images)
+    return _jpeg_chunks(images, chunk_size=chunk_size, skip_bad=skip_bad, workers=workers or os.cpu_count())
+
+
+def load_thresholds(work, thresholds=None):
+    """(PostProcess, where it came from): a PostProcess, a thresholds.json path, or the workdir's (or defaults)."""
+    if isinstance(thresholds, postprocess.PostProcess):
+        return thresholds, "given"
+    path = thresholds or storage.join(work, tune.THRESHOLDS)
+    if storage.exists(path):
+        return tune.load_postprocess(path), path
+    if thresholds:
+        raise FileNotFoundError(f"{thresholds}: no such thresholds file")
+    print(f"predict: no {path}: using defaults (pixel threshold 0.5, no min area, no gate); "
+          f"run `steel-tpu tune --workdir {work}` first to tune them")
+    return postprocess.PostProcess(), "defaults"
+
+
+def _dataset(chunks, *, image_size, batch_size):
+    """One stream over the chunks, in chunk order (shards one after another, never interleaved)."""
+    if not chunks:
+        return None
+    if chunks[0].image_ids is not None:
+        paths = [p for c in chunks for p in c.inputs]
+        return pipeline.predict_dataset(source=paths, image_size=image_size, batch_size=batch_size) if paths else None
+    datasets = [pipeline.predict_dataset(source=c.inputs[0], image_size=image_size, batch_size=batch_size)
+                for c in chunks]
+    stream = datasets[0]
+    for ds in datasets[1:]:
+        stream = stream.concatenate(ds)
+    return stream
+
+
+class _Assembler:
+    """Collects scored rows in stream order and commits each chunk once all its images are in."""
+
+    def __init__(self, chunks, *, writer, after_chunk):
+        self.pending = collections.deque(chunks)
+        self.rows, self.writer, self.after_chunk, self.committed = [], writer, after_chunk, 0
+        self._commit_ready()
+
+    def add(self, image_ids, rles):
+        for image_id, classes in zip(image_ids, rles):
+            if not self.pending:
+                raise RuntimeError(f"input pipeline yielded image {image_id} after the last planned image")
+            if self.expected is not None and image_id != self.expected[len(self.rows)]:
+                raise RuntimeError(f"input pipeline order: got image {image_id}, "
+                                   f"expected {self.expected[len(self.rows)]}")
+            self.rows.append((image_id, classes))
+            if len(self.rows) == self.pending[0].size:
+                self._commit_ready()
+
+    def _commit_ready(self):
+        while self.pending and len(self.rows) == self.pending[0].size:
+            chunk = self.pending.popleft()
+            rows = self.rows
+            if chunk.image_ids is not None:
+                scored = dict(rows)
+                rows = [(i, scored.get(i, EMPTY)) for i in chunk.image_ids]
+            self.writer.commit(chunk.index, rows)
+            self.rows, self.committed = [], self.committed + 1
+            if self.after_chunk:
+                self.after_chunk(self.committed)
+        # The good images of the chunk now filling, in the order the pipeline must deliver them.
+        chunk = self.pending[0] if self.pending else None
+        bad = {i for i, _ in chunk.bad} if chunk else set()
+        self.expected = [i for i in chunk.image_ids if i not in bad] if chunk and chunk.image_ids else None
+
+    def close(self):
+        if self.pending:
+            raise RuntimeError(f"input pipeline ended with chunk {self.pending[0].index} incomplete "
+                               f"({len(self.rows)} of {self.pending[0].size} images)")
+
+
+def _host_work(batch, outputs, *, pp, assembler, bar):
+    """Threshold, gate, encode and assemble one device batch (runs in the worker thread)."""
+    valid = batch["valid"]
+    probs = outputs["probs"][valid] if "probs" in outputs else None
+    masks = pp.apply(outputs["maps"][valid], probs)
+    ids = [i.decode() for i in batch["image_id"][valid]]
+    assembler.add(ids, rle.encode_batch(masks))
+    bar.update(len(ids))
+
+
+def _run(dataset, *, predict_step, pp, assembler, total, progress):
+    """Device batches in the main thread, host work in one worker, at most _IN_FLIGHT batches apart."""
+    bar = tqdm(total=total, unit="img", desc="predict", disable=not progress)
+    in_flight = collections.deque()
+    try:
+        with ThreadPoolExecutor(max_workers=1) as worker:
+            for batch in (dataset.as_numpy_iterator() if dataset is not None else ()):
+                outputs = predict_step(batch["image"])
+                in_flight.append(worker.submit(_host_work, batch, outputs, pp=pp, assembler=assembler, bar=bar))
+                while len(in_flight) > _IN_FLIGHT or (in_flight and in_flight[0].done()):
+                    in_flight.popleft().result()
+            while in_flight:
+                in_flight.popleft().result()
+    finally:
+        for future in in_flight:
+            future.cancel()
+        bar.close()
+    assembler.close()
+
+
+def _write_errors(out, bad):
+    path = str(out) + ".errors.csv"
+    if not bad:
+        storage.remove(path)
+        return None
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(("image_id", "reason"))
+    writer.writerows(bad)
+    storage.write_text(path, buffer.getvalue())
+    return path
+
+
+def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False, chunk_size=CHUNK_SIZE,
+            thresholds=None, folds=None, device=None, progress=True, _after_chunk=None):
+    """Write the Kaggle submission of every image in `images` to `out` (local or gs://); returns a summary dict.
+
+    `thresholds`: a PostProcess or a thresholds.json path (default: the workdir's, else defaults); `folds`:
+    only these fold models. `_after_chunk(n)` is a test hook run after each committed chunk.
+    """
+    start = time.perf_counter()
+    cfg = load_config(workdir)
+    pp, pp_from = load_thresholds(workdir, thresholds)
+    device = device or distribute.select_strategy()
+    distribute.set_precision(device.kind, gpu_float16=cfg.gpu_float16)
+    batch_size = batch_size or cfg.segment.data.batch_size
+    distribute.per_replica_batch_size(device, batch_size)
+    # The classifiers only gate: without a tuned gate they would cost device time and change nothing.
+    ens = ensemble.load(workdir, strategy=device.strategy, folds=folds,
+                        tasks=("classify", "segment") if pp.gate else ("segment",))
+    if pp.gate and not ens.classifiers:
+        raise FileNotFoundError(f"{pp_from} gates on a classifier, but {workdir} has no completed classify folds")
+    chunks = plan_chunks(images, chunk_size=chunk_size, skip_bad=skip_bad)
+    writer = ChunkedSubmission(out, plan={
+        "chunks": [[list(c.inputs), c.image_ids, c.size] for c in chunks], "models": ens.identity,
+        "postprocess": pp.to_dict(), "tta": tta, "segment_size": list(ens.segment_size),
+        "config": cfg.name})
+    done = writer.committed()
+    pending = [c for c in chunks if c.index not in done]
+    predict_step = step.make_predict_step(forward=ensemble.make_forward(ens, tta=tta), strategy=device.strategy)
+    dataset = _dataset(pending, image_size=ens.segment_size, batch_size=batch_size)
+    assembler = _Assembler(pending, writer=writer, after_chunk=_after_chunk)
+    _run(dataset, predict_step=predict_step, pp=pp, assembler=assembler, total=sum(c.size for c in pending),
+         progress=progress)
+    bad = [b for c in chunks for b in c.bad]
+    errors = _write_errors(out, bad)
+    n_images = writer.finish(len(chunks))
+    seconds = time.perf_counter() - start
+    scored = sum(c.size for c in pending)
+    summary = {"out": str(out), "images": n_images, "skipped": len(bad), "resumed_chunks": len(done),
+               "scored_now": scored, "seconds": round(seconds, 2), "images_per_s": round(scored / seconds, 2),
+               "errors": errors, "thresholds": pp_from, "folds": ens.folds, "tta": tta}
+    print(f"predict: {n_images} images ({len(bad)} skipped as bad"
+          + (f", listed in {errors}" if errors else "") + f"; {len(done)} chunk(s) resumed), {scored} scored in "
+          f"{seconds:.1f}s ({summary['images_per_s']} images/s) -> {out}")
+    return summary

@@ -1,0 +1,374 @@
+"""`steel-tpu report`: one HTML page with PNG figures describing a training workdir (local or gs://)."""
+
+import csv
+import html
+import io
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+from steel_tpu import figures, postprocess, storage, tune, tune_plots
+from steel_tpu import workdir as workdir_lib
+from steel_tpu.constants import CLASS_IDS, HEIGHT, NUM_CLASSES, WIDTH
+from steel_tpu.data import example, shards, tfrecord
+
+INDEX = "index.html"
+EXAMPLES_PER_SIDE = 4  # best and worst validation images shown
+_CURVE_METRICS = {"classify": ("auc", "accuracy"), "segment": ("dice",)}
+_SEGMENT_KEYS = ("image_ids", "probs", "truth", "truth_area", "dice")
+_BATCH = 64  # images thresholded at once: bounds the bool copies to ~25 MB at oof_scale 4
+_STYLE = ("body{font-family:sans-serif;max-width:1300px;margin:auto;padding:0 1em}"
+          "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
+          "th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5em 0}.note{color:#777}")
+
+
+@dataclass
+class Section:
+    title: str
+    parts: list = field(default_factory=list)  # HTML fragments, in order
+    files: dict = field(default_factory=dict)  # PNG name -> bytes
+
+    def note(self, text):
+        self.parts.append(f'<p class="note">{html.escape(text)}</p>')
+
+    def figure(self, name, png, caption):
+        self.files[name] = png
+        self.parts.append(f'<img src="{html.escape(name)}" alt="{html.escape(caption)}">'
+                          f"<p>{html.escape(caption)}</p>")
+
+    def table(self, header, rows):
+        def cell(v):
+            return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+
+        head = "".join(f"<th>{cell(h)}</th>" for h in header)
+        body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
+        self.parts.append(f"<table><tr>{head}</tr>{body}</table>")
+
+
+def read_log(path):
+    """A fold's log.csv as a list of {column: float} (epoch as int); a bad cell raises naming file and line."""
+    rows = []
+    for line, row in enumerate(csv.DictReader(io.StringIO(storage.read_text(path))), start=2):
+        try:
+            values = {k: float(v) for k, v in row.items() if v != ""}
+            values["epoch"] = int(values["epoch"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise ValueError(f"{path}: line {line}: expected numbers with an epoch column ({error})") from None
+        rows.append(values)
+    return rows
+
+
+def _fold_of(path):
+    return int(os.path.basename(os.path.dirname(path)).removeprefix("fold"))
+
+
+def _logs(work, task):
+    """{fold: log rows} of every fold of `task` with a non-empty log.csv, finished or not."""
+    logs = {_fold_of(p): read_log(p) for p in storage.glob(storage.join(work, task, "fold*", "log.csv"))}
+    return {fold: rows for fold, rows in logs.items() if rows}
+
+
+def _load_segment_oof(path):
+    oof = workdir_lib.load_oof(path)
+    missing = [k for k in _SEGMENT_KEYS if k not in oof]
+    if missing:
+        raise ValueError(f"{path}: not a segmenter OOF file (missing {missing})")
+    n = len(oof["image_ids"])
+    probs, truth = oof["probs"], oof["truth"]
+    if (probs.dtype != np.uint8 or probs.ndim != 4 or probs.shape[-1] != NUM_CLASSES or truth.shape != probs.shape
+            or oof["dice"].shape != (n, NUM_CLASSES) or len(probs) != n):
+        raise ValueError(f"{path}: expected {n} uint8 maps, bool truth [N, h, w, {NUM_CLASSES}] and dice "
+                         f"[N, {NUM_CLASSES}]; got {probs.dtype} {probs.shape}, {truth.shape}, {oof['dice'].shape}")
+    return oof
+
+
+def _load_thresholds(work):
+    """thresholds.json of `work` as a dict (with its PostProcess), or None when tuning has not run."""
+    path = storage.join(work, tune.THRESHOLDS)
+    if not storage.exists(path):
+        return None
+    result = json.loads(storage.read_text(path))
+    result["postprocess"] = tune.load_postprocess(path)
+    return result
+
+
+def read_images(data, wanted):
+    """{image id: uint8 [HEIGHT, WIDTH] grayscale} for `wanted` ({fold: ids}), read from that fold's shards."""
+    path = storage.join(data, shards.MANIFEST)
+    if not storage.exists(path):
+        raise FileNotFoundError(f"{path}: not found; --data must be the shard folder the workdir was trained on")
+    entries = json.loads(storage.read_text(path))["shards"]
+    images = {}
+    for fold, ids in wanted.items():
+        todo = set(ids)
+        for entry in (e for e in entries if e["fold"] == fold):
+            if not todo:
+                break
+            todo -= _read_shard(storage.join(data, entry["name"]), todo, images)
+        if todo:
+            raise ValueError(f"{data}: no fold-{fold} shard holds {sorted(todo)}, which the workdir's fold-{fold} "
+                             "OOF data names; was it trained on other shards?")
+    return images
+
+
+def _read_shard(path, ids, images):
+    """Decode the records of `ids` in one shard into `images`; returns the ids found."""
+    found = set()
+    with storage.open(path) as f:
+        try:
+            for record in tfrecord.read_records(f):
+                rec = example.parse_numpy(record)
+                if rec[example.IMAGE_ID] in ids:
+                    gray = Image.open(io.BytesIO(rec[example.IMAGE])).convert("L")
+                    images[rec[example.IMAGE_ID]] = np.asarray(gray.resize((WIDTH, HEIGHT)))
+                    found.add(rec[example.IMAGE_ID])
+                    if found == ids:
+                        break
+        except tfrecord.TFRecordError as error:
+            raise tfrecord.TFRecordError(f"{path}: {error}") from None
+    return found
+
+
+def pixel_confusion(probs, truth, thresholds):
+    """int64 [C, 2, 2] pixel counts indexed [truth, predicted] of uint8 maps at per-class pixel thresholds."""
+    counts = np.zeros((NUM_CLASSES, 2, 2), np.int64)
+    for i in range(0, len(probs), _BATCH):
+        pred, t = postprocess.binarize(probs[i:i + _BATCH], thresholds), truth[i:i + _BATCH]
+        tp = (pred & t).sum(axis=(0, 1, 2))
+        p, pos = pred.sum(axis=(0, 1, 2)), t.sum(axis=(0, 1, 2))
+        counts[:, 1, 1] += tp
+        counts[:, 0, 1] += p - tp
+        counts[:, 1, 0] += pos - tp
+        counts[:, 0, 0] += pred[..., 0].size - p - pos + tp
+    return counts
+
+
+def pick_examples(dice, has_defect, *, k):
+    """(best, worst) row indices by mean Dice over classes: worst of all images, best of those with a defect.
+
+    Clean images predicted clean all score 1.0, so "best" among them says nothing; defective images fill in
+    for the best only when too few exist. Ties keep the earlier row; no image is in both lists.
+    """
+    score = dice.mean(axis=1)
+    worst = np.argsort(score, kind="stable")[:k]
+    order = np.argsort(-score, kind="stable")
+    order = np.concatenate([order[has_defect[order]], order[~has_defect[order]]])
+    taken = set(worst.tolist())
+    best = [i for i in order if i not in taken][:k]
+    return np.asarray(best, np.int64), worst
+
+
+@dataclass
+class _SegmentSummary:
+    """What the report keeps of the completed segment folds' OOF files (the maps only for the chosen images)."""
+
+    folds: list
+    dice: dict  # fold -> float32 [N, C]
+    counts: np.ndarray  # int64 [C, 2, 2]
+    candidates: list  # dicts: fold, image_id, dice [C], has_defect, probs, truth
+
+
+def _scan_segment(work, folds, thresholds, *, k):
+    """One pass over each fold's oof.npz (one fold in memory at a time): Dice, confusion counts, example maps."""
+    summary = _SegmentSummary(folds=list(folds), dice={}, counts=np.zeros((NUM_CLASSES, 2, 2), np.int64),
+                              candidates=[])
+    for fold in folds:
+        oof = _load_segment_oof(workdir_lib.fold_file(work, "segment", fold, "oof.npz"))
+        summary.dice[fold] = oof["dice"]
+        summary.counts += pixel_confusion(oof["probs"], oof["truth"], thresholds)
+        has_defect = oof["truth_area"].sum(axis=1) > 0
+        # The global best/worst k are among each fold's best/worst k, so only those maps are kept.
+        best, worst = pick_examples(oof["dice"], has_defect, k=k)
+        for i in np.concatenate([best, worst]):
+            summary.candidates.append(dict(fold=fold, image_id=str(oof["image_ids"][i]), dice=oof["dice"][i],
+                                           has_defect=bool(has_defect[i]), probs=oof["probs"][i],
+                                           truth=oof["truth"][i]))
+    return summary
+
+
+def _curves_section(work):
+    section = Section("Training curves")
+    for task in workdir_lib.TASKS:
+        logs = _logs(work, task)
+        if not logs:
+            section.note(f"{task}: no {task}/fold*/log.csv yet.")
+            continue
+        metrics = _CURVE_METRICS[task]
+        section.figure(f"curves_{task}.png",
+                       figures.training_curves(logs, title=f"{task}: per epoch", metrics=metrics),
+                       f"{task}: training loss (last step of each epoch), learning rate and validation "
+                       f"{', '.join(metrics)} per epoch, one line per fold.")
+        done = set(workdir_lib.completed_folds(work, task))
+        section.table(["fold", "epochs logged", "complete", f"best {metrics[0]}", "at epoch", "last loss",
+                       "train images/s"],
+                      [_curve_row(fold, rows, metrics[0], fold in done) for fold, rows in sorted(logs.items())])
+    return section
+
+
+def _curve_row(fold, rows, metric, complete):
+    best = max(rows, key=lambda r: r.get(metric, -np.inf))
+    last = rows[-1]
+    return [fold, len(rows), "yes" if complete else "no", best.get(metric, float("nan")), best["epoch"] + 1,
+            last.get("loss", float("nan")), last.get("train_images_per_s", float("nan"))]
+
+
+def _dice_section(work, seg, cfg):
+    section = Section("Per-class Dice")
+    if seg is None:
+        section.note("segmenter: no completed segment folds (segment/fold*/done.json), so no OOF Dice.")
+    else:
+        per_fold = [(f"fold {f} ({len(d)} images)", d.mean(axis=0)) for f, d in sorted(seg.dice.items())]
+        everything = np.concatenate(list(seg.dice.values()))
+        rows = per_fold
+        if len(per_fold) > 1:
+            rows = per_fold + [(f"all ({len(everything)} images)", everything.mean(axis=0))]
+        section.figure("dice_per_class.png", figures.dice_bars(rows),
+                       f"Segmenter out-of-fold Dice per class at the eval threshold "
+                       f"{cfg.segment.train.eval_threshold:g} (full resolution, best epoch, no min area or gate).")
+        section.table(["", *[f"class {c}" for c in CLASS_IDS], "mean"],
+                      [[label, *map(float, values), float(values.mean())] for label, values in rows])
+    logs = _logs(work, "classify")
+    if not logs:
+        section.note("classifier: no classify/fold*/log.csv yet, so no AUC or accuracy.")
+        return section
+    section.parts.append("<p>Classifier validation (any defect) at its best-AUC epoch, the one whose weights "
+                         f"and OOF were kept; accuracy at threshold {cfg.classify.train.eval_threshold:g}.</p>")
+    best = {fold: max(rows, key=lambda r: r.get("auc", -np.inf)) for fold, rows in sorted(logs.items())}
+    section.table(["fold", "epoch", "AUC", "accuracy"],
+                  [[f, r["epoch"] + 1, r.get("auc", float("nan")), r.get("accuracy", float("nan"))]
+                   for f, r in best.items()])
+    return section
+
+
+def _confusion_section(seg, thresholds, tuned):
+    section = Section("Pixel confusion per class")
+    if seg is None:
+        section.note("No completed segment folds, so no OOF maps to count pixels on.")
+        return section
+    source = "tuned thresholds from thresholds.json" if tuned else "0.5 (no thresholds.json yet)"
+    section.figure("confusion.png", figures.confusion_matrices(seg.counts, thresholds=thresholds),
+                   f"Out-of-fold pixels of folds {seg.folds} (at OOF resolution), thresholded at {source}; "
+                   "no min area or gate. Colour: share of the truth row.")
+    rows = []
+    for c in range(NUM_CLASSES):
+        (tn, fp), (fn, tp) = seg.counts[c].astype(np.float64)
+        total = tn + fp + fn + tp
+        rows.append([f"class {CLASS_IDS[c]}", thresholds[c], tp / total, fp / total, fn / total, tn / total,
+                     tp / max(tp + fp, 1), tp / max(tp + fn, 1)])
+    section.table(["", "pixel threshold", "TP rate", "FP rate", "FN rate", "TN rate", "precision", "recall"], rows)
+    return section
+
+
+def _gate_text(gate, c):
+    if not gate:
+        return "none"
+    return f"p_any ≥ {gate[0]:g}" if len(gate) == 1 else f"p ≥ {gate[c]:g}"
+
+
+def _tune_section(work, result):
+    section = Section("Thresholds (tune)")
+    if result is None:
+        section.note(f"No {tune.THRESHOLDS} in the workdir: run `steel-tpu tune --workdir {work}` to choose them.")
+        return section
+    pp, before, after = result["postprocess"], result["dice_before"], result["dice_after"]
+    section.parts.append(f"<p>{result['n_images']} OOF images of folds {html.escape(str(result['folds']))}: "
+                         f"mean Dice {before['mean']:.4f} at 0.5 → {after['mean']:.4f} tuned.</p>")
+    section.table(["", "pixel threshold", "min area (px)", "gate", "Dice at 0.5", "Dice tuned"],
+                  [[f"class {CLASS_IDS[c]}", pp.pixel_threshold[c], pp.min_area[c], _gate_text(pp.gate, c),
+                    before["per_class"][c], after["per_class"][c]] for c in range(NUM_CLASSES)])
+    plots = _tune_plots(work, result)
+    for name in tune_plots.FILES:
+        section.figure(f"tune_{name}", plots[name], name.removesuffix(".png").replace("_", " ") + ".")
+    return section
+
+
+def _tune_plots(work, result):
+    """tune's own PNGs from W/tune/ when all are there, else redrawn from the OOF data with tune's functions."""
+    saved = {name: storage.join(work, tune.PLOTS, name) for name in tune_plots.FILES}
+    if all(storage.exists(p) for p in saved.values()):
+        return {name: storage.read_bytes(p) for name, p in saved.items()}
+    grid = result["grid"]
+    stats = tune.collect(work)
+    tables, _, _ = tune.search_tables(stats, pixel_grid=grid["pixel_threshold"], area_grid=grid["min_area"],
+                                      gate_grid=grid["gate"])
+    with tempfile.TemporaryDirectory() as tmp:
+        tune_plots.write_all(tmp, stats=stats, tables=tables, chosen=result["postprocess"], result=result)
+        return {name: storage.read_bytes(os.path.join(tmp, name)) for name in tune_plots.FILES}
+
+
+def _examples_section(seg, data, *, k):
+    section = Section("Best and worst validation images")
+    if seg is None:
+        section.note("No completed segment folds, so no OOF maps to show.")
+        return section
+    cands = seg.candidates
+    best, worst = pick_examples(np.stack([c["dice"] for c in cands]), np.array([c["has_defect"] for c in cands]),
+                                k=k)
+    chosen = [("best", cands[i]) for i in best] + [("worst", cands[i]) for i in worst]
+    images = {}
+    if data is not None:
+        wanted = {}
+        for _, c in chosen:
+            wanted.setdefault(c["fold"], []).append(c["image_id"])
+        images = read_images(data, wanted)
+    examples = [dict(title=_example_title(kind, c), probs=c["probs"], truth=c["truth"],
+                     image=images.get(c["image_id"])) for kind, c in chosen]
+    backdrop = "over the image" if data is not None else "alone (pass --data SHARDS to see the images under them)"
+    section.figure("examples.png", figures.prediction_grid(examples),
+                   f"The {len(best)} best (among images with a defect) and {len(worst)} worst OOF images by mean "
+                   f"Dice over the 4 classes: probability maps (alpha = p) {backdrop}, truth outlined, one colour "
+                   "per class.")
+    return section
+
+
+def _example_title(kind, c):
+    per_class = "  ".join(f"c{cid} {d:.2f}" for cid, d in zip(CLASS_IDS, c["dice"]))
+    truth = "defect" if c["has_defect"] else "clean"
+    return f"{kind}: {c['image_id']} (fold {c['fold']}, {truth})  mean Dice {c['dice'].mean():.3f}  [{per_class}]"
+
+
+def _header(work, cfg, data):
+    seg, cls = cfg.segment, cfg.classify
+    return (f"<h1>steel_tpu report</h1><p>workdir <code>{html.escape(str(work))}</code>, config "
+            f"<b>{html.escape(cfg.name)}</b>: classifier {html.escape(cls.model.encoder)} at "
+            f"{cls.data.image_height}x{cls.data.image_width}; segmenter {html.escape(seg.model.arch)}/"
+            f"{html.escape(seg.model.encoder)} at {seg.data.image_height}x{seg.data.image_width}; "
+            f"OOF maps at 1/{cfg.oof_scale} resolution. Shards: "
+            f"{html.escape(str(data)) if data is not None else 'not given'}. Written "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}.</p>")
+
+
+def _page(header, sections):
+    body = "".join(f"<h2>{html.escape(s.title)}</h2>" + "".join(s.parts) for s in sections)
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>steel_tpu report</title>'
+            f"<style>{_STYLE}</style></head><body>{header}{body}</body></html>\n")
+
+
+def report(*, workdir, out, data=None, examples=EXAMPLES_PER_SIDE):
+    """Write `out/index.html` and its PNGs about the training workdir `workdir`; returns the index path.
+
+    `data` (the shard folder training read) adds the images under the example predictions. The PNGs are
+    written first and index.html last, so a report only looks complete once it is.
+    """
+    cfg = workdir_lib.load_config(workdir)
+    index = storage.join(out, INDEX)
+    storage.makedirs(out)
+    storage.remove(index)  # an old page must not present half-rewritten figures as a finished report
+    result = _load_thresholds(workdir)
+    thresholds = result["postprocess"].pixel_threshold if result else (0.5,) * NUM_CLASSES
+    folds = workdir_lib.completed_folds(workdir, "segment")
+    seg = _scan_segment(workdir, folds, thresholds, k=examples) if folds else None
+    sections = [_curves_section(workdir), _dice_section(workdir, seg, cfg),
+                _confusion_section(seg, thresholds, result is not None), _tune_section(workdir, result),
+                _examples_section(seg, data, k=examples)]
+    for section in sections:
+        for name, png in section.files.items():
+            storage.write_bytes(storage.join(out, name), png)
+    storage.write_text(index, _page(_header(workdir, cfg, data), sections))
+    print(f"report: {sum(len(s.files) for s in sections)} figures -> {index}")
+    return index

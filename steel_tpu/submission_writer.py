@@ -1,0 +1,79 @@
+"""A Kaggle submission written as committed part files beside its final name, resumable, published atomically.
+
+```
+DST.csv.parts/plan.json          what the parts belong to (a digest of images, models, post-processing)
+DST.csv.parts/part-00000.csv     rows of chunk 0 (no header), each written atomically
+DST.csv                          header + every part in chunk order, published in one atomic write
+```
+"""
+
+import csv
+import hashlib
+import io
+import json
+import os
+
+from steel_tpu import storage
+from steel_tpu.constants import CLASS_IDS
+from steel_tpu.kaggle import SUBMISSION_COLUMNS
+
+PLAN = "plan.json"
+
+
+def parts_dir(out):
+    return str(out) + ".parts"
+
+
+def _part(out, index):
+    return storage.join(parts_dir(out), f"part-{index:05d}.csv")
+
+
+class ChunkedSubmission:
+    """Part files of one plan: committed chunks survive a crash; a different plan starts over."""
+
+    def __init__(self, out, *, plan):
+        self.out = str(out)
+        self.digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
+        plan_path = storage.join(parts_dir(out), PLAN)
+        if storage.exists(plan_path) and json.loads(storage.read_text(plan_path)).get("digest") != self.digest:
+            stale = self._part_files()
+            print(f"predict: {len(stale)} committed chunk(s) in {parts_dir(out)} belong to another run "
+                  f"(other images, models or settings): starting over")
+            for path in stale:
+                storage.remove(path)
+        storage.write_text(plan_path, json.dumps({"digest": self.digest, "out": self.out}) + "\n")
+
+    def _part_files(self):
+        return storage.glob(storage.join(parts_dir(self.out), "part-*.csv"))
+
+    def committed(self):
+        """Indices of the chunks whose part file exists (each was written atomically: complete)."""
+        names = (os.path.basename(p) for p in self._part_files())
+        return {int(n.removeprefix("part-").removesuffix(".csv")) for n in names}
+
+    def commit(self, index, rows):
+        """Write chunk `index`: `rows` is a list of (image id, one RLE per class)."""
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        for image_id, rles in rows:
+            writer.writerows((image_id, rle, c) for c, rle in zip(CLASS_IDS, rles))
+        storage.write_text(_part(self.out, index), buffer.getvalue())
+
+    def finish(self, num_chunks):
+        """Publish header + parts 0..num_chunks-1 as the final CSV (atomically), then drop the parts."""
+        seen = set()
+        with storage.atomic_write(self.out, "wb") as f:
+            f.write((",".join(SUBMISSION_COLUMNS) + "\n").encode())
+            for index in range(num_chunks):
+                data = storage.read_bytes(_part(self.out, index))
+                for row in csv.reader(io.StringIO(data.decode())):
+                    key = (row[0], row[2])
+                    if key in seen:
+                        raise RuntimeError(f"{_part(self.out, index)}: image {row[0]} class {row[2]} written twice")
+                    seen.add(key)
+                f.write(data)
+        for path in self._part_files() + [storage.join(parts_dir(self.out), PLAN)]:
+            storage.remove(path)
+        if not storage.is_gcs(self.out) and os.path.isdir(parts_dir(self.out)):
+            os.rmdir(parts_dir(self.out))
+        return len(seen) // len(CLASS_IDS)

@@ -1,0 +1,218 @@
+"""Choose per-class pixel thresholds, minimum mask areas and the classifier gate that maximise out-of-fold Dice.
+
+Every completed fold's oof.npz is reduced once to per-(image, class) histograms of its uint8 probability maps
+(all pixels, and truth pixels), from which the intersection and predicted area at ANY pixel threshold are suffix
+sums; the grid search is then a few tensor products. Candidate settings are judged with postprocess' own rules
+(levels, area_kept, gate_kept), and the reported Dice goes through PostProcess.keep, which `predict` uses.
+"""
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from steel_tpu import postprocess, storage, workdir
+from steel_tpu.constants import HEIGHT, NUM_CLASSES
+
+THRESHOLDS = "thresholds.json"
+PLOTS = "tune"
+PIXEL_GRID = tuple(float(t) for t in np.round(np.arange(0.30, 0.801, 0.05), 2))
+# Full-resolution pixels; the Severstal winners used 600/600/900/2000.
+AREA_GRID = (0, 100, 200, 300, 400, 600, 800, 1000, 1200, 1500, 2000, 2500, 3000, 4000, 5000, 7500, 10000)
+GATE_GRID = tuple(float(t) for t in np.round(np.arange(0.0, 0.951, 0.05), 2))  # 0 passes every image: no gate
+_LEVELS = 256
+_BATCH = 64  # images per histogram pass: bounds the int32 index array to ~30 MB at oof_scale 4
+
+
+@dataclass(frozen=True)
+class OofStats:
+    """Out-of-fold counts of every (image, class), at OOF resolution unless said otherwise."""
+
+    image_ids: np.ndarray  # [N]
+    at_least: np.ndarray  # int32 [N, C, 257]: pixels with q >= v (v = 256 holds 0)
+    truth_at_least: np.ndarray  # int32 [N, C, 257]: truth pixels with q >= v
+    truth_area: np.ndarray  # int64 [N, C], full resolution
+    dice_full: np.ndarray  # float32 [N, C]: training's full-resolution Dice at its eval threshold
+    class_probs: np.ndarray | None  # float32 [N, heads] out-of-fold classifier probabilities, or None
+    scale: int  # OOF maps are full resolution / scale: one OOF pixel stands for scale**2 pixels
+    folds: tuple
+
+    def counts(self, thresholds):
+        """(predicted pixels, intersection with truth) [N, C, K] at pixel thresholds [C, K] (or [K] for all)."""
+        above = postprocess.levels(thresholds).astype(np.int64) + 1
+        above = np.broadcast_to(above, (NUM_CLASSES,) + above.shape[-1:])[None]
+        return (np.take_along_axis(self.at_least, above, axis=2),
+                np.take_along_axis(self.truth_at_least, above, axis=2))
+
+    @property
+    def truth(self):
+        """int32 [N, C] truth pixels at OOF resolution."""
+        return self.truth_at_least[:, :, 0]
+
+
+def _suffix_counts(q, truth):
+    """int32 [n, C, 257] counts of q >= v over all pixels and over truth pixels of uint8 maps [n, h, w, C]."""
+    n, c = q.shape[0], q.shape[-1]
+    flat = q.reshape(n, -1, c).astype(np.int32)
+    index = flat + (np.arange(n * c, dtype=np.int32).reshape(n, 1, c) * _LEVELS)
+    hist = np.bincount(index.ravel(), minlength=n * c * _LEVELS).reshape(n, c, _LEVELS)
+    hit = np.bincount(index[truth.reshape(n, -1, c)], minlength=n * c * _LEVELS).reshape(n, c, _LEVELS)
+    out = []
+    for h in (hist, hit):
+        suffix = np.zeros((n, c, _LEVELS + 1), np.int32)
+        suffix[:, :, :_LEVELS] = np.cumsum(h[:, :, ::-1], axis=2)[:, :, ::-1]
+        out.append(suffix)
+    return out
+
+
+def _fold_stats(path):
+    oof = workdir.load_oof(path)
+    q, truth = oof["probs"], oof["truth"]
+    if q.dtype != np.uint8 or q.ndim != 4 or q.shape != truth.shape or q.shape[-1] != NUM_CLASSES:
+        raise ValueError(f"{path}: expected uint8 probs and bool truth [N, h, w, {NUM_CLASSES}], got "
+                         f"{q.dtype} {q.shape} and {truth.shape}")
+    parts = [_suffix_counts(q[i:i + _BATCH], truth[i:i + _BATCH]) for i in range(0, len(q), _BATCH)]
+    return oof, [np.concatenate(p) for p in zip(*parts)], HEIGHT // q.shape[1]
+
+
+def _class_probs(work, image_ids):
+    """Out-of-fold classifier probabilities for `image_ids`, or None (with the reason) when not all have one."""
+    by_id = {}
+    for fold in workdir.completed_folds(work, "classify"):
+        oof = workdir.load_oof(workdir.fold_file(work, "classify", fold, "oof.npz"))
+        by_id.update(zip(oof["image_ids"].tolist(), np.asarray(oof["probs"], np.float32)))
+    if not by_id:
+        return None, "no completed classifier folds"
+    missing = [i for i in image_ids.tolist() if i not in by_id]
+    if missing:
+        return None, f"{len(missing)} segmenter OOF images have no classifier OOF probability (e.g. {missing[0]})"
+    return np.stack([by_id[i] for i in image_ids.tolist()]), None
+
+
+def collect(work):
+    """OofStats of every completed segment fold of `work`, joined with the classifier's OOF on image ids."""
+    folds = workdir.completed_folds(work, "segment")
+    if not folds:
+        raise FileNotFoundError(f"{work}: no completed segment folds (segment/fold*/done.json); train first")
+    ids, at_least, truth_at_least, area, dice, scales = [], [], [], [], [], set()
+    for fold in folds:
+        oof, (a, t), scale = _fold_stats(workdir.fold_file(work, "segment", fold, "oof.npz"))
+        ids.append(oof["image_ids"]), at_least.append(a), truth_at_least.append(t)
+        area.append(oof["truth_area"]), dice.append(oof["dice"]), scales.add(scale)
+    if len(scales) != 1:
+        raise ValueError(f"{work}: segment folds {folds} store OOF maps at different scales {sorted(scales)}")
+    image_ids = np.concatenate(ids)
+    if len(set(image_ids.tolist())) != len(image_ids):
+        raise ValueError(f"{work}: an image appears in the OOF data of two folds; folds overlap")
+    class_probs, why = _class_probs(work, image_ids)
+    if why:
+        print(f"tune: no classifier gate ({why})")
+    return OofStats(image_ids=image_ids, at_least=np.concatenate(at_least),
+                    truth_at_least=np.concatenate(truth_at_least), truth_area=np.concatenate(area),
+                    dice_full=np.concatenate(dice), class_probs=class_probs, scale=scales.pop(), folds=tuple(folds))
+
+
+def _dice(inter, pred, truth):
+    total = pred + truth
+    return np.divide(2.0 * inter, total, out=np.ones(total.shape), where=total > 0)
+
+
+def dice_of(stats, pp):
+    """float64 [N, C] OOF Dice of the post-processing `pp` (areas at full resolution = OOF pixels * scale**2)."""
+    pred, inter = (x[:, :, 0] for x in stats.counts(np.asarray(pp.pixel_threshold)[:, None]))
+    kept = pp.keep(pred * stats.scale ** 2, stats.class_probs)
+    return _dice(inter * kept, pred * kept, stats.truth)
+
+
+def _gate_passes(stats, gate_grid):
+    """bool [C, N, G] (one gate for all classes) and the head kind, from the classifier's OOF probabilities."""
+    n = len(stats.image_ids)
+    if stats.class_probs is None:
+        return np.ones((NUM_CLASSES, n, 1), bool), None, (0.0,)
+    probs = stats.class_probs
+    kind = "binary" if probs.shape[1] == 1 else "multilabel"
+    columns = [probs[:, 0]] * NUM_CLASSES if kind == "binary" else [probs[:, c] for c in range(NUM_CLASSES)]
+    passes = np.stack([postprocess.gate_kept(p[:, None], np.asarray(gate_grid)[None]) for p in columns])
+    return passes, kind, tuple(gate_grid)
+
+
+def search_tables(stats, *, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_grid=GATE_GRID):
+    """Summed OOF Dice of class c for every (gate g, pixel threshold k, min area a): float64 [C, G, K, A]."""
+    pred, inter = stats.counts(np.asarray(pixel_grid))
+    truth = stats.truth
+    passes, kind, gates = _gate_passes(stats, gate_grid)
+    tables = []
+    for c in range(NUM_CLASSES):
+        empty = (truth[:, c] == 0).astype(np.float64)  # Dice of a submitted empty mask
+        gain = _dice(inter[:, c], pred[:, c], truth[:, c, None]) - empty[:, None]  # [N, K]
+        kept = postprocess.area_kept(pred[:, c, :, None] * stats.scale ** 2, np.asarray(area_grid)[None, None])
+        x = (kept * gain[:, :, None]).reshape(len(gain), -1)
+        table = empty.sum() + passes[c].T.astype(np.float64) @ x
+        tables.append(table.reshape(len(gates), len(pixel_grid), len(area_grid)))
+    return np.stack(tables), kind, gates
+
+
+def _best(table, *, prefer):
+    """Index of the maximum of `table`; exact ties go to the smallest `prefer` (a same-shape cost)."""
+    ties = np.flatnonzero(table.ravel() >= table.max() - 1e-9)
+    return np.unravel_index(ties[np.argmin(prefer.ravel()[ties])], table.shape)
+
+
+def choose(stats, tables, *, kind, gates, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID):
+    """The PostProcess maximising the summed Dice of `tables`; one gate for all classes on a binary head."""
+    g, k, a = np.meshgrid(np.arange(len(gates)), np.abs(np.asarray(pixel_grid) - 0.5), np.arange(len(area_grid)),
+                          indexing="ij")
+    # Ties prefer no gate, then a small area, then a pixel threshold near 0.5.
+    prefer = g * 1e6 + a * 1e3 + k
+    if kind == "binary":
+        totals = tables.max(axis=(2, 3)).sum(axis=0)
+        gate_index = _best(totals, prefer=np.arange(len(gates)))[0]
+        picks = [(gate_index, *_best(t[gate_index], prefer=prefer[gate_index])) for t in tables]
+    else:
+        picks = [_best(t, prefer=prefer) for t in tables]
+    gate = () if kind is None else tuple(gates[p[0]] for p in picks)
+    return postprocess.PostProcess(
+        pixel_threshold=[pixel_grid[p[1]] for p in picks], min_area=[area_grid[p[2]] for p in picks],
+        gate=gate[:1] if kind == "binary" else gate)
+
+
+def _summary(dice):
+    return {"mean": float(dice.mean()), "per_class": [float(d) for d in dice.mean(axis=0)]}
+
+
+def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_grid=GATE_GRID, plots=True):
+    """Write `thresholds.json` (and plots under tune/) into `out` (default: the workdir); returns its content."""
+    out = out or workdir
+    stats = collect(workdir)
+    tables, kind, gates = search_tables(stats, pixel_grid=pixel_grid, area_grid=area_grid, gate_grid=gate_grid)
+    chosen = choose(stats, tables, kind=kind, gates=gates, pixel_grid=pixel_grid, area_grid=area_grid)
+    before = dice_of(stats, postprocess.PostProcess())
+    after = dice_of(stats, chosen)
+    result = {
+        **chosen.to_dict(),
+        "gate_head": kind,
+        "dice_before": _summary(before),
+        "dice_after": _summary(after),
+        "dice_before_full_resolution": _summary(stats.dice_full),
+        "n_images": int(len(stats.image_ids)),
+        "folds": list(stats.folds),
+        "oof_scale": stats.scale,
+        "grid": {"pixel_threshold": list(pixel_grid), "min_area": list(area_grid), "gate": list(gates)},
+    }
+    storage.write_text(storage.join(out, THRESHOLDS), json.dumps(result, indent=2) + "\n")
+    if plots:
+        from steel_tpu import tune_plots  # matplotlib only when plotting
+
+        tune_plots.write_all(storage.join(out, PLOTS), stats=stats, tables=tables, chosen=chosen, result=result)
+    print(f"tune: OOF dice {result['dice_before']['mean']:.4f} -> {result['dice_after']['mean']:.4f} on "
+          f"{result['n_images']} images (folds {list(stats.folds)}); pixel {list(chosen.pixel_threshold)}, "
+          f"min area {list(chosen.min_area)}, gate {list(chosen.gate) or 'none'} -> {storage.join(out, THRESHOLDS)}")
+    return result
+
+
+def load_postprocess(path):
+    """The PostProcess of a thresholds.json file (local or gs://)."""
+    try:
+        return postprocess.PostProcess.from_dict(json.loads(storage.read_text(path)))
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"{path}: not a valid thresholds file: {error}") from None

@@ -1,0 +1,126 @@
+"""Per-example losses: shapes, float32 under bfloat16, values against hand computations, spec parsing."""
+
+import math
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from steel_tpu import losses
+
+RNG = np.random.default_rng(7)
+SEG_TRUE = (RNG.uniform(size=(3, 8, 16, 4)) > 0.6).astype(np.float32)
+SEG_PRED = RNG.uniform(0.01, 0.99, size=(3, 8, 16, 4)).astype(np.float32)
+CLS_TRUE = np.array([[1, 0, 0, 1], [0, 0, 0, 0]], np.float32)
+CLS_PRED = np.array([[0.9, 0.2, 0.1, 0.6], [0.3, 0.1, 0.05, 0.2]], np.float32)
+
+ALL = {
+    "bce": losses.bce,
+    "bce_pos_weight": lambda t, p: losses.bce(t, p, pos_weight=[2.0, 1.0, 1.0, 3.0]),
+    "bce_smoothed": lambda t, p: losses.bce(t, p, label_smoothing=0.1),
+    "dice": losses.soft_dice,
+    "focal": losses.focal,
+    "bce+dice": losses.make_loss("bce+dice"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
+@pytest.mark.parametrize("y_true,y_pred", [(SEG_TRUE, SEG_PRED), (CLS_TRUE, CLS_PRED)], ids=["seg", "cls"])
+def test_one_float32_value_per_example_even_from_bfloat16(name, y_true, y_pred):
+    out = ALL[name](tf.constant(y_true, tf.bfloat16), tf.constant(y_pred, tf.bfloat16))
+    assert out.shape == (y_true.shape[0],)
+    assert out.dtype == tf.float32
+    reference = ALL[name](y_true, y_pred).numpy()
+    # bfloat16 rounds the inputs (8 mantissa bits), but every sum runs in float32.
+    np.testing.assert_allclose(out.numpy(), reference, rtol=0.03, atol=2e-3)
+
+
+def test_bce_by_hand():
+    y = np.array([[1.0, 0.0]], np.float32)
+    p = np.array([[0.8, 0.3]], np.float32)
+    expected = -(math.log(0.8) + math.log(0.7)) / 2
+    np.testing.assert_allclose(losses.bce(y, p).numpy(), [expected], rtol=1e-6)
+    weighted = -(3.0 * math.log(0.8) + math.log(0.7)) / 2
+    np.testing.assert_allclose(losses.bce(y, p, pos_weight=[3.0, 5.0]).numpy(), [weighted], rtol=1e-6)
+    # Smoothing 0.2 moves the targets to 0.9 / 0.1.
+    smoothed = -(0.9 * math.log(0.8) + 0.1 * math.log(0.2) + 0.1 * math.log(0.3) + 0.9 * math.log(0.7)) / 2
+    np.testing.assert_allclose(losses.bce(y, p, label_smoothing=0.2).numpy(), [smoothed], rtol=1e-6)
+
+
+def test_bce_from_logits_matches_probabilities_and_survives_saturation():
+    logits = RNG.normal(scale=3.0, size=(2, 8, 16, 4)).astype(np.float32)
+    probs = tf.sigmoid(logits)
+    y = SEG_TRUE[:2]
+    np.testing.assert_allclose(losses.bce(y, logits, from_logits=True).numpy(), losses.bce(y, probs).numpy(),
+                               rtol=1e-4)
+    hopeless = losses.bce(np.ones((1, 4), np.float32), np.zeros((1, 4), np.float32)).numpy()
+    np.testing.assert_allclose(hopeless, [-math.log(losses.EPS)], rtol=1e-3)
+    far = losses.bce(np.ones((1, 4), np.float32), np.full((1, 4), -200.0, np.float32), from_logits=True).numpy()
+    np.testing.assert_allclose(far, [200.0], rtol=1e-5)
+
+
+def test_soft_dice_by_hand():
+    perfect = losses.soft_dice(SEG_TRUE, SEG_TRUE).numpy()
+    np.testing.assert_allclose(perfect, np.zeros(3), atol=1e-6)
+    empty = np.zeros((1, 4, 4, 2), np.float32)
+    np.testing.assert_allclose(losses.soft_dice(empty, empty).numpy(), [0.0], atol=1e-7)  # empty/empty is right
+    y = np.zeros((1, 4, 4, 1), np.float32)
+    y[0, :2] = 1.0  # 8 pixels
+    p = np.zeros_like(y)
+    p[0, 1:3] = 1.0  # 8 pixels, 4 shared
+    expected = 1.0 - (2 * 4 + 1.0) / (16 + 1.0)
+    np.testing.assert_allclose(losses.soft_dice(y, p).numpy(), [expected], rtol=1e-6)
+
+
+def test_focal_reduces_to_half_bce_and_down_weights_easy_pixels():
+    half = losses.focal(SEG_TRUE, SEG_PRED, gamma=0.0, alpha=0.5).numpy()
+    np.testing.assert_allclose(half, 0.5 * losses.bce(SEG_TRUE, SEG_PRED).numpy(), rtol=1e-5)
+    y = np.array([[1.0]], np.float32)
+    easy, hard = losses.focal(y, np.array([[0.9]], np.float32)), losses.focal(y, np.array([[0.1]], np.float32))
+    np.testing.assert_allclose(easy.numpy(), [-0.25 * 0.01 * math.log(0.9)], rtol=1e-5)
+    np.testing.assert_allclose(hard.numpy(), [-0.25 * 0.81 * math.log(0.1)], rtol=1e-5)
+
+
+def test_make_loss_specs_and_options():
+    bce, dice = losses.bce(SEG_TRUE, SEG_PRED).numpy(), losses.soft_dice(SEG_TRUE, SEG_PRED).numpy()
+    np.testing.assert_allclose(losses.make_loss("bce+dice")(SEG_TRUE, SEG_PRED).numpy(), bce + dice, rtol=1e-6)
+    for spec in ({"bce": 0.75, "dice": 0.25}, "0.75*bce + 0.25*dice"):
+        np.testing.assert_allclose(losses.make_loss(spec)(SEG_TRUE, SEG_PRED).numpy(), 0.75 * bce + 0.25 * dice,
+                                   rtol=1e-6)
+    weighted = losses.make_loss({"bce": 1.0}, options={"bce": {"pos_weight": [2.0] * 4, "label_smoothing": 0.1}})
+    np.testing.assert_allclose(weighted(SEG_TRUE, SEG_PRED).numpy(),
+                               losses.bce(SEG_TRUE, SEG_PRED, pos_weight=[2.0] * 4, label_smoothing=0.1).numpy(),
+                               rtol=1e-6)
+    assert losses.make_loss("0.5*focal").__name__ == "0.5*focal"
+
+
+@pytest.mark.parametrize("spec,options,match", [
+    ("bce+lovasz", None, "lovasz"),
+    ("bce*0.5", None, "cannot parse"),
+    ({}, None, "none"),
+    ("bce", {"dice": {"smooth": 2.0}}, "dice"),
+])
+def test_make_loss_rejects_bad_specs(spec, options, match):
+    with pytest.raises(ValueError, match=match):
+        losses.make_loss(spec, options=options)
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError):
+        losses.bce(SEG_TRUE, SEG_PRED[..., :3])
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(min_value=0, max_value=2**31 - 1))
+def test_bounds_on_random_inputs(seed):
+    rng = np.random.default_rng(seed)
+    y = (rng.uniform(size=(2, 4, 8, 4)) > rng.uniform()).astype(np.float32)
+    p = rng.uniform(size=(2, 4, 8, 4)).astype(np.float32)
+    dice = losses.soft_dice(y, p).numpy()
+    assert np.all((dice >= 0) & (dice <= 1))
+    for fn in (losses.bce, losses.focal):
+        value = fn(y, p).numpy()
+        assert np.all(np.isfinite(value) & (value >= 0))
+    assert np.all(losses.focal(y, p).numpy() <= losses.bce(y, p).numpy())

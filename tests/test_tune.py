@@ -1,0 +1,178 @@
+"""Threshold tuning: the vectorised search against brute force, planted effects, files written, a trained workdir."""
+
+import itertools
+import json
+import os
+
+import numpy as np
+import pytest
+
+from steel_tpu import config as config_lib
+from steel_tpu import metrics, postprocess, storage, tune, tune_plots, workdir
+from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
+
+SCALE = 8  # OOF maps of 32x200: small and fast, still a real oof.npz
+H, W = HEIGHT // SCALE, WIDTH // SCALE
+
+
+def _image(rng, *, speck_prob, clean_specks_only):
+    """One OOF image: truth rectangles, a noisy probability map that follows them, and small false specks."""
+    truth = np.zeros((H, W, NUM_CLASSES), bool)
+    for c in range(NUM_CLASSES):
+        if rng.random() < 0.4:
+            y, x = rng.integers(0, H - 8), rng.integers(0, W - 30)
+            truth[y:y + rng.integers(4, 8), x:x + rng.integers(10, 30), c] = True
+    p = np.clip(truth * rng.uniform(0.45, 0.9) + rng.normal(0.1, 0.12, truth.shape), 0, 1)
+    for c in range(NUM_CLASSES):
+        if rng.random() < speck_prob and not (clean_specks_only and truth.any()):  # a 2x2 false positive: 256 full-resolution pixels
+            y, x = rng.integers(0, H - 2), rng.integers(0, W - 2)
+            p[y:y + 2, x:x + 2, c] = 0.9
+    return np.round(p * 255).astype(np.uint8), truth
+
+
+def _write_workdir(work, *, n=40, folds=(0, 1), seed=0, speck_prob=0.3, clean_specks_only=False,
+                   classifier="binary"):
+    """A workdir with real oof.npz / done.json files for each fold (no models: tune needs none)."""
+    rng = np.random.default_rng(seed)
+    cfg = config_lib.tiny()
+    cfg.oof_scale = SCALE
+    workdir.save_config(work, cfg)
+    for fold in folds:
+        q, truth = map(np.stack, zip(*[_image(rng, speck_prob=speck_prob, clean_specks_only=clean_specks_only) for _ in range(n)]))
+        ids = np.array([f"f{fold}_{i:03d}.jpg" for i in range(n)])
+        full_pred = np.repeat(np.repeat(postprocess.binarize(q, 0.5), SCALE, 1), SCALE, 2)
+        full_truth = np.repeat(np.repeat(truth, SCALE, 1), SCALE, 2)
+        workdir.save_oof(workdir.fold_file(work, "segment", fold, "oof.npz"), image_ids=ids, probs=q, truth=truth,
+                         truth_area=full_truth.sum(axis=(1, 2)), labels=truth.any(axis=(1, 2)),
+                         dice=metrics.dice_matrix(full_pred, full_truth).astype(np.float32))
+        storage.write_text(workdir.fold_file(work, "segment", fold, "done.json"), "{}")
+        if classifier:
+            any_defect = truth.any(axis=(1, 2, 3)) if classifier == "binary" else truth.any(axis=(1, 2))
+            probs = np.clip(any_defect * 0.6 + rng.uniform(0, 0.4, any_defect.shape), 0, 1)
+            probs = probs.reshape(n, -1).astype(np.float32)
+            workdir.save_oof(workdir.fold_file(work, "classify", fold, "oof.npz"), image_ids=ids[::-1],
+                             probs=probs[::-1], labels=truth.any(axis=(1, 2))[::-1])
+            storage.write_text(workdir.fold_file(work, "classify", fold, "done.json"), "{}")
+
+
+def _load_oof(work):
+    """(uint8 maps, truth, classifier probs or None) of every fold, joined on image ids."""
+    cls, segs = {}, []
+    for fold in workdir.completed_folds(work, "classify"):
+        oof = workdir.load_oof(workdir.fold_file(work, "classify", fold, "oof.npz"))
+        cls.update(zip(oof["image_ids"].tolist(), oof["probs"]))
+    for fold in workdir.completed_folds(work, "segment"):
+        segs.append(workdir.load_oof(workdir.fold_file(work, "segment", fold, "oof.npz")))
+    ids = np.concatenate([s["image_ids"] for s in segs]).tolist()
+    return (np.concatenate([s["probs"] for s in segs]), np.concatenate([s["truth"] for s in segs]),
+            np.stack([cls[i] for i in ids]) if cls else None)
+
+
+def _oof_dice_direct(oof, pp):
+    """Dice of `pp` on the OOF maps by thresholding pixels directly, without tune's histograms or search."""
+    q, truth, probs = oof
+    masks = postprocess.binarize(q, pp.pixel_threshold)
+    masks &= pp.keep(masks.sum(axis=(1, 2)) * SCALE ** 2, probs)[:, None, None, :]
+    return metrics.dice_matrix(masks, truth)
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    work = str(tmp_path_factory.mktemp("tune_work"))
+    _write_workdir(work)
+    return work, tune.tune(workdir=work)
+
+
+def test_tune_writes_thresholds_and_plots(tuned):
+    work, result = tuned
+    saved = json.loads(storage.read_text(os.path.join(work, tune.THRESHOLDS)))
+    assert saved == result
+    assert result["n_images"] == 80 and result["folds"] == [0, 1] and result["oof_scale"] == SCALE
+    assert result["gate_head"] == "binary" and len(result["gate"]) == 1
+    assert all(t in tune.PIXEL_GRID for t in result["pixel_threshold"])
+    assert all(a in tune.AREA_GRID for a in result["min_area"])
+    assert result["dice_after"]["mean"] >= result["dice_before"]["mean"]
+    for name in tune_plots.FILES:
+        with open(os.path.join(work, tune.PLOTS, name), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert tune.load_postprocess(os.path.join(work, tune.THRESHOLDS)) == postprocess.PostProcess.from_dict(result)
+
+
+def test_reported_dice_is_what_direct_post_processing_scores(tuned):
+    work, result = tuned
+    oof = _load_oof(work)
+    for key, pp in (("dice_before", postprocess.PostProcess()),
+                    ("dice_after", postprocess.PostProcess.from_dict(result))):
+        direct = _oof_dice_direct(oof, pp)
+        assert result[key]["mean"] == pytest.approx(direct.mean(), abs=1e-12)
+        assert result[key]["per_class"] == pytest.approx(direct.mean(axis=0).tolist(), abs=1e-12)
+
+
+def test_planted_specks_are_removed_by_min_area(tuned):
+    _, result = tuned
+    # Every false speck is 256 px at full resolution and every true rectangle >= 40 * 64 px.
+    assert all(256 < a <= 2560 for a in result["min_area"]), result["min_area"]
+    assert result["dice_after"]["mean"] > result["dice_before"]["mean"] + 0.05
+
+
+@pytest.mark.parametrize("classifier", ["binary", "multilabel", None])
+def test_search_finds_the_brute_force_optimum(tmp_path, classifier):
+    work = str(tmp_path)
+    _write_workdir(work, n=12, seed=3, classifier=classifier)
+    grids = dict(pixel_grid=(0.4, 0.5, 0.6), area_grid=(0, 300, 3000), gate_grid=(0.0, 0.5, 0.8))
+    stats = tune.collect(work)
+    tables, kind, gates = tune.search_tables(stats, **grids)
+    chosen = tune.choose(stats, tables, kind=kind, gates=gates, pixel_grid=grids["pixel_grid"],
+                         area_grid=grids["area_grid"])
+    oof = _load_oof(work)
+    settings = list(itertools.product(grids["gate_grid"] if classifier else [None], grids["pixel_grid"],
+                                      grids["area_grid"]))
+    # [settings, C]: every class under every (gate, threshold, area) at once; classes are independent given gates.
+    scores = np.array([_oof_dice_direct(oof, postprocess.PostProcess(
+        pixel_threshold=[t] * 4, min_area=[a] * 4, gate=() if g is None else [g] * (1 if kind == "binary" else 4),
+    )).mean(axis=0) for g, t, a in settings])
+    if kind == "binary":  # one gate for every class
+        gate_of = np.array([s[0] for s in settings])
+        best = max(np.max(scores[gate_of == g], axis=0).mean() for g in grids["gate_grid"])
+    else:
+        best = scores.max(axis=0).mean()
+    assert kind == classifier
+    assert _oof_dice_direct(oof, chosen).mean() == pytest.approx(best, abs=1e-12)
+    assert tune.dice_of(stats, chosen).mean() == pytest.approx(best, abs=1e-12)
+
+
+def test_gate_is_chosen_when_the_classifier_knows_clean_images(tmp_path):
+    work = str(tmp_path)
+    _write_workdir(work, n=30, speck_prob=0.9, clean_specks_only=True, seed=5)
+    result = tune.tune(workdir=work, out=str(tmp_path / "elsewhere"), area_grid=(0,), plots=False)
+    # Specks on clean images, min area disabled: only the gate (clean images score p < 0.4) can remove them.
+    assert 0.4 <= result["gate"][0] <= 0.6  # clean images have p < 0.4, defective ones p >= 0.6
+    assert result["dice_after"]["mean"] > result["dice_before"]["mean"] + 0.05
+    assert os.path.exists(tmp_path / "elsewhere" / tune.THRESHOLDS)
+    assert not os.path.exists(os.path.join(work, tune.THRESHOLDS))
+
+
+def test_missing_folds_and_bad_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no completed segment folds"):
+        tune.tune(workdir=str(tmp_path))
+    bad = tmp_path / "t.json"
+    bad.write_text(json.dumps({"pixel_threshold": [0.5] * 4, "min_area": [0] * 3}))
+    with pytest.raises(ValueError, match="t.json: not a valid thresholds file"):
+        tune.load_postprocess(str(bad))
+
+
+def test_post_process_rules():
+    q = np.zeros((2, 4, 4, NUM_CLASSES), np.uint8)
+    q[0, :2, :2, 0] = 200  # 4 px of class 1 on image 0
+    q[1, :, :, 1] = 128  # 16 px of class 2 on image 1, just above 0.5
+    pp = postprocess.PostProcess(min_area=[5, 0, 0, 0], gate=(0.5,))
+    masks = pp.apply(q, np.array([[0.9], [0.5]]))
+    assert not masks[0].any()  # 4 px < min area 5
+    assert masks[1, :, :, 1].all()  # p_any 0.5 reaches the gate
+    assert not pp.apply(q, np.array([[0.9], [0.49]]))[1].any()
+    with pytest.raises(ValueError, match="no classifier probabilities"):
+        pp.apply(q)
+    # binarize keeps the training-time meaning q > t * 255 exactly, for every level and threshold on the grid.
+    levels = np.arange(256, dtype=np.uint8)
+    for t in (0.0, 0.3, 0.35, 0.5, 0.55, 0.8, 1.0):
+        np.testing.assert_array_equal(postprocess.binarize(levels, t), levels.astype(np.float32) > np.float32(t) * 255)
