@@ -1,64 +1,77 @@
 """The `steel-tpu` command: parse arguments, call the run functions of the package, report errors plainly."""
 
 import argparse
+import json
 import sys
 
 
-def _cmd_synth(args):
+def _synth(args):
     from steel_tpu.synth import synthesize
 
-    summary = synthesize(args.out_dir, n_train=args.train, n_test=args.test, seed=args.seed)
-    print(summary)
+    print(json.dumps(synthesize(args.out_dir, n_train=args.train, n_test=args.test, seed=args.seed), indent=1))
 
 
-def _cmd_evaluate(args):
+def _evaluate(args):
     from steel_tpu.metrics import evaluate
 
-    scores = evaluate(pred_path=args.pred, truth_path=args.truth, images=args.images)
-    print(scores.format())
+    print(evaluate(pred_path=args.pred, truth_path=args.truth, images=args.images).format())
 
 
-def _cmd_shards(args):
+def _shards(args):
     from steel_tpu.data.shards import build_shards
 
-    summary = build_shards(
-        data=args.data,
-        out=args.out,
-        folds=args.folds,
-        seed=args.seed,
-        shard_mb=args.shard_mb,
-        split=args.split,
-        workers=args.workers,
-        overwrite=args.overwrite,
-        skip_bad=args.skip_bad,
-    )
-    print(summary)
+    print(build_shards(data=args.data, out=args.out, folds=args.folds, seed=args.seed, shard_mb=args.shard_mb,
+                       split=args.split, workers=args.workers, overwrite=args.overwrite, skip_bad=args.skip_bad))
 
 
-def _cmd_verify(args):
+def _verify(args):
     from steel_tpu.data.verify import verify
 
     print(verify(args.out, data=args.data))
 
 
-def _add_synth(sub):
+def _train(args):
+    from steel_tpu import config, train
+
+    cfg = config.apply_overrides(config.preset(args.config), args.set)
+    folds = None if args.folds is None else tuple(int(f) for f in args.folds.split(","))
+    tasks = ("classify", "segment") if args.task == "both" else (args.task,)
+    train.run(data=args.data, work=args.workdir, cfg=cfg, tasks=tasks, folds=folds)
+
+
+def _tune(args):
+    from steel_tpu.tune import tune
+
+    tune(workdir=args.workdir)
+
+
+def _predict(args):
+    from steel_tpu.predict import predict
+
+    predict(workdir=args.workdir, images=args.images, out=args.out, batch_size=args.batch_size, tta=args.tta,
+            skip_bad=args.skip_bad)
+
+
+def _report(args):
+    from steel_tpu.report import report
+
+    print(report(workdir=args.workdir, out=args.out, data=args.data))
+
+
+def _add_parsers(sub):
     p = sub.add_parser("synth", help="write the synthetic Severstal-like data set (Kaggle layout)")
     p.add_argument("out_dir")
     p.add_argument("--train", type=int, default=100, help="number of train images")
     p.add_argument("--test", type=int, default=20, help="number of test images (with a truth CSV)")
     p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_cmd_synth)
+    p.set_defaults(func=_synth)
 
-
-def _add_evaluate(sub):
     p = sub.add_parser("evaluate", help="Kaggle mean Dice of a submission against a truth CSV")
     p.add_argument("--pred", required=True, help="submission CSV (either layout, local or gs://)")
     p.add_argument("--truth", required=True, help="truth CSV (train.csv layout or legacy, local or gs://)")
     p.add_argument("--images", default=None, help="a folder of JPEGs or a text file of image ids: the exact image set")
-    p.set_defaults(func=_cmd_evaluate)
+    p.set_defaults(func=_evaluate)
 
-
-def _add_shards(sub):
     p = sub.add_parser("shards", help="pack images + RLE masks into TFRecord shards with stratified folds")
     p.add_argument("--data", required=True, help="source: train.csv + train_images/ (or a JPEG folder with --split test)")
     p.add_argument("--out", required=True, help="destination folder, local or gs://")
@@ -69,21 +82,46 @@ def _add_shards(sub):
     p.add_argument("--workers", type=int, default=None, help="parallel workers (default: CPU cores)")
     p.add_argument("--overwrite", action="store_true", help="rebuild every shard instead of resuming")
     p.add_argument("--skip-bad", action="store_true", help="record bad images in the manifest and go on")
-    p.set_defaults(func=_cmd_shards)
+    p.set_defaults(func=_shards)
 
-
-def _add_verify(sub):
     p = sub.add_parser("verify", help="re-read shards and check them against the manifest (and the source)")
     p.add_argument("out", help="the shard folder (local or gs://)")
     p.add_argument("--data", default=None, help="the source, to check every image's bytes and masks round-trip")
-    p.set_defaults(func=_cmd_verify)
+    p.set_defaults(func=_verify)
+
+    p = sub.add_parser("train", help="train the classifier and/or segmenter over K folds (resumes)")
+    p.add_argument("--data", required=True, help="the shard folder (local or gs://)")
+    p.add_argument("--workdir", required=True, help="checkpoints, logs and out-of-fold data (local or gs://)")
+    p.add_argument("--task", choices=("classify", "segment", "both"), default="both")
+    p.add_argument("--folds", default=None, help="comma-separated fold numbers (default: the config's)")
+    p.add_argument("--config", default="tiny", help="preset: tiny, colab-tpu, full")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. segment.train.epochs=5 (repeatable)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("tune", help="choose thresholds and minimum areas on out-of-fold predictions")
+    p.add_argument("--workdir", required=True)
+    p.set_defaults(func=_tune)
+
+    p = sub.add_parser("predict", help="score images with the workdir's fold ensemble into a Kaggle submission")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--images", required=True, help="a folder of JPEGs or of test shards (local or gs://)")
+    p.add_argument("--out", required=True, help="the submission CSV (local or gs://)")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--tta", action="store_true", help="average over horizontal and vertical flips")
+    p.add_argument("--skip-bad", action="store_true", help="list bad images in OUT.errors.csv and score them empty")
+    p.set_defaults(func=_predict)
+
+    p = sub.add_parser("report", help="an HTML report of a training workdir")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", required=True, help="a folder for index.html and its figures")
+    p.add_argument("--data", default=None, help="the shard folder, to draw predictions over the images")
+    p.set_defaults(func=_report)
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="steel-tpu", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    for add in (_add_synth, _add_evaluate, _add_shards, _add_verify):
-        add(sub)
+    _add_parsers(parser.add_subparsers(dest="command", required=True))
     return parser
 
 

@@ -16,7 +16,9 @@ from steel_tpu.constants import CLASS_IDS, HEIGHT, NUM_CLASSES, WIDTH  # noqa: E
 # One colour per class, bright enough to read over dark steel and distinct from each other.
 CLASS_COLORS = ("#ff4136", "#ffdc00", "#2ecc40", "#f012be")
 _DPI = 100
-_OVERLAY_ALPHA = 0.6  # the alpha of a pixel with probability 1; p scales it so faint maps stay faint
+_OVERLAY_ALPHA = 0.7  # the alpha of a pixel with probability 1
+# Maps are transparent below this p: every class' low background probability would otherwise tint the whole image.
+OVERLAY_FLOOR = 0.2
 
 
 def png(fig):
@@ -29,7 +31,8 @@ def png(fig):
 def training_curves(logs, *, title, metrics):
     """Loss, learning rate and each of `metrics` per epoch, one line per fold; `logs` is {fold: [row dicts]}."""
     panels = ("loss", "lr", *metrics)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4), squeeze=False,
+                             layout="constrained")
     for ax, key in zip(axes[0], panels):
         for fold, rows in sorted(logs.items()):
             epochs = [r["epoch"] + 1 for r in rows if key in r]
@@ -45,7 +48,7 @@ def training_curves(logs, *, title, metrics):
 
 def dice_bars(rows):
     """Grouped bars of mean Dice per class; `rows` is [(label, [4] per-class means)], one group member per row."""
-    fig, ax = plt.subplots(figsize=(8, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 3.5), layout="constrained")
     width = 0.8 / len(rows)
     x = np.arange(NUM_CLASSES)
     for i, (label, values) in enumerate(rows):
@@ -63,7 +66,7 @@ def confusion_matrices(counts, *, thresholds):
     Colour is the row-normalised rate (TPR/FNR on the defect row, FPR/TNR on the background row), which stays
     readable when defect pixels are a tiny fraction; the text adds each cell's share of all pixels.
     """
-    fig, axes = plt.subplots(1, NUM_CLASSES, figsize=(4 * NUM_CLASSES, 3.4))
+    fig, axes = plt.subplots(1, NUM_CLASSES, figsize=(4.2 * NUM_CLASSES, 3.6), layout="constrained")
     names = (("TN", "FP"), ("FN", "TP"))
     for c, ax in enumerate(axes):
         m = counts[c].astype(np.float64)
@@ -84,14 +87,15 @@ def _overlay(probs, color):
     """RGBA [h, w, 4] of one class' uint8 probability map: the class colour with alpha following p."""
     rgba = np.zeros(probs.shape + (4,), np.float32)
     rgba[..., :3] = to_rgb(color)
-    rgba[..., 3] = probs.astype(np.float32) / 255.0 * _OVERLAY_ALPHA
+    p = probs.astype(np.float32) / 255.0
+    rgba[..., 3] = np.clip((p - OVERLAY_FLOOR) / (1 - OVERLAY_FLOOR), 0, 1) * _OVERLAY_ALPHA
     return rgba
 
 
 def prediction_grid(examples):
     """One row per example: the image (or black), each class' probability map upsampled over it in its colour,
     and each class' truth outlined in the same colour. `examples` are dicts with `title`, `probs` (uint8
-    [h, w, C] at 1/s resolution), `truth` (bool, same shape) and `image` (uint8 [HEIGHT, WIDTH] or None)."""
+    [h, w, C] at 1/s resolution), `truth` (bool, same shape) and `image` (uint8 [H, W] grayscale, or None)."""
     fig, axes = plt.subplots(len(examples), 1, figsize=(12, 2.1 * len(examples)), squeeze=False)
     extent = (0, WIDTH, HEIGHT, 0)  # maps at any resolution are stretched onto full-resolution coordinates
     for ax, ex in zip(axes[:, 0], examples):

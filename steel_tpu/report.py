@@ -14,7 +14,7 @@ from PIL import Image
 
 from steel_tpu import figures, postprocess, storage, tune, tune_plots
 from steel_tpu import workdir as workdir_lib
-from steel_tpu.constants import CLASS_IDS, HEIGHT, NUM_CLASSES, WIDTH
+from steel_tpu.constants import CLASS_IDS, NUM_CLASSES
 from steel_tpu.data import example, shards, tfrecord
 
 INDEX = "index.html"
@@ -22,6 +22,12 @@ EXAMPLES_PER_SIDE = 4  # best and worst validation images shown
 _CURVE_METRICS = {"classify": ("auc", "accuracy"), "segment": ("dice",)}
 _SEGMENT_KEYS = ("image_ids", "probs", "truth", "truth_area", "dice")
 _BATCH = 64  # images thresholded at once: bounds the bool copies to ~25 MB at oof_scale 4
+_TUNE_CAPTIONS = {  # tune_plots' files; circles mark the chosen settings
+    "dice_vs_pixel_threshold.png": "OOF Dice per class against the pixel threshold, at the chosen min area and gate.",
+    "dice_vs_min_area.png": "OOF Dice per class against the minimum mask area, at the chosen threshold and gate.",
+    "dice_vs_gate.png": "OOF Dice against the classifier gate, at the best threshold and area for each gate.",
+    "area_histograms.png": "Mask areas per class: truth, submitted after tuning, and before min area and gate.",
+}
 _STYLE = ("body{font-family:sans-serif;max-width:1300px;margin:auto;padding:0 1em}"
           "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
           "th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5em 0}.note{color:#777}")
@@ -43,7 +49,7 @@ class Section:
 
     def table(self, header, rows):
         def cell(v):
-            return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+            return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
 
         head = "".join(f"<th>{cell(h)}</th>" for h in header)
         body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
@@ -98,7 +104,7 @@ def _load_thresholds(work):
 
 
 def read_images(data, wanted):
-    """{image id: uint8 [HEIGHT, WIDTH] grayscale} for `wanted` ({fold: ids}), read from that fold's shards."""
+    """{image id: uint8 [height, width] grayscale} for `wanted` ({fold: ids}), read from that fold's shards."""
     path = storage.join(data, shards.MANIFEST)
     if not storage.exists(path):
         raise FileNotFoundError(f"{path}: not found; --data must be the shard folder the workdir was trained on")
@@ -124,8 +130,7 @@ def _read_shard(path, ids, images):
             for record in tfrecord.read_records(f):
                 rec = example.parse_numpy(record)
                 if rec[example.IMAGE_ID] in ids:
-                    gray = Image.open(io.BytesIO(rec[example.IMAGE])).convert("L")
-                    images[rec[example.IMAGE_ID]] = np.asarray(gray.resize((WIDTH, HEIGHT)))
+                    images[rec[example.IMAGE_ID]] = np.asarray(Image.open(io.BytesIO(rec[example.IMAGE])).convert("L"))
                     found.add(rec[example.IMAGE_ID])
                     if found == ids:
                         break
@@ -186,8 +191,8 @@ def _scan_segment(work, folds, thresholds, *, k):
         best, worst = pick_examples(oof["dice"], has_defect, k=k)
         for i in np.concatenate([best, worst]):
             summary.candidates.append(dict(fold=fold, image_id=str(oof["image_ids"][i]), dice=oof["dice"][i],
-                                           has_defect=bool(has_defect[i]), probs=oof["probs"][i],
-                                           truth=oof["truth"][i]))
+                                           has_defect=bool(has_defect[i]), probs=oof["probs"][i].copy(),
+                                           truth=oof["truth"][i].copy()))  # copies free the fold's arrays
     return summary
 
 
@@ -283,7 +288,7 @@ def _tune_section(work, result):
                     before["per_class"][c], after["per_class"][c]] for c in range(NUM_CLASSES)])
     plots = _tune_plots(work, result)
     for name in tune_plots.FILES:
-        section.figure(f"tune_{name}", plots[name], name.removesuffix(".png").replace("_", " ") + ".")
+        section.figure(f"tune_{name}", plots[name], _TUNE_CAPTIONS.get(name, name))
     return section
 
 
@@ -321,8 +326,11 @@ def _examples_section(seg, data, *, k):
     backdrop = "over the image" if data is not None else "alone (pass --data SHARDS to see the images under them)"
     section.figure("examples.png", figures.prediction_grid(examples),
                    f"The {len(best)} best (among images with a defect) and {len(worst)} worst OOF images by mean "
-                   f"Dice over the 4 classes: probability maps (alpha = p) {backdrop}, truth outlined, one colour "
-                   "per class.")
+                   f"Dice over the 4 classes: probability maps (opacity rising from p = {figures.OVERLAY_FLOOR:g} "
+                   f"to 1) {backdrop}, truth outlined, one colour per class.")
+    section.table(["", "image", "fold", *[f"class {c}" for c in CLASS_IDS], "mean"],
+                  [[kind, c["image_id"], c["fold"], *map(float, c["dice"]), float(c["dice"].mean())]
+                   for kind, c in chosen])
     return section
 
 

@@ -4,15 +4,21 @@ import numpy as np
 import tensorflow as tf
 
 
-def _check_optimizer(optimizer, replicas):
-    optimizer = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer clips via its inner one
-    clipping = {k: getattr(optimizer, k, None) for k in ("clipnorm", "clipvalue", "global_clipnorm")}
+def _check_optimizer(optimizer, strategy):
+    inner = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer clips via its inner one
+    for opt in (optimizer, inner):
+        # Keras 3 binds an optimizer to the strategy active at construction; slot variables built for another
+        # strategy fail later with "Mixing different tf.distribute.Strategy objects".
+        if getattr(opt, "_distribution_strategy", strategy) is not strategy:
+            raise ValueError(f"optimizer {opt.name} was created outside strategy.scope() of "
+                             f"{type(strategy).__name__}: create it inside the scope")
+    clipping = {k: getattr(inner, k, None) for k in ("clipnorm", "clipvalue", "global_clipnorm")}
     clipping = {k: v for k, v in clipping.items() if v is not None}
-    if clipping and replicas > 1:
+    if clipping and strategy.num_replicas_in_sync > 1:
         # Keras 3 clips inside apply_gradients BEFORE its cross-replica all-reduce, i.e. it clips each replica's
         # partial gradient, so the result depends on the replica count.
         raise ValueError(f"optimizer clipping {clipping} is per replica under Keras 3; not usable with "
-                         f"{replicas} replicas")
+                         f"{strategy.num_replicas_in_sync} replicas")
 
 
 def _per_example(loss_fn, targets, preds):
@@ -22,6 +28,13 @@ def _per_example(loss_fn, targets, preds):
         raise ValueError(f"loss {getattr(loss_fn, '__name__', loss_fn)} must return one value per example "
                          f"(shape [B]), got shape {per_example.shape}")
     return per_example
+
+
+def replica_seed(seed, step, replica_id):
+    """The stateless [2] seed of one replica at one step: reruns repeat it, other steps and replicas differ."""
+    base = tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)])
+    per_step = tf.random.experimental.stateless_fold_in(base, tf.cast(step, tf.int64))
+    return tf.random.experimental.stateless_fold_in(per_step, tf.cast(replica_id, tf.int64))
 
 
 def _grad_fn(*, model, loss_fn, optimizer, global_batch_size, replicas, augment_fn, jit_compile):
@@ -50,11 +63,11 @@ def make_train_step(*, model, loss_fn, optimizer, global_batch_size, strategy, a
                     steps_per_execution=1, jit_compile=True):
     """A function `(iterator, *, step, seed) -> mean loss` running `steps_per_execution` steps in one call.
 
-    Batches are `(images, targets)`. Step `step + i` of the call augments replica r with the stateless seed
-    fold_in(fold_in([seed, 0], step + i), r), so reruns are reproducible and replicas/steps differ.
+    Batches are `(images, targets)`; step `step + i` of a call augments replica r with
+    `augment_fn(images, targets, seed=replica_seed(seed, step + i, r))`.
     """
     replicas = strategy.num_replicas_in_sync
-    _check_optimizer(optimizer, replicas)
+    _check_optimizer(optimizer, strategy)
     if not optimizer.built:
         with strategy.scope():
             # Slot variables (momentum, Adam moments) must be created as mirrored variables, before tracing.
@@ -62,11 +75,10 @@ def make_train_step(*, model, loss_fn, optimizer, global_batch_size, strategy, a
     grads_fn = _grad_fn(model=model, loss_fn=loss_fn, optimizer=optimizer, global_batch_size=global_batch_size,
                         replicas=replicas, augment_fn=augment_fn, jit_compile=jit_compile)
 
-    def replica_step(batch, step_seed):
+    def replica_step(batch, step, seed):
         images, targets = batch
         replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
-        seed = tf.random.experimental.stateless_fold_in(step_seed, tf.cast(replica_id, tf.int64))
-        loss, grads = grads_fn(images, targets, seed)
+        loss, grads = grads_fn(images, targets, replica_seed(seed, step, replica_id))
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss
 
@@ -75,8 +87,7 @@ def make_train_step(*, model, loss_fn, optimizer, global_batch_size, strategy, a
         total = tf.constant(0.0, tf.float32)
         # One tf.range loop per call so a TPU is not starved by Python dispatch between steps.
         for i in tf.range(steps_per_execution, dtype=tf.int64):
-            step_seed = tf.random.experimental.stateless_fold_in(tf.stack([seed, 0]), step + i)
-            losses = strategy.run(replica_step, args=(next(iterator), step_seed))
+            losses = strategy.run(replica_step, args=(next(iterator), step + i, seed))
             # Each replica's loss is already divided by the GLOBAL batch: their SUM is the global mean.
             total += strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
         return total / steps_per_execution
@@ -96,9 +107,14 @@ def make_predict_step(*, forward, strategy, jit_compile=True):
     replicas = strategy.num_replicas_in_sync
     compiled = tf.function(forward, jit_compile=True) if jit_compile else forward
 
+    def replica_forward(images):
+        # A plain function around the compiled one: a jit tf.function handed straight to strategy.run under
+        # Mirrored is placed on replica 0's device and fails reading the other replicas' variables.
+        return compiled(images)
+
     @tf.function
     def run(per_replica_images):
-        outputs = strategy.run(compiled, args=(per_replica_images,))
+        outputs = strategy.run(replica_forward, args=(per_replica_images,))
         # gather concatenates in replica order, which is the order the host slices were taken in.
         return tf.nest.map_structure(lambda x: strategy.gather(x, axis=0), outputs)
 

@@ -16,8 +16,9 @@ from steel_tpu.constants import CHANNELS
 
 def build_model(task, tcfg):
     """The Keras model of `task` ("classify" or "segment") for a TaskConfig."""
-    m, d = tcfg.model, tcfg.data
-    shape = (d.image_height, d.image_width, CHANNELS)
+    m = tcfg.model
+    # Height and width left open: the same weights train on augment crops and score whole images.
+    shape = (None, None, CHANNELS)
     common = dict(encoder=m.encoder, input_shape=shape, weights=m.weights, allow_random=m.allow_random_weights)
     if task == "classify":
         return models.build_classifier(heads=m.heads, dropout=m.dropout, **common)
@@ -148,7 +149,8 @@ def train_fold(*, data, work, cfg, task, fold, device, num_folds, stop_after_epo
     image_size = (d.image_height, d.image_width)
     seed = cfg.seed * 1009 + fold * 2 + workdir.TASKS.index(task)
     steps = t.steps_per_epoch or pipeline.steps_per_epoch(
-        files=train_files, batch_size=d.batch_size, oversample=d.oversample, clean_keep=d.clean_keep)
+        data, batch_size=d.batch_size, folds=[f for f in range(num_folds) if f != fold],
+        oversample=d.oversample, clean_keep=d.clean_keep)
     # Whole calls of steps_per_execution steps: the compiled loop has a static trip count.
     steps = max(t.steps_per_execution, steps - steps % t.steps_per_execution)
 
@@ -180,8 +182,8 @@ def train_fold(*, data, work, cfg, task, fold, device, num_folds, stop_after_epo
         dist = distribute.distribute_dataset(
             device,
             lambda batch_size, input_context, epoch=epoch: pipeline.train_dataset(
-                files=train_files, task=task, image_size=image_size, batch_size=batch_size, seed=seed,
-                epoch=epoch, oversample=d.oversample, clean_keep=d.clean_keep, shuffle_buffer=d.shuffle_buffer,
+                files=train_files, image_size=image_size, batch_size=d.batch_size, seed=seed, epoch=epoch,
+                steps=steps, oversample=d.oversample, clean_keep=d.clean_keep, shuffle_buffer=d.shuffle_buffer,
                 input_context=input_context),
             global_batch_size=d.batch_size)
         iterator = iter(dist)
@@ -223,7 +225,7 @@ def run(*, data, work, cfg, tasks=workdir.TASKS, folds=None, device=None, stop_a
     """Train `tasks` over `folds` (default: the config's) from shards at `data` into `work` (local or gs://)."""
     device = device or distribute.select_strategy(tpu=cfg.tpu)
     distribute.set_precision(device.kind, gpu_float16=cfg.gpu_float16)
-    num_folds = pipeline.read_manifest(data)["folds"]
+    num_folds = json.loads(storage.read_text(storage.join(data, pipeline.MANIFEST)))["folds"]
     folds = tuple(cfg.folds if folds is None else folds)
     bad = [f for f in folds if not 0 <= f < num_folds]
     if bad:

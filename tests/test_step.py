@@ -67,11 +67,11 @@ def flip_augment(images, targets, *, seed):
     return tf.where(flip, tf.reverse(images, [2]), images), tf.where(flip, tf.reverse(targets, [2]), targets)
 
 
-def setup(device, build, *, optimizer=None):
+def setup(device, build, *, make_optimizer=lambda: keras.optimizers.SGD(LR)):
     with device.strategy.scope():
         model = build()
         model.set_weights(INITIAL[build])
-        optimizer = optimizer or keras.optimizers.SGD(LR)
+        optimizer = make_optimizer()
     return model, optimizer
 
 
@@ -140,29 +140,37 @@ def test_a_batch_mean_loss_would_train_eight_times_too_fast(mirrored):
         np.testing.assert_allclose(n, 8 * r, rtol=1e-3, atol=1e-6)
 
 
-def test_batch_scalar_losses_and_per_replica_clipping_are_refused(mirrored):
+def test_scalar_losses_clipping_and_foreign_optimizers_are_refused(mirrored):
     model, optimizer = setup(mirrored, segmenter)
     scalar = step.make_train_step(model=model, loss_fn=lambda y, p: tf.reduce_mean(losses.bce(y, p)),
                                   optimizer=optimizer, global_batch_size=BATCH, strategy=mirrored.strategy,
                                   jit_compile=False)
     with pytest.raises(ValueError, match=r"one value per example \(shape \[B\]\)"):
         scalar(iterator(mirrored, MASKS), step=0, seed=0)
+    with mirrored.strategy.scope():
+        clipped = keras.optimizers.SGD(0.1, global_clipnorm=1.0)
     with pytest.raises(ValueError, match="global_clipnorm"):
-        step.make_train_step(model=model, loss_fn=losses.bce, optimizer=keras.optimizers.SGD(0.1, global_clipnorm=1.0),
+        step.make_train_step(model=model, loss_fn=losses.bce, optimizer=clipped, global_batch_size=BATCH,
+                             strategy=mirrored.strategy)
+    with pytest.raises(ValueError, match="outside strategy.scope"):
+        step.make_train_step(model=model, loss_fn=losses.bce, optimizer=keras.optimizers.Adam(),
                              global_batch_size=BATCH, strategy=mirrored.strategy)
 
 
-def test_compiled_step_with_augment_batch_is_reproducible_per_seed(mirrored):
-    model, optimizer = setup(mirrored, segmenter)  # plain SGD keeps no state between the reruns below
+# XLA compiles once per device: 8 compilations of the augmenting step make the Mirrored case slow on 2 cores.
+@pytest.mark.parametrize("device_name", ["single", pytest.param("mirrored", marks=pytest.mark.slow)])
+def test_compiled_step_with_augment_batch_is_reproducible_per_seed(request, device_name):
+    device = request.getfixturevalue(device_name)
+    model, optimizer = setup(device, segmenter)  # plain SGD keeps no state between the reruns below
     config = augment.AugmentConfig(cutout=1, cutout_size=(8, 8))
     train_step = step.make_train_step(
         model=model, loss_fn=LOSSES["bce+dice"], optimizer=optimizer, global_batch_size=BATCH,
-        strategy=mirrored.strategy, augment_fn=functools.partial(augment.augment_batch, config=config),
+        strategy=device.strategy, augment_fn=functools.partial(augment.augment_batch, config=config),
         jit_compile=True)
 
     def weights_after(*, step_index, seed):
         model.set_weights(INITIAL[segmenter])
-        loss = float(train_step(iterator(mirrored, MASKS), step=step_index, seed=seed))
+        loss = float(train_step(iterator(device, MASKS), step=step_index, seed=seed))
         assert np.isfinite(loss)
         return np.concatenate([w.ravel() for w in model.get_weights()])
 
@@ -172,9 +180,16 @@ def test_compiled_step_with_augment_batch_is_reproducible_per_seed(mirrored):
     assert not np.allclose(first, weights_after(step_index=1, seed=1))
 
 
+def test_replica_seeds_differ_across_replicas_and_steps_and_repeat_on_rerun():
+    seeds = [tuple(step.replica_seed(7, s, r).numpy()) for s in range(3) for r in range(8)]
+    assert len(set(seeds)) == len(seeds)
+    assert seeds[0] == tuple(step.replica_seed(7, 0, 0).numpy())
+    assert seeds[0] != tuple(step.replica_seed(8, 0, 0).numpy())
+
+
 def test_steps_per_execution_equals_separate_calls(mirrored):
     def run(steps_per_execution, calls):
-        model, optimizer = setup(mirrored, segmenter, optimizer=keras.optimizers.Adam(1e-2))
+        model, optimizer = setup(mirrored, segmenter, make_optimizer=lambda: keras.optimizers.Adam(1e-2))
         train_step = step.make_train_step(model=model, loss_fn=LOSSES["bce+dice"], optimizer=optimizer,
                                           global_batch_size=BATCH, strategy=mirrored.strategy,
                                           augment_fn=flip_augment, steps_per_execution=steps_per_execution,

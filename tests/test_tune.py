@@ -10,6 +10,7 @@ import pytest
 from steel_tpu import config as config_lib
 from steel_tpu import metrics, postprocess, storage, tune, tune_plots, workdir
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
+from trained_workdir import trained_workdir
 
 SCALE = 8  # OOF maps of 32x200: small and fast, still a real oof.npz
 H, W = HEIGHT // SCALE, WIDTH // SCALE
@@ -176,3 +177,14 @@ def test_post_process_rules():
     levels = np.arange(256, dtype=np.uint8)
     for t in (0.0, 0.3, 0.35, 0.5, 0.55, 0.8, 1.0):
         np.testing.assert_array_equal(postprocess.binarize(levels, t), levels.astype(np.float32) > np.float32(t) * 255)
+
+
+@pytest.mark.slow
+def test_tune_on_a_trained_workdir(tmp_path_factory):
+    _, work = trained_workdir(str(tmp_path_factory.getbasetemp()))
+    result = tune.tune(workdir=work)
+    assert result["n_images"] == 32 and result["folds"] == [0, 1] and result["gate_head"] == "binary"
+    assert result["dice_after"]["mean"] >= result["dice_before"]["mean"]
+    # The OOF-resolution Dice at the defaults is close to training's full-resolution validation Dice.
+    assert result["dice_before"]["mean"] == pytest.approx(result["dice_before_full_resolution"]["mean"], abs=0.05)
+    assert os.path.exists(os.path.join(work, tune.THRESHOLDS))

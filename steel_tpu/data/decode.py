@@ -8,9 +8,6 @@ from steel_tpu.constants import CHANNELS, HEIGHT, WIDTH
 # libjpeg's scaled IDCT: decoding at 1/2, 1/4 or 1/8 size costs less than a full decode (and far less than a full
 # decode plus a resize), and the DCT-domain downscale is an anti-aliased one.
 _JPEG_RATIOS = (8, 4, 2, 1)
-# Painting with K intervals per column is compiled once per K bucket: powers of two up to 128, the most intervals
-# a 256-row column can hold (alternating rows).
-_K_BUCKETS = tuple(2**i for i in range(8))
 
 
 def check_image_size(image_size):
@@ -27,14 +24,25 @@ def jpeg_ratio(image_size):
     return next(r for r in _JPEG_RATIOS if HEIGHT // r >= h and WIDTH // r >= w)
 
 
-def decode_image(jpeg, *, image_size):
-    """uint8 [h, w, 3] from the bytes of a 256x1600 JPEG: scaled decode, then an area resize if still needed."""
+def decode_gray(jpeg, *, image_size):
+    """uint8 [h, w, 1] from the bytes of a 256x1600 JPEG: the luma plane only, scaled decode, then an area resize.
+
+    Severstal stores grey steel as 3 identical channels, so its chroma planes are flat (128): luma alone IS each
+    channel, bit for bit, and decoding it skips the chroma IDCT, upsampling and colour conversion (~25% of a
+    3-channel decode). to_rgb restores the 3 channels per batch.
+    """
     h, w = check_image_size(image_size)
     ratio = jpeg_ratio(image_size)
-    image = tf.io.decode_jpeg(jpeg, channels=CHANNELS, ratio=ratio)
+    image = tf.io.decode_jpeg(jpeg, channels=1, ratio=ratio)
     if (HEIGHT // ratio, WIDTH // ratio) != (h, w):
         image = tf.cast(tf.round(tf.image.resize(image, (h, w), method="area")), tf.uint8)
-    return tf.ensure_shape(image, [h, w, CHANNELS])
+    return tf.ensure_shape(image, [h, w, 1])
+
+
+@tf.function(jit_compile=True)
+def to_rgb(gray):
+    """uint8 [B, h, w, 3] from [B, h, w, 1]: XLA writes the 3 copies in one pass (tf.tile on uint8 is ~15x slower)."""
+    return tf.broadcast_to(gray, [*gray.shape[:3], CHANNELS])
 
 
 def source_rows(size, full):
@@ -59,18 +67,13 @@ def decode_masks(rles, *, image_size):
     image, cls, col, top, bottom = _intervals(rles, h=h, w=w)
     slot = _slots(((image * classes + cls) * w) + col)
     k = tf.reduce_max(tf.concat([slot, [0]], axis=0)) + 1
-    bucket = tf.reduce_sum(tf.cast(k > tf.constant(_K_BUCKETS[:-1]), tf.int32))
     index = tf.stack([image, slot, col, cls], axis=1)
-    # uint8 bounds (rows < 256) paint ~3x faster than int16; the inclusive last row keeps them in range.
-    top, last = tf.cast(top, tf.uint8), tf.cast(bottom - 1, tf.uint8)
-
-    def paint(k_static):
-        shape = [batch, k_static, w, classes]
-        # Unused slots get top 255 > last 0: they paint nothing.
-        tops = tf.tensor_scatter_nd_update(tf.fill(shape, tf.constant(255, tf.uint8)), index, top)
-        return _paint(tops, tf.scatter_nd(index, last, shape), height=h)
-
-    return tf.switch_case(bucket, [lambda k=k: paint(k) for k in _K_BUCKETS])
+    shape = tf.stack([batch, k, w, classes])
+    # uint8 rows (< 256) paint ~3x faster than int16; an inclusive last row keeps the bounds in range.
+    # Unused slots keep top 255 > last 0: they paint nothing.
+    tops = tf.tensor_scatter_nd_update(tf.fill(shape, tf.constant(255, tf.uint8)), index, tf.cast(top, tf.uint8))
+    lasts = tf.scatter_nd(index, tf.cast(bottom - 1, tf.uint8), shape)
+    return tf.ensure_shape(_paint(tops, lasts, height=h), [batch, h, w, classes])
 
 
 def _intervals(rles, *, h, w):
@@ -109,13 +112,12 @@ def _slots(cell):
 
 @tf.function(jit_compile=True)
 def _paint(tops, lasts, *, height):
-    """uint8 [B, h, w, C] from [B, K, w, C] uint8 tables of inclusive [top, last] row intervals.
+    """uint8 [B, h, w, C] masks from [B, K, w, C] uint8 tables of inclusive [top, last] row intervals.
 
-    XLA fuses the comparisons into one vectorised pass that writes each mask byte once; the same math as separate
-    TensorFlow ops costs ~10x more (a full-size pass per op), and tf.cumsum over rows ~50x more.
+    K (the most intervals in one column) varies by batch: XLA compiles once per K seen (1 to 3 on Severstal-like
+    masks). It fuses the comparisons into one vectorised pass that writes each mask byte once; the same math as
+    TensorFlow ops costs ~10x more (a full-size pass per op), a tf.cumsum over rows ~50x more.
     """
-    rows = tf.cast(tf.range(height), tf.uint8)[None, :, None, None]
-    inside = tf.zeros([tops.shape[0], height, tops.shape[2], tops.shape[3]], tf.bool)
-    for k in range(tops.shape[1]):
-        inside |= (rows >= tops[:, k, None]) & (rows <= lasts[:, k, None])
-    return tf.cast(inside, tf.uint8)
+    rows = tf.cast(tf.range(height), tf.uint8)[None, None, :, None, None]
+    inside = (rows >= tops[:, :, None]) & (rows <= lasts[:, :, None])
+    return tf.cast(tf.reduce_any(inside, axis=1), tf.uint8)

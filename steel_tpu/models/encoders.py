@@ -46,11 +46,14 @@ def _family(name: str) -> EncoderFamily:
 
 
 def check_input_shape(input_shape: Sequence[int]) -> None:
-    """Raise unless input_shape is (H, W, C) with H and W multiples of the deepest stride (32)."""
+    """Raise unless input_shape is (H, W, C) with H and W multiples of the deepest stride (32) or None (any)."""
     if len(input_shape) != 3:
         raise ValueError(f"input_shape must be (height, width, channels), got {tuple(input_shape)}")
     height, width, _ = input_shape
     deepest = STRIDES[-1]
+    if height is None or width is None:
+        # Fully convolutional: one set of weights trains on crops and predicts on whole images.
+        return
     if height % deepest or width % deepest:
         raise ValueError(
             f"input height and width must be multiples of {deepest} (decoder skips must align), got "

@@ -1,0 +1,229 @@
+"""tf.data pipelines over TFRecord shards: sampled training batches, and padded, ordered evaluation and prediction."""
+
+import json
+import posixpath
+
+import numpy as np
+import tensorflow as tf
+
+from steel_tpu import storage
+from steel_tpu.constants import CLASS_IDS, HEIGHT, NUM_CLASSES, WIDTH
+from steel_tpu.data import example
+from steel_tpu.data.decode import check_image_size, decode_gray, decode_masks, to_rgb
+
+AUTOTUNE = tf.data.AUTOTUNE
+MANIFEST = "manifest.json"
+# A fixed cycle, not AUTOTUNE: the interleave order, hence the data a seed gives, must not depend on the host's cores.
+_CYCLE_LENGTH = 8
+# Big sequential reads: a GCS request costs a round trip, so a small buffer starves the decoders.
+_READ_BUFFER = 8 << 20
+_HASH_BUCKETS = 1 << 24  # resolution of clean_keep
+
+
+def shard_files(data, *, split="train", folds=None):
+    """Sorted shard paths under `data` (local or gs://) for `split`; for train, only the given folds (None: all)."""
+    if split == "train":
+        patterns = ["train-f*-*-of-*.tfrec"] if folds is None else [f"train-f{int(f)}-*-of-*.tfrec" for f in folds]
+    elif split == "test":
+        patterns = ["test-*-of-*.tfrec"]
+    else:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    files = []
+    for pattern in patterns:
+        found = tf.io.gfile.glob(storage.join(data, pattern))
+        if not found:
+            raise FileNotFoundError(f"{data}: no shard matches {pattern}")
+        files += found
+    return sorted(files)
+
+
+def steps_per_epoch(data, *, batch_size, folds=None, oversample=None, clean_keep=1.0):
+    """Global batches in one epoch: one pass over the chosen folds as sampled, from the manifest's counts.
+
+    The manifest counts images per class, not per class combination, so an image with several oversampled
+    classes is counted once per class (its real repeat factor is the largest): exact for single-class images.
+    """
+    factors = _factors(oversample)
+    _check_clean_keep(clean_keep)
+    path = storage.join(data, MANIFEST)
+    with tf.io.gfile.GFile(path, "r") as f:
+        shards = json.load(f)["shards"]
+    chosen = [s for s in shards if folds is None or s["fold"] in set(folds)]
+    missing = set(folds or ()) - {s["fold"] for s in shards}
+    if missing or not chosen:
+        raise ValueError(f"{path}: no shards for fold(s) {sorted(missing) or folds}")
+    records = sum(s["records"] for s in chosen)
+    class_counts = np.sum([s["class_counts"] for s in chosen], axis=0)
+    defects = min(records, int(class_counts.sum()))
+    expected = (records - defects) * clean_keep + defects + float(np.dot(class_counts, factors - 1))
+    return max(1, int(expected // batch_size))
+
+
+def train_dataset(*, files, image_size, batch_size, seed, epoch=0, steps=None, oversample=None, clean_keep=1.0,
+                  shuffle_buffer=1024, input_context=None):
+    """Endless (or `steps`) batches of (images uint8 [B,h,w,3], masks uint8 [B,h,w,4]) for one epoch.
+
+    The order, the oversampling ({class id: integer repeat factor}, an image taking its classes' largest) and
+    the kept fraction of clean images are functions of (seed, epoch) only, so a resumed run sees the same data.
+    With `input_context` each input pipeline reads its own files and yields per-replica batches.
+    """
+    size = check_image_size(image_size)
+    factors = _factors(oversample)
+    _check_clean_keep(clean_keep)
+    files = list(files)
+    if not files:
+        raise ValueError("train_dataset: no shard files")
+    file_seed, record_seed, *hash_key = (int(v) for v in np.random.SeedSequence([seed, epoch]).generate_state(4))
+    batch = batch_size
+    ds = tf.data.Dataset.from_tensor_slices(files)
+    if input_context is not None:
+        pipelines = input_context.num_input_pipelines
+        if len(files) < pipelines:
+            raise ValueError(f"train_dataset: {len(files)} shard files cannot feed {pipelines} input pipelines")
+        ds = ds.shard(pipelines, input_context.input_pipeline_id)
+        batch = input_context.get_per_replica_batch_size(batch_size)
+    ds = ds.shuffle(len(files), seed=file_seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.interleave(_read, cycle_length=min(_CYCLE_LENGTH, len(files)), num_parallel_calls=AUTOTUNE,
+                       deterministic=True)
+    if oversample or clean_keep < 1.0:
+        # Decided on the small features, before any decoding: a dropped image costs no JPEG decode.
+        copies = _copies_fn(factors=factors, clean_keep=clean_keep, hash_key=hash_key)
+        ds = ds.map(lambda record: (record, copies(record)), num_parallel_calls=AUTOTUNE)
+        ds = ds.flat_map(lambda record, n: tf.data.Dataset.from_tensors(record).repeat(n))
+    # The buffer holds serialized records (~100 KB), not decoded images (1.2 MB at 256x1600): host memory stays small.
+    ds = ds.shuffle(shuffle_buffer, seed=record_seed)
+    ds = ds.map(lambda record: _parse_image(record, size), num_parallel_calls=AUTOTUNE)
+    # Static batch shapes for XLA / TPU: a partial batch would compile a second program.
+    ds = ds.batch(batch, drop_remainder=True)
+    ds = ds.map(lambda gray, rles: (to_rgb(gray), decode_masks(rles, image_size=size)), num_parallel_calls=AUTOTUNE)
+    if steps is not None:
+        ds = ds.take(steps)
+    return ds.prefetch(AUTOTUNE)
+
+
+def eval_dataset(*, files, image_size, batch_size, full_res_masks=True):
+    """Every record once, in file order, as padded batches of {"image" [B,h,w,3], "mask" [B,H,W,4] uint8,
+    "image_id" string, "valid" bool}; masks at full 256x1600 unless `full_res_masks` is False."""
+    size = check_image_size(image_size)
+    mask_size = (HEIGHT, WIDTH) if full_res_masks else size
+    ds = tf.data.TFRecordDataset(list(files), buffer_size=_READ_BUFFER)
+    ds = ds.map(lambda record: _parse_eval(record, size), num_parallel_calls=AUTOTUNE)
+    ds = _padded_batches(ds, batch_size=batch_size)
+    ds = ds.map(lambda b: _finish_eval(b, mask_size), num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
+
+
+def predict_dataset(*, source, image_size, batch_size):
+    """Padded batches of {"image" uint8 [B,h,w,3], "image_id" string, "valid" bool}, in a fixed order.
+
+    `source`: a folder (local or gs://) of test-*.tfrec shards or else of .jpg files, or a list of JPEG paths
+    (ids are then the file names), or a list of .tfrec shard paths (read in that order).
+    """
+    size = check_image_size(image_size)
+    if isinstance(source, (list, tuple)):
+        listed = [str(p) for p in source]
+        shards = listed if listed and all(p.endswith(".tfrec") for p in listed) else []
+        paths = [] if shards else listed
+    else:
+        shards = sorted(tf.io.gfile.glob(storage.join(source, "test-*-of-*.tfrec")))
+        paths = [] if shards else sorted(tf.io.gfile.glob(storage.join(source, "*.jpg")))
+        if not shards and not paths:
+            raise FileNotFoundError(f"{source}: no test-*.tfrec shards and no .jpg files")
+    if shards:
+        ds = tf.data.TFRecordDataset(shards, buffer_size=_READ_BUFFER)
+        ds = ds.map(lambda record: _parse_predict(record, size), num_parallel_calls=AUTOTUNE)
+    else:
+        ds = _jpeg_files(paths, size)
+    ds = _padded_batches(ds, batch_size=batch_size)
+    return ds.map(lambda b: {**b, "image": to_rgb(b["image"])}, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def _factors(oversample):
+    """int64 [NUM_CLASSES] repeat factors (1 = not oversampled) from {class id: factor}."""
+    factors = np.ones(NUM_CLASSES, dtype=np.int64)
+    for class_id, factor in (oversample or {}).items():
+        if class_id not in CLASS_IDS or int(factor) != factor or factor < 1:
+            raise ValueError(f"oversample {oversample}: keys must be class ids {CLASS_IDS}, factors integers >= 1")
+        factors[CLASS_IDS.index(class_id)] = int(factor)
+    return factors
+
+
+def _check_clean_keep(clean_keep):
+    if not 0.0 <= clean_keep <= 1.0:
+        raise ValueError(f"clean_keep={clean_keep}: must be in [0, 1]")
+
+
+def _read(path):
+    return tf.data.TFRecordDataset(path, buffer_size=_READ_BUFFER)
+
+
+def _parse(record, keys):
+    return tf.io.parse_single_example(record, {k: example.FEATURES[k] for k in keys})
+
+
+def _parse_image(record, size):
+    parsed = _parse(record, (example.IMAGE, example.RLE))
+    return decode_gray(parsed[example.IMAGE], image_size=size), parsed[example.RLE]
+
+
+def _copies_fn(*, factors, clean_keep, hash_key):
+    """record -> copies of its image this epoch: its classes' largest factor, or 1 / 0 for a kept / dropped clean one."""
+    threshold = int(round(clean_keep * _HASH_BUCKETS))
+
+    def copies(record):
+        parsed = _parse(record, (example.PRESENT, example.IMAGE_ID))
+        defect = tf.reduce_max(parsed[example.PRESENT] * factors)
+        # A keyed hash of the id, not a random stream: the same images are kept whatever the read order.
+        kept = tf.strings.to_hash_bucket_strong(parsed[example.IMAGE_ID], _HASH_BUCKETS, key=hash_key) < threshold
+        return tf.where(defect > 0, defect, tf.cast(kept, tf.int64))
+
+    return copies
+
+
+def _parse_eval(record, size):
+    parsed = _parse(record, (example.IMAGE_ID, example.IMAGE, example.RLE))
+    return {"image": decode_gray(parsed[example.IMAGE], image_size=size), "rle": parsed[example.RLE],
+            "image_id": parsed[example.IMAGE_ID], "valid": tf.constant(True)}
+
+
+def _finish_eval(batch, mask_size):
+    batch = dict(batch)
+    batch["image"] = to_rgb(batch["image"])
+    batch["mask"] = decode_masks(batch.pop("rle"), image_size=mask_size)
+    return batch
+
+
+def _parse_predict(record, size):
+    parsed = _parse(record, (example.IMAGE_ID, example.IMAGE))
+    return {"image": decode_gray(parsed[example.IMAGE], image_size=size), "image_id": parsed[example.IMAGE_ID],
+            "valid": tf.constant(True)}
+
+
+def _jpeg_files(paths, size):
+    ids = [posixpath.basename(str(p)) for p in paths]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"predict_dataset: image ids (file names) must be unique, repeated: {duplicates[:5]}")
+    ds = tf.data.Dataset.from_tensor_slices((paths, ids))
+    return ds.map(lambda path, image_id: _read_jpeg(path, image_id, size), num_parallel_calls=AUTOTUNE)
+
+
+def _read_jpeg(path, image_id, size):
+    """A checked JPEG file: a clear error naming the file if it is not a 256x1600 JPEG."""
+    data = tf.io.read_file(path)
+    is_jpeg = tf.debugging.Assert(tf.io.is_jpeg(data), [path, "is not a JPEG"])
+    with tf.control_dependencies([is_jpeg]):
+        shape = tf.io.extract_jpeg_shape(data)
+    right_size = tf.debugging.Assert(tf.reduce_all(shape[:2] == [HEIGHT, WIDTH]),
+                                     [path, "is", shape[0], "x", shape[1], f"pixels, expected {HEIGHT} x {WIDTH}"])
+    with tf.control_dependencies([right_size]):
+        image = decode_gray(data, image_size=size)
+    return {"image": image, "image_id": image_id, "valid": tf.constant(True)}
+
+
+def _padded_batches(ds, *, batch_size):
+    """Full batches holding every element once: batch_size - 1 invalid zero elements follow the data, so the last
+    batch is completed (static shapes, nothing dropped) and no batch of padding alone is ever made."""
+    padding = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), ds.element_spec)
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(batch_size - 1))
+    return ds.batch(batch_size, drop_remainder=True)

@@ -1,0 +1,259 @@
+"""Batch scoring: a valid submission, the ensemble it claims, resume, bad images, shards, GCS, and agreement with
+training's validation Dice."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from steel_tpu import config as config_lib
+from steel_tpu import distribute, kaggle, metrics, postprocess, predict, rle, storage, train, tune, workdir
+from steel_tpu.constants import CLASS_IDS, HEIGHT, WIDTH
+from steel_tpu.data import pipeline, shards
+from steel_tpu.data.source import SourceError
+from steel_tpu.submission_writer import parts_dir
+from steel_tpu.synth import synthesize
+from trained_workdir import trained_workdir
+
+SIZE = (64, 320)
+N_TEST = 12
+DEFECT_FRACTION = 0.03
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("synth"))
+    synthesize(folder, n_train=0, n_test=N_TEST, seed=11)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def images(data):
+    return os.path.join(data, "test_images")
+
+
+def _calibrate(model, sample):
+    """Random init predicts ~0.5 everywhere: shift the mask head so a few percent of pixels are defects."""
+    import keras
+
+    layer = model.get_layer("masks_logits")
+    logits = keras.Model(model.inputs, layer.output)(sample).numpy()
+    kernel, bias = layer.get_weights()
+    layer.set_weights([kernel, bias - np.quantile(logits.reshape(-1, 4), 1 - DEFECT_FRACTION, axis=0)])
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, images):
+    """A workdir of random-init tiny models (2 segment folds, 1 classifier), saved exactly as training saves."""
+    work = str(tmp_path_factory.mktemp("work"))
+    cfg = config_lib.tiny()
+    cfg.folds = (0, 1)
+    workdir.save_config(work, cfg)
+    sample = _decoded(sorted(os.listdir(images))[:4], images)
+    for task, folds in (("segment", (0, 1)), ("classify", (0,))):
+        for fold in folds:
+            tf.keras.utils.set_random_seed(fold)
+            model = train.build_model(task, getattr(cfg, task))
+            if task == "segment":
+                _calibrate(model, sample.astype(np.float32))
+            workdir.save_weights(model, workdir.fold_file(work, task, fold, "best.weights.h5"))
+            storage.write_text(workdir.fold_file(work, task, fold, "done.json"), "{}")
+    return work
+
+
+def _decoded(ids, folder):
+    """The model inputs the input pipeline makes of these images."""
+    ds = pipeline.predict_dataset(source=[os.path.join(folder, i) for i in ids], image_size=SIZE, batch_size=len(ids))
+    return next(ds.as_numpy_iterator())["image"]
+
+
+def _reference_masks(work, ids, folder, *, pp, tta, folds=(0, 1)):
+    """What the submission must hold, computed eagerly model by model (no XLA, no strategy, no threads)."""
+    cfg = workdir.load_config(work)
+    x = _decoded(ids, folder).astype(np.float32)
+    flips = [lambda a: a] + ([lambda a: a[:, :, ::-1], lambda a: a[:, ::-1]] if tta else [])
+    seg, cls = [], []
+    for task, out in (("segment", seg), ("classify", cls)):
+        for fold in folds if task == "segment" else workdir.completed_folds(work, "classify"):
+            model = train.build_model(task, getattr(cfg, task))
+            workdir.load_weights(model, workdir.fold_file(work, task, fold, "best.weights.h5"))
+            for f in flips:
+                p = np.asarray(model(f(x), training=False))
+                out.append(f(p) if task == "segment" else p)
+    maps = postprocess.to_full_resolution(np.mean(seg, axis=0)).numpy()
+    return pp.apply(maps, np.mean(cls, axis=0) if pp.gate else None)
+
+
+def _masks(csv_path, ids):
+    labels = kaggle.read_labels(csv_path)
+    return np.stack([np.stack([rle.decode(r) for r in labels.rles[i]], axis=-1) for i in ids]).astype(bool)
+
+
+def _check_layout(csv_path, ids):
+    """Every image x class exactly once, in the Kaggle submission layout."""
+    with storage.open(csv_path, "rb") as f:
+        lines = f.read().decode().splitlines()
+    assert lines[0] == "ImageId,EncodedPixels,ClassId"
+    keys = [(line.split(",")[0], line.split(",")[-1]) for line in lines[1:]]
+    assert sorted(keys) == sorted((i, str(c)) for i in ids for c in CLASS_IDS)
+
+
+def _run(work, images, out, **options):
+    options.setdefault("progress", False)
+    return predict.predict(workdir=work, images=images, out=str(out), **options)
+
+
+@pytest.fixture(scope="module")
+def ensemble_run(work, images, tmp_path_factory):
+    """A run through XLA with a gate, min area and flip TTA: every device-side option at once."""
+    out = tmp_path_factory.mktemp("ensemble") / "sub.csv"
+    pp = postprocess.PostProcess(pixel_threshold=(0.5, 0.45, 0.5, 0.55), min_area=(0, 300, 0, 0), gate=(0.3,))
+    summary = _run(work, images, out, thresholds=pp, tta=True, batch_size=8, jit_compile=True)
+    return out, pp, summary
+
+
+@pytest.fixture(scope="module")
+def plain(work, images, tmp_path_factory):
+    """An uninterrupted run with the defaults; the CSV other runs must reproduce byte for byte."""
+    out = tmp_path_factory.mktemp("plain") / "sub.csv"
+    _run(work, images, out, batch_size=8, chunk_size=5)
+    return out
+
+
+def test_submission_holds_the_ensemble_for_every_image_and_class(ensemble_run, images, work):
+    out, pp, summary = ensemble_run
+    ids = sorted(os.listdir(images))
+    _check_layout(out, ids)
+    assert summary["images"] == N_TEST and summary["skipped"] == 0 and summary["folds"] == {"classify": [0],
+                                                                                            "segment": [0, 1]}
+    got, want = _masks(out, ids), _reference_masks(work, ids, images, pp=pp, tta=True)
+    assert want.any() and not want.all()
+    # XLA and eager Keras may round differently: allow a few pixels sitting exactly at a threshold to flip.
+    assert (got != want).mean() < 1e-4
+    assert not os.path.exists(parts_dir(out)) and not os.path.exists(str(out) + ".errors.csv")
+
+
+def test_resume_after_a_crash_gives_one_row_set_per_image(plain, images, work, tmp_path):
+    out = tmp_path / "sub.csv"
+
+    def crash(committed):
+        if committed == 1:
+            raise KeyboardInterrupt("simulated crash after the first chunk")
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(work, images, out, batch_size=8, chunk_size=5, _after_chunk=crash)
+    assert not out.exists()
+    assert sorted(os.listdir(parts_dir(out))) == ["part-00000.csv", "plan.json"]
+    summary = _run(work, images, out, batch_size=8, chunk_size=5)
+    assert summary["resumed_chunks"] == 1 and summary["scored_now"] == N_TEST - 5
+    assert out.read_bytes() == plain.read_bytes()
+    assert not os.path.exists(parts_dir(out))
+
+
+def test_changed_settings_do_not_reuse_committed_chunks(work, images, tmp_path):
+    out = tmp_path / "sub.csv"
+
+    def crash(committed):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(work, images, out, batch_size=8, chunk_size=5, _after_chunk=crash)
+    everything_empty = postprocess.PostProcess(min_area=(10 ** 9,) * 4)
+    summary = _run(work, images, out, thresholds=everything_empty, batch_size=8, chunk_size=5)
+    assert summary["resumed_chunks"] == 0
+    assert all(rles == kaggle.EMPTY for rles in kaggle.read_labels(str(out)).rles.values())
+
+
+def test_bad_images_stop_the_run_or_are_listed_and_empty(work, images, tmp_path):
+    folder = tmp_path / "images"
+    shutil.copytree(images, folder)
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8 this is not a JPEG")
+    Image.new("RGB", (WIDTH // 2, HEIGHT)).save(folder / "small.jpg", format="JPEG")
+    with pytest.raises(SourceError, match="corrupt.jpg") as error:
+        _run(work, str(folder), tmp_path / "a.csv", batch_size=8)
+    assert "small.jpg: 800x256, expected 1600x256" in str(error.value)
+    out = tmp_path / "b.csv"
+    summary = _run(work, str(folder), out, batch_size=8, skip_bad=True, chunk_size=4)
+    assert summary["skipped"] == 2 and summary["images"] == N_TEST + 2
+    with open(str(out) + ".errors.csv") as f:
+        errors = f.read().splitlines()
+    assert errors[0] == "image_id,reason" and [e.split(",")[0] for e in errors[1:]] == ["corrupt.jpg", "small.jpg"]
+    labels = kaggle.read_labels(str(out))
+    assert labels.rles["corrupt.jpg"] == kaggle.EMPTY and labels.rles["small.jpg"] == kaggle.EMPTY
+    _check_layout(out, sorted(os.listdir(folder)))
+
+
+def test_test_shards_score_like_the_jpeg_folder(plain, work, images, tmp_path):
+    out_dir = str(tmp_path / "shards")
+    shards.build_shards(data=images, out=out_dir, split="test", shard_mb=0.3, progress=False)
+    assert len(storage.glob(os.path.join(out_dir, "test-*.tfrec"))) > 1
+    out = tmp_path / "s.csv"
+
+    def crash(committed):
+        raise KeyboardInterrupt("simulated crash after the first shard")
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(work, out_dir, out, batch_size=8, _after_chunk=crash)
+    summary = _run(work, out_dir, out, batch_size=8)
+    assert summary["resumed_chunks"] == 1 and summary["images"] == N_TEST
+    assert kaggle.read_labels(str(out)).rles == kaggle.read_labels(str(plain)).rles
+
+
+def test_thresholds_come_from_the_workdir_and_gate_needs_a_classifier(work, images, tmp_path):
+    own = tmp_path / "work"
+    shutil.copytree(work, own)
+    storage.write_text(str(own / tune.THRESHOLDS), json.dumps({"pixel_threshold": [0.5] * 4, "min_area": [0] * 4,
+                                                               "gate": [1.0]}))
+    summary = _run(str(own), images, tmp_path / "gated.csv", batch_size=8)
+    assert summary["thresholds"] == str(own / tune.THRESHOLDS)
+    # Sigmoid probabilities stay below 1.0: a gate of 1.0 empties every image.
+    assert all(r == kaggle.EMPTY for r in kaggle.read_labels(str(tmp_path / "gated.csv")).rles.values())
+    shutil.rmtree(own / "classify")
+    with pytest.raises(FileNotFoundError, match="no completed classify folds"):
+        _run(str(own), images, tmp_path / "x.csv", batch_size=8)
+
+
+@pytest.mark.slow
+def test_gcs_end_to_end(plain, work, images, gcs_bucket):
+    remote_images, remote_work = f"{gcs_bucket}/test_images", f"{gcs_bucket}/work"
+    for name in os.listdir(images):
+        storage.write_bytes(f"{remote_images}/{name}", storage.read_bytes(os.path.join(images, name)))
+    for root, _, files in os.walk(work):
+        for name in files:
+            rel = os.path.relpath(os.path.join(root, name), work)
+            storage.write_bytes(f"{remote_work}/{rel}", storage.read_bytes(os.path.join(root, name)))
+    remote_out = f"{gcs_bucket}/out/sub.csv"
+    summary = _run(remote_work, remote_images, remote_out, batch_size=8, chunk_size=5)
+    assert summary["images"] == N_TEST
+    assert not storage.glob(f"{parts_dir(remote_out)}/*")
+    assert storage.read_bytes(remote_out) == plain.read_bytes()
+
+
+# --- a really trained workdir: predict must reproduce what training's validation reported ---
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return trained_workdir(str(tmp_path_factory.getbasetemp()))
+
+
+@pytest.mark.slow
+def test_predict_reproduces_the_validation_dice_of_training(trained, tmp_path):
+    data, work = trained
+    oof = workdir.load_oof(workdir.fold_file(work, "segment", 0, "oof.npz"))
+    ids = oof["image_ids"].tolist()
+    folder = tmp_path / "fold0"
+    folder.mkdir()
+    for i in ids:
+        shutil.copy(os.path.join(data, "train_images", i), folder / i)
+    out = tmp_path / "fold0.csv"
+    device = distribute.select_strategy(prefer="mirrored")
+    _run(work, str(folder), out, thresholds=postprocess.PostProcess(), folds=[0], batch_size=8, device=device)
+    truth = kaggle.read_labels(os.path.join(data, "train.csv")).subset(ids)
+    scores = metrics.score_labels(kaggle.read_labels(str(out)), truth, image_ids=ids)
+    assert scores.mean == pytest.approx(float(oof["dice"].mean()), abs=1e-3)
+    assert scores.per_class == pytest.approx(oof["dice"].mean(axis=0).tolist(), abs=1e-3)

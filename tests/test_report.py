@@ -1,0 +1,287 @@
+"""The HTML report: sections from real workdir files, images from real shards, a headless-Chromium render."""
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from steel_tpu import config as config_lib
+from steel_tpu import metrics, postprocess, report, rle, storage, tune, tune_plots, workdir
+from steel_tpu.constants import NUM_CLASSES
+from steel_tpu.data import example, shards, tfrecord
+from steel_tpu.synth import synthesize
+
+SCALE = 8  # OOF maps of 32x200
+K_FOLDS = 5
+OOF_FOLDS = (0, 1)
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    data = str(tmp_path_factory.mktemp("synth"))
+    synthesize(data, n_train=40, n_test=0, seed=5)
+    return data
+
+
+@pytest.fixture(scope="module")
+def shard_dir(source, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("shards"))
+    shards.build_shards(data=source, out=out, folds=K_FOLDS, seed=0, progress=False)
+    return out
+
+
+def _fold_records(shard_dir, fold):
+    manifest = json.loads(storage.read_text(os.path.join(shard_dir, shards.MANIFEST)))
+    for entry in manifest["shards"]:
+        if entry["fold"] == fold:
+            with open(os.path.join(shard_dir, entry["name"]), "rb") as f:
+                yield from (example.parse_numpy(r) for r in tfrecord.read_records(f))
+
+
+def _write_log(path, rows):
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    storage.write_text(path, buf.getvalue())
+
+
+def _write_workdir(work, shard_dir, *, seed=0):
+    """A workdir of real files (config, logs, oof.npz, done.json) for the images of OOF_FOLDS' shards.
+
+    The OOF maps are noisy copies of each image's true masks, except the first image of each fold, whose
+    maps are the masks' negative: the known worst image.
+    """
+    rng = np.random.default_rng(seed)
+    cfg = config_lib.tiny()
+    cfg.oof_scale = SCALE
+    workdir.save_config(work, cfg)
+    for fold in OOF_FOLDS:
+        recs = list(_fold_records(shard_dir, fold))
+        ids = np.array([r[example.IMAGE_ID] for r in recs])
+        full = np.stack([np.stack([rle.decode(s) for s in r[example.RLE]], axis=-1) for r in recs]).astype(bool)
+        truth = postprocess.downsample(full.astype(np.uint8) * 255, scale=SCALE) >= 128
+        p = np.clip(truth * 0.7 + rng.normal(0.1, 0.1, truth.shape), 0, 1)
+        p[0] = 1.0 - truth[0]
+        q = np.round(p * 255).astype(np.uint8)
+        full_pred = np.repeat(np.repeat(postprocess.binarize(q, 0.5), SCALE, 1), SCALE, 2)
+        workdir.save_oof(workdir.fold_file(work, "segment", fold, "oof.npz"), image_ids=ids, probs=q, truth=truth,
+                         truth_area=full.sum(axis=(1, 2)), labels=full.any(axis=(1, 2)),
+                         dice=metrics.dice_matrix(full_pred, full).astype(np.float32))
+        any_defect = full.any(axis=(1, 2, 3))
+        workdir.save_oof(workdir.fold_file(work, "classify", fold, "oof.npz"), image_ids=ids,
+                         probs=np.clip(any_defect * 0.6 + rng.uniform(0, 0.4, len(ids)), 0, 1)[:, None]
+                         .astype(np.float32), labels=full.any(axis=(1, 2)))
+        for task, metric in (("segment", {"dice": 0.3}), ("classify", {"auc": 0.6, "accuracy": 0.55})):
+            rows = [{"epoch": e, "loss": 1.0 / (e + 1), "lr": 1e-3 * (1 - e / 3),
+                     **{k: v + 0.1 * e + 0.01 * fold for k, v in metric.items()}, "train_images_per_s": 10.0 + e,
+                     "seconds": 3.0} for e in range(3)]
+            _write_log(workdir.fold_file(work, task, fold, "log.csv"), rows)
+            storage.write_text(workdir.fold_file(work, task, fold, "done.json"), "{}")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def work(shard_dir, tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("work"))
+    _write_workdir(path, shard_dir)
+    return path
+
+
+def _referenced_pngs(index):
+    with open(index) as f:
+        page = f.read()
+    return page, re.findall(r'<img src="([^"]+)"', page)
+
+
+def _check_pngs(folder, names):
+    for name in names:
+        with open(os.path.join(folder, name), "rb") as f:
+            assert f.read(8) == PNG_MAGIC, name
+
+
+def test_pixel_confusion_matches_direct_counting():
+    rng = np.random.default_rng(1)
+    q = rng.integers(0, 256, (70, 4, 6, NUM_CLASSES), dtype=np.uint8)  # 70 images: crosses a batch boundary
+    truth = rng.random(q.shape) < 0.3
+    thresholds = (0.3, 0.55, 0.5, 0.7)
+    counts = report.pixel_confusion(q, truth, thresholds)
+    for c, t in enumerate(thresholds):
+        pred = q[..., c].astype(np.float64) > t * 255
+        y = truth[..., c]
+        assert counts[c].tolist() == [[np.sum(~y & ~pred), np.sum(~y & pred)], [np.sum(y & ~pred), np.sum(y & pred)]]
+
+
+def test_pick_examples_worst_overall_best_among_defects():
+    dice = np.array([[1, 1, 1, 1], [0.2, 1, 1, 1], [0.9, 1, 1, 1], [0, 0, 1, 1], [0.5, 1, 1, 1]], np.float32)
+    has_defect = np.array([False, True, True, True, True])
+    best, worst = report.pick_examples(dice, has_defect, k=2)
+    assert worst.tolist() == [3, 1]
+    assert best.tolist() == [2, 4]  # image 0 scores higher but is clean
+    best, worst = report.pick_examples(dice, has_defect, k=3)
+    assert worst.tolist() == [3, 1, 4] and best.tolist() == [2, 0]  # defects run out; no image in both
+
+
+def test_bad_log_line_is_named(tmp_path):
+    path = str(tmp_path / "log.csv")
+    storage.write_text(path, "epoch,loss\n0,0.5\n1,oops\n")
+    with pytest.raises(ValueError, match=r"log\.csv: line 3"):
+        report.read_log(path)
+
+
+def test_read_images_decodes_the_source_jpegs(source, shard_dir):
+    ids = [r[example.IMAGE_ID] for r in _fold_records(shard_dir, 2)][:3]
+    images = report.read_images(shard_dir, {2: ids})
+    assert sorted(images) == sorted(ids)
+    for image_id in ids:
+        expected = np.asarray(Image.open(os.path.join(source, "train_images", image_id)).convert("L"))
+        np.testing.assert_array_equal(images[image_id], expected)
+
+
+def test_read_images_names_a_missing_image(shard_dir):
+    other = next(_fold_records(shard_dir, 3))[example.IMAGE_ID]
+    with pytest.raises(ValueError, match=re.escape(other)):
+        report.read_images(shard_dir, {2: [other]})  # in fold 3's shards, not fold 2's
+
+
+def test_report_without_thresholds_or_images(work, tmp_path):
+    out = str(tmp_path / "report")
+    index = report.report(workdir=work, out=out)
+    assert index == os.path.join(out, report.INDEX)
+    page, images = _referenced_pngs(index)
+    assert sorted(images) == ["confusion.png", "curves_classify.png", "curves_segment.png", "dice_per_class.png",
+                              "examples.png"]
+    assert sorted(n for n in os.listdir(out) if n != report.INDEX) == sorted(images)
+    _check_pngs(out, images)
+    assert "No thresholds.json" in page and "0.5 (no thresholds.json yet)" in page
+    assert "pass --data SHARDS" in page
+    # The Dice table's "all" row is the mean of every fold's oof.npz dice.
+    dice = np.concatenate([workdir.load_oof(workdir.fold_file(work, "segment", f, "oof.npz"))["dice"]
+                           for f in OOF_FOLDS])
+    assert f"<td>{dice.mean():.4g}</td></tr></table>" in page
+    # The worst images are the folds' first ones, whose maps are the negatives of their masks.
+    for fold in OOF_FOLDS:
+        first = workdir.load_oof(workdir.fold_file(work, "segment", fold, "oof.npz"))["image_ids"][0]
+        assert f"<tr><td>worst</td><td>{first}</td><td>{fold}</td>" in page
+    assert "best (among images with a defect)" in page
+
+
+def test_report_with_tuned_thresholds_and_images(work, shard_dir, tmp_path):
+    tuned = str(tmp_path / "tuned")
+    shutil.copytree(work, tuned)
+    result = tune.tune(workdir=tuned)
+    out = str(tmp_path / "report")
+    page, images = _referenced_pngs(report.report(workdir=tuned, out=out, data=shard_dir))
+    assert "tuned thresholds from thresholds.json" in page and "over the image" in page
+    for name in tune_plots.FILES:
+        assert f"tune_{name}" in images
+        with open(os.path.join(tuned, tune.PLOTS, name), "rb") as a, open(os.path.join(out, f"tune_{name}"), "rb") as b:
+            assert a.read() == b.read()
+    assert f"{result['dice_after']['mean']:.4f} tuned" in page
+    thresholds = postprocess.PostProcess.from_dict(result).pixel_threshold
+    counts = sum(report.pixel_confusion(o["probs"], o["truth"], thresholds) for o in (
+        workdir.load_oof(workdir.fold_file(tuned, "segment", f, "oof.npz")) for f in OOF_FOLDS))
+    tp_rate = counts[0, 1, 1] / counts[0].sum()
+    assert f"<td>{tp_rate:.4g}</td>" in page
+
+    # Without tune's PNGs, the report redraws them from the OOF data with tune's own functions.
+    shutil.rmtree(os.path.join(tuned, tune.PLOTS))
+    again = str(tmp_path / "again")
+    _, images = _referenced_pngs(report.report(workdir=tuned, out=again))
+    assert all(f"tune_{name}" in images for name in tune_plots.FILES)
+    _check_pngs(again, images)
+
+
+def test_sections_without_inputs_are_notes(tmp_path):
+    work, out = str(tmp_path / "work"), str(tmp_path / "out")
+    workdir.save_config(work, config_lib.tiny())
+    page, images = _referenced_pngs(report.report(workdir=work, out=out))
+    assert images == [] and os.listdir(out) == [report.INDEX]
+    assert page.count('class="note"') == 7
+    with pytest.raises(FileNotFoundError, match="not a training workdir"):
+        report.report(workdir=str(tmp_path / "nothing"), out=out)
+
+
+def test_a_failed_report_leaves_no_index(work, tmp_path):
+    out = str(tmp_path / "out")
+    report.report(workdir=work, out=out)
+    with pytest.raises(FileNotFoundError, match="manifest.json: not found"):
+        report.report(workdir=work, out=out, data=str(tmp_path / "no_shards"))
+    assert not os.path.exists(os.path.join(out, report.INDEX))
+
+
+def test_report_on_gcs(work, gcs_bucket, tmp_path):
+    remote = f"{gcs_bucket}/work"
+    for root, _, files in os.walk(work):
+        for name in files:
+            path = os.path.join(root, name)
+            storage.write_bytes(f"{remote}/{os.path.relpath(path, work)}", open(path, "rb").read())
+    index = report.report(workdir=remote, out=f"{gcs_bucket}/report")
+    assert index == f"{gcs_bucket}/report/{report.INDEX}"
+    names = re.findall(r'<img src="([^"]+)"', storage.read_text(index))
+    assert len(names) == 5 and all(storage.read_bytes(f"{gcs_bucket}/report/{n}")[:8] == PNG_MAGIC for n in names)
+
+
+def _chromium():
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+def _screenshot(index, tmp_path):
+    binary = _chromium()
+    if binary is None:
+        pytest.skip("chromium not found on PATH (apt-get install -y chromium)")
+    shot = str(tmp_path / "shot.png")
+    subprocess.run([binary, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1400,3000",
+                    f"file://{os.path.abspath(index)}"], check=True, capture_output=True, timeout=120)
+    return shot
+
+
+def _assert_rendered(shot):
+    assert os.path.getsize(shot) > 50_000
+    pixels = np.asarray(Image.open(shot).convert("RGB"))
+    assert pixels.shape == (3000, 1400, 3)
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100  # text, plots and photos, not a blank page
+    rows_with_ink = (pixels.min(axis=(1, 2)) < 128).mean()
+    assert rows_with_ink > 0.3  # the figures fill the page: images were found and drawn
+
+
+def test_chromium_renders_the_report(work, shard_dir, tmp_path):
+    index = report.report(workdir=work, out=str(tmp_path / "report"), data=shard_dir)
+    _assert_rendered(_screenshot(index, tmp_path))
+
+
+@pytest.fixture(scope="module")
+def trained(shard_dir, tmp_path_factory):
+    """A workdir from a real (one-epoch, two-step) training run of both tasks on fold 0, then tuned."""
+    from steel_tpu import train  # the training stack loads only for the slow test
+
+    work = str(tmp_path_factory.mktemp("trained"))
+    cfg = config_lib.apply_overrides(config_lib.preset("tiny"), [
+        "classify.train.epochs=1", "segment.train.epochs=1", "classify.train.steps_per_epoch=2",
+        "segment.train.steps_per_epoch=2"])
+    train.run(data=shard_dir, work=work, cfg=cfg, folds=(0,))
+    tune.tune(workdir=work)
+    return work
+
+
+@pytest.mark.slow
+def test_report_of_a_real_training_run(trained, shard_dir, tmp_path):
+    index = report.report(workdir=trained, out=str(tmp_path / "report"), data=shard_dir)
+    page, images = _referenced_pngs(index)
+    assert 'class="note"' not in page  # every section found its inputs
+    assert sorted(images) == sorted(["curves_classify.png", "curves_segment.png", "dice_per_class.png",
+                                     "confusion.png", "examples.png", *[f"tune_{n}" for n in tune_plots.FILES]])
+    _check_pngs(os.path.dirname(index), images)
+    oof = workdir.load_oof(workdir.fold_file(trained, "segment", 0, "oof.npz"))
+    assert f"<td>{oof['dice'].mean():.4g}</td></tr></table>" in page
+    _assert_rendered(_screenshot(index, tmp_path))
