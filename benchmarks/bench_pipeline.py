@@ -4,13 +4,15 @@
 
 (a) steel_tpu.data.pipeline.train_dataset at full 256x1600, masks included, steady state (shuffle buffer full);
 (b) the bound: tf.io.decode_jpeg (channels=3) in a tf.data map over the same JPEG bytes held in memory, batched;
-(c) a seed-style loader: a keras.utils.PyDataset reading each JPEG with PIL and decoding its RLEs in Python,
-    with Keras' default workers=1 (as the seed kernels ran it: one thread fetching ahead of the consumer);
+(c) a seed-style loader: a keras.utils.PyDataset reading each JPEG with PIL and decoding its RLEs in Python into
+    float32 batches, with Keras' default workers=1 (as the seed kernels ran it: one thread fetching ahead);
 (c') the same loader given a worker thread per core.
-Rounds alternate a, b, c so that load from other processes hits them alike; the best round of each is kept.
+Each round runs every loader once, seconds apart; ratios are taken within a round (same load from other
+processes) and the median over rounds is printed, in images/s and in process CPU time per image.
 """
 
 import argparse
+import collections
 import os
 import tempfile
 import time
@@ -44,14 +46,17 @@ def _data(cache, n):
     return source, shards
 
 
-def _images_per_s(batches, *, warmup, count):
-    """Steady-state images/s of an iterator of (images, ...) batches."""
+def _measure(batches, *, warmup, count):
+    """(images/s, process CPU ms per image) of an iterator of (images, ...) batches in steady state.
+
+    CPU time per image is the steadier figure on a shared machine: other processes slow the clock, not it.
+    """
     for _ in range(warmup):
         next(batches)
-    start, images = time.perf_counter(), 0
+    start, cpu, images = time.perf_counter(), time.process_time(), 0
     for _ in range(count):
         images += len(next(batches)[0])
-    return images / (time.perf_counter() - start)
+    return images / (time.perf_counter() - start), (time.process_time() - cpu) * 1e3 / images
 
 
 def _bound(jpegs, batch):
@@ -70,23 +75,26 @@ def rle_to_mask(rle, height=HEIGHT, width=WIDTH):
 
 
 class SeedLoader(keras.utils.PyDataset):
-    """Seed-style: per batch, PIL-read each JPEG and decode each class's RLE in Python."""
+    """Seed-style: per batch, PIL-read each JPEG and decode each class's RLE in Python, yielding what the seed
+    generators fed Keras: float32 images scaled to 0..1 and float32 masks (labels looked up in a dict, not the
+    per-image DataFrame filter some kernels used)."""
 
     def __init__(self, source, batch, **kwargs):
         super().__init__(**kwargs)
         labels = pd.read_csv(os.path.join(source, "train.csv"))
         self.rles = {(r.ImageId, r.ClassId): r.EncodedPixels for r in labels.itertuples()}
-        self.paths = sorted(os.path.join(source, "train_images", f) for f in os.listdir(os.path.join(source, "train_images")))
+        folder = os.path.join(source, "train_images")
+        self.paths = sorted(os.path.join(folder, f) for f in os.listdir(folder))
         self.batch = batch
 
     def __len__(self):
         return len(self.paths) // self.batch
 
     def __getitem__(self, index):
-        images = np.empty((self.batch, HEIGHT, WIDTH, 3), dtype=np.uint8)
-        masks = np.zeros((self.batch, HEIGHT, WIDTH, NUM_CLASSES), dtype=np.uint8)
+        images = np.empty((self.batch, HEIGHT, WIDTH, 3), dtype=np.float32)
+        masks = np.zeros((self.batch, HEIGHT, WIDTH, NUM_CLASSES), dtype=np.float32)
         for i, path in enumerate(self.paths[index * self.batch : (index + 1) * self.batch]):
-            images[i] = np.asarray(Image.open(path).convert("RGB"))
+            images[i] = np.asarray(Image.open(path).convert("RGB"), dtype=np.float32) / 255.0
             image_id = os.path.basename(path)
             for c in range(NUM_CLASSES):
                 rle = self.rles.get((image_id, c + 1))
@@ -95,15 +103,21 @@ class SeedLoader(keras.utils.PyDataset):
         return images, masks
 
 
-def _seed_batches(loader):
-    """Endless batches in order, loader.workers threads fetching ahead like Keras' OrderedEnqueuer."""
+def _seed_batches(loader, *, queue=10):
+    """Endless batches in order, fetched by loader.workers threads at most `queue` batches ahead (Keras'
+    OrderedEnqueuer and its default max_queue_size); closing the generator stops the workers."""
     pool = ThreadPoolExecutor(max_workers=loader.workers)
-
-    def forever():
+    pending, index = collections.deque(), 0
+    try:
         while True:
-            yield from pool.map(loader.__getitem__, range(len(loader)))
-
-    return forever()
+            while len(pending) < queue:
+                pending.append(pool.submit(loader.__getitem__, index % len(loader)))
+                index += 1
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True)
 
 
 def main():
@@ -111,7 +125,7 @@ def main():
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--batches", type=int, default=60, help="timed batches per measurement")
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "steel_tpu_bench_pipeline"))
     args = parser.parse_args()
     source, shards = _data(args.cache, args.images)
@@ -126,22 +140,41 @@ def main():
         "c": lambda: _seed_batches(SeedLoader(source, args.batch)),
         "c_threads": lambda: _seed_batches(SeedLoader(source, args.batch, workers=workers)),
     }
+    load = os.getloadavg()[0]
+    rates, cpu = _rounds(runs, rounds=args.rounds, batches=args.batches)
+    print(f"{len(jpegs)} images ({sum(map(len, jpegs)) / len(jpegs) / 1e3:.0f} KB JPEGs), batch {args.batch}, "
+          f"{workers} cores (load average {load:.1f} before, {os.getloadavg()[0]:.1f} after), "
+          f"full {HEIGHT}x{WIDTH}; medians of {args.rounds} rounds")
+    labels = {
+        "a": "(a)  train_dataset, masks included",
+        "a_sampled": "(a') same, oversample {1: 2, 2: 4, 4: 2}, clean_keep 0.2",
+        "b": "(b)  bound: tf.io.decode_jpeg(channels=3) alone",
+        "c": "(c)  seed-style PyDataset (PIL + Python RLE)",
+        "c_threads": f"(c') same, {workers} worker threads",
+    }
+    for name, label in labels.items():
+        print(f"{label:56s} {np.median(rates[name]):7.0f} images/s  {np.median(cpu[name]):6.2f} CPU ms/image")
+    for label, x, y, target in (("a/b", "a", "b", TARGET_BOUND), ("a/c", "a", "c", TARGET_SEED),
+                                ("a/c'", "a", "c_threads", None)):
+        # Ratios within a round (measured seconds apart, under the same load from other processes), then the median.
+        ratio = float(np.median(np.divide(rates[x], rates[y])))
+        by_cpu = float(np.median(np.divide(cpu[y], cpu[x])))
+        verdict = "" if target is None else f"(target >= {target}) {'OK' if ratio >= target else 'BELOW TARGET'}"
+        print(f"{label:4s} = {ratio:.2f} in images/s, {by_cpu:.2f} in CPU time per image {verdict}")
+
+
+def _rounds(runs, *, rounds, batches):
+    """{name: [images/s per round]}, {name: [CPU ms per image per round]}; each round runs every loader once."""
     # Warm-up covers the shuffle buffer fill and tf.data's autotuning; (c) has neither.
     warmup = {"a": 30, "a_sampled": 30, "b": 10, "c": 2, "c_threads": 2}
-    best = dict.fromkeys(runs, 0.0)
-    for _ in range(args.rounds):
+    rates, cpu = {name: [] for name in runs}, {name: [] for name in runs}
+    for _ in range(rounds):
         for name, make in runs.items():
-            count = max(4, args.batches // 4) if name.startswith("c") else args.batches
-            best[name] = max(best[name], _images_per_s(make(), warmup=warmup[name], count=count))
-    print(f"{len(jpegs)} images ({sum(map(len, jpegs)) / len(jpegs) / 1e3:.0f} KB JPEGs), batch {args.batch}, "
-          f"{workers} cores, full {HEIGHT}x{WIDTH}, best of {args.rounds} rounds")
-    print(f"(a)  train_dataset, masks included          {best['a']:8.0f} images/s")
-    print(f"(a') same, seed-TPU sampling {SEED_TPU_SAMPLING}  {best['a_sampled']:8.0f} images/s")
-    print(f"(b)  bound: tf.io.decode_jpeg alone          {best['b']:8.0f} images/s")
-    print(f"(c)  seed-style PyDataset (PIL + Python RLE) {best['c']:8.0f} images/s")
-    print(f"(c') same, {workers} worker threads              {best['c_threads']:8.0f} images/s")
-    for label, ratio, target in (("a/b", best["a"] / best["b"], TARGET_BOUND), ("a/c", best["a"] / best["c"], TARGET_SEED)):
-        print(f"{label} = {ratio:.2f} (target >= {target}) {'OK' if ratio >= target else 'BELOW TARGET'}")
+            count = max(4, batches // 4) if name.startswith("c") else batches
+            rate, ms = _measure(make(), warmup=warmup[name], count=count)
+            rates[name].append(rate)
+            cpu[name].append(ms)
+    return rates, cpu
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def _predict(args):
 def _report(args):
     from steel_tpu.report import report
 
-    print(report(workdir=args.workdir, out=args.out, data=args.data))
+    print(report(workdir=args.workdir, out=args.out, data=args.data, examples=args.examples))
 
 
 def _add_parsers(sub):
@@ -116,6 +116,7 @@ def _add_parsers(sub):
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True, help="a folder for index.html and its figures")
     p.add_argument("--data", default=None, help="the shard folder, to draw predictions over the images")
+    p.add_argument("--examples", type=int, default=4, help="how many best and worst validation images to draw")
     p.set_defaults(func=_report)
 
 

@@ -131,10 +131,7 @@ def per_replica_batch_size(device, global_batch_size):
 
 
 def distribute_dataset(device, dataset_fn, *, global_batch_size):
-    """A distributed dataset from `dataset_fn(batch_size=per-replica batch, input_context=ctx)`."""
-    batch_size = per_replica_batch_size(device, global_batch_size)
-
-    def fn(input_context):
-        return dataset_fn(batch_size=batch_size, input_context=input_context)
-
-    return device.strategy.distribute_datasets_from_function(fn)
+    """A distributed dataset from `dataset_fn(input_context)`, which yields per-replica batches of
+    `input_context.get_per_replica_batch_size(global_batch_size)` rows (what pipeline.train_dataset does)."""
+    per_replica_batch_size(device, global_batch_size)  # refuse a remainder before any pipeline is built
+    return device.strategy.distribute_datasets_from_function(dataset_fn)

@@ -48,13 +48,25 @@ def load(work, *, strategy, folds=None, tasks=workdir.TASKS):
                     segment_size=size("segment"), classify_size=size("classify"), folds=chosen, identity=identity)
 
 
-def _views(images, tta):
-    """(view, undo) pairs: identity, and with TTA the horizontal and vertical flips (their own inverses)."""
-    identity = lambda x: x  # noqa: E731
+def _flips(x, tta):
+    """The batch, and with TTA its horizontal and vertical flips stacked behind it: [views * B, ...]."""
     if not tta:
-        return [(images, identity)]
-    hflip, vflip = (lambda x: tf.reverse(x, axis=[2])), (lambda x: tf.reverse(x, axis=[1]))
-    return [(images, identity), (hflip(images), hflip), (vflip(images), vflip)]
+        return x
+    # One model call on a 3x batch, not three calls: one trace per model and a fuller device.
+    return tf.concat([x, tf.reverse(x, axis=[2]), tf.reverse(x, axis=[1])], axis=0)
+
+
+def _unflip_mean(p, tta):
+    """Mean over the views of _flips, each flipped back (flips are their own inverses)."""
+    if not tta:
+        return p
+    same, h, v = tf.split(p, 3, axis=0)
+    return (same + tf.reverse(h, axis=[2]) + tf.reverse(v, axis=[1])) / 3.0
+
+
+def _view_mean(p, tta):
+    """Mean over the views of a per-image output (classifier probabilities): nothing to flip back."""
+    return tf.reduce_mean(tf.stack(tf.split(p, 3, axis=0)), axis=0) if tta else p
 
 
 def _mean(outputs):
@@ -73,16 +85,14 @@ def make_forward(ensemble, *, tta=False):
     """
 
     def forward(images):
-        x = augment.eval_preprocess(images)
-        seg = [undo(tf.cast(m(view, training=False), tf.float32))
-               for view, undo in _views(x, tta) for m in ensemble.segmenters]
+        x = _flips(augment.eval_preprocess(images), tta)
+        seg = [_unflip_mean(tf.cast(m(x, training=False), tf.float32), tta) for m in ensemble.segmenters]
         out = {"maps": postprocess.to_full_resolution(_mean(seg))}
         if ensemble.classifiers:
             if tuple(ensemble.classify_size) != tuple(ensemble.segment_size):
                 # One decode per image on the host; the classifier's size is made on the device.
                 x = tf.round(tf.image.resize(x, ensemble.classify_size, method="area"))
-            out["probs"] = _mean([_class_probs(m(view, training=False))
-                                  for view, _ in _views(x, tta) for m in ensemble.classifiers])
+            out["probs"] = _mean([_view_mean(_class_probs(m(x, training=False)), tta) for m in ensemble.classifiers])
         return out
 
     return forward

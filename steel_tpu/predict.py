@@ -10,17 +10,19 @@ import csv
 import io
 import json
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import tensorflow as tf
 from tqdm import tqdm
 
 from steel_tpu import distribute, ensemble, postprocess, rle, step, storage, tune
 from steel_tpu.data import pipeline, source
 from steel_tpu.kaggle import EMPTY
 from steel_tpu.submission_writer import ChunkedSubmission
-from steel_tpu.workdir import load_config
+from steel_tpu.workdir import completed_folds, load_config
 
 CHUNK_SIZE = 1024  # images per committed part file: at most this much work is redone after a crash
 _IN_FLIGHT = 2  # device batches waiting for the host worker: bounds host memory, keeps the device busy
@@ -134,32 +136,55 @@ class _Assembler:
                                f"({len(self.rows)} of {self.pending[0].size} images)")
 
 
-def _host_work(batch, outputs, *, pp, assembler, bar):
+def _host_work(batch, outputs, *, pp, assembler, bar, failed):
     """Threshold, gate, encode and assemble one device batch (runs in the worker thread)."""
-    valid = batch["valid"]
-    probs = outputs["probs"][valid] if "probs" in outputs else None
-    masks = pp.apply(outputs["maps"][valid], probs)
-    ids = [i.decode() for i in batch["image_id"][valid]]
-    assembler.add(ids, rle.encode_batch(masks))
-    bar.update(len(ids))
+    if failed.is_set():
+        return  # an earlier batch failed: its chunk is incomplete, so nothing after it may be committed
+    try:
+        valid = batch["valid"]
+        probs = outputs["probs"][valid] if "probs" in outputs else None
+        masks = pp.apply(outputs["maps"][valid], probs)
+        ids = [i.decode() for i in batch["image_id"][valid]]
+        assembler.add(ids, rle.encode_batch(masks))
+        bar.update(len(ids))
+    except BaseException:
+        failed.set()
+        raise
+
+
+def _batches(dataset, assembler):
+    """The dataset's numpy batches; a decoding failure names the chunk being read."""
+    iterator = dataset.as_numpy_iterator() if dataset is not None else iter(())
+    while True:
+        try:
+            yield next(iterator)
+        except StopIteration:
+            return
+        except tf.errors.OpError as error:
+            chunk = assembler.pending[0] if assembler.pending else None
+            where = f"chunk {chunk.index} ({', '.join(map(str, chunk.inputs[:3]))}...)" if chunk else "the input"
+            raise RuntimeError(f"input pipeline failed around {where}: {error.message}") from None
 
 
 def _run(dataset, *, predict_step, pp, assembler, total, progress):
     """Device batches in the main thread, host work in one worker, at most _IN_FLIGHT batches apart."""
     bar = tqdm(total=total, unit="img", desc="predict", disable=not progress)
-    in_flight = collections.deque()
+    in_flight, failed = collections.deque(), threading.Event()
     try:
         with ThreadPoolExecutor(max_workers=1) as worker:
-            for batch in (dataset.as_numpy_iterator() if dataset is not None else ()):
-                outputs = predict_step(batch["image"])
-                in_flight.append(worker.submit(_host_work, batch, outputs, pp=pp, assembler=assembler, bar=bar))
-                while len(in_flight) > _IN_FLIGHT or (in_flight and in_flight[0].done()):
+            try:
+                for batch in _batches(dataset, assembler):
+                    outputs = predict_step(batch["image"])
+                    in_flight.append(worker.submit(_host_work, batch, outputs, pp=pp, assembler=assembler,
+                                                   bar=bar, failed=failed))
+                    while len(in_flight) > _IN_FLIGHT or (in_flight and in_flight[0].done()):
+                        in_flight.popleft().result()
+                while in_flight:
                     in_flight.popleft().result()
-            while in_flight:
-                in_flight.popleft().result()
+            except BaseException:
+                failed.set()  # queued host work must not commit anything after a failure
+                raise
     finally:
-        for future in in_flight:
-            future.cancel()
         bar.close()
     assembler.close()
 
@@ -188,20 +213,19 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
     start = time.perf_counter()
     cfg = load_config(workdir)
     pp, pp_from = load_thresholds(workdir, thresholds)
+    if pp.gate and not completed_folds(workdir, "classify"):
+        raise FileNotFoundError(f"{pp_from} gates on a classifier, but {workdir} has no completed classify folds")
+    chunks = plan_chunks(images, chunk_size=chunk_size, skip_bad=skip_bad)  # bad input fails before model builds
     device = device or distribute.select_strategy()
     distribute.set_precision(device.kind, gpu_float16=cfg.gpu_float16)
     batch_size = batch_size or cfg.segment.data.batch_size
     distribute.per_replica_batch_size(device, batch_size)
-    # The classifiers only gate: without a tuned gate they would cost device time and change nothing.
+    # The classifiers only gate: without a gate they would cost device time and change nothing.
     ens = ensemble.load(workdir, strategy=device.strategy, folds=folds,
                         tasks=("classify", "segment") if pp.gate else ("segment",))
-    if pp.gate and not ens.classifiers:
-        raise FileNotFoundError(f"{pp_from} gates on a classifier, but {workdir} has no completed classify folds")
-    chunks = plan_chunks(images, chunk_size=chunk_size, skip_bad=skip_bad)
     writer = ChunkedSubmission(out, plan={
         "chunks": [[list(c.inputs), c.image_ids, c.size] for c in chunks], "models": ens.identity,
-        "postprocess": pp.to_dict(), "tta": tta, "segment_size": list(ens.segment_size),
-        "config": cfg.name})
+        "postprocess": pp.to_dict(), "tta": tta, "segment_size": list(ens.segment_size)})
     done = writer.committed()
     pending = [c for c in chunks if c.index not in done]
     # XLA's CPU backend runs EfficientNet's depthwise convolutions ~6x slower than TensorFlow's own kernels
@@ -209,19 +233,22 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
     jit_compile = device.kind != "cpu" if jit_compile is None else jit_compile
     predict_step = step.make_predict_step(forward=ensemble.make_forward(ens, tta=tta), strategy=device.strategy,
                                           jit_compile=jit_compile)
-    dataset = _dataset(pending, image_size=ens.segment_size, batch_size=batch_size)
-    assembler = _Assembler(pending, writer=writer, after_chunk=_after_chunk)
-    _run(dataset, predict_step=predict_step, pp=pp, assembler=assembler, total=sum(c.size for c in pending),
-         progress=progress)
+    _run(_dataset(pending, image_size=ens.segment_size, batch_size=batch_size), predict_step=predict_step, pp=pp,
+         assembler=_Assembler(pending, writer=writer, after_chunk=_after_chunk),
+         total=sum(c.size for c in pending), progress=progress)
     bad = [b for c in chunks for b in c.bad]
     errors = _write_errors(out, bad)
     n_images = writer.finish(len(chunks))
-    seconds = time.perf_counter() - start
-    scored = sum(c.size for c in pending)
-    summary = {"out": str(out), "images": n_images, "skipped": len(bad), "resumed_chunks": len(done),
+    return _summary(out=out, images=n_images, bad=bad, errors=errors, resumed=len(done),
+                    scored=sum(c.size for c in pending), seconds=time.perf_counter() - start,
+                    thresholds=pp_from, folds=ens.folds, tta=tta)
+
+
+def _summary(*, out, images, bad, errors, resumed, scored, seconds, **extra):
+    summary = {"out": str(out), "images": images, "skipped": len(bad), "errors": errors, "resumed_chunks": resumed,
                "scored_now": scored, "seconds": round(seconds, 2), "images_per_s": round(scored / seconds, 2),
-               "errors": errors, "thresholds": pp_from, "folds": ens.folds, "tta": tta}
-    print(f"predict: {n_images} images ({len(bad)} skipped as bad"
-          + (f", listed in {errors}" if errors else "") + f"; {len(done)} chunk(s) resumed), {scored} scored in "
-          f"{seconds:.1f}s ({summary['images_per_s']} images/s) -> {out}")
+               **extra}
+    listed = f", listed in {errors}" if errors else ""
+    print(f"predict: {images} images ({len(bad)} skipped as bad{listed}; {resumed} chunk(s) resumed), "
+          f"{scored} scored in {seconds:.1f}s ({summary['images_per_s']} images/s) -> {out}")
     return summary

@@ -270,9 +270,10 @@ def _confusion_section(seg, thresholds, tuned):
 
 
 def _gate_text(gate, c):
-    if not gate:
-        return "none"
-    return f"p_any ≥ {gate[0]:g}" if len(gate) == 1 else f"p ≥ {gate[c]:g}"
+    value = (gate[0] if len(gate) == 1 else gate[c]) if gate else 0.0
+    if value == 0.0:
+        return "none"  # a gate of 0 passes every image
+    return f"p_any ≥ {value:g}" if len(gate) == 1 else f"p ≥ {value:g}"
 
 
 def _tune_section(work, result):

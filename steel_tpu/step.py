@@ -114,9 +114,12 @@ def make_predict_step(*, forward, strategy, jit_compile=True):
 
     @tf.function
     def run(per_replica_images):
-        outputs = strategy.run(replica_forward, args=(per_replica_images,))
-        # gather concatenates in replica order, which is the order the host slices were taken in.
-        return tf.nest.map_structure(lambda x: strategy.gather(x, axis=0), outputs)
+        return strategy.run(replica_forward, args=(per_replica_images,))
+
+    def to_host(per_replica):
+        # Concatenated on the host in replica order, the order the slices were taken in: strategy.gather's
+        # all-gather has no uint8 kernel under MirroredStrategy, and predictions travel as uint8 maps.
+        return np.concatenate([np.asarray(t) for t in strategy.experimental_local_results(per_replica)], axis=0)
 
     def predict(images):
         images = np.asarray(images)
@@ -130,24 +133,6 @@ def make_predict_step(*, forward, strategy, jit_compile=True):
             return tf.constant(images[start:start + size])
 
         outputs = run(strategy.experimental_distribute_values_from_function(replica_slice))
-        return tf.nest.map_structure(np.asarray, outputs)
+        return tf.nest.map_structure(to_host, outputs)
 
     return predict
-
-
-def make_eval_step(*, model, strategy, jit_compile=True):
-    """A function `(batch dict with "image" and bool "valid") -> {"pred": ..., other keys}` for valid rows only.
-
-    Predictions come from `model(images, training=False)` on every replica; every other key of the batch
-    (ids, targets) passes through on the host, and padded rows are dropped so metrics see each example once.
-    """
-    predict = make_predict_step(forward=lambda images: model(images, training=False), strategy=strategy,
-                                jit_compile=jit_compile)
-
-    def eval_step(batch):
-        valid = np.asarray(batch["valid"], bool)
-        preds = tf.nest.map_structure(lambda x: x[valid], predict(batch["image"]))
-        extras = {k: np.asarray(v)[valid] for k, v in batch.items() if k not in ("image", "valid")}
-        return {"pred": preds, **extras}
-
-    return eval_step

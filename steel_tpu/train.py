@@ -136,7 +136,7 @@ class _FoldState(tf.Module):
         self.best = tf.Variable(-np.inf, dtype=tf.float64, trainable=False)
 
 
-def train_fold(*, data, work, cfg, task, fold, device, num_folds, stop_after_epochs=None):
+def train_fold(*, data, work, cfg, task, fold, device, num_folds):
     """Train `task` on every fold but `fold`, validate on `fold`; resumes from the fold's latest checkpoint."""
     tcfg = getattr(cfg, task)
     t, d = tcfg.train, tcfg.data
@@ -176,12 +176,11 @@ def train_fold(*, data, work, cfg, task, fold, device, num_folds, stop_after_epo
     rows = [r for r in _read_log(log_path) if int(r["epoch"]) < int(state.epoch.numpy())]
     tb = tf.summary.create_file_writer(storage.join(fdir, "tb"))
 
-    last = t.epochs if stop_after_epochs is None else min(t.epochs, stop_after_epochs)
-    for epoch in range(int(state.epoch.numpy()), last):
+    for epoch in range(int(state.epoch.numpy()), t.epochs):
         start = time.perf_counter()
         dist = distribute.distribute_dataset(
             device,
-            lambda batch_size, input_context, epoch=epoch: pipeline.train_dataset(
+            lambda input_context, epoch=epoch: pipeline.train_dataset(
                 files=train_files, image_size=image_size, batch_size=d.batch_size, seed=seed, epoch=epoch,
                 steps=steps, oversample=d.oversample, clean_keep=d.clean_keep, shuffle_buffer=d.shuffle_buffer,
                 input_context=input_context),
@@ -213,15 +212,13 @@ def train_fold(*, data, work, cfg, task, fold, device, num_folds, stop_after_epo
         state.epoch.assign(epoch + 1)
         manager.save()
 
-    if int(state.epoch.numpy()) < t.epochs:
-        return None  # stopped early on request (stop_after_epochs): the fold resumes next time
     done = {"task": task, "fold": fold, "epochs": t.epochs, "best": float(state.best.numpy()),
             "metric": "dice" if task == "segment" else "auc"}
     storage.write_text(storage.join(fdir, "done.json"), json.dumps(done, indent=2))
     return done
 
 
-def run(*, data, work, cfg, tasks=workdir.TASKS, folds=None, device=None, stop_after_epochs=None):
+def run(*, data, work, cfg, tasks=workdir.TASKS, folds=None, device=None):
     """Train `tasks` over `folds` (default: the config's) from shards at `data` into `work` (local or gs://)."""
     device = device or distribute.select_strategy(tpu=cfg.tpu)
     distribute.set_precision(device.kind, gpu_float16=cfg.gpu_float16)
@@ -235,5 +232,5 @@ def run(*, data, work, cfg, tasks=workdir.TASKS, folds=None, device=None, stop_a
     for fold in folds:
         for task in tasks:
             results.append(train_fold(data=data, work=work, cfg=cfg, task=task, fold=fold, device=device,
-                                      num_folds=num_folds, stop_after_epochs=stop_after_epochs))
+                                      num_folds=num_folds))
     return results

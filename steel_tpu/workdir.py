@@ -11,6 +11,7 @@ W/{classify,segment}/fold{k}/
 ```
 """
 
+import dataclasses
 import io
 import json
 import os
@@ -38,7 +39,8 @@ def save_config(workdir, cfg):
     text = config_lib.to_json(cfg)
     if storage.exists(path):
         old = config_lib.from_dict(json.loads(storage.read_text(path)))
-        if old != cfg:
+        # Where it runs may change between sessions (a preempted TPU resumed on another host); what it trains may not.
+        if dataclasses.replace(old, tpu=cfg.tpu) != cfg:
             raise ValueError(f"{path} holds a different config; use a new --workdir (or delete it) to change it")
         return
     storage.write_text(path, text)

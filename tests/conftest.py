@@ -48,3 +48,40 @@ def gcs_server():
 def gcs_bucket(gcs_server):
     """A fresh, empty bucket for one test, as "gs://<name>"."""
     return gcs_server.create_bucket()
+
+
+# Training runs share one tiny data set and one trained workdir per session: graph building dominates.
+TINY_TRAIN_OVERRIDES = [
+    "classify.train.epochs=1", "segment.train.epochs=1",
+    "classify.train.steps_per_epoch=2", "segment.train.steps_per_epoch=2",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A synthetic data set (48 train, 8 test images) and its shards in 2 folds: {"data", "shards"} paths."""
+    from steel_tpu.data.shards import build_shards
+    from steel_tpu.synth import synthesize
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    data, shards = str(root / "data"), str(root / "shards")
+    synthesize(data, n_train=48, n_test=8, seed=3)
+    build_shards(data=data, out=shards, folds=2, seed=0, shard_mb=1, progress=False)
+    return {"data": data, "shards": shards}
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+    from steel_tpu import config
+
+    return config.apply_overrides(config.preset("tiny"), TINY_TRAIN_OVERRIDES)
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tiny_data, tiny_config, tmp_path_factory):
+    """A real workdir: classifier + segmenter trained briefly on both folds of `tiny_data`."""
+    from steel_tpu import train
+
+    work = str(tmp_path_factory.mktemp("trained") / "work")
+    train.run(data=tiny_data["shards"], work=work, cfg=tiny_config, folds=(0, 1))
+    return work

@@ -108,7 +108,8 @@ def test_wrap_optimizer_adds_loss_scaling_only_for_float16():
 def test_distribute_dataset_gives_each_replica_its_share(mirrored):
     seen = []
 
-    def dataset_fn(*, batch_size, input_context):
+    def dataset_fn(input_context):
+        batch_size = input_context.get_per_replica_batch_size(16)
         seen.append((batch_size, input_context.num_replicas_in_sync))
         return tf.data.Dataset.range(64).batch(batch_size, drop_remainder=True)
 
@@ -121,7 +122,7 @@ def test_distribute_dataset_gives_each_replica_its_share(mirrored):
 
 def test_distribute_dataset_rejects_indivisible_batches(mirrored):
     with pytest.raises(ValueError, match="12 must be a positive multiple of the 8 replicas"):
-        distribute.distribute_dataset(mirrored, lambda **_: None, global_batch_size=12)
+        distribute.distribute_dataset(mirrored, lambda _: None, global_batch_size=12)
 
 
 def test_multi_worker_is_only_chosen_for_several_workers(clean_env):

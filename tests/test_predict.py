@@ -109,10 +109,10 @@ def _run(work, images, out, **options):
 
 @pytest.fixture(scope="module")
 def ensemble_run(work, images, tmp_path_factory):
-    """A run through XLA with a gate, min area and flip TTA: every device-side option at once."""
+    """A run with a gate, min areas, per-class thresholds and flip TTA: every option at once."""
     out = tmp_path_factory.mktemp("ensemble") / "sub.csv"
     pp = postprocess.PostProcess(pixel_threshold=(0.5, 0.45, 0.5, 0.55), min_area=(0, 300, 0, 0), gate=(0.3,))
-    summary = _run(work, images, out, thresholds=pp, tta=True, batch_size=8, jit_compile=True)
+    summary = _run(work, images, out, thresholds=pp, tta=True, batch_size=8)
     return out, pp, summary
 
 
@@ -132,9 +132,19 @@ def test_submission_holds_the_ensemble_for_every_image_and_class(ensemble_run, i
                                                                                             "segment": [0, 1]}
     got, want = _masks(out, ids), _reference_masks(work, ids, images, pp=pp, tta=True)
     assert want.any() and not want.all()
-    # XLA and eager Keras may round differently: allow a few pixels sitting exactly at a threshold to flip.
+    # A graph and eager Keras may round differently: allow a few pixels sitting exactly at a threshold to flip.
     assert (got != want).mean() < 1e-4
     assert not os.path.exists(parts_dir(out)) and not os.path.exists(str(out) + ".errors.csv")
+
+
+@pytest.mark.slow
+def test_the_ensemble_compiles_with_xla_over_eight_replicas(ensemble_run, images, work, tmp_path):
+    out, pp, _ = ensemble_run
+    compiled = tmp_path / "xla.csv"
+    _run(work, images, compiled, thresholds=pp, tta=True, batch_size=8, jit_compile=True,
+         device=distribute.select_strategy(prefer="mirrored"))
+    ids = sorted(os.listdir(images))
+    assert (_masks(compiled, ids) != _masks(out, ids)).mean() < 1e-4
 
 
 def test_resume_after_a_crash_gives_one_row_set_per_image(plain, images, work, tmp_path):
@@ -154,6 +164,7 @@ def test_resume_after_a_crash_gives_one_row_set_per_image(plain, images, work, t
     assert not os.path.exists(parts_dir(out))
 
 
+@pytest.mark.slow
 def test_changed_settings_do_not_reuse_committed_chunks(work, images, tmp_path):
     out = tmp_path / "sub.csv"
 
@@ -187,6 +198,7 @@ def test_bad_images_stop_the_run_or_are_listed_and_empty(work, images, tmp_path)
     _check_layout(out, sorted(os.listdir(folder)))
 
 
+@pytest.mark.slow
 def test_test_shards_score_like_the_jpeg_folder(plain, work, images, tmp_path):
     out_dir = str(tmp_path / "shards")
     shards.build_shards(data=images, out=out_dir, split="test", shard_mb=0.3, progress=False)
@@ -203,6 +215,7 @@ def test_test_shards_score_like_the_jpeg_folder(plain, work, images, tmp_path):
     assert kaggle.read_labels(str(out)).rles == kaggle.read_labels(str(plain)).rles
 
 
+@pytest.mark.slow
 def test_thresholds_come_from_the_workdir_and_gate_needs_a_classifier(work, images, tmp_path):
     own = tmp_path / "work"
     shutil.copytree(work, own)
@@ -252,7 +265,8 @@ def test_predict_reproduces_the_validation_dice_of_training(trained, tmp_path):
         shutil.copy(os.path.join(data, "train_images", i), folder / i)
     out = tmp_path / "fold0.csv"
     device = distribute.select_strategy(prefer="mirrored")
-    _run(work, str(folder), out, thresholds=postprocess.PostProcess(), folds=[0], batch_size=8, device=device)
+    _run(work, str(folder), out, thresholds=postprocess.PostProcess(), folds=[0], batch_size=8, device=device,
+         jit_compile=True)
     truth = kaggle.read_labels(os.path.join(data, "train.csv")).subset(ids)
     scores = metrics.score_labels(kaggle.read_labels(str(out)), truth, image_ids=ids)
     assert scores.mean == pytest.approx(float(oof["dice"].mean()), abs=1e-3)

@@ -76,9 +76,9 @@ def setup(device, build, *, make_optimizer=lambda: keras.optimizers.SGD(LR)):
 
 
 def iterator(device, targets, *, batches=1):
-    def dataset_fn(*, batch_size, input_context):
+    def dataset_fn(input_context):
         ds = tf.data.Dataset.from_tensor_slices((IMAGES[:batches * BATCH], targets[:batches * BATCH]))
-        return ds.batch(batch_size, drop_remainder=True).repeat()
+        return ds.batch(input_context.get_per_replica_batch_size(BATCH), drop_remainder=True).repeat()
 
     return iter(distribute.distribute_dataset(device, dataset_fn, global_batch_size=BATCH))
 
@@ -216,25 +216,10 @@ def test_predict_step_returns_rows_in_order(mirrored, build):
         predict(IMAGES[:12])
 
 
-def test_eval_step_drops_padding_and_keeps_extras(mirrored):
-    model, _ = setup(mirrored, segmenter)
-    eval_step = step.make_eval_step(model=model, strategy=mirrored.strategy)
-    valid = np.arange(BATCH) < 13  # the last three rows are padding
-    ids = np.array([f"img{i}.jpg".encode() for i in range(BATCH)])
-    out = eval_step({"image": IMAGES[:BATCH], "valid": valid, "image_id": ids, "mask": MASKS[:BATCH]})
-    assert list(out["image_id"]) == list(ids[:13])
-    np.testing.assert_array_equal(out["mask"], MASKS[:13])
-    np.testing.assert_allclose(out["pred"], model(IMAGES[:13], training=False).numpy(), rtol=1e-5, atol=1e-6)
-
-
 @pytest.fixture
 def policy():
     before = keras.mixed_precision.global_policy().name
-
-    def use(kind, **kwargs):
-        return distribute.set_precision(kind, **kwargs)
-
-    yield use
+    yield distribute.set_precision
     keras.mixed_precision.set_global_policy(before)
 
 

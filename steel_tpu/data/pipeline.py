@@ -9,7 +9,7 @@ import tensorflow as tf
 from steel_tpu import storage
 from steel_tpu.constants import CLASS_IDS, HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.data import example
-from steel_tpu.data.decode import check_image_size, decode_gray, decode_masks, to_rgb
+from steel_tpu.data.decode import check_image_size, decode_gray, decode_masks, to_images
 
 AUTOTUNE = tf.data.AUTOTUNE
 MANIFEST = "manifest.json"
@@ -48,8 +48,9 @@ def steps_per_epoch(data, *, batch_size, folds=None, oversample=None, clean_keep
     path = storage.join(data, MANIFEST)
     with tf.io.gfile.GFile(path, "r") as f:
         shards = json.load(f)["shards"]
-    chosen = [s for s in shards if folds is None or s["fold"] in set(folds)]
-    missing = set(folds or ()) - {s["fold"] for s in shards}
+    wanted = None if folds is None else {int(f) for f in folds}
+    chosen = [s for s in shards if wanted is None or s["fold"] in wanted]
+    missing = (wanted or set()) - {s["fold"] for s in shards}
     if missing or not chosen:
         raise ValueError(f"{path}: no shards for fold(s) {sorted(missing) or folds}")
     records = sum(s["records"] for s in chosen)
@@ -95,9 +96,12 @@ def train_dataset(*, files, image_size, batch_size, seed, epoch=0, steps=None, o
     ds = ds.map(lambda record: _parse_image(record, size), num_parallel_calls=AUTOTUNE)
     # Static batch shapes for XLA / TPU: a partial batch would compile a second program.
     ds = ds.batch(batch, drop_remainder=True)
-    ds = ds.map(lambda gray, rles: (to_rgb(gray), decode_masks(rles, image_size=size)), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda gray, rles: (to_images(gray, image_size=size), decode_masks(rles, image_size=size)),
+                num_parallel_calls=AUTOTUNE)
     if steps is not None:
-        ds = ds.take(steps)
+        # A global step takes one per-replica batch from a pipeline for each replica that pipeline feeds.
+        per_step = 1 if input_context is None else input_context.num_replicas_in_sync // input_context.num_input_pipelines
+        ds = ds.take(steps * per_step)
     return ds.prefetch(AUTOTUNE)
 
 
@@ -109,7 +113,7 @@ def eval_dataset(*, files, image_size, batch_size, full_res_masks=True):
     ds = tf.data.TFRecordDataset(list(files), buffer_size=_READ_BUFFER)
     ds = ds.map(lambda record: _parse_eval(record, size), num_parallel_calls=AUTOTUNE)
     ds = _padded_batches(ds, batch_size=batch_size)
-    ds = ds.map(lambda b: _finish_eval(b, mask_size), num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda b: _finish_eval(b, size, mask_size), num_parallel_calls=AUTOTUNE)
     return ds.prefetch(AUTOTUNE)
 
 
@@ -135,7 +139,8 @@ def predict_dataset(*, source, image_size, batch_size):
     else:
         ds = _jpeg_files(paths, size)
     ds = _padded_batches(ds, batch_size=batch_size)
-    return ds.map(lambda b: {**b, "image": to_rgb(b["image"])}, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    ds = ds.map(lambda b: {**b, "image": to_images(b["image"], image_size=size)}, num_parallel_calls=AUTOTUNE)
+    return ds.prefetch(AUTOTUNE)
 
 
 def _factors(oversample):
@@ -167,7 +172,7 @@ def _parse_image(record, size):
 
 
 def _copies_fn(*, factors, clean_keep, hash_key):
-    """record -> copies of its image this epoch: its classes' largest factor, or 1 / 0 for a kept / dropped clean one."""
+    """record -> copies of its image this epoch: its classes' largest factor; for a clean image 1 if kept, else 0."""
     threshold = int(round(clean_keep * _HASH_BUCKETS))
 
     def copies(record):
@@ -186,9 +191,9 @@ def _parse_eval(record, size):
             "image_id": parsed[example.IMAGE_ID], "valid": tf.constant(True)}
 
 
-def _finish_eval(batch, mask_size):
+def _finish_eval(batch, size, mask_size):
     batch = dict(batch)
-    batch["image"] = to_rgb(batch["image"])
+    batch["image"] = to_images(batch["image"], image_size=size)
     batch["mask"] = decode_masks(batch.pop("rle"), image_size=mask_size)
     return batch
 

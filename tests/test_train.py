@@ -1,0 +1,117 @@
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from steel_tpu import config, distribute, train, workdir
+from steel_tpu.data import example, pipeline
+
+pytestmark = pytest.mark.slow  # every test here trains real models (the XLA compile alone takes a minute)
+
+
+def _fold_ids(shards, fold):
+    files = pipeline.shard_files(shards, folds=[fold])
+    return sorted(example.parse_numpy(r.numpy())["image_id"] for r in tf.data.TFRecordDataset(files))
+
+
+def _log(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("task", workdir.TASKS)
+@pytest.mark.parametrize("fold", [0, 1])
+def test_every_fold_leaves_weights_logs_and_out_of_fold_predictions(trained_workdir, tiny_data, task, fold):
+    fdir = workdir.fold_dir(trained_workdir, task, fold)
+    for name in ("best.weights.h5", "log.csv", "oof.npz", "done.json"):
+        assert os.path.exists(os.path.join(fdir, name)), name
+    assert os.listdir(os.path.join(fdir, "tb"))
+    rows = _log(os.path.join(fdir, "log.csv"))
+    assert [int(r["epoch"]) for r in rows] == [0]
+    oof = workdir.load_oof(os.path.join(fdir, "oof.npz"))
+    # Every validation image exactly once: padding rows of the last batch are dropped.
+    assert sorted(oof["image_ids"].tolist()) == _fold_ids(tiny_data["shards"], fold)
+    if task == "segment":
+        n = len(oof["image_ids"])
+        assert oof["probs"].shape == (n, 64, 400, 4) and oof["probs"].dtype == np.uint8
+        assert oof["truth"].shape == (n, 64, 400, 4) and oof["dice"].shape == (n, 4)
+        assert float(rows[0]["dice"]) == pytest.approx(oof["dice"].mean(), abs=1e-6)
+        assert (oof["truth_area"] > 0).any()
+    else:
+        assert 0.0 <= float(rows[0]["auc"]) <= 1.0
+        assert oof["probs"].shape == (len(oof["image_ids"]), 1)
+
+
+def test_a_completed_run_is_skipped_not_retrained(trained_workdir, tiny_data, tiny_config):
+    before = os.path.getmtime(workdir.fold_file(trained_workdir, "segment", 0, "best.weights.h5"))
+    results = train.run(data=tiny_data["shards"], work=trained_workdir, cfg=tiny_config, folds=(0,))
+    assert [r["task"] for r in results] == ["classify", "segment"]
+    assert os.path.getmtime(workdir.fold_file(trained_workdir, "segment", 0, "best.weights.h5")) == before
+
+
+def test_resuming_with_another_config_is_refused(trained_workdir, tiny_data, tiny_config):
+    other = config.apply_overrides(tiny_config, ["segment.train.learning_rate=0.5"])
+    with pytest.raises(ValueError, match="different config"):
+        train.run(data=tiny_data["shards"], work=trained_workdir, cfg=other, folds=(0,))
+
+
+def test_folds_outside_the_shards_are_refused(tiny_data, tiny_config, tmp_path):
+    with pytest.raises(ValueError, match=r"folds \[2\] outside the 2 folds"):
+        train.run(data=tiny_data["shards"], work=str(tmp_path / "w"), cfg=tiny_config, folds=(2,))
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_data, tmp_path):
+    work = str(tmp_path / "work")
+    args = [sys.executable, "-m", "steel_tpu.cli", "train", "--data", tiny_data["shards"], "--workdir", work,
+            "--task", "segment", "--folds", "0", "--config", "tiny",
+            "--set", "segment.train.epochs=3", "--set", "segment.train.steps_per_epoch=1",
+            "--set", "segment.train.jit_compile=False"]
+    ckpt_index = os.path.join(workdir.fold_dir(work, "segment", 0), "ckpt", "checkpoint")
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 600
+        while not os.path.exists(ckpt_index) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        proc.send_signal(signal.SIGKILL)  # no clean-up: as a preempted TPU VM would stop
+    finally:
+        proc.wait()
+    interrupted = _log(workdir.fold_file(work, "segment", 0, "log.csv"))
+    assert 1 <= len(interrupted) < 3
+    assert not os.path.exists(workdir.fold_file(work, "segment", 0, "done.json"))
+
+    done = subprocess.run(args, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resuming after epoch {len(interrupted)}" in done.stdout
+    rows = _log(workdir.fold_file(work, "segment", 0, "log.csv"))
+    assert [int(r["epoch"]) for r in rows] == [0, 1, 2]  # the same epoch count as an uninterrupted run
+    assert rows[: len(interrupted)] == interrupted
+    reader = tf.train.load_checkpoint(os.path.join(workdir.fold_dir(work, "segment", 0), "ckpt"))
+    assert reader.get_tensor("state/epoch/.ATTRIBUTES/VARIABLE_VALUE") == 3
+    # One optimizer step per training step of all three epochs: none repeated, none lost.
+    assert reader.get_tensor("state/optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 3
+
+
+def test_training_under_eight_replicas(tiny_data, tiny_config, tmp_path, logical_cpus):
+    cfg = config.apply_overrides(tiny_config, ["segment.train.jit_compile=False", "segment.train.steps_per_epoch=1"])
+    device = distribute.select_strategy(prefer="mirrored")
+    assert device.replicas == len(logical_cpus)
+    work = str(tmp_path / "work")
+    (result,) = train.run(data=tiny_data["shards"], work=work, cfg=cfg, tasks=("segment",), folds=(1,), device=device)
+    assert result["fold"] == 1 and 0.0 <= result["best"] <= 1.0
+    assert len(workdir.load_oof(workdir.fold_file(work, "segment", 1, "oof.npz"))["image_ids"]) == len(
+        _fold_ids(tiny_data["shards"], 1))
+
+
+def test_cli_names_a_missing_shard_folder(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "steel_tpu.cli", "train", "--data", str(tmp_path / "nope"),
+                           "--workdir", str(tmp_path / "w")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "nope" in proc.stderr and "Traceback" not in proc.stderr
+    assert not os.path.exists(tmp_path / "w")  # nothing written for a run that could not start
