@@ -1,4 +1,4 @@
-"""The fold models of a workdir as one device function: mean probabilities, optional flip TTA, full-res maps."""
+"""The fold models of a workdir as one device function: mean probabilities, optional flip TTA, full-res masks."""
 
 import dataclasses
 
@@ -78,16 +78,19 @@ def _class_probs(output):
     return tf.cast(output["binary"] if isinstance(output, dict) else output, tf.float32)
 
 
-def make_forward(ensemble, *, tta=False):
-    """uint8 images [B, h, w, 3] at segment_size -> {"maps": uint8 [B, 256, 1600, 4], "probs": [B, heads]}.
+def make_forward(ensemble, *, pixel_threshold, tta=False):
+    """uint8 images [B, h, w, 3] at segment_size -> {"masks": bool [B, 256, 1600, 4], "areas": int32 [B, 4],
+    "probs": float32 [B, heads]} ("probs" only with classifiers), all on the device in one program.
 
-    "probs" is present only with classifiers. Everything runs on the device, in one XLA program.
+    Thresholding on the device leaves the host only RLE encoding; min areas and the gate act on "areas" and
+    "probs" on the host (PostProcess.keep).
     """
 
     def forward(images):
         x = _flips(augment.eval_preprocess(images), tta)
         seg = [_unflip_mean(tf.cast(m(x, training=False), tf.float32), tta) for m in ensemble.segmenters]
-        out = {"maps": postprocess.to_full_resolution(_mean(seg))}
+        masks, areas = postprocess.to_masks(postprocess.to_full_resolution(_mean(seg)), pixel_threshold)
+        out = {"masks": masks, "areas": areas}
         if ensemble.classifiers:
             if tuple(ensemble.classify_size) != tuple(ensemble.segment_size):
                 # One decode per image on the host; the classifier's size is made on the device.

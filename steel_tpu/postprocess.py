@@ -34,6 +34,12 @@ def binarize(quantized, thresholds):
     return np.asarray(quantized) > levels(thresholds)
 
 
+def to_masks(quantized, thresholds):
+    """In the graph: uint8 maps [B, H, W, C] -> (bool masks, int32 [B, C] pixel counts), the test of `binarize`."""
+    masks = quantized > tf.constant(levels(thresholds), tf.uint8)
+    return masks, tf.reduce_sum(tf.cast(masks, tf.int32), axis=[1, 2])
+
+
 def downsample(quantized, *, scale):
     """Block-mean [N, H, W, C] uint8 maps by an integer `scale` (compact out-of-fold storage)."""
     n, h, w, c = quantized.shape
@@ -58,8 +64,8 @@ class PostProcess:
     """Probability maps -> submitted masks: per-class pixel threshold, minimum area and classifier gate.
 
     `gate` is () for none, (t,) for a binary head (p_any < t empties the whole image), or one threshold per
-    class for a multilabel head. `tune` chooses these on out-of-fold data with the same rules (area_kept,
-    gate_kept, levels) that `apply` uses at scoring time.
+    class for a multilabel head. `tune` chooses these on out-of-fold data with the same rules (levels,
+    area_kept, gate_kept) that `predict` applies: `to_masks` on the device, then `keep` on the host.
     """
 
     pixel_threshold: tuple = (0.5,) * NUM_CLASSES
@@ -98,11 +104,3 @@ class PostProcess:
                                  f"{probs.shape[-1]} probabilities per image")
             kept = kept & gate_kept(probs, self.gate)
         return kept
-
-    def apply(self, quantized, class_probs=None):
-        """Full-resolution uint8 maps [N, H, W, C] (+ classifier probs [N, heads]) -> bool masks [N, H, W, C]."""
-        masks = binarize(quantized, self.pixel_threshold)
-        kept = self.keep(masks.sum(axis=(1, 2)), class_probs)
-        if not kept.all():
-            masks &= kept[:, None, None, :]
-        return masks

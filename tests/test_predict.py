@@ -84,8 +84,9 @@ def _reference_masks(work, ids, folder, *, pp, tta, folds=(0, 1)):
             for f in flips:
                 p = np.asarray(model(f(x), training=False))
                 out.append(f(p) if task == "segment" else p)
-    maps = postprocess.to_full_resolution(np.mean(seg, axis=0)).numpy()
-    return pp.apply(maps, np.mean(cls, axis=0) if pp.gate else None)
+    masks = postprocess.binarize(postprocess.to_full_resolution(np.mean(seg, axis=0)).numpy(), pp.pixel_threshold)
+    kept = pp.keep(masks.sum(axis=(1, 2)), np.mean(cls, axis=0) if pp.gate else None)
+    return masks & kept[:, None, None, :]
 
 
 def _masks(csv_path, ids):

@@ -6,6 +6,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from steel_tpu import config as config_lib
 from steel_tpu import metrics, postprocess, storage, tune, tune_plots, workdir
@@ -163,28 +164,19 @@ def test_missing_folds_and_bad_files_are_named(tmp_path):
 
 
 def test_post_process_rules():
-    q = np.zeros((2, 4, 4, NUM_CLASSES), np.uint8)
-    q[0, :2, :2, 0] = 200  # 4 px of class 1 on image 0
-    q[1, :, :, 1] = 128  # 16 px of class 2 on image 1, just above 0.5
+    areas = np.array([[4, 16, 0, 0], [4, 16, 0, 0]])
     pp = postprocess.PostProcess(min_area=[5, 0, 0, 0], gate=(0.5,))
-    masks = pp.apply(q, np.array([[0.9], [0.5]]))
-    assert not masks[0].any()  # 4 px < min area 5
-    assert masks[1, :, :, 1].all()  # p_any 0.5 reaches the gate
-    assert not pp.apply(q, np.array([[0.9], [0.49]]))[1].any()
+    np.testing.assert_array_equal(pp.keep(areas, np.array([[0.9], [0.49]])),
+                                  [[False, True, True, True], [False, False, False, False]])  # 4 px < 5; 0.49 < 0.5
     with pytest.raises(ValueError, match="no classifier probabilities"):
-        pp.apply(q)
-    # binarize keeps the training-time meaning q > t * 255 exactly, for every level and threshold on the grid.
-    levels = np.arange(256, dtype=np.uint8)
+        pp.keep(areas)
+    with pytest.raises(ValueError, match="gate has 1 threshold"):
+        pp.keep(areas, np.zeros((2, 4)))
+    # binarize keeps the training-time meaning q > t * 255 exactly, and the device's to_masks agrees with it.
+    q = np.broadcast_to(np.arange(256, dtype=np.uint8)[None, :, None, None], (1, 256, 2, 4))
     for t in (0.0, 0.3, 0.35, 0.5, 0.55, 0.8, 1.0):
-        np.testing.assert_array_equal(postprocess.binarize(levels, t), levels.astype(np.float32) > np.float32(t) * 255)
-
-
-@pytest.mark.slow
-def test_tune_on_a_trained_workdir(tmp_path_factory):
-    _, work = trained_workdir(str(tmp_path_factory.getbasetemp()))
-    result = tune.tune(workdir=work)
-    assert result["n_images"] == 32 and result["folds"] == [0, 1] and result["gate_head"] == "binary"
-    assert result["dice_after"]["mean"] >= result["dice_before"]["mean"]
-    # The OOF-resolution Dice at the defaults is close to training's full-resolution validation Dice.
-    assert result["dice_before"]["mean"] == pytest.approx(result["dice_before_full_resolution"]["mean"], abs=0.05)
-    assert os.path.exists(os.path.join(work, tune.THRESHOLDS))
+        want = q.astype(np.float32) > np.float32(t) * 255
+        np.testing.assert_array_equal(postprocess.binarize(q, t), want)
+        masks, areas = postprocess.to_masks(tf.constant(q), [t, t, t, t])
+        np.testing.assert_array_equal(masks.numpy(), want)
+        np.testing.assert_array_equal(areas.numpy(), want.sum(axis=(1, 2)))
