@@ -21,11 +21,15 @@ def build_model(task, tcfg):
     shape = (None, None, CHANNELS)
     common = dict(encoder=m.encoder, input_shape=shape, weights=m.weights, allow_random=m.allow_random_weights)
     if task == "classify":
-        return models.build_classifier(heads=m.heads, dropout=m.dropout, **common)
-    options = {} if m.arch.startswith("sm-") else dict(decoder_filters=tuple(m.decoder_filters))
-    if m.arch == "unetpp":
-        options["deep_supervision"] = m.deep_supervision
-    return models.build_segmenter(arch=m.arch, **common, **options)
+        model = models.build_classifier(heads=m.heads, dropout=m.dropout, **common)
+    else:
+        options = {} if m.arch.startswith("sm-") else dict(decoder_filters=tuple(m.decoder_filters))
+        if m.arch == "unetpp":
+            options["deep_supervision"] = m.deep_supervision
+        model = models.build_segmenter(arch=m.arch, **common, **options)
+    if m.bn_momentum is not None:
+        models.set_batchnorm_momentum(model, m.bn_momentum)
+    return model
 
 
 def _classifier_targets(labels, heads):
@@ -165,12 +169,13 @@ def train_fold(*, data, work, cfg, task, fold, device, num_folds):
         tf.train.Checkpoint(state=state).restore(manager.latest_checkpoint).assert_existing_objects_matched()
         print(f"[{task} fold {fold}] resuming after epoch {int(state.epoch.numpy())}")
 
+    jit_compile = device.kind != "cpu" if t.jit_compile is None else t.jit_compile
     train_step = step.make_train_step(
         model=model, loss_fn=make_task_loss(task, tcfg), optimizer=optimizer, global_batch_size=d.batch_size,
         strategy=device.strategy, augment_fn=make_augment_fn(task, tcfg),
-        steps_per_execution=t.steps_per_execution, jit_compile=t.jit_compile)
+        steps_per_execution=t.steps_per_execution, jit_compile=jit_compile)
     predict = step.make_predict_step(forward=make_forward(task, model), strategy=device.strategy,
-                                     jit_compile=t.jit_compile)
+                                     jit_compile=jit_compile)
     eval_ds = pipeline.eval_dataset(files=val_files, image_size=image_size, batch_size=d.batch_size)
     log_path = storage.join(fdir, "log.csv")
     rows = [r for r in _read_log(log_path) if int(r["epoch"]) < int(state.epoch.numpy())]

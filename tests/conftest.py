@@ -54,6 +54,8 @@ def gcs_bucket(gcs_server):
 TINY_TRAIN_OVERRIDES = [
     "classify.train.epochs=1", "segment.train.epochs=1",
     "classify.train.steps_per_epoch=2", "segment.train.steps_per_epoch=2",
+    # XLA on CPU even though it is slower there: the cheapest proof that the real train step compiles for TPU.
+    "classify.train.jit_compile=True", "segment.train.jit_compile=True",
 ]
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu.models import build_classifier, build_model, build_segmenter, build_sm, build_unet, build_unetpp
+from steel_tpu.models import (build_classifier, build_model, build_segmenter, build_sm, build_unet, build_unetpp,
+                              set_batchnorm_momentum)
 from steel_tpu.models.encoders import EFFICIENTNET, STRIDES, build_encoder, encoder_names, resolve_weights
 from steel_tpu.models.sm import PREPROCESSING, SmPreprocess, import_sm, preprocessing_mode
 
@@ -291,3 +292,12 @@ def test_sm_model_saves_and_loads(tmp_path):
     model.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")
     np.testing.assert_allclose(loaded(_images()).numpy(), model(_images()).numpy(), atol=1e-6)
+
+
+def test_batchnorm_momentum_reaches_nested_encoder_layers():
+    model = build_classifier(encoder="efficientnetb0", input_shape=(64, 64, 3))
+    count = set_batchnorm_momentum(model, 0.9)
+    norms = [layer for layer in model.get_layer("efficientnetb0_encoder").layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert count == len(norms) > 40
+    assert {layer.momentum for layer in norms} == {0.9}

