@@ -1,6 +1,7 @@
-"""The report's matplotlib figures, each returned as PNG bytes: curves, Dice bars, confusion matrices, examples."""
+"""Matplotlib figures of labels, training and predictions, each returned as PNG bytes."""
 
 import io
+from collections import Counter
 
 import matplotlib
 
@@ -10,7 +11,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.colors import to_rgb  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
+from PIL import Image  # noqa: E402
 
+from steel_tpu import storage  # noqa: E402
 from steel_tpu.constants import CLASS_IDS, HEIGHT, NUM_CLASSES, WIDTH  # noqa: E402
 
 # One colour per class, bright enough to read over dark steel and distinct from each other.
@@ -26,6 +29,38 @@ def png(fig):
     fig.savefig(buf, format="png", dpi=_DPI, bbox_inches="tight")
     plt.close(fig)
     return buf.getvalue()
+
+
+def class_distribution(labels):
+    """Bars of images per class and per class combination ('clean' = none) over every image of `labels`
+    (a kaggle.Labels that lists the clean images too: see Labels.subset)."""
+    ids = labels.image_ids
+    per_class = Counter(c for i in ids for c in labels.present(i))
+    combos = Counter("+".join(map(str, labels.present(i))) or "clean" for i in ids)
+    fig, axes = plt.subplots(1, 2, figsize=(14, 3.5), layout="constrained")
+    bars = axes[0].bar([f"class {c}" for c in CLASS_IDS], [per_class[c] for c in CLASS_IDS], color=CLASS_COLORS)
+    axes[0].bar_label(bars)
+    axes[0].set(title=f"images per class ({len(ids)} images)", ylabel="images")
+    names, counts = zip(*combos.most_common()) if combos else ((), ())
+    bars = axes[1].bar(names, counts, color="gray")
+    axes[1].bar_label(bars)
+    axes[1].set(title="class combinations per image", ylabel="images")
+    axes[1].tick_params(axis="x", rotation=45)
+    return png(fig)
+
+
+def area_histograms(labels, *, height=HEIGHT, width=WIDTH):
+    """One histogram of mask areas (pixels, log bins) per class over the non-empty masks of `labels`."""
+    areas = np.array([labels.areas(i, height=height, width=width) for i in labels.image_ids]).reshape(-1, NUM_CLASSES)
+    fig, axes = plt.subplots(1, NUM_CLASSES, figsize=(16, 3.2), layout="constrained")
+    for c, ax in enumerate(axes):
+        present = areas[:, c][areas[:, c] > 0]
+        if present.size:
+            # Areas span ~4 decades (a few hundred pixels to most of the image): linear bins hide the small masks.
+            ax.hist(present, bins=np.geomspace(present.min(), present.max() + 1, 25), color=CLASS_COLORS[c])
+            ax.set_xscale("log")
+        ax.set(title=f"class {CLASS_IDS[c]}: {present.size} masks", xlabel="mask area (pixels)", ylabel="masks")
+    return png(fig)
 
 
 def training_curves(logs, *, title, metrics):
@@ -114,3 +149,24 @@ def prediction_grid(examples):
     fig.legend(handles=handles, loc="upper right", ncols=NUM_CLASSES, fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 0.98))
     return png(fig)
+
+
+def _class_list(labels, image_id):
+    return ", ".join(map(str, labels.present(image_id))) or "none"
+
+
+def label_grid(image_dir, image_ids, *, labels, predicted=None):
+    """The images `image_ids` of `image_dir` (local or gs://), one per row, with the masks of `labels` outlined and
+    those of `predicted` (if given) filled in, in the class colours; masks are decoded at each image's size."""
+    examples = []
+    for image_id in image_ids:
+        image = np.asarray(Image.open(io.BytesIO(storage.read_bytes(storage.join(image_dir, image_id)))).convert("L"))
+        size = {"height": image.shape[0], "width": image.shape[1]}
+        if predicted is None:
+            title, fill = f"{image_id}: classes {_class_list(labels, image_id)}", np.zeros(image.shape + (NUM_CLASSES,))
+        else:
+            title = f"{image_id}: predicted {_class_list(predicted, image_id)}; truth {_class_list(labels, image_id)}"
+            fill = predicted.masks(image_id, **size)
+        examples.append({"title": title, "probs": fill.astype(np.uint8) * 255, "truth": labels.masks(image_id, **size),
+                         "image": image})
+    return prediction_grid(examples)

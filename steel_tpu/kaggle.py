@@ -4,9 +4,11 @@ import csv
 import io
 from dataclasses import dataclass
 
+import numpy as np
+
 from steel_tpu import storage
 from steel_tpu.constants import CLASS_IDS, HEIGHT, NUM_CLASSES, WIDTH
-from steel_tpu.rle import RleError, area, parse_runs
+from steel_tpu.rle import RleError, area, decode, parse_runs
 
 CURRENT_COLUMNS = ("ImageId", "ClassId", "EncodedPixels")
 LEGACY_COLUMNS = ("ImageId_ClassId", "EncodedPixels")
@@ -63,6 +65,16 @@ class Labels:
     def areas(self, image_id, *, height=HEIGHT, width=WIDTH):
         """Defect pixel count per class on this image."""
         return tuple(area(rle, height=height, width=width) for rle in self.rles[image_id])
+
+    def masks(self, image_id, *, height=HEIGHT, width=WIDTH):
+        """The decoded masks of this image as bool [height, width, NUM_CLASSES]."""
+        return np.stack([decode(rle, height=height, width=width) for rle in self.rles[image_id]], axis=-1).astype(bool)
+
+    def first_of_each_class(self):
+        """The first image carrying each class, then the first clean image (those that exist, each once)."""
+        firsts = [next((i for i in self.image_ids if c in self.present(i)), None) for c in CLASS_IDS]
+        clean = next((i for i in self.image_ids if not self.present(i)), None)
+        return tuple(dict.fromkeys(i for i in (*firsts, clean) if i))
 
     def subset(self, image_ids):
         """Labels for exactly these images, in this order; an image not listed here is clean

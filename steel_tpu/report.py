@@ -19,7 +19,7 @@ from steel_tpu.data import example, shards, tfrecord
 
 INDEX = "index.html"
 EXAMPLES_PER_SIDE = 4  # best and worst validation images shown
-_CURVE_METRICS = {"classify": ("auc", "accuracy"), "segment": ("dice",)}
+CURVE_METRICS = {"classify": ("auc", "accuracy"), "segment": ("dice",)}
 _SEGMENT_KEYS = ("image_ids", "probs", "truth", "truth_area", "dice")
 _BATCH = 64  # images thresholded at once: bounds the bool copies to ~25 MB at oof_scale 4
 _TUNE_CAPTIONS = {  # tune_plots' files; circles mark the chosen settings
@@ -73,7 +73,7 @@ def _fold_of(path):
     return int(os.path.basename(os.path.dirname(path)).removeprefix("fold"))
 
 
-def _logs(work, task):
+def training_logs(work, task):
     """{fold: log rows} of every fold of `task` with a non-empty log.csv, finished or not."""
     logs = {_fold_of(p): read_log(p) for p in storage.glob(storage.join(work, task, "fold*", "log.csv"))}
     return {fold: rows for fold, rows in logs.items() if rows}
@@ -199,11 +199,11 @@ def _scan_segment(work, folds, thresholds, *, k):
 def _curves_section(work):
     section = Section("Training curves")
     for task in workdir_lib.TASKS:
-        logs = _logs(work, task)
+        logs = training_logs(work, task)
         if not logs:
             section.note(f"{task}: no {task}/fold*/log.csv yet.")
             continue
-        metrics = _CURVE_METRICS[task]
+        metrics = CURVE_METRICS[task]
         section.figure(f"curves_{task}.png",
                        figures.training_curves(logs, title=f"{task}: per epoch", metrics=metrics),
                        f"{task}: training loss (last step of each epoch), learning rate and validation "
@@ -237,7 +237,7 @@ def _dice_section(work, seg, cfg):
                        f"{cfg.segment.train.eval_threshold:g} (full resolution, best epoch, no min area or gate).")
         section.table(["", *[f"class {c}" for c in CLASS_IDS], "mean"],
                       [[label, *map(float, values), float(values.mean())] for label, values in rows])
-    logs = _logs(work, "classify")
+    logs = training_logs(work, "classify")
     if not logs:
         section.note("classifier: no classify/fold*/log.csv yet, so no AUC or accuracy.")
         return section

@@ -171,9 +171,10 @@ def choose(stats, tables, *, kind, gates, pixel_grid=PIXEL_GRID, area_grid=AREA_
     else:
         picks = [_best(t, prefer=prefer) for t in tables]
     gate = () if kind is None else tuple(gates[p[0]] for p in picks)
+    gate = gate[:1] if kind == "binary" else gate
     return postprocess.PostProcess(
         pixel_threshold=[pixel_grid[p[1]] for p in picks], min_area=[area_grid[p[2]] for p in picks],
-        gate=gate[:1] if kind == "binary" else gate)
+        gate=() if not any(gate) else gate)  # a gate of 0 passes everything: predict then skips the classifiers
 
 
 def _summary(dice):

@@ -176,6 +176,34 @@ def test_labels_helpers():
     assert sub.rles == {"c.jpg": EMPTY, "a.jpg": labels.rles["a.jpg"]}
 
 
+def test_masks_decode_every_class_in_kaggle_pixel_order():
+    # Kaggle numbers pixels down the columns: "2 3" on a 4-row image is rows 1-3 of column 0.
+    labels = Labels.from_mapping({"a.jpg": ("2 3", "", "5 4", "1 1 8 1")})
+    masks = labels.masks("a.jpg", height=4, width=2)
+    assert masks.dtype == bool and masks.shape == (4, 2, 4)
+    expected = np.zeros((4, 2, 4), bool)
+    expected[1:4, 0, 0] = True
+    expected[:, 1, 2] = True
+    expected[0, 0, 3] = expected[3, 1, 3] = True
+    np.testing.assert_array_equal(masks, expected)
+
+
+def test_masks_round_trip_random_labels():
+    rng = np.random.default_rng(5)
+    truth = rng.random((H, W, 4)) < 0.3
+    truth[..., 1] = False  # an absent class decodes to an all-False plane
+    labels = Labels.from_mapping({"a.jpg": tuple(rle.encode(truth[..., c]) for c in range(4))})
+    np.testing.assert_array_equal(labels.masks("a.jpg", height=H, width=W), truth)
+    assert labels.masks("a.jpg").shape == (256, 1600, 4)
+
+
+def test_first_of_each_class_then_a_clean_image():
+    labels = Labels.from_mapping({"clean1": EMPTY, "c3": ("", "", "1 2", ""), "c13": ("1 1", "", "5 1", ""),
+                                  "c1": ("3 1", "", "", ""), "clean2": EMPTY})
+    assert labels.first_of_each_class() == ("c13", "c3", "clean1")
+    assert Labels.from_mapping({"x": EMPTY}).first_of_each_class() == ("x",)
+
+
 @pytest.mark.parametrize(
     "kwargs,message",
     [

@@ -261,22 +261,17 @@ def test_chromium_renders_the_report(work, shard_dir, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained(shard_dir, tmp_path_factory):
-    """A workdir from a real (one-epoch, two-step) training run of both tasks on fold 0, then tuned."""
-    from steel_tpu import train  # the training stack loads only for the slow test
-
-    work = str(tmp_path_factory.mktemp("trained"))
-    cfg = config_lib.apply_overrides(config_lib.preset("tiny"), [
-        "classify.train.epochs=1", "segment.train.epochs=1", "classify.train.steps_per_epoch=2",
-        "segment.train.steps_per_epoch=2"])
-    train.run(data=shard_dir, work=work, cfg=cfg, folds=(0,))
+def trained(trained_workdir, tmp_path_factory):
+    """A copy of the session's really trained workdir (both tasks, folds 0 and 1), tuned."""
+    work = str(tmp_path_factory.mktemp("trained") / "work")
+    shutil.copytree(trained_workdir, work)  # tuning writes into it: other modules keep the untuned original
     tune.tune(workdir=work)
     return work
 
 
 @pytest.mark.slow
-def test_report_of_a_real_training_run(trained, shard_dir, tmp_path):
-    index = report.report(workdir=trained, out=str(tmp_path / "report"), data=shard_dir)
+def test_report_of_a_real_training_run(trained, tiny_data, tmp_path):
+    index = report.report(workdir=trained, out=str(tmp_path / "report"), data=tiny_data["shards"])
     page, images = _referenced_pngs(index)
     assert 'class="note"' not in page  # every section found its inputs
     assert sorted(images) == sorted(["curves_classify.png", "curves_segment.png", "dice_per_class.png",

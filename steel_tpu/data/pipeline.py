@@ -1,5 +1,6 @@
 """tf.data pipelines over TFRecord shards: sampled training batches, and padded, ordered evaluation and prediction."""
 
+import collections
 import json
 import posixpath
 
@@ -206,7 +207,7 @@ def _parse_predict(record, size):
 
 def _jpeg_files(paths, size):
     ids = [posixpath.basename(str(p)) for p in paths]
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    duplicates = sorted(i for i, n in collections.Counter(ids).items() if n > 1)  # linear: batches can be huge
     if duplicates:
         raise ValueError(f"predict_dataset: image ids (file names) must be unique, repeated: {duplicates[:5]}")
     ds = tf.data.Dataset.from_tensor_slices((paths, ids))
