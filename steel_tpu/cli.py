@@ -42,14 +42,14 @@ def _train(args):
 def _tune(args):
     from steel_tpu.tune import tune
 
-    tune(workdir=args.workdir)
+    tune(workdir=args.workdir, out=args.out)
 
 
 def _predict(args):
     from steel_tpu.predict import predict
 
     predict(workdir=args.workdir, images=args.images, out=args.out, batch_size=args.batch_size, tta=args.tta,
-            skip_bad=args.skip_bad)
+            skip_bad=args.skip_bad, thresholds=args.thresholds, folds=args.folds, chunk_size=args.chunk_size)
 
 
 def _report(args):
@@ -101,6 +101,7 @@ def _add_parsers(sub):
 
     p = sub.add_parser("tune", help="choose thresholds and minimum areas on out-of-fold predictions")
     p.add_argument("--workdir", required=True)
+    p.add_argument("--out", default=None, help="where thresholds.json and tune/ go (default: the workdir)")
     p.set_defaults(func=_tune)
 
     p = sub.add_parser("predict", help="score images with the workdir's fold ensemble into a Kaggle submission")
@@ -110,6 +111,9 @@ def _add_parsers(sub):
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--tta", action="store_true", help="average over horizontal and vertical flips")
     p.add_argument("--skip-bad", action="store_true", help="list bad images in OUT.errors.csv and score them empty")
+    p.add_argument("--thresholds", default=None, help="a thresholds.json (default: the workdir's, else defaults)")
+    p.add_argument("--folds", type=int, nargs="+", default=None, help="only these fold models (default: all)")
+    p.add_argument("--chunk-size", type=int, default=1024, help="images per committed chunk (the resume unit)")
     p.set_defaults(func=_predict)
 
     p = sub.add_parser("report", help="an HTML report of a training workdir")

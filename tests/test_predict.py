@@ -17,7 +17,6 @@ from steel_tpu.data import pipeline, shards
 from steel_tpu.data.source import SourceError
 from steel_tpu.submission_writer import parts_dir
 from steel_tpu.synth import synthesize
-from trained_workdir import trained_workdir
 
 SIZE = (64, 320)
 N_TEST = 12
@@ -250,8 +249,8 @@ def test_gcs_end_to_end(plain, work, images, gcs_bucket):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return trained_workdir(str(tmp_path_factory.getbasetemp()))
+def trained(tiny_data, trained_workdir):
+    return tiny_data["data"], trained_workdir
 
 
 @pytest.mark.slow

@@ -11,7 +11,6 @@ import tensorflow as tf
 from steel_tpu import config as config_lib
 from steel_tpu import metrics, postprocess, storage, tune, tune_plots, workdir
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
-from trained_workdir import trained_workdir
 
 SCALE = 8  # OOF maps of 32x200: small and fast, still a real oof.npz
 H, W = HEIGHT // SCALE, WIDTH // SCALE
@@ -183,11 +182,10 @@ def test_post_process_rules():
 
 
 @pytest.mark.slow
-def test_tune_on_a_trained_workdir(tmp_path_factory):
-    _, work = trained_workdir(str(tmp_path_factory.getbasetemp()))
-    result = tune.tune(workdir=work)
-    assert result["n_images"] == 32 and result["folds"] == [0, 1] and result["gate_head"] == "binary"
+def test_tune_on_a_trained_workdir(trained_workdir, tmp_path):
+    result = tune.tune(workdir=trained_workdir, out=str(tmp_path))  # the shared workdir stays untuned
+    assert result["n_images"] == 48 and result["folds"] == [0, 1] and result["gate_head"] == "binary"
     assert result["dice_after"]["mean"] >= result["dice_before"]["mean"]
     # At the defaults, the OOF-resolution Dice is close to training's full-resolution validation Dice.
     assert result["dice_before"]["mean"] == pytest.approx(result["dice_before_full_resolution"]["mean"], abs=0.05)
-    assert os.path.exists(os.path.join(work, tune.THRESHOLDS))
+    assert os.path.exists(os.path.join(tmp_path, tune.THRESHOLDS))
