@@ -91,13 +91,13 @@ def tiny():
         classify=_task(
             model=ModelConfig(encoder="efficientnetb0", **weights),
             data=DataConfig(**data),
-            train=TrainConfig(epochs=3, learning_rate=2e-3, warmup_epochs=0.5, loss={"bce": 1.0}),
+            train=TrainConfig(epochs=8, learning_rate=2e-3, warmup_epochs=0.5, loss={"bce": 1.0}),
         ),
         segment=_task(
             model=ModelConfig(arch="unetpp", encoder="efficientnetb0", decoder_filters=(64, 32, 16, 16, 8), **weights),
             data=DataConfig(**data, oversample={1: 2, 2: 3, 4: 2}),
             augment=AugmentConfig(crop_height=64, crop_width=192),
-            train=TrainConfig(epochs=3, learning_rate=2e-3, warmup_epochs=0.5),
+            train=TrainConfig(epochs=8, learning_rate=2e-3, warmup_epochs=0.5),
         ),
     )
 
