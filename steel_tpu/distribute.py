@@ -81,10 +81,25 @@ def _local_choice(prefer, environ):
     return tf.distribute.get_strategy(), "cpu"
 
 
+# One strategy per choice for the life of the process: two MirroredStrategy objects reuse the same collective
+# instance keys and abort each other's all-reduces ("Shape mismatch in the collective instance"), and a TPU
+# system must not be initialised twice. Training then scoring in one notebook must share the strategy.
+_CHOSEN = {}
+
+
 def select_strategy(*, tpu=None, prefer=None, verbose=True):
-    """Pick TPU (named or detected), multi-worker, local GPUs (Mirrored) or the default strategy."""
+    """Pick TPU (named or detected), multi-worker, local GPUs (Mirrored) or the default strategy (once per process)."""
     if prefer not in (None, *PREFER):
         raise ValueError(f"prefer={prefer!r}: expected one of {PREFER} or None")
+    if (tpu, prefer) not in _CHOSEN:
+        _CHOSEN[tpu, prefer] = _choose(tpu=tpu, prefer=prefer)
+    device = _CHOSEN[tpu, prefer]
+    if verbose:
+        print(f"steel_tpu: {type(device.strategy).__name__} on {device.kind}, {device.replicas} replica(s)")
+    return device
+
+
+def _choose(*, tpu, prefer):
     environ = os.environ
     strategy = None
     if tpu or prefer == "tpu" or (prefer is None and tpu_detected(environ=environ)):
@@ -96,10 +111,7 @@ def select_strategy(*, tpu=None, prefer=None, verbose=True):
             warnings.warn(f"TPU detected but not usable, falling back: {error}", stacklevel=2)
     if strategy is None:
         strategy, kind = _local_choice(prefer, environ)
-    device = Device(strategy=strategy, kind=kind, replicas=strategy.num_replicas_in_sync)
-    if verbose:
-        print(f"steel_tpu: {type(strategy).__name__} on {kind}, {device.replicas} replica(s)")
-    return device
+    return Device(strategy=strategy, kind=kind, replicas=strategy.num_replicas_in_sync)
 
 
 def set_precision(kind, *, gpu_float16=False):

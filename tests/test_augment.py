@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from steel_tpu import distribute
+
 from steel_tpu.augment import (
     AugmentConfig,
     any_defect,
@@ -282,7 +284,8 @@ def test_augment_batch_rejects_bad_inputs(coordinates):
 # Jitted per replica, every logical device compiles its own copy (about 14 s here): the slow variant.
 @pytest.mark.parametrize("jit_compile", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_runs_replicated_with_distinct_per_replica_seeds(logical_cpus, jit_compile):
-    strategy = tf.distribute.MirroredStrategy(logical_cpus)
+    strategy = distribute.select_strategy(prefer="mirrored", verbose=False).strategy  # one per process
+    assert strategy.num_replicas_in_sync == len(logical_cpus)
     images, masks = _coordinate_batch(batch=2)
     replicated = strategy.experimental_distribute_values_from_function(
         lambda _: (tf.constant(images), tf.constant(masks))

@@ -20,6 +20,8 @@ TPU_VARS = ("COLAB_TPU_ADDR", "TPU_NAME", "TF_CONFIG")
 def clean_env(monkeypatch):
     for name in TPU_VARS:
         monkeypatch.delenv(name, raising=False)
+    # A fresh choice under this environment; the process' shared strategies come back afterwards.
+    monkeypatch.setattr(distribute, "_CHOSEN", {})
     return monkeypatch
 
 
@@ -130,3 +132,8 @@ def test_multi_worker_is_only_chosen_for_several_workers(clean_env):
     if distribute.tpu_detected():
         pytest.skip("this host looks like a TPU host")
     assert distribute.select_strategy(verbose=False).strategy is tf.distribute.get_strategy()
+
+
+def test_the_same_choice_returns_the_same_strategy(mirrored):
+    # A second MirroredStrategy in one process would collide with the first one's collective instance keys.
+    assert distribute.select_strategy(prefer="mirrored", verbose=False) is mirrored

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu import rle, synth
+from steel_tpu import distribute, rle, synth
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.data import decode, example, pipeline
 from steel_tpu.data.shards import build_shards
@@ -245,7 +245,8 @@ def test_input_pipelines_read_disjoint_files(data, records):
 
 
 def test_distribute_datasets_from_function(data, logical_cpus):
-    strategy = tf.distribute.MirroredStrategy(logical_cpus)
+    strategy = distribute.select_strategy(prefer="mirrored", verbose=False).strategy  # one per process
+    assert strategy.num_replicas_in_sync == len(logical_cpus)
     files = pipeline.shard_files(data["train"])
     dist = strategy.distribute_datasets_from_function(
         lambda context: pipeline.train_dataset(files=files, image_size=SIZE, batch_size=16, seed=0,

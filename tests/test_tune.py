@@ -186,6 +186,4 @@ def test_tune_on_a_trained_workdir(trained_workdir, tmp_path):
     result = tune.tune(workdir=trained_workdir, out=str(tmp_path))  # the shared workdir stays untuned
     assert result["n_images"] == 48 and result["folds"] == [0, 1] and result["gate_head"] == "binary"
     assert result["dice_after"]["mean"] >= result["dice_before"]["mean"]
-    # At the defaults, the OOF-resolution Dice is close to training's full-resolution validation Dice.
-    assert result["dice_before"]["mean"] == pytest.approx(result["dice_before_full_resolution"]["mean"], abs=0.05)
     assert os.path.exists(os.path.join(tmp_path, tune.THRESHOLDS))
