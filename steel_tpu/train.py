@@ -85,7 +85,7 @@ def _schedule(t, steps_per_epoch):
 
 
 def _validate(*, task, predict, eval_ds, tcfg, oof_scale):
-    """Score every validation record once (padding dropped); returns (metrics dict, out-of-fold arrays)."""
+    """Score every validation record once (padding dropped); returns (score, metrics dict, out-of-fold arrays)."""
     threshold = tcfg.train.eval_threshold
     ids, probs, truth, dice, areas, labels = [], [], [], [], [], []
     for batch in eval_ds.as_numpy_iterator():

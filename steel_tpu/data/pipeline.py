@@ -10,10 +10,10 @@ import tensorflow as tf
 from steel_tpu import storage
 from steel_tpu.constants import CLASS_IDS, HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.data import example
+from steel_tpu.data.example import MANIFEST
 from steel_tpu.data.decode import check_image_size, decode_gray, decode_masks, to_images
 
 AUTOTUNE = tf.data.AUTOTUNE
-MANIFEST = "manifest.json"
 # A fixed cycle, not AUTOTUNE: the interleave order, hence the data a seed gives, must not depend on the host's cores.
 _CYCLE_LENGTH = 8
 # Big sequential reads: a GCS request costs a round trip, so a small buffer starves the decoders.

@@ -14,10 +14,10 @@ from tqdm import tqdm
 from steel_tpu import kaggle, rle, storage
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.data import example, tfrecord
+from steel_tpu.data.example import MANIFEST
 from steel_tpu.data.folds import assign_folds
 from steel_tpu.data.source import SourceError, scan
 
-MANIFEST = "manifest.json"
 PLAN = "_plan.json"  # the plan's digest + shards finished so far; exists only while a build is unfinished
 SHARD_GLOB = {"train": "train-f*-*-of-*.tfrec", "test": "test-*-of-*.tfrec"}
 _TEMP_GLOB = ".tmp-*"  # storage.atomic_write's local temp files, left behind only by a killed writer
