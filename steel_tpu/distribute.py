@@ -7,8 +7,10 @@ import json
 import os
 import warnings
 
-import keras
 import tensorflow as tf
+
+from steel_tpu import keras_api
+from steel_tpu.keras_api import keras
 
 KINDS = ("tpu", "gpu", "cpu")
 PREFER = ("tpu", "gpu", "cpu", "mirrored")
@@ -95,7 +97,8 @@ def select_strategy(*, tpu=None, prefer=None, verbose=True):
         _CHOSEN[tpu, prefer] = _choose(tpu=tpu, prefer=prefer)
     device = _CHOSEN[tpu, prefer]
     if verbose:
-        print(f"steel_tpu: {type(device.strategy).__name__} on {device.kind}, {device.replicas} replica(s)")
+        print(f"steel_tpu: {type(device.strategy).__name__} on {device.kind}, {device.replicas} replica(s), "
+              f"{keras_api.describe()}")
     return device
 
 
@@ -128,7 +131,7 @@ def wrap_optimizer(optimizer, policy):
     """Add dynamic loss scaling where `policy` computes in float16 (its gradients underflow otherwise)."""
     name = policy if isinstance(policy, str) else policy.name
     if name == "mixed_float16":
-        return keras.optimizers.LossScaleOptimizer(optimizer)
+        return keras_api.loss_scale_optimizer(optimizer)
     return optimizer
 
 

@@ -3,11 +3,13 @@
 import numpy as np
 import tensorflow as tf
 
+from steel_tpu import keras_api
+
 
 def _check_optimizer(optimizer, strategy):
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer clips via its inner one
     for opt in (optimizer, inner):
-        # Keras 3 binds an optimizer to the strategy active at construction; slot variables built for another
+        # Keras (3 and tf-keras) binds an optimizer to the strategy active at construction; slot variables built for another
         # strategy fail later with "Mixing different tf.distribute.Strategy objects".
         if getattr(opt, "_distribution_strategy", strategy) is not strategy:
             raise ValueError(f"optimizer {opt.name} was created outside strategy.scope() of "
@@ -48,8 +50,8 @@ def _grad_fn(*, model, loss_fn, optimizer, global_batch_size, replicas, augment_
             if model.losses:
                 # Regularisers are computed on every replica from the same weights: 1/replicas of each sums to 1.
                 loss += tf.add_n([tf.cast(x, tf.float32) for x in model.losses]) / replicas
-            scaled = optimizer.scale_loss(loss)
-        return loss, tape.gradient(scaled, model.trainable_variables)
+            scaled = keras_api.scale_loss(optimizer, loss)
+        return loss, keras_api.unscale_gradients(optimizer, tape.gradient(scaled, model.trainable_variables))
 
     # jit_compile covers only forward + backward: apply_gradients stays outside XLA because its all-reduce is a
     # merge_call into cross-replica context, which a compiled function cannot contain under MirroredStrategy,
@@ -68,7 +70,7 @@ def make_train_step(*, model, loss_fn, optimizer, global_batch_size, strategy, a
     """
     replicas = strategy.num_replicas_in_sync
     _check_optimizer(optimizer, strategy)
-    if not optimizer.built:
+    if not keras_api.optimizer_built(optimizer):
         with strategy.scope():
             # Slot variables (momentum, Adam moments) must be created as mirrored variables, before tracing.
             optimizer.build(model.trainable_variables)

@@ -5,13 +5,13 @@ import io
 import json
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 
 from steel_tpu import augment, distribute, losses, metrics, models, postprocess, step, storage, workdir
-from steel_tpu.data import pipeline
 from steel_tpu.constants import CHANNELS
+from steel_tpu.data import pipeline
+from steel_tpu.keras_api import keras
 
 
 def build_model(task, tcfg):

@@ -44,7 +44,7 @@ def test_default_strategy_on_this_machine(clean_env, capsys, logical_cpus):
     assert device.kind == "cpu" and device.replicas == 1
     assert device.strategy is tf.distribute.get_strategy()
     assert capsys.readouterr().out.strip().splitlines() == [
-        "steel_tpu: _DefaultDistributionStrategy on cpu, 1 replica(s)"]
+        f"steel_tpu: _DefaultDistributionStrategy on cpu, 1 replica(s), Keras {keras.__version__}"]
 
 
 def test_mirrored_over_the_logical_cpus(mirrored, logical_cpus):

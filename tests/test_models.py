@@ -14,6 +14,7 @@ from steel_tpu.models import (build_classifier, build_model, build_segmenter, bu
                               set_batchnorm_momentum)
 from steel_tpu.models.encoders import EFFICIENTNET, STRIDES, build_encoder, encoder_names, resolve_weights
 from steel_tpu.models.sm import PREPROCESSING, SmPreprocess, import_sm, preprocessing_mode
+from steel_tpu.models.unetpp import Upsample2x
 
 SHAPE = (64, 128, 3)
 TINY = (32, 16, 8, 8, 4)
@@ -174,6 +175,26 @@ def test_gradients_compile_with_xla(segmenters, classifiers, name):
         return tape.gradient(loss, model.trainable_variables)
 
     assert all(g is not None and bool(tf.reduce_all(tf.math.is_finite(g))) for g in grads(_images(seed=1)))
+
+
+def test_upsample2x_is_nearest_neighbour_upsampling_with_an_xla_gradient():
+    x = tf.constant(np.random.default_rng(1).normal(size=(2, 3, 5, 4)).astype("float32"))
+    expected = keras.layers.UpSampling2D(2, interpolation="nearest")(x)
+    np.testing.assert_array_equal(Upsample2x()(x), expected)
+    assert Upsample2x().compute_output_shape((None, None, 7, 4)) == (None, None, 14, 4)
+
+    weights = tf.reshape(tf.range(2 * 6 * 10 * 4, dtype=tf.float32), (2, 6, 10, 4))
+
+    @tf.function(jit_compile=True)
+    def grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(Upsample2x()(x) * weights)
+        return tape.gradient(loss, x)
+
+    # Each input pixel's gradient is the sum of the weights of its 2x2 copies.
+    blocks = weights.numpy().reshape(2, 3, 2, 5, 2, 4).sum(axis=(2, 4))
+    np.testing.assert_allclose(grad(x), blocks)
 
 
 def test_deep_supervision_output_is_mean_of_four_heads(segmenters):

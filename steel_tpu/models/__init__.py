@@ -2,8 +2,7 @@
 
 from collections.abc import Sequence
 
-import keras
-
+from steel_tpu.keras_api import keras
 from steel_tpu.models.classifier import build_classifier
 from steel_tpu.models.sm import build_sm
 from steel_tpu.models.unetpp import build_unet, build_unetpp

@@ -1,10 +1,12 @@
 """Image-level defect classifier: encoder -> global average pooling -> dropout -> sigmoid head(s)."""
 
+# Annotations stay unevaluated: tf-keras (TF_USE_LEGACY_KERAS=1) has no public keras.KerasTensor.
+from __future__ import annotations
+
 from collections.abc import Sequence
 
-import keras
-
 from steel_tpu.constants import NUM_CLASSES
+from steel_tpu.keras_api import keras
 from steel_tpu.models.encoders import build_encoder
 
 HEAD_UNITS = {"binary": 1, "multilabel": NUM_CLASSES}

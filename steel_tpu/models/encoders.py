@@ -3,7 +3,7 @@
 import dataclasses
 from collections.abc import Callable, Sequence
 
-import keras
+from steel_tpu.keras_api import keras
 
 STRIDES = (2, 4, 8, 16, 32)
 WEIGHT_CHOICES = (None, "imagenet")

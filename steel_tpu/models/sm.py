@@ -5,9 +5,10 @@ import os
 from collections.abc import Sequence
 from types import ModuleType
 
-import keras
+import tensorflow as tf
 
 from steel_tpu.constants import NUM_CLASSES
+from steel_tpu.keras_api import keras
 from steel_tpu.models.encoders import check_input_shape, resolve_weights
 
 ARCHS = {"unet": "Unet", "fpn": "FPN", "linknet": "Linknet"}
@@ -69,11 +70,11 @@ class SmPreprocess(keras.layers.Layer):
 
     def call(self, images):
         if self.mode == "torch":
-            return (images / 255.0 - keras.ops.array(_TORCH_MEAN)) / keras.ops.array(_TORCH_STD)
+            return (images / 255.0 - tf.constant(_TORCH_MEAN)) / tf.constant(_TORCH_STD)
         if self.mode == "tf":
             return images / 127.5 - 1.0
         if self.mode == "caffe":
-            return keras.ops.flip(images, axis=-1) - keras.ops.array(_CAFFE_BGR_MEAN)
+            return tf.reverse(images, axis=[-1]) - tf.constant(_CAFFE_BGR_MEAN)
         return images
 
     def get_config(self):

@@ -5,11 +5,15 @@ width of the decoder at stride 16 / 2^k: levels 3, 2, 1, 0, then one last block 
 (stride 1, no skip) before the 1x1 head, so both decoders share the meaning of decoder_filters.
 """
 
+# Annotations stay unevaluated: tf-keras (TF_USE_LEGACY_KERAS=1) has no public keras.KerasTensor.
+from __future__ import annotations
+
 from collections.abc import Sequence
 
-import keras
+import tensorflow as tf
 
 from steel_tpu.constants import NUM_CLASSES
+from steel_tpu.keras_api import keras
 from steel_tpu.models.encoders import build_encoder, check_input_shape
 
 DEFAULT_DECODER_FILTERS = (256, 128, 64, 32, 16)
@@ -25,9 +29,27 @@ def _conv_block(x: keras.KerasTensor, filters: int, *, name: str) -> keras.Keras
     return x
 
 
+@keras.saving.register_keras_serializable(package="steel_tpu")
+class Upsample2x(keras.layers.Layer):
+    """Nearest-neighbour 2x upsampling as a broadcast and a reshape, for any (even unknown) height and width.
+
+    Not keras.layers.UpSampling2D: under tf-keras that is tf.image.resize, whose gradient
+    (ResizeNearestNeighborGrad) has no XLA kernel, so a jit-compiled train step would not build.
+    """
+
+    def call(self, x):
+        shape = tf.shape(x)
+        height, width, channels = shape[1], shape[2], x.shape[-1]
+        tiled = tf.broadcast_to(x[:, :, None, :, None, :], [shape[0], height, 2, width, 2, channels])
+        return tf.reshape(tiled, [shape[0], 2 * height, 2 * width, channels])
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, channels = input_shape
+        return (batch, None if height is None else 2 * height, None if width is None else 2 * width, channels)
+
+
 def _up(x: keras.KerasTensor, *, name: str) -> keras.KerasTensor:
-    # Nearest-neighbour UpSampling2D has an XLA kernel (no ImageProjectiveTransform) and no weights.
-    return keras.layers.UpSampling2D(2, interpolation="nearest", name=name)(x)
+    return Upsample2x(name=name)(x)
 
 
 def _mask_head(x: keras.KerasTensor, *, filters: int, num_classes: int, name: str) -> keras.KerasTensor:
