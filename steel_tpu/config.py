@@ -88,16 +88,19 @@ def tiny():
     return Config(
         name="tiny",
         folds=(0,),
+        # A few hundred steps from scratch see each rare class (1, 2, 4: 3-10% of images) only a few dozen
+        # times: oversampled, with fewer clean images, so neither model settles on "never class 1 or 4"
+        # (measured on bench_train: without it both predicted no class 1 or 4 at all after 8 epochs).
         classify=_task(
-            model=ModelConfig(encoder="efficientnetb0", **weights),
-            data=DataConfig(**data),
+            model=ModelConfig(encoder="efficientnetb0", heads="multilabel", **weights),
+            data=DataConfig(**data, oversample={1: 3, 2: 4, 4: 3}, clean_keep=0.6),
             train=TrainConfig(epochs=8, learning_rate=2e-3, warmup_epochs=0.5, loss={"bce": 1.0}),
         ),
         segment=_task(
             model=ModelConfig(arch="unetpp", encoder="efficientnetb0", decoder_filters=(64, 32, 16, 16, 8), **weights),
-            data=DataConfig(**data, oversample={1: 2, 2: 3, 4: 2}),
+            data=DataConfig(**data, oversample={1: 4, 2: 6, 4: 4}, clean_keep=0.3),
             augment=AugmentConfig(crop_height=64, crop_width=192),
-            train=TrainConfig(epochs=8, learning_rate=2e-3, warmup_epochs=0.5),
+            train=TrainConfig(epochs=8, learning_rate=2e-3, warmup_epochs=0.5, loss={"bce": 0.5, "dice": 0.5}),
         ),
     )
 

@@ -110,10 +110,26 @@ def _validate(*, task, predict, eval_ds, tcfg, oof_scale):
         oof.update(truth=np.concatenate(truth), truth_area=np.concatenate(areas), dice=dice)
         scores = {"dice": float(dice.mean()), **{f"dice_c{c + 1}": float(dice[:, c].mean()) for c in range(4)}}
         return scores["dice"], scores, oof
-    p_any = oof["probs"].max(axis=1)
-    y_any = labels.any(axis=1)
-    scores = {"auc": metrics.roc_auc(y_any, p_any), "accuracy": float(((p_any > threshold) == y_any).mean())}
-    return scores["auc"], scores, oof
+    return *_classifier_scores(oof["probs"], labels, threshold=threshold), oof
+
+
+def _classifier_scores(probs, labels, *, threshold):
+    """(selection AUC, scores): any-defect AUC for a binary head; for a multilabel head, which gates each class
+    on its own, the mean of the per-class AUCs (classes this fold has both labels of), each also reported."""
+    p_any, y_any = probs.max(axis=1), labels.any(axis=1)
+    scores = {"auc": _auc(y_any, p_any), "accuracy": float(((p_any > threshold) == y_any).mean())}
+    if probs.shape[1] == labels.shape[1]:
+        per_class = {f"auc_c{c + 1}": _auc(labels[:, c], probs[:, c]) for c in range(labels.shape[1])}
+        known = [v for v in per_class.values() if not np.isnan(v)]
+        scores = {"auc": float(np.mean(known)) if known else float("nan"), "auc_any": scores["auc"],
+                  "accuracy": scores["accuracy"], **per_class}
+    # An undefined AUC still lets the first epoch's weights be kept as the best so far.
+    return (0.0 if np.isnan(scores["auc"]) else scores["auc"]), scores
+
+
+def _auc(labels, scores):
+    # NaN, not an error, for a class a small validation fold lacks or has in every image.
+    return metrics.roc_auc(labels, scores) if 0 < labels.sum() < len(labels) else float("nan")
 
 
 def _read_log(path):

@@ -111,7 +111,8 @@ def _run(work, images, out, **options):
 def ensemble_run(work, images, tmp_path_factory):
     """A run with a gate, min areas, per-class thresholds and flip TTA: every option at once."""
     out = tmp_path_factory.mktemp("ensemble") / "sub.csv"
-    pp = postprocess.PostProcess(pixel_threshold=(0.5, 0.45, 0.5, 0.55), min_area=(0, 300, 0, 0), gate=(0.3,))
+    pp = postprocess.PostProcess(pixel_threshold=(0.5, 0.45, 0.5, 0.55), min_area=(0, 300, 0, 0),
+                                 gate=(0.3, 0.5, 0.3, 0.4))  # the tiny classifier is multilabel: a gate per class
     summary = _run(work, images, out, thresholds=pp, tta=True, batch_size=8)
     return out, pp, summary
 
@@ -219,7 +220,7 @@ def test_thresholds_come_from_the_workdir_and_gate_needs_a_classifier(work, imag
     own = tmp_path / "work"
     shutil.copytree(work, own)
     storage.write_text(str(own / tune.THRESHOLDS), json.dumps({"pixel_threshold": [0.5] * 4, "min_area": [0] * 4,
-                                                               "gate": [1.0]}))
+                                                               "gate": [1.0] * 4}))
     summary = _run(str(own), images, tmp_path / "gated.csv", batch_size=8)
     assert summary["thresholds"] == str(own / tune.THRESHOLDS)
     # Sigmoid probabilities stay below 1.0: a gate of 1.0 empties every image.

@@ -115,3 +115,16 @@ def test_cli_names_a_missing_shard_folder(tmp_path):
     assert proc.returncode == 2
     assert "nope" in proc.stderr and "Traceback" not in proc.stderr
     assert not os.path.exists(tmp_path / "w")  # nothing written for a run that could not start
+
+
+def test_a_multilabel_classifier_is_kept_by_its_mean_per_class_auc():
+    labels = np.zeros((6, 4), bool)
+    labels[:3, 0] = labels[::2, 2] = labels[1, 3] = True  # class 2 absent from this fold
+    probs = np.where(labels, 0.8, 0.2)
+    probs[:, 3] = [0.1, 0.9, 0.2, 0.3, 0.95, 0.4]  # class 4: its one positive is above 4 of its 5 negatives
+    selection, scores = train._classifier_scores(probs, labels, threshold=0.5)
+    assert np.isnan(scores["auc_c2"]) and scores["auc_c1"] == scores["auc_c3"] == 1.0
+    assert scores["auc_c4"] == pytest.approx(0.8) and selection == scores["auc"] == pytest.approx(2.8 / 3)
+    assert scores["auc_any"] == 1.0  # max over classes still separates clean images from defective ones
+    selection, scores = train._classifier_scores(probs.max(axis=1, keepdims=True), labels, threshold=0.5)
+    assert selection == scores["auc"] == 1.0 and "auc_c1" not in scores

@@ -184,6 +184,6 @@ def test_post_process_rules():
 @pytest.mark.slow
 def test_tune_on_a_trained_workdir(trained_workdir, tmp_path):
     result = tune.tune(workdir=trained_workdir, out=str(tmp_path))  # the shared workdir stays untuned
-    assert result["n_images"] == 48 and result["folds"] == [0, 1] and result["gate_head"] == "binary"
+    assert result["n_images"] == 48 and result["folds"] == [0, 1] and result["gate_head"] == "multilabel"
     assert result["dice_after"]["mean"] >= result["dice_before"]["mean"]
     assert os.path.exists(os.path.join(tmp_path, tune.THRESHOLDS))
