@@ -3,8 +3,8 @@
     python benchmarks/bench_train.py [--train 500] [--classify-epochs 6] [--segment-epochs 8] [--heads multilabel]
                                      [--height 128] [--width 800] [--out DIR]
 
-Prints the held-out Kaggle Dice (default thresholds: pixel 0.5, classifier gate 0.5, no minimum area) next to
-the all-empty baseline on the same images, and the training images/s of both models. Target: Dice >= 0.92 and
+Prints the held-out Kaggle Dice with predict's default thresholds (pixel 0.5, no minimum area, no gate) and with
+a 0.5 gate on the classifier, next to the all-empty baseline on the same images, and the training images/s of both models. Target: Dice >= 0.92 and
 >= the empty baseline + 0.10, within 20 minutes on a 2-core CPU.
 """
 
@@ -67,7 +67,7 @@ def main():
 
     seg = workdir.load_oof(workdir.fold_file(work, "segment", 0, "oof.npz"))
     cls = workdir.load_oof(workdir.fold_file(work, "classify", 0, "oof.npz"))
-    dice = gated_dice(seg, cls, gate=0.5)
+    gated = gated_dice(seg, cls, gate=0.5)
     empty = (seg["truth_area"] == 0).astype(float)
     rates = {}
     for task in workdir.TASKS:
@@ -76,11 +76,12 @@ def main():
         rates[task] = float(np.median(speeds[1:] or speeds))  # the first epoch includes the XLA compile
 
     print(f"held-out fold: {len(seg['image_ids'])} images, trained on the other 4 folds at {args.height}x{args.width}")
-    print(f"Kaggle Dice (pixel 0.5, gate 0.5)  {dice.mean():.4f}  per class "
-          + " ".join(f"{v:.4f}" for v in dice.mean(axis=0)))
-    print(f"segmenter alone (no gate)         {seg['dice'].mean():.4f}")
-    print(f"all-empty baseline                {empty.mean():.4f}")
-    print(f"margin over empty                 {dice.mean() - empty.mean():+.4f}  (target >= +0.10, Dice >= 0.92)")
+    # predict's defaults (postprocess.PostProcess(): pixel 0.5, no minimum area, no gate) are what a workdir
+    # scores with before `tune` has chosen a gate; the gated line shows what a 0.5 gate on the classifier would do.
+    for name, d in (("default thresholds (pixel 0.5)", seg["dice"]), ("with classifier gate 0.5", gated)):
+        print(f"Kaggle Dice, {name:31s} {d.mean():.4f}  margin over empty {d.mean() - empty.mean():+.4f}  per class "
+              + " ".join(f"{v:.4f}" for v in d.mean(axis=0)))
+    print(f"all-empty baseline                        {empty.mean():.4f}  (target: Dice >= 0.92 and margin >= +0.10)")
     print(f"training images/s: classifier {rates['classify']:.1f}, segmenter {rates['segment']:.1f} "
           f"(median epoch after the first); wall time {minutes:.1f} min")
 
