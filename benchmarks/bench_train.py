@@ -4,8 +4,8 @@
                                      [--height 128] [--width 800] [--out DIR]
 
 Prints the held-out Kaggle Dice with predict's default thresholds (pixel 0.5, no minimum area, no gate) and with
-a 0.5 gate on the classifier, next to the all-empty baseline on the same images, and the training images/s of both models. Target: Dice >= 0.92 and
->= the empty baseline + 0.10, within 20 minutes on a 2-core CPU.
+a 0.5 gate on the classifier, next to the all-empty baseline on the same images, and the training images/s of
+both models. Target: Dice >= 0.92 and >= the empty baseline + 0.10, within 20 minutes on a 2-core CPU.
 """
 
 import argparse
@@ -56,7 +56,8 @@ def main():
     size += [f"{task}.data.image_width={args.width}" for task in ("classify", "segment")]
     # The segmenter trains on 128x384 crops and is validated on whole images; the classifier sees whole images
     # (a global average over a crop would not match one over the whole image).
-    crops = [f"segment.augment.crop_height={min(args.height, 128)}", f"segment.augment.crop_width={min(args.width, 384)}"]
+    crops = [f"segment.augment.crop_height={min(args.height, 128)}",
+             f"segment.augment.crop_width={min(args.width, 384)}"]
     cfg = config.apply_overrides(config.preset("tiny"), size + crops + [
         f"classify.train.epochs={args.classify_epochs}", f"segment.train.epochs={args.segment_epochs}",
         f"classify.model.heads={args.heads}", "classify.data.batch_size=16", "segment.data.batch_size=8",

@@ -9,8 +9,8 @@ from steel_tpu import keras_api
 def _check_optimizer(optimizer, strategy):
     inner = getattr(optimizer, "inner_optimizer", optimizer)  # a LossScaleOptimizer clips via its inner one
     for opt in (optimizer, inner):
-        # Keras (3 and tf-keras) binds an optimizer to the strategy active at construction; slot variables built for another
-        # strategy fail later with "Mixing different tf.distribute.Strategy objects".
+        # Keras (3 and tf-keras) binds an optimizer to the strategy active at construction; slot variables built
+        # for another strategy fail later with "Mixing different tf.distribute.Strategy objects".
         if getattr(opt, "_distribution_strategy", strategy) is not strategy:
             raise ValueError(f"optimizer {opt.name} was created outside strategy.scope() of "
                              f"{type(strategy).__name__}: create it inside the scope")
