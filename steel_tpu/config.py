@@ -42,8 +42,8 @@ class TrainConfig:
     pos_weight: tuple | None = None  # per-class BCE positive weights
     label_smoothing: float = 0.0
     steps_per_execution: int = 1  # >1 keeps a TPU busy between host round trips
-    # None: XLA everywhere but the CPU, whose XLA backend runs EfficientNet's depthwise convolutions ~6x slower
-    # than TensorFlow's own kernels. Tests set True: XLA on CPU is the cheapest check that a step compiles for TPU.
+    # None: XLA everywhere but the CPU (distribute.use_xla says why). Tests set True: XLA on CPU is the cheapest
+    # check that a step compiles for TPU.
     jit_compile: bool | None = None
     eval_threshold: float = 0.5  # pixel / label threshold for validation metrics
 

@@ -185,7 +185,7 @@ def train_fold(*, data, work, cfg, task, fold, device, num_folds):
         tf.train.Checkpoint(state=state).restore(manager.latest_checkpoint).assert_existing_objects_matched()
         print(f"[{task} fold {fold}] resuming after epoch {int(state.epoch.numpy())}")
 
-    jit_compile = device.kind != "cpu" if t.jit_compile is None else t.jit_compile
+    jit_compile = distribute.use_xla(device, t.jit_compile)
     train_step = step.make_train_step(
         model=model, loss_fn=make_task_loss(task, tcfg), optimizer=optimizer, global_batch_size=d.batch_size,
         strategy=device.strategy, augment_fn=make_augment_fn(task, tcfg),

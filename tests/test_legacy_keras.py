@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TINY_TRAIN_OVERRIDES
 
 from steel_tpu import kaggle
 
@@ -35,9 +36,7 @@ def test_the_replicated_step_tests_pass_under_tf_keras():
 def test_train_tune_predict_under_tf_keras(tiny_data, tmp_path):
     work, submission = str(tmp_path / "work"), str(tmp_path / "submission.csv")
     cli = [sys.executable, "-m", "steel_tpu.cli"]
-    sets = [arg for task in ("classify", "segment")
-            for arg in ("--set", f"{task}.train.epochs=1", "--set", f"{task}.train.steps_per_epoch=2",
-                        "--set", f"{task}.train.jit_compile=True")]
+    sets = [arg for override in TINY_TRAIN_OVERRIDES for arg in ("--set", override)]
     output = legacy_run([*cli, "train", "--data", tiny_data["shards"], "--workdir", work, "--task", "both",
                          "--folds", "0", "--config", "tiny", *sets])
     assert "tf-keras 2." in output, output[-3000:]

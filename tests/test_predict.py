@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from steel_tpu import config as config_lib
-from steel_tpu import distribute, kaggle, metrics, postprocess, predict, rle, storage, train, tune, workdir
+from steel_tpu import distribute, kaggle, metrics, postprocess, predict, storage, train, tune, workdir
 from steel_tpu.constants import CLASS_IDS, HEIGHT, WIDTH
 from steel_tpu.data import pipeline, shards
 from steel_tpu.data.source import SourceError
@@ -90,7 +90,7 @@ def _reference_masks(work, ids, folder, *, pp, tta, folds=(0, 1)):
 
 def _masks(csv_path, ids):
     labels = kaggle.read_labels(csv_path)
-    return np.stack([np.stack([rle.decode(r) for r in labels.rles[i]], axis=-1) for i in ids]).astype(bool)
+    return np.stack([labels.masks(i) for i in ids])
 
 
 def _check_layout(csv_path, ids):
