@@ -29,7 +29,8 @@ from PIL import Image  # noqa: E402
 from steel_tpu import synth  # noqa: E402
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH  # noqa: E402
 from steel_tpu.data import example, pipeline  # noqa: E402
-from steel_tpu.data.shards import MANIFEST, build_shards  # noqa: E402
+from steel_tpu.data.shard_folder import MANIFEST, ShardFolder  # noqa: E402
+from steel_tpu.data.shards import build_shards  # noqa: E402
 
 TARGET_BOUND = 0.85
 TARGET_SEED = 3.0
@@ -129,7 +130,7 @@ def main():
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "steel_tpu_bench_pipeline"))
     args = parser.parse_args()
     source, shards = _data(args.cache, args.images)
-    files = pipeline.shard_files(shards)
+    files = ShardFolder.open(shards).check().files()
     jpegs = [example.parse_numpy(r.numpy())[example.IMAGE] for r in tf.data.TFRecordDataset(files)]
     workers = os.cpu_count()
     kwargs = dict(files=files, image_size=(HEIGHT, WIDTH), batch_size=args.batch, seed=0, shuffle_buffer=256)

@@ -18,6 +18,7 @@ import time
 import numpy as np
 
 from steel_tpu import config, postprocess, train, workdir
+from steel_tpu.data.shard_folder import MANIFEST
 from steel_tpu.data.shards import build_shards
 from steel_tpu.synth import synthesize
 
@@ -47,7 +48,7 @@ def main():
     root = args.out or tempfile.mkdtemp(prefix="bench_train_")
     data, shards, work = (os.path.join(root, n) for n in ("data", "shards", "work"))
     shutil.rmtree(work, ignore_errors=True)
-    if not os.path.exists(os.path.join(shards, "manifest.json")):
+    if not os.path.exists(os.path.join(shards, MANIFEST)):
         shutil.rmtree(data, ignore_errors=True)
         synthesize(data, n_train=args.train, n_test=0, seed=0)
         build_shards(data=data, out=shards, folds=5, seed=0, shard_mb=8, progress=False)

@@ -1,6 +1,5 @@
 """The Kaggle score (mean Dice over image x class, empty/empty = 1), from masks or from RLE CSVs, and ROC AUC."""
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,7 +88,7 @@ def score_labels(pred, truth, *, image_ids, height=HEIGHT, width=WIDTH):
 def read_image_set(images):
     """Image ids of a folder's *.jpg files, or of a text file with one id per line (local or gs://)."""
     if storage.isdir(images):
-        ids = [os.path.basename(p) for p in storage.glob(storage.join(images, "*.jpg"))]
+        ids = sorted(n for n in storage.list_files(images) if n.endswith(".jpg"))  # literal: the path is no pattern
         if not ids:
             raise ValueError(f"{images}: no *.jpg images in this folder")
         return ids

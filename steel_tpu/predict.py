@@ -8,7 +8,6 @@ Progress is committed in chunks beside the output (submission_writer); a re-run 
 import collections
 import csv
 import io
-import json
 import os
 import threading
 import time
@@ -20,13 +19,13 @@ from tqdm import tqdm
 
 from steel_tpu import distribute, ensemble, postprocess, rle, step, storage, tune
 from steel_tpu.data import pipeline, source
+from steel_tpu.data.shard_folder import ShardFolder, holds_shards
 from steel_tpu.kaggle import EMPTY
 from steel_tpu.submission_writer import ChunkedSubmission
 from steel_tpu.workdir import completed_folds, load_config
 
 CHUNK_SIZE = 1024  # images per committed part file: at most this much work is redone after a crash
 _IN_FLIGHT = 2  # device batches waiting for the host worker: bounds host memory, keeps the device busy
-_SHARD_GLOB = "test-*.tfrec"
 
 
 @dataclass(frozen=True)
@@ -55,22 +54,17 @@ def _jpeg_chunks(images, *, chunk_size, skip_bad, workers):
 
 
 def _shard_chunks(images):
-    """One chunk per test shard, sized from the shard builder's manifest."""
-    manifest_path = storage.join(images, "manifest.json")
-    if not storage.exists(manifest_path):
-        raise FileNotFoundError(f"{images}: test shards without manifest.json (an unfinished shard build?)")
-    manifest = json.loads(storage.read_text(manifest_path))
-    if manifest.get("split") != "test":
-        raise ValueError(f"{manifest_path}: {manifest.get('split')} shards; predict reads test shards or JPEGs")
-    return [Chunk(index=i, inputs=(storage.join(images, s["name"]),), size=s["records"], image_ids=None)
-            for i, s in enumerate(manifest["shards"])]
+    """One chunk per shard the manifest lists, sized from it; sizes checked and unlisted shards refused first."""
+    folder = ShardFolder.open(images, split="test").check()
+    return [Chunk(index=i, inputs=(path,), size=entry["records"], image_ids=None)
+            for i, (path, entry) in enumerate(zip(folder.files(), folder.entries))]
 
 
 def plan_chunks(images, *, chunk_size=CHUNK_SIZE, skip_bad=False, workers=None):
-    """The chunks of `images`: a folder of test shards (manifest.json) or of *.jpg files, local or gs://."""
+    """The chunks of `images`: a folder of test shards (its manifest.json) or of *.jpg files, local or gs://."""
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if storage.isdir(images) and storage.glob(storage.join(images, _SHARD_GLOB)):
+    if holds_shards(images):
         return _shard_chunks(images)
     return _jpeg_chunks(images, chunk_size=chunk_size, skip_bad=skip_bad, workers=workers or os.cpu_count())
 

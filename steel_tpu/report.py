@@ -15,7 +15,8 @@ from PIL import Image
 from steel_tpu import figures, postprocess, storage, tune, tune_plots
 from steel_tpu import workdir as workdir_lib
 from steel_tpu.constants import CLASS_IDS, NUM_CLASSES
-from steel_tpu.data import example, shards, tfrecord
+from steel_tpu.data import example
+from steel_tpu.data.shard_folder import ShardFolder, read_records
 
 INDEX = "index.html"
 EXAMPLES_PER_SIDE = 4  # best and worst validation images shown
@@ -105,38 +106,16 @@ def _load_thresholds(work):
 
 def read_images(data, wanted):
     """{image id: uint8 [height, width] grayscale} for `wanted` ({fold: ids}), read from that fold's shards."""
-    path = storage.join(data, shards.MANIFEST)
-    if not storage.exists(path):
-        raise FileNotFoundError(f"{path}: not found; --data must be the shard folder the workdir was trained on")
-    entries = json.loads(storage.read_text(path))["shards"]
+    folder = ShardFolder.open(data, split="train").check()
     images = {}
     for fold, ids in wanted.items():
-        todo = set(ids)
-        for entry in (e for e in entries if e["fold"] == fold):
-            if not todo:
-                break
-            todo -= _read_shard(storage.join(data, entry["name"]), todo, images)
+        for rec in read_records(folder.files(folds=[fold]), image_ids=ids):
+            images[rec[example.IMAGE_ID]] = np.asarray(Image.open(io.BytesIO(rec[example.IMAGE])).convert("L"))
+        todo = set(ids) - set(images)
         if todo:
             raise ValueError(f"{data}: no fold-{fold} shard holds {sorted(todo)}, which the workdir's fold-{fold} "
                              "OOF data names; was it trained on other shards?")
     return images
-
-
-def _read_shard(path, ids, images):
-    """Decode the records of `ids` in one shard into `images`; returns the ids found."""
-    found = set()
-    with storage.open(path) as f:
-        try:
-            for record in tfrecord.read_records(f):
-                rec = example.parse_numpy(record)
-                if rec[example.IMAGE_ID] in ids:
-                    images[rec[example.IMAGE_ID]] = np.asarray(Image.open(io.BytesIO(rec[example.IMAGE])).convert("L"))
-                    found.add(rec[example.IMAGE_ID])
-                    if found == ids:
-                        break
-        except tfrecord.TFRecordError as error:
-            raise tfrecord.TFRecordError(f"{path}: {error}") from None
-    return found
 
 
 def pixel_confusion(probs, truth, thresholds):

@@ -72,6 +72,21 @@ def listdir(path):
     return sorted(_with_protocol(e, str(path)) for e in entries)
 
 
+def list_files(folder):
+    """{name: byte size} of the plain files directly under `folder` ({} if it does not exist).
+
+    One listing, matched literally: a user's path is never a pattern, so `runs/a*b` can only mean itself.
+    """
+    fs, p = _fs(folder)
+    if not fs.exists(p):
+        return {}
+    if not fs.isdir(p):
+        raise NotADirectoryError(f"{folder}: a file, not a folder")
+    entries = fs.ls(p, detail=True)
+    return {posixpath.basename(e["name"].rstrip("/")): int(e["size"]) for e in entries
+            if e["type"] == "file" and not e["name"].endswith("/")}
+
+
 def glob(pattern):
     """Sorted full paths matching a glob pattern (GCS directory markers, "name/", are not files)."""
     fs, p = _fs(pattern)
@@ -79,9 +94,10 @@ def glob(pattern):
 
 
 def remove(path):
+    """Delete one file by its exact name (fsspec's `rm` would expand glob characters in it)."""
     fs, p = _fs(path)
     if fs.exists(p):
-        fs.rm(p)
+        fs.rm_file(p)
 
 
 def read_bytes(path):

@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 
 from steel_tpu import storage
 from steel_tpu.constants import CLASS_IDS
@@ -26,6 +27,9 @@ def parts_dir(out):
 
 def _part(out, index):
     return storage.join(parts_dir(out), f"part-{index:05d}.csv")
+
+
+_PART = re.compile(r"part-\d{5,}\.csv")
 
 
 class ChunkedSubmission:
@@ -44,7 +48,9 @@ class ChunkedSubmission:
         storage.write_text(plan_path, json.dumps({"digest": self.digest, "out": self.out}) + "\n")
 
     def _part_files(self):
-        return storage.glob(storage.join(parts_dir(self.out), "part-*.csv"))
+        # A literal listing filtered by name: the user's output path is never a glob pattern.
+        names = storage.list_files(parts_dir(self.out))
+        return sorted(storage.join(parts_dir(self.out), n) for n in names if _PART.fullmatch(n))
 
     def committed(self):
         """Indices of the chunks whose part file exists (each was written atomically: complete)."""

@@ -11,6 +11,7 @@ import tensorflow as tf
 from steel_tpu import augment, distribute, losses, metrics, models, postprocess, step, storage, workdir
 from steel_tpu.constants import CHANNELS
 from steel_tpu.data import pipeline
+from steel_tpu.data.shard_folder import ShardFolder
 from steel_tpu.keras_api import keras
 
 
@@ -156,7 +157,7 @@ class _FoldState(tf.Module):
         self.best = tf.Variable(-np.inf, dtype=tf.float64, trainable=False)
 
 
-def train_fold(*, data, work, cfg, task, fold, device, num_folds):
+def train_fold(*, folder, work, cfg, task, fold, device):
     """Train `task` on every fold but `fold`, validate on `fold`; resumes from the fold's latest checkpoint."""
     tcfg = getattr(cfg, task)
     t, d = tcfg.train, tcfg.data
@@ -164,13 +165,12 @@ def train_fold(*, data, work, cfg, task, fold, device, num_folds):
     if storage.exists(storage.join(fdir, "done.json")):
         print(f"[{task} fold {fold}] already complete: skipping")
         return json.loads(storage.read_text(storage.join(fdir, "done.json")))
-    train_files = pipeline.shard_files(data, split="train", folds=[f for f in range(num_folds) if f != fold])
-    val_files = pipeline.shard_files(data, split="train", folds=[fold])
+    train_folds = [f for f in range(folder.num_folds) if f != fold]
+    train_files, val_files = folder.files(folds=train_folds), folder.files(folds=[fold])
     image_size = (d.image_height, d.image_width)
     seed = cfg.seed * 1009 + fold * 2 + workdir.TASKS.index(task)
     steps = t.steps_per_epoch or pipeline.steps_per_epoch(
-        data, batch_size=d.batch_size, folds=[f for f in range(num_folds) if f != fold],
-        oversample=d.oversample, clean_keep=d.clean_keep)
+        folder, batch_size=d.batch_size, folds=train_folds, oversample=d.oversample, clean_keep=d.clean_keep)
     # Whole calls of steps_per_execution steps: the compiled loop has a static trip count.
     steps = max(t.steps_per_execution, steps - steps % t.steps_per_execution)
 
@@ -243,7 +243,9 @@ def run(*, data, work, cfg, tasks=workdir.TASKS, folds=None, device=None):
     """Train `tasks` over `folds` (default: the config's) from shards at `data` into `work` (local or gs://)."""
     device = device or distribute.select_strategy(tpu=cfg.tpu)
     distribute.set_precision(device.kind, gpu_float16=cfg.gpu_float16)
-    num_folds = json.loads(storage.read_text(storage.join(data, pipeline.MANIFEST)))["folds"]
+    # The manifest is the truth: exactly its shards, their sizes checked, nothing unlisted beside them.
+    folder = ShardFolder.open(data, split="train").check()
+    num_folds = folder.num_folds
     folds = tuple(cfg.folds if folds is None else folds)
     bad = [f for f in folds if not 0 <= f < num_folds]
     if bad:
@@ -252,6 +254,5 @@ def run(*, data, work, cfg, tasks=workdir.TASKS, folds=None, device=None):
     results = []
     for fold in folds:
         for task in tasks:
-            results.append(train_fold(data=data, work=work, cfg=cfg, task=task, fold=fold, device=device,
-                                      num_folds=num_folds))
+            results.append(train_fold(folder=folder, work=work, cfg=cfg, task=task, fold=fold, device=device))
     return results

@@ -1,7 +1,6 @@
 """tf.data pipelines on small real shards: static shapes, exact masks, sampling, padding, gs://, distribution."""
 
 import hashlib
-import json
 import os
 import shutil
 
@@ -12,6 +11,7 @@ import tensorflow as tf
 from steel_tpu import distribute, rle, synth
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.data import decode, example, pipeline
+from steel_tpu.data.shard_folder import ShardFolder, ShardFolderError
 from steel_tpu.data.shards import build_shards
 
 SIZE = (32, 192)  # DCT-scaled decode at 1/8 (32x200), then an area resize of the width
@@ -34,7 +34,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def records(data):
     """Every train record as plain Python values, in shard file order."""
-    files = pipeline.shard_files(data["train"])
+    files = ShardFolder.open(data["train"]).files()
     return [example.parse_numpy(r.numpy()) for r in tf.data.TFRecordDataset(files)]
 
 
@@ -117,17 +117,19 @@ def test_image_size_is_checked():
 
 
 def _train(data, **kwargs):
-    files = pipeline.shard_files(data["train"])
+    files = ShardFolder.open(data["train"]).files()
     return pipeline.train_dataset(files=files, image_size=SIZE, batch_size=BATCH, **{"seed": 0, **kwargs})
 
 
-def test_shard_files_by_fold(data):
-    fold0 = pipeline.shard_files(data["train"], folds=[0])
+def test_shard_files_by_fold_come_from_the_manifest(data):
+    folder = ShardFolder.open(data["train"])
+    fold0 = folder.files(folds=[0])
     assert len(fold0) == 2 and all(os.path.basename(f).startswith("train-f0-") for f in fold0)
-    assert len(pipeline.shard_files(data["train"], folds=[1, 2])) == 4
-    assert pipeline.shard_files(data["test"], split="test") == sorted(pipeline.shard_files(data["test"], split="test"))
-    with pytest.raises(FileNotFoundError, match="train-f7-"):
-        pipeline.shard_files(data["train"], folds=[7])
+    assert len(folder.files(folds=[1, 2])) == 4
+    test = ShardFolder.open(data["test"], split="test")
+    assert test.files() == [os.path.join(data["test"], e["name"]) for e in test.entries]
+    with pytest.raises(ShardFolderError, match=r"manifest\.json: no shards for fold\(s\) \[7\]"):
+        folder.files(folds=[7])
 
 
 def test_train_batches_are_static_uint8_and_decoded_right(data, records):
@@ -163,7 +165,7 @@ def one_file(data, tmp_path_factory):
     """All train records in one file, in `records` order (TFRecord files concatenate)."""
     path = str(tmp_path_factory.mktemp("one") / "train-f0-00000-of-00001.tfrec")
     with open(path, "wb") as out:
-        for shard in pipeline.shard_files(data["train"]):
+        for shard in ShardFolder.open(data["train"]).files():
             with open(shard, "rb") as f:
                 out.write(f.read())
     return path
@@ -207,18 +209,17 @@ def test_no_clean_images_when_clean_keep_is_zero(one_file, records):
     assert len(counts) == sum(any(r[example.PRESENT]) for r in records)
 
 
-def test_steps_per_epoch_from_manifest(tmp_path):
+def test_steps_per_epoch_from_manifest():
     shards = [{"fold": 0, "records": 100, "class_counts": [10, 2, 40, 8]},
               {"fold": 1, "records": 60, "class_counts": [5, 0, 25, 0]}]
-    (tmp_path / pipeline.MANIFEST).write_text(json.dumps({"shards": shards}))
-    assert pipeline.steps_per_epoch(str(tmp_path), batch_size=16) == 10
-    assert pipeline.steps_per_epoch(str(tmp_path), batch_size=16, folds=[1]) == 3
+    folder = ShardFolder(path="unused", manifest={"split": "train", "folds": 2, "shards": shards})
+    assert pipeline.steps_per_epoch(folder, batch_size=16) == 10
+    assert pipeline.steps_per_epoch(folder, batch_size=16, folds=[1]) == 3
     # fold 0: 60 defect + 40 clean; clean kept 0.25 -> 10, +10 extra copies of class 1, +6 of class 2
-    got = pipeline.steps_per_epoch(str(tmp_path), batch_size=4, folds=[0], oversample={1: 2, 2: 4},
-                                   clean_keep=0.25)
+    got = pipeline.steps_per_epoch(folder, batch_size=4, folds=[0], oversample={1: 2, 2: 4}, clean_keep=0.25)
     assert got == (60 + 10 + 10 + 6) // 4
     with pytest.raises(ValueError, match="fold"):
-        pipeline.steps_per_epoch(str(tmp_path), batch_size=4, folds=[3])
+        pipeline.steps_per_epoch(folder, batch_size=4, folds=[3])
 
 
 def test_steps_bound_the_epoch(data):
@@ -232,7 +233,7 @@ def test_bad_sampling_options_raise(data, bad):
 
 
 def test_input_pipelines_read_disjoint_files(data, records):
-    files = pipeline.shard_files(data["train"])
+    files = ShardFolder.open(data["train"]).files()
     seen = []
     for pipeline_id in range(2):
         context = tf.distribute.InputContext(num_input_pipelines=2, input_pipeline_id=pipeline_id,
@@ -247,7 +248,7 @@ def test_input_pipelines_read_disjoint_files(data, records):
 def test_distribute_datasets_from_function(data, logical_cpus):
     strategy = distribute.select_strategy(prefer="mirrored", verbose=False).strategy  # one per process
     assert strategy.num_replicas_in_sync == len(logical_cpus)
-    files = pipeline.shard_files(data["train"])
+    files = ShardFolder.open(data["train"]).files()
     dist = strategy.distribute_datasets_from_function(
         lambda context: pipeline.train_dataset(files=files, image_size=SIZE, batch_size=16, seed=0,
                                                input_context=context))
@@ -263,7 +264,7 @@ def test_distribute_datasets_from_function(data, logical_cpus):
 
 
 def test_eval_yields_every_record_once_padded(data, records):
-    files = pipeline.shard_files(data["train"])
+    files = ShardFolder.open(data["train"]).files()
     batch = 7  # 30 records -> 4 full batches + 2, padded with 5
     ds = pipeline.eval_dataset(files=files, image_size=SIZE, batch_size=batch)
     spec = ds.element_spec
@@ -286,7 +287,7 @@ def test_eval_yields_every_record_once_padded(data, records):
 
 
 def test_eval_masks_at_model_resolution_on_request(data, records):
-    files = pipeline.shard_files(data["train"], folds=[0])
+    files = ShardFolder.open(data["train"]).files(folds=[0])
     ds = pipeline.eval_dataset(files=files, image_size=SIZE, batch_size=BATCH, full_res_masks=False)
     assert ds.element_spec["mask"].shape == (BATCH, *SIZE, NUM_CLASSES)
 
@@ -340,13 +341,14 @@ def test_reads_shards_and_manifest_from_gcs(data, gcs_bucket):
     remote = f"{gcs_bucket}/shards"
     for name in os.listdir(data["train"]):
         tf.io.gfile.copy(os.path.join(data["train"], name), f"{remote}/{name}")
-    files = pipeline.shard_files(remote, folds=[0, 1])
+    folder = ShardFolder.open(remote).check()
+    files = folder.files(folds=[0, 1])
     assert all(f.startswith("gs://") for f in files) and len(files) == 4
-    assert pipeline.steps_per_epoch(remote, batch_size=2, folds=[0, 1]) >= 1
+    assert pipeline.steps_per_epoch(folder, batch_size=2, folds=[0, 1]) >= 1
     ds = pipeline.eval_dataset(files=files, image_size=SIZE, batch_size=5)
     ids = [i.decode() for b in ds for i, v in zip(b["image_id"].numpy(), b["valid"].numpy()) if v]
     local = [example.parse_numpy(r.numpy())[example.IMAGE_ID]
-             for r in tf.data.TFRecordDataset(pipeline.shard_files(data["train"], folds=[0, 1]))]
+             for r in tf.data.TFRecordDataset(ShardFolder.open(data["train"]).files(folds=[0, 1]))]
     assert ids == local
     train = pipeline.train_dataset(files=files, image_size=SIZE, batch_size=2, seed=0, steps=2, shuffle_buffer=8)
     assert [images.shape for images, _ in train] == [(2, *SIZE, 3)] * 2

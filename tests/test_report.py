@@ -2,7 +2,6 @@
 
 import csv
 import io
-import json
 import os
 import re
 import shutil
@@ -15,7 +14,8 @@ from PIL import Image
 from steel_tpu import config as config_lib
 from steel_tpu import metrics, postprocess, report, rle, storage, tune, tune_plots, workdir
 from steel_tpu.constants import NUM_CLASSES
-from steel_tpu.data import example, shards, tfrecord
+from steel_tpu.data import example, shards
+from steel_tpu.data.shard_folder import ShardFolder, read_records
 from steel_tpu.synth import synthesize
 
 SCALE = 8  # OOF maps of 32x200
@@ -39,11 +39,7 @@ def shard_dir(source, tmp_path_factory):
 
 
 def _fold_records(shard_dir, fold):
-    manifest = json.loads(storage.read_text(os.path.join(shard_dir, shards.MANIFEST)))
-    for entry in manifest["shards"]:
-        if entry["fold"] == fold:
-            with open(os.path.join(shard_dir, entry["name"]), "rb") as f:
-                yield from (example.parse_numpy(r) for r in tfrecord.read_records(f))
+    yield from read_records(ShardFolder.open(shard_dir).files(folds=[fold]))
 
 
 def _write_log(path, rows):

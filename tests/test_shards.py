@@ -17,7 +17,8 @@ from PIL import Image
 
 from steel_tpu import cli, kaggle, rle, storage
 from steel_tpu.data import example
-from steel_tpu.data.shards import MANIFEST, PLAN, build_shards
+from steel_tpu.data.shard_folder import MANIFEST, PLAN
+from steel_tpu.data.shards import build_shards
 from steel_tpu.data.source import SourceError
 from steel_tpu.data.verify import VerifyError, verify
 from steel_tpu.synth import synthesize

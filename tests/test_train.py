@@ -10,13 +10,14 @@ import pytest
 import tensorflow as tf
 
 from steel_tpu import config, distribute, train, workdir
-from steel_tpu.data import example, pipeline
+from steel_tpu.data import example
+from steel_tpu.data.shard_folder import ShardFolder
 
 pytestmark = pytest.mark.slow  # every test here trains real models (the XLA compile alone takes a minute)
 
 
 def _fold_ids(shards, fold):
-    files = pipeline.shard_files(shards, folds=[fold])
+    files = ShardFolder.open(shards).files(folds=[fold])
     return sorted(example.parse_numpy(r.numpy())["image_id"] for r in tf.data.TFRecordDataset(files))
 
 

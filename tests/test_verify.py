@@ -8,7 +8,8 @@ import shutil
 import pytest
 
 from steel_tpu import kaggle
-from steel_tpu.data.shards import MANIFEST, build_shards
+from steel_tpu.data.shard_folder import MANIFEST
+from steel_tpu.data.shards import build_shards
 from steel_tpu.data.verify import VerifyError, verify
 from steel_tpu.synth import synthesize
 

@@ -5,7 +5,6 @@ import tensorflow as tf
 from steel_tpu.constants import NUM_CLASSES
 
 SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"  # beside the shards, written last by the shard builder
 
 # Feature keys, one place so the writer, the pipeline and `verify` cannot drift apart.
 IMAGE_ID = "image_id"

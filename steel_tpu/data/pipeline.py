@@ -1,7 +1,6 @@
 """tf.data pipelines over TFRecord shards: sampled training batches, and padded, ordered evaluation and prediction."""
 
 import collections
-import json
 import posixpath
 
 import numpy as np
@@ -10,8 +9,8 @@ import tensorflow as tf
 from steel_tpu import storage
 from steel_tpu.constants import CLASS_IDS, HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.data import example
-from steel_tpu.data.example import MANIFEST
 from steel_tpu.data.decode import check_image_size, decode_gray, decode_masks, to_images
+from steel_tpu.data.shard_folder import ShardFolder, holds_shards
 
 AUTOTUNE = tf.data.AUTOTUNE
 # A fixed cycle, not AUTOTUNE: the interleave order, hence the data a seed gives, must not depend on the host's cores.
@@ -21,39 +20,15 @@ _READ_BUFFER = 8 << 20
 _HASH_BUCKETS = 1 << 24  # resolution of clean_keep
 
 
-def shard_files(data, *, split="train", folds=None):
-    """Sorted shard paths under `data` (local or gs://) for `split`; for train, only the given folds (None: all)."""
-    if split == "train":
-        patterns = ["train-f*-*-of-*.tfrec"] if folds is None else [f"train-f{int(f)}-*-of-*.tfrec" for f in folds]
-    elif split == "test":
-        patterns = ["test-*-of-*.tfrec"]
-    else:
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    files = []
-    for pattern in patterns:
-        found = tf.io.gfile.glob(storage.join(data, pattern))
-        if not found:
-            raise FileNotFoundError(f"{data}: no shard matches {pattern}")
-        files += found
-    return sorted(files)
-
-
-def steps_per_epoch(data, *, batch_size, folds=None, oversample=None, clean_keep=1.0):
-    """Global batches in one epoch: one pass over the chosen folds as sampled, from the manifest's counts.
+def steps_per_epoch(folder, *, batch_size, folds=None, oversample=None, clean_keep=1.0):
+    """Global batches in one epoch: one pass over the chosen folds of a ShardFolder as sampled, from its counts.
 
     The manifest counts images per class, not per class combination, so an image with several oversampled
     classes is counted once per class (its real repeat factor is the largest): exact for single-class images.
     """
     factors = _factors(oversample)
     _check_clean_keep(clean_keep)
-    path = storage.join(data, MANIFEST)
-    with tf.io.gfile.GFile(path, "r") as f:
-        shards = json.load(f)["shards"]
-    wanted = None if folds is None else {int(f) for f in folds}
-    chosen = [s for s in shards if wanted is None or s["fold"] in wanted]
-    missing = (wanted or set()) - {s["fold"] for s in shards}
-    if missing or not chosen:
-        raise ValueError(f"{path}: no shards for fold(s) {sorted(missing) or folds}")
+    chosen = folder.entries_of(folds)
     records = sum(s["records"] for s in chosen)
     class_counts = np.sum([s["class_counts"] for s in chosen], axis=0)
     defects = min(records, int(class_counts.sum()))
@@ -121,19 +96,22 @@ def eval_dataset(*, files, image_size, batch_size, full_res_masks=True):
 def predict_dataset(*, source, image_size, batch_size):
     """Padded batches of {"image" uint8 [B,h,w,3], "image_id" string, "valid" bool}, in a fixed order.
 
-    `source`: a folder (local or gs://) of test-*.tfrec shards or else of .jpg files, or a list of JPEG paths
-    (ids are then the file names), or a list of .tfrec shard paths (read in that order).
+    `source`: a folder (local or gs://) of test shards (the ones its manifest lists, sizes checked) or else of .jpg
+    files, or a list of JPEG paths (ids are then the file names), or a list of .tfrec shard paths (read in that
+    order).
     """
     size = check_image_size(image_size)
     if isinstance(source, (list, tuple)):
         listed = [str(p) for p in source]
         shards = listed if listed and all(p.endswith(".tfrec") for p in listed) else []
         paths = [] if shards else listed
+    elif holds_shards(source):
+        shards, paths = ShardFolder.open(source, split="test").check().files(), []
     else:
-        shards = sorted(tf.io.gfile.glob(storage.join(source, "test-*-of-*.tfrec")))
-        paths = [] if shards else sorted(tf.io.gfile.glob(storage.join(source, "*.jpg")))
-        if not shards and not paths:
-            raise FileNotFoundError(f"{source}: no test-*.tfrec shards and no .jpg files")
+        # A literal listing, filtered by name: the user's folder is never a glob pattern.
+        paths = sorted(storage.join(source, n) for n in storage.list_files(source) if n.endswith(".jpg"))
+        if not paths:
+            raise FileNotFoundError(f"{source}: no test shards and no .jpg files")
     if shards:
         ds = tf.data.TFRecordDataset(shards, buffer_size=_READ_BUFFER)
         ds = ds.map(lambda record: _parse_predict(record, size), num_parallel_calls=AUTOTUNE)

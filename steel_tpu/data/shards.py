@@ -2,7 +2,9 @@
 
 import hashlib
 import json
+import math
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -14,13 +16,13 @@ from tqdm import tqdm
 from steel_tpu import kaggle, rle, storage
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.data import example, tfrecord
-from steel_tpu.data.example import MANIFEST
 from steel_tpu.data.folds import assign_folds
+from steel_tpu.data.shard_folder import (MANIFEST, MAX_SHARDS, PLAN, fold_totals, parse_shard_name, shard_name,
+                                         totals)
 from steel_tpu.data.source import SourceError, scan
 
-PLAN = "_plan.json"  # the plan's digest + shards finished so far; exists only while a build is unfinished
-SHARD_GLOB = {"train": "train-f*-*-of-*.tfrec", "test": "test-*-of-*.tfrec"}
-_TEMP_GLOB = ".tmp-*"  # storage.atomic_write's local temp files, left behind only by a killed writer
+# storage.atomic_write's local temp file for NAME, left behind only by a killed writer (mkstemp's 8 characters).
+_TEMP = re.compile(r"\.tmp-[a-z0-9_]{8}-(.+)")
 _MB = 1_000_000
 
 
@@ -50,12 +52,6 @@ class Summary:
                 f"{rate}, {self.skipped} skipped -> {self.out}")
 
 
-def shard_name(*, split, fold, index, count):
-    if split == "train":
-        return f"train-f{fold}-{index:05d}-of-{count:05d}.tfrec"
-    return f"test-{index:05d}-of-{count:05d}.tfrec"
-
-
 def plan_shards(source, *, folds, seed, shard_mb):
     """The shards of a scanned source, a pure function of (source, folds, seed, shard_mb) so a re-run agrees.
 
@@ -71,9 +67,17 @@ def plan_shards(source, *, folds, seed, shard_mb):
                   for f, ids in groups.items()}
     else:
         groups = {-1: sorted(source.paths)}
+    wanted = {f: sum(source.sizes[i] for i in ids) / (shard_mb * _MB) for f, ids in groups.items()}  # may be inf
+    # Bounds before anything is allocated: a tiny shard_mb once planned a million shards a fold and ran out of memory.
+    absurd = [f for f, n in wanted.items() if n >= min(max(len(groups[f]), 1), MAX_SHARDS) + 0.5]
+    if absurd:
+        smallest = max(sum(source.sizes[i] for i in ids) / len(ids) for ids in groups.values() if ids) / _MB
+        raise ValueError(f"shard_mb={shard_mb:g} would plan {wanted[absurd[0]]:.3g} shards for "
+                         f"{len(groups[absurd[0]])} images (a shard holds at least one image, a fold at most "
+                         f"{MAX_SHARDS} shards): use --shard-mb {smallest:.3g} or more")
     specs = []
     for fold, ids in groups.items():
-        count = max(1, round(sum(source.sizes[i] for i in ids) / (shard_mb * _MB)))
+        count = max(1, round(wanted[fold]))
         for index, chunk in enumerate(np.array_split(np.array(ids, dtype=object), count)):
             name = shard_name(split=source.split, fold=fold, index=index, count=count)
             specs.append(ShardSpec(name=name, fold=fold, image_ids=tuple(chunk)))
@@ -87,22 +91,27 @@ def build_shards(*, data, out, folds=5, seed=0, shard_mb=100.0, split="train", w
     `_after_shard(n_written)` is a test hook run after each finished shard (to interrupt a build).
     """
     start = time.perf_counter()
-    if shard_mb <= 0 or (split == "train" and folds < 2):
-        raise ValueError(f"need shard_mb > 0 and folds >= 2, got shard_mb={shard_mb}, folds={folds}")
+    if not (math.isfinite(shard_mb) and shard_mb > 0) or (split == "train" and folds < 2):
+        raise ValueError(f"need a finite shard_mb > 0 and folds >= 2, got shard_mb={shard_mb}, folds={folds}")
     workers = workers or os.cpu_count()
     source = scan(data, split=split, workers=workers, skip_bad=skip_bad)
     specs = plan_shards(source, folds=folds, seed=seed, shard_mb=shard_mb)
     plan_sha256 = _plan_digest(source, specs, folds=folds, seed=seed, shard_mb=shard_mb)
+    found = storage.list_files(out)
+    docs = _claim(out, found, split=split, overwrite=overwrite)  # refuses foreign files before any write
+    previous = {} if overwrite else _previous(docs, plan_sha256)
+    planned = {s.name for s in specs}
+    # Every shard name this build may write or delete, recorded first: a killed run's files stay provably ours.
+    plan = {"plan_sha256": plan_sha256, "names": sorted(planned | _recorded(docs)), "shards": []}
     storage.makedirs(out)
-    previous = {} if overwrite else _previous(out, plan_sha256, split=split)
     # The plan goes down before anything is removed or written, so an interruption from here on can resume.
-    _write_json(storage.join(out, PLAN), {"plan_sha256": plan_sha256, "shards": list(previous.values())})
+    _write_json(storage.join(out, PLAN), {**plan, "shards": list(previous.values())})
     storage.remove(storage.join(out, MANIFEST))
-    _remove_stale(out, split=split, keep=set() if overwrite else {s.name for s in specs})
+    _remove_stale(out, found, owned=_recorded(docs), keep=set() if overwrite else planned)
     done = {s.name: previous[s.name] for s in specs
             if s.name in previous and _intact(storage.join(out, s.name), previous[s.name])}
     todo = [s for s in specs if s.name not in done]
-    _write_all(todo, done, source=source, out=out, plan_sha256=plan_sha256, workers=workers, progress=progress,
+    _write_all(todo, done, source=source, out=out, plan=plan, workers=workers, progress=progress,
                after_shard=_after_shard)
     manifest = _manifest(source, specs, done, data=data, folds=folds, seed=seed, shard_mb=shard_mb,
                          plan_sha256=plan_sha256)
@@ -113,7 +122,7 @@ def build_shards(*, data, out, folds=5, seed=0, shard_mb=100.0, split="train", w
                    skipped=len(source.skipped), seconds=time.perf_counter() - start)
 
 
-def _write_all(todo, done, *, source, out, plan_sha256, workers, progress, after_shard):
+def _write_all(todo, done, *, source, out, plan, workers, progress, after_shard):
     """Write the shards of `todo` in parallel, one writer per shard, recording each in the plan file as it lands."""
     bar = tqdm(total=sum(len(s.image_ids) for s in todo), unit="img", disable=not progress, desc="shards")
     lock = threading.Lock()
@@ -130,7 +139,7 @@ def _write_all(todo, done, *, source, out, plan_sha256, workers, progress, after
         for future in as_completed(futures):
             stats = future.result()
             done[stats["name"]] = stats
-            _write_json(storage.join(out, PLAN), {"plan_sha256": plan_sha256, "shards": list(done.values())})
+            _write_json(storage.join(out, PLAN), {**plan, "shards": list(done.values())})
             if after_shard:
                 after_shard(len(done))
     finally:
@@ -184,35 +193,74 @@ def _plan_digest(source, specs, *, folds, seed, shard_mb):
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def _previous(out, plan_sha256, *, split):
+def _claim(out, found, *, split, overwrite):
+    """{MANIFEST/PLAN: doc} of a previous build in `out`; refuses a folder holding files this builder did not write.
+
+    `found` is one literal listing of `out` ({name: size}): no character of the user's path is ever a pattern.
+    """
+    docs, foreign = {}, []
+    for name in (MANIFEST, PLAN):
+        if name in found:
+            doc = _builder_doc(storage.join(out, name))
+            if doc is None:
+                foreign.append(f"{name} (not one this builder wrote)")
+            else:
+                docs[name] = doc
+    own = _recorded(docs) | {MANIFEST, PLAN}
+    foreign += [n for n in sorted(found) if n not in own and not _temp_of(n, own)]
+    if foreign:
+        shown = ", ".join(foreign[:10]) + (f" and {len(foreign) - 10} more" if len(foreign) > 10 else "")
+        raise SourceError(f"{out}: holds {len(foreign)} file(s) this shard builder did not write: {shown}; "
+                          "nothing was changed: give an empty or new --out (--overwrite replaces only its own files)")
+    other = docs.get(MANIFEST, {}).get("split")
+    if other not in (None, split) and not overwrite:
+        raise SourceError(f"{storage.join(out, MANIFEST)}: {out} holds {other} shards; use another --out or --overwrite")
+    return docs
+
+
+def _builder_doc(path):
+    """A manifest or plan this builder wrote (a dict whose shard names are all shard names), else None."""
+    try:
+        doc = json.loads(storage.read_text(path))
+        names = [e["name"] for e in doc["shards"]] + list(doc.get("names", []))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return doc if all(isinstance(n, str) and parse_shard_name(n) for n in names) else None
+
+
+def _recorded(docs):
+    """Shard names a previous build recorded as its own: the shards of its manifest or plan, and what it planned."""
+    return {n for doc in docs.values() for n in [e["name"] for e in doc["shards"]] + doc.get("names", [])}
+
+
+def _temp_of(name, own):
+    m = _TEMP.fullmatch(name)
+    return bool(m) and m[1] in own
+
+
+def _previous(docs, plan_sha256):
     """Manifest entries of shards a previous build of the same plan finished: {name: entry}."""
-    manifest_path = storage.join(out, MANIFEST)
-    if storage.exists(manifest_path):
-        other = json.loads(storage.read_text(manifest_path)).get("split")
-        if other != split:
-            raise SourceError(f"{manifest_path}: {out} holds {other} shards; use another --out or --overwrite")
-    for path in (storage.join(out, PLAN), manifest_path):
-        if storage.exists(path):
-            doc = json.loads(storage.read_text(path))
-            if doc.get("plan_sha256") == plan_sha256:
-                return {s["name"]: s for s in doc["shards"]}
+    for name in (PLAN, MANIFEST):
+        if docs.get(name, {}).get("plan_sha256") == plan_sha256:
+            return {s["name"]: s for s in docs[name]["shards"]}
     return {}
 
 
-def _remove_stale(out, *, split, keep):
-    """Remove this split's shard files outside the plan and temp files of a killed writer."""
-    for path in storage.glob(storage.join(out, SHARD_GLOB[split])) + storage.glob(storage.join(out, _TEMP_GLOB)):
-        if os.path.basename(path) not in keep:
-            storage.remove(path)
+def _remove_stale(out, found, *, owned, keep):
+    """Remove, by exact name, shards a previous build recorded that this plan does not keep, and temp files of a
+    killed writer of ours."""
+    for name in found:
+        if (name in owned and name not in keep) or _temp_of(name, owned | {MANIFEST, PLAN}):
+            storage.remove(storage.join(out, name))
 
 
 def _intact(path, entry):
     if not storage.exists(path) or storage.size(path) != entry["bytes"]:
         return False
-    return file_sha256(path) == entry["sha256"]
+    return _file_sha256(path) == entry["sha256"]
 
 
-def file_sha256(path, *, chunk=1 << 20):
+def _file_sha256(path, *, chunk=1 << 20):
     digest = hashlib.sha256()
     with storage.open(path, "rb") as f:
         while block := f.read(chunk):
@@ -240,19 +288,4 @@ def _manifest(source, specs, done, *, data, folds, seed, shard_mb, plan_sha256):
         "fold_totals": [fold_totals(shards, f) for f in fold_ids],
         "shards": shards,
         "skipped": [{"image_id": i, "reason": reason} for i, reason in source.skipped],
-    }
-
-
-def fold_totals(entries, fold):
-    """One fold's shard count and totals, from the manifest entries of all shards."""
-    mine = [e for e in entries if e["fold"] == fold]
-    return {"fold": fold, "shards": len(mine), **totals(mine)}
-
-
-def totals(entries):
-    """Records, per-class positive counts and bytes summed over manifest entries."""
-    return {
-        "records": sum(e["records"] for e in entries),
-        "class_counts": [sum(e["class_counts"][c] for e in entries) for c in range(NUM_CLASSES)],
-        "bytes": sum(e["bytes"] for e in entries),
     }

@@ -1,22 +1,16 @@
 """Re-read a shard folder and check it against its manifest and, given the source, image by image."""
 
 import hashlib
-import json
 import os
-import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
-
 from steel_tpu import kaggle, rle, storage
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
-from steel_tpu.data import example, tfrecord
-from steel_tpu.data.shards import MANIFEST, PLAN, SHARD_GLOB, fold_totals, totals
+from steel_tpu.data import example
+from steel_tpu.data.shard_folder import (MANIFEST, ShardFolderError, join_problems, manifest_problems,
+                                         parse_shard_name, read_manifest, records_in)
 from steel_tpu.data.source import locate
-
-_SHOWN = 20  # problems spelled out in the error; the rest are counted
-
 
 class VerifyError(ValueError):
     """Shards that do not match their manifest or their source; the message names each shard and image."""
@@ -43,19 +37,22 @@ class _Expected:
     rles: dict[str, tuple[str, ...]]
 
 
-def verify(out, *, data=None, workers=None):
+def verify(shards, *, data=None, workers=None):
     """Check every shard's bytes, sha256, records and class counts; with `data`, every image and mask too."""
-    manifest = _load_manifest(out)
+    try:
+        _, manifest = read_manifest(shards)
+    except (ShardFolderError, FileNotFoundError) as e:
+        raise VerifyError(str(e)) from None
     entries = manifest["shards"]
-    on_disk = {posixpath.basename(p) for p in storage.glob(storage.join(out, SHARD_GLOB[manifest["split"]]))}
+    on_disk = {n for n in storage.list_files(shards) if parse_shard_name(n)}
     listed = {e["name"] for e in entries}
-    problems = [f"{n}: in {MANIFEST} but not in {out}" for n in sorted(listed - on_disk)]
+    problems = [f"{MANIFEST}: {p}" for p in manifest_problems(manifest)]
+    problems += [f"{n}: in {MANIFEST} but not in {shards}" for n in sorted(listed - on_disk)]
     problems += [f"{n}: a shard file that {MANIFEST} does not list" for n in sorted(on_disk - listed)]
-    problems += _check_totals(manifest)
     expected = _expected(data, manifest) if data is not None else None
     present = [e for e in entries if e["name"] in on_disk]
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        results = list(pool.map(lambda e: _check_shard(out, e, expected), present))
+        results = list(pool.map(lambda e: _check_shard(shards, e, expected), present))
     seen = {}
     for entry, (ids, shard_problems) in zip(present, results):
         problems += shard_problems
@@ -66,43 +63,9 @@ def verify(out, *, data=None, workers=None):
     if expected is not None:
         problems += [f"{i}: an image of {data} in no shard" for i in sorted(set(expected.paths) - set(seen))]
     if problems:
-        more = f"; and {len(problems) - _SHOWN} more" if len(problems) > _SHOWN else ""
-        shown = "; ".join(problems[:_SHOWN]) + more
-        raise VerifyError(f"{out}: {len(problems)} problem(s): {shown}")
-    return Report(out=str(out), shards=len(entries), records=manifest["records"], bytes=manifest["bytes"],
+        raise VerifyError(f"{shards}: {join_problems(problems)}")
+    return Report(out=str(shards), shards=len(entries), records=manifest["records"], bytes=manifest["bytes"],
                   source=None if data is None else str(data))
-
-
-def _load_manifest(out):
-    path = storage.join(out, MANIFEST)
-    if not storage.exists(path):
-        unfinished = " (a build is unfinished: re-run the same shards command to resume)" if storage.exists(
-            storage.join(out, PLAN)) else ""
-        raise VerifyError(f"{path}: not found, not a finished shard folder{unfinished}")
-    manifest = json.loads(storage.read_text(path))
-    if manifest.get("schema_version") != example.SCHEMA_VERSION:
-        raise VerifyError(f"{path}: schema version {manifest.get('schema_version')}, this code reads "
-                          f"{example.SCHEMA_VERSION}")
-    return manifest
-
-
-def _check_totals(manifest):
-    """The manifest's own sums (totals, per fold) agree with its shard entries."""
-    problems = []
-    entries = manifest["shards"]
-    summed = totals(entries)
-    for key, value in summed.items():
-        if manifest[key] != value:
-            problems.append(f"{MANIFEST}: total {key} {manifest[key]} != {value} summed over its shards")
-    if manifest["split"] == "train":
-        for fold in range(manifest["folds"]):
-            mine = fold_totals(entries, fold)
-            theirs = next((t for t in manifest["fold_totals"] if t["fold"] == fold), None)
-            if mine["shards"] == 0:
-                problems.append(f"{MANIFEST}: fold {fold} has no shard")
-            if theirs != mine:
-                problems.append(f"{MANIFEST}: fold {fold} totals {theirs} != {mine} summed over its shards")
-    return problems
 
 
 def _expected(data, manifest):
@@ -128,20 +91,19 @@ class _HashingReader:
         return block
 
 
-def _check_shard(out, entry, expected):
+def _check_shard(shards, entry, expected):
     """(image ids in record order, problems) of one shard against its manifest entry and the source."""
     name, ids, problems, class_counts = entry["name"], [], [], [0] * NUM_CLASSES
-    with storage.open(storage.join(out, name), "rb") as raw:
+    with storage.open(storage.join(shards, name), "rb") as raw:
         reader = _HashingReader(raw)
         try:
-            for index, serialized in enumerate(tfrecord.read_records(reader)):
-                record = example.parse_numpy(serialized)
+            for index, record in enumerate(records_in(reader, name)):
                 ids.append(record[example.IMAGE_ID])
                 where = f"{name} record {index} ({record[example.IMAGE_ID]})"
                 problems += _check_record(record, where, fold=entry["fold"], expected=expected)
                 class_counts = [n + bool(p) for n, p in zip(class_counts, record[example.PRESENT])]
-        except (tfrecord.TFRecordError, DecodeError) as e:
-            problems.append(f"{name}: {e}")
+        except ShardFolderError as e:
+            problems.append(str(e))
         while reader.read(1 << 20):  # after a broken record: hash the rest, so the checksum is checked too
             pass
     found = {"records": len(ids), "class_counts": class_counts, "bytes": reader.bytes,
