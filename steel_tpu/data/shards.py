@@ -97,6 +97,8 @@ def build_shards(*, data, out, folds=5, seed=0, shard_mb=100.0, split="train", w
     source = scan(data, split=split, workers=workers, skip_bad=skip_bad)
     specs = plan_shards(source, folds=folds, seed=seed, shard_mb=shard_mb)
     plan_sha256 = _plan_digest(source, specs, folds=folds, seed=seed, shard_mb=shard_mb)
+    if storage.exists(out) and not storage.isdir(out):
+        raise SourceError(f"{out}: a file, not a folder; --out must be a folder")
     found = storage.list_files(out)
     docs = _claim(out, found, split=split, overwrite=overwrite)  # refuses foreign files before any write
     previous = {} if overwrite else _previous(docs, plan_sha256)
