@@ -265,7 +265,7 @@ def test_other_split_in_the_same_folder_is_refused(source, built):
 _KILLABLE = """
 import sys, time
 from steel_tpu.data.shards import build_shards
-build_shards(data=sys.argv[1], out=sys.argv[2], folds=5, shard_mb=0.05, workers=1, progress=False,
+build_shards(data=sys.argv[1], out=sys.argv[2], folds=5, shard_mb=0.1, workers=1, progress=False,
              _after_shard=lambda n: time.sleep(0.3))
 """
 
@@ -285,7 +285,7 @@ def test_resume_after_the_writer_is_killed(source, built, tmp_path):
     proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL and not os.path.exists(os.path.join(out, MANIFEST))
     done = len(json.load(open(plan))["shards"])
-    summary = build_shards(data=source, out=out, folds=K, shard_mb=0.05, progress=False)
+    summary = build_shards(data=source, out=out, folds=K, shard_mb=0.1, progress=False)
     assert summary.kept >= done >= 4 and summary.images == N_TRAIN
     assert not [n for n in os.listdir(out) if n.startswith(".tmp-")]
     verify(out, data=source)  # also: every image in exactly one shard

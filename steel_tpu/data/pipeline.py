@@ -109,7 +109,7 @@ def predict_dataset(*, source, image_size, batch_size):
         shards, paths = ShardFolder.open(source, split="test").check().files(), []
     else:
         # A literal listing, filtered by name: the user's folder is never a glob pattern.
-        paths = sorted(storage.join(source, n) for n in storage.list_files(source) if n.endswith(".jpg"))
+        shards, paths = [], sorted(storage.join(source, n) for n in storage.list_files(source) if n.endswith(".jpg"))
         if not paths:
             raise FileNotFoundError(f"{source}: no test shards and no .jpg files")
     if shards:
