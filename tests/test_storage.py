@@ -109,6 +109,19 @@ def test_glob_gives_sorted_full_paths(root):
     assert storage.glob(storage.join(root, "nowhere", "*")) == []
 
 
+def test_list_files_and_remove_take_paths_literally(root):
+    _tree(root, ["a*b/x.txt", "aXb/x.txt", "aXb/y.txt", "a[1]/x.txt", "a1/x.txt", "aXb/sub/z.txt"])
+    assert storage.list_files(storage.join(root, "a*b")) == {"x.txt": len("a*b/x.txt")}
+    assert storage.list_files(storage.join(root, "aXb")) == {"x.txt": 9, "y.txt": 9}  # files only, one level
+    assert storage.list_files(storage.join(root, "nowhere")) == {}
+    storage.remove(storage.join(root, "a*b", "x.txt"))
+    storage.remove(storage.join(root, "a[1]", "x.txt"))
+    storage.remove(storage.join(root, "a?", "x.txt"))  # no such file: nothing happens, nothing else matches
+    assert storage.list_files(storage.join(root, "a*b")) == {} and storage.list_files(storage.join(root, "a[1]")) == {}
+    assert sorted(storage.list_files(storage.join(root, "aXb"))) == ["x.txt", "y.txt"]
+    assert storage.read_text(storage.join(root, "a1", "x.txt")) == "a1/x.txt"
+
+
 def test_remove_deletes_a_file_and_ignores_a_missing_one(root):
     _tree(root, ["r/keep.txt", "r/gone.txt"])
     storage.remove(storage.join(root, "r", "gone.txt"))
