@@ -51,7 +51,7 @@ def test_help_without_tensorflow(command):
 
 def test_evaluate_and_synth_run_without_tensorflow(tmp_path):
     data = str(tmp_path / "synth")
-    _without_tensorflow(_cli("synth", data, "--train", "2", "--test", "3", "--seed", "1"))
+    _without_tensorflow(f"from steel_tpu.synth import synthesize; synthesize({data!r}, n_train=2, n_test=3, seed=1)")
     truth = f"{data}/test_truth.csv"
     out = _without_tensorflow(_cli("evaluate", "--pred", truth, "--truth", truth, "--images", f"{data}/test_images"))
     assert "dice 1.0000" in out and "n=3 images" in out
