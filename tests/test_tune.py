@@ -99,9 +99,13 @@ def test_tune_writes_thresholds_and_plots(tuned):
     assert tune.load_postprocess(os.path.join(work, tune.THRESHOLDS)) == postprocess.PostProcess.from_dict(result)
 
 
-def test_plot_data_holds_the_search_at_the_chosen_settings(tuned):
-    work, result = tuned
+@pytest.mark.parametrize("classifier", ["binary", "multilabel", None])
+def test_plot_data_holds_the_search_at_the_chosen_settings(tmp_path, classifier):
+    work = str(tmp_path)
+    _write_workdir(work, n=12, seed=2, classifier=classifier)
+    result = tune.tune(workdir=work, plots=False)
     data = tune.load_plot_data(os.path.join(work, tune.PLOTS))
+    assert str(data["gate_head"]) == (classifier or "none")
     g, k, a = data["chosen"]
     assert [data["pixel_grid"][i] for i in k] == result["pixel_threshold"]
     assert [data["area_grid"][i] for i in a] == result["min_area"]
