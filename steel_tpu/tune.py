@@ -200,6 +200,7 @@ def plot_data(stats, tables, chosen, *, kind, gates, pixel_grid=PIXEL_GRID, area
 
 
 def save_plot_data(folder, data):
+    """Write plot_data's arrays to `folder`/PLOT_DATA (compressed npz, atomic; local or gs://)."""
     buf = io.BytesIO()
     np.savez_compressed(buf, **data)
     storage.write_bytes(storage.join(folder, PLOT_DATA), buf.getvalue())
