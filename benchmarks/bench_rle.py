@@ -5,7 +5,6 @@ import os
 import time
 
 import numpy as np
-import tensorflow as tf
 
 from steel_tpu import rle
 from steel_tpu.constants import HEIGHT, WIDTH
@@ -27,11 +26,6 @@ def severstal_like(count, rng):
     return masks
 
 
-def noisy(count, rng):
-    """Salt-and-pepper masks (a badly thresholded prediction): the decoders' worst case, many tiny runs."""
-    return (rng.random((count, HEIGHT, WIDTH)) < 0.3).astype(np.uint8)
-
-
 def seed_decode(text):
     tokens = text.split()
     starts, lengths = np.asarray(tokens[0::2], dtype=int), np.asarray(tokens[1::2], dtype=int)
@@ -49,17 +43,6 @@ def seed_encode(mask):
     return " ".join(str(x) for x in runs)
 
 
-def plain_tf_decode(text):
-    """The straightforward in-graph decoder: scatter +1/-1 at run edges, cumsum over every pixel, transpose."""
-    values = tf.reshape(tf.strings.to_number(tf.strings.split(text), out_type=tf.int32), [-1, 2])
-    starts = values[:, 0] - 1
-    edges = tf.concat([starts, starts + values[:, 1]], axis=0)
-    signs = tf.concat([tf.ones_like(starts), -tf.ones_like(starts)], axis=0)
-    delta = tf.math.unsorted_segment_sum(signs, edges, num_segments=HEIGHT * WIDTH + 1)
-    flat = tf.cast(tf.math.cumsum(delta)[:-1], tf.uint8)
-    return tf.transpose(tf.reshape(flat, [WIDTH, HEIGHT]))
-
-
 def streamed(fn, items):
     """A pass calling fn on each item and dropping the result, as a streaming caller does."""
 
@@ -68,16 +51,6 @@ def streamed(fn, items):
             fn(item)
 
     return run
-
-
-def through_tf_data(decoder, texts):
-    """A pass through Dataset.map(decoder), checked against the seed decoder first."""
-    dataset = tf.data.Dataset.from_tensor_slices(texts).map(decoder)
-    for text, decoded in zip(texts[:8], dataset):
-        expected = np.stack([seed_decode(t) for t in np.atleast_1d(text)], axis=-1).reshape(decoded.shape)
-        np.testing.assert_array_equal(decoded.numpy(), expected)
-    batched = dataset.batch(16)
-    return lambda: [None for _ in batched]
 
 
 def race(reference, project, *, repeat):
@@ -107,7 +80,6 @@ def main():
     batches = [images[i : i + 16] for i in range(0, len(images), 16)]
     per_image = [[seed_encode(m[..., k]) for k in range(CLASSES)] for m in images]
     assert sum((rle.encode_batch(b) for b in batches), []) == per_image
-    dense_texts = [rle.encode(m) for m in noisy(32, rng)]
 
     runs = np.mean([len(t.split()) // 2 for t in texts])
     empty = np.mean([not t for t in texts])
@@ -124,30 +96,6 @@ def main():
             len(masks),
             streamed(lambda m: [seed_encode(m[..., k]) for k in range(CLASSES)], images),
             streamed(rle.encode_batch, batches),
-        ),
-        (
-            "tf_decode in tf.data vs plain TF cumsum",
-            len(texts),
-            through_tf_data(plain_tf_decode, texts),
-            through_tf_data(rle.tf_decode, texts),
-        ),
-        (
-            "  same, salt-and-pepper masks",
-            len(dense_texts),
-            through_tf_data(plain_tf_decode, dense_texts),
-            through_tf_data(rle.tf_decode, dense_texts),
-        ),
-        (
-            "tf_decode_classes [4] in tf.data vs plain x4",
-            len(texts),
-            through_tf_data(lambda s: tf.stack([plain_tf_decode(s[k]) for k in range(CLASSES)], -1), per_image),
-            through_tf_data(rle.tf_decode_classes, per_image),
-        ),
-        (
-            "tf_decode in tf.data vs seed numpy decode",
-            len(texts),
-            streamed(seed_decode, texts),
-            through_tf_data(rle.tf_decode, texts),
         ),
     ]
     for name, count, reference, project in rows:

@@ -51,11 +51,6 @@ def labels_from_masks(masks):
     return tf.cast(present, tf.float32)
 
 
-def any_defect(masks):
-    """float32 [B, 1]: 1 where any class is present (the binary classifier's target)."""
-    return tf.reduce_max(labels_from_masks(masks), axis=1, keepdims=True)
-
-
 def classifier_labels(masks, augmented_masks, *, config):
     """[B, C] classifier targets: from the augmented mask if config.label_from_crop, else the original."""
     # From the crop by default: a crop that misses every defect pixel is a clean image as far as the model

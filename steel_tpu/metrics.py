@@ -1,13 +1,15 @@
-"""The Kaggle score (mean Dice over image x class, empty/empty = 1), from masks or from RLE CSVs, and ROC AUC."""
+"""Scores: the Kaggle mean Dice (from masks or RLE CSVs), ROC AUC, and out-of-fold pixel and per-image summaries."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from steel_tpu import storage
+from steel_tpu import postprocess, storage
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.kaggle import EMPTY, CsvError, image_id_problem, read_labels
 from steel_tpu.rle import parse_runs
+
+_BATCH = 64  # images thresholded at once: bounds the bool copies to ~25 MB at oof_scale 4
 
 
 def _binary(name, array):
@@ -151,3 +153,82 @@ def roc_auc(labels, scores):
     mean_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based ranks; a tie group shares its mean rank
     ranks = mean_rank[inverse]
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+
+
+def pixel_confusion(probs, truth, thresholds):
+    """int64 [C, 2, 2] pixel counts indexed [truth, predicted] of uint8 maps at per-class pixel thresholds."""
+    counts = np.zeros((NUM_CLASSES, 2, 2), np.int64)
+    for i in range(0, len(probs), _BATCH):
+        pred, t = postprocess.binarize(probs[i:i + _BATCH], thresholds), truth[i:i + _BATCH]
+        tp = (pred & t).sum(axis=(0, 1, 2))
+        p, pos = pred.sum(axis=(0, 1, 2)), t.sum(axis=(0, 1, 2))
+        counts[:, 1, 1] += tp
+        counts[:, 0, 1] += p - tp
+        counts[:, 1, 0] += pos - tp
+        counts[:, 0, 0] += pred[..., 0].size - p - pos + tp
+    return counts
+
+
+def confusion_rates(counts):
+    """float64 [C, 6] from pixel_confusion counts: TP, FP, FN, TN shares of all pixels, precision, recall."""
+    (tn, fp), (fn, tp) = np.moveaxis(np.asarray(counts, np.float64), 0, -1)
+    total = tn + fp + fn + tp
+    return np.stack([tp / total, fp / total, fn / total, tn / total,
+                     tp / np.maximum(tp + fp, 1), tp / np.maximum(tp + fn, 1)], axis=1)
+
+
+def pick_examples(dice, has_defect, *, k):
+    """(best, worst) row indices by mean Dice over classes: worst of all images, best of those with a defect.
+
+    Clean images predicted clean all score 1.0, so "best" among them says nothing; defective images fill in
+    for the best only when too few exist. Ties keep the earlier row; no image is in both lists.
+    """
+    score = dice.mean(axis=1)
+    worst = np.argsort(score, kind="stable")[:k]
+    order = np.argsort(-score, kind="stable")
+    order = np.concatenate([order[has_defect[order]], order[~has_defect[order]]])
+    taken = set(worst.tolist())
+    best = [i for i in order if i not in taken][:k]
+    return np.asarray(best, np.int64), worst
+
+
+@dataclass
+class OofSummary:
+    """Segment folds' out-of-fold data reduced one fold at a time: per-image Dice, pixel confusion, example maps."""
+
+    thresholds: tuple  # per-class pixel thresholds of the confusion counts
+    k: int  # best and worst images kept
+    dice: dict = field(default_factory=dict)  # fold -> float32 [N, C]
+    counts: np.ndarray = field(default_factory=lambda: np.zeros((NUM_CLASSES, 2, 2), np.int64))
+    candidates: list = field(default_factory=list)  # dicts: fold, image_id, dice [C], has_defect, probs, truth
+
+    @property
+    def folds(self):
+        return sorted(self.dice)
+
+    def add_fold(self, fold, oof):
+        """Add one fold's segment oof arrays (image_ids, probs, truth, truth_area, dice); keeps only a few maps."""
+        self.dice[fold] = oof["dice"]
+        self.counts += pixel_confusion(oof["probs"], oof["truth"], self.thresholds)
+        has_defect = oof["truth_area"].sum(axis=1) > 0
+        # The global best/worst k are among each fold's best/worst k, so only those maps are kept.
+        best, worst = pick_examples(oof["dice"], has_defect, k=self.k)
+        for i in np.concatenate([best, worst]):
+            self.candidates.append(dict(fold=fold, image_id=str(oof["image_ids"][i]), dice=oof["dice"][i],
+                                        has_defect=bool(has_defect[i]), probs=oof["probs"][i].copy(),
+                                        truth=oof["truth"][i].copy()))  # copies free the fold's arrays
+
+    def per_class_dice(self):
+        """[(label, float [C] mean Dice)] per fold, plus all folds together when there are several."""
+        rows = [(f"fold {f} ({len(self.dice[f])} images)", self.dice[f].mean(axis=0)) for f in self.folds]
+        if len(rows) > 1:
+            everything = np.concatenate([self.dice[f] for f in self.folds])
+            rows.append((f"all ({len(everything)} images)", everything.mean(axis=0)))
+        return rows
+
+    def examples(self):
+        """[("best" | "worst", candidate)]: the k best (among images with a defect) and k worst over all folds."""
+        cands = self.candidates
+        best, worst = pick_examples(np.stack([c["dice"] for c in cands]),
+                                    np.array([c["has_defect"] for c in cands]), k=self.k)
+        return [("best", cands[i]) for i in best] + [("worst", cands[i]) for i in worst]

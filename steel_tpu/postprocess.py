@@ -7,7 +7,6 @@ out-of-fold predictions means the same thing when `predict` applies it.
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import tensorflow as tf
 
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
 
@@ -16,6 +15,7 @@ QUANT = 255.0  # probabilities travel as uint8: a quarter of the device-to-host 
 
 def to_full_resolution(probs, *, height=HEIGHT, width=WIDTH):
     """[B, h, w, C] probabilities -> [B, height, width, C] uint8 (p * 255, rounded), in the graph."""
+    import tensorflow as tf  # here, not at the top: tune and evaluate use this module without TensorFlow
     full = tf.image.resize(tf.cast(probs, tf.float32), (height, width), method="bilinear")
     return tf.cast(tf.round(tf.clip_by_value(full, 0.0, 1.0) * QUANT), tf.uint8)
 
@@ -36,6 +36,7 @@ def binarize(quantized, thresholds):
 
 def to_masks(quantized, thresholds):
     """In the graph: uint8 maps [B, H, W, C] -> (bool masks, int32 [B, C] pixel counts), the test of `binarize`."""
+    import tensorflow as tf  # see to_full_resolution
     masks = quantized > tf.constant(levels(thresholds), tf.uint8)
     return masks, tf.reduce_sum(tf.cast(masks, tf.int32), axis=[1, 2])
 

@@ -5,14 +5,13 @@ import html
 import io
 import json
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from steel_tpu import figures, postprocess, storage, tune, tune_plots
+from steel_tpu import figures, metrics, storage, tune, tune_plots
 from steel_tpu import workdir as workdir_lib
 from steel_tpu.constants import CLASS_IDS, NUM_CLASSES
 from steel_tpu.data import example
@@ -22,7 +21,6 @@ INDEX = "index.html"
 EXAMPLES_PER_SIDE = 4  # best and worst validation images shown
 CURVE_METRICS = {"classify": ("auc", "accuracy"), "segment": ("dice",)}
 _SEGMENT_KEYS = ("image_ids", "probs", "truth", "truth_area", "dice")
-_BATCH = 64  # images thresholded at once: bounds the bool copies to ~25 MB at oof_scale 4
 _TUNE_CAPTIONS = {  # tune_plots' files; circles mark the chosen settings
     "dice_vs_pixel_threshold.png": "OOF Dice per class against the pixel threshold, at the chosen min area and gate.",
     "dice_vs_min_area.png": "OOF Dice per class against the minimum mask area, at the chosen threshold and gate.",
@@ -118,60 +116,11 @@ def read_images(data, wanted):
     return images
 
 
-def pixel_confusion(probs, truth, thresholds):
-    """int64 [C, 2, 2] pixel counts indexed [truth, predicted] of uint8 maps at per-class pixel thresholds."""
-    counts = np.zeros((NUM_CLASSES, 2, 2), np.int64)
-    for i in range(0, len(probs), _BATCH):
-        pred, t = postprocess.binarize(probs[i:i + _BATCH], thresholds), truth[i:i + _BATCH]
-        tp = (pred & t).sum(axis=(0, 1, 2))
-        p, pos = pred.sum(axis=(0, 1, 2)), t.sum(axis=(0, 1, 2))
-        counts[:, 1, 1] += tp
-        counts[:, 0, 1] += p - tp
-        counts[:, 1, 0] += pos - tp
-        counts[:, 0, 0] += pred[..., 0].size - p - pos + tp
-    return counts
-
-
-def pick_examples(dice, has_defect, *, k):
-    """(best, worst) row indices by mean Dice over classes: worst of all images, best of those with a defect.
-
-    Clean images predicted clean all score 1.0, so "best" among them says nothing; defective images fill in
-    for the best only when too few exist. Ties keep the earlier row; no image is in both lists.
-    """
-    score = dice.mean(axis=1)
-    worst = np.argsort(score, kind="stable")[:k]
-    order = np.argsort(-score, kind="stable")
-    order = np.concatenate([order[has_defect[order]], order[~has_defect[order]]])
-    taken = set(worst.tolist())
-    best = [i for i in order if i not in taken][:k]
-    return np.asarray(best, np.int64), worst
-
-
-@dataclass
-class _SegmentSummary:
-    """What the report keeps of the completed segment folds' OOF files (the maps only for the chosen images)."""
-
-    folds: list
-    dice: dict  # fold -> float32 [N, C]
-    counts: np.ndarray  # int64 [C, 2, 2]
-    candidates: list  # dicts: fold, image_id, dice [C], has_defect, probs, truth
-
-
-def _scan_segment(work, folds, thresholds, *, k):
-    """One pass over each fold's oof.npz (one fold in memory at a time): Dice, confusion counts, example maps."""
-    summary = _SegmentSummary(folds=list(folds), dice={}, counts=np.zeros((NUM_CLASSES, 2, 2), np.int64),
-                              candidates=[])
+def _summarize_segment(work, folds, thresholds, *, k):
+    """One pass over each fold's oof.npz, one fold in memory at a time."""
+    summary = metrics.OofSummary(thresholds=thresholds, k=k)
     for fold in folds:
-        oof = _load_segment_oof(workdir_lib.fold_file(work, "segment", fold, "oof.npz"))
-        summary.dice[fold] = oof["dice"]
-        summary.counts += pixel_confusion(oof["probs"], oof["truth"], thresholds)
-        has_defect = oof["truth_area"].sum(axis=1) > 0
-        # The global best/worst k are among each fold's best/worst k, so only those maps are kept.
-        best, worst = pick_examples(oof["dice"], has_defect, k=k)
-        for i in np.concatenate([best, worst]):
-            summary.candidates.append(dict(fold=fold, image_id=str(oof["image_ids"][i]), dice=oof["dice"][i],
-                                           has_defect=bool(has_defect[i]), probs=oof["probs"][i].copy(),
-                                           truth=oof["truth"][i].copy()))  # copies free the fold's arrays
+        summary.add_fold(fold, _load_segment_oof(workdir_lib.fold_file(work, "segment", fold, "oof.npz")))
     return summary
 
 
@@ -206,11 +155,7 @@ def _dice_section(work, seg, cfg):
     if seg is None:
         section.note("segmenter: no completed segment folds (segment/fold*/done.json), so no OOF Dice.")
     else:
-        per_fold = [(f"fold {f} ({len(d)} images)", d.mean(axis=0)) for f, d in sorted(seg.dice.items())]
-        everything = np.concatenate(list(seg.dice.values()))
-        rows = per_fold
-        if len(per_fold) > 1:
-            rows = per_fold + [(f"all ({len(everything)} images)", everything.mean(axis=0))]
+        rows = seg.per_class_dice()
         section.figure("dice_per_class.png", figures.dice_bars(rows),
                        f"Segmenter out-of-fold Dice per class at the eval threshold "
                        f"{cfg.segment.train.eval_threshold:g} (full resolution, best epoch, no min area or gate).")
@@ -238,12 +183,8 @@ def _confusion_section(seg, thresholds, tuned):
     section.figure("confusion.png", figures.confusion_matrices(seg.counts, thresholds=thresholds),
                    f"Out-of-fold pixels of folds {seg.folds} (at OOF resolution), thresholded at {source}; "
                    "no min area or gate. Colour: share of the truth row.")
-    rows = []
-    for c in range(NUM_CLASSES):
-        (tn, fp), (fn, tp) = seg.counts[c].astype(np.float64)
-        total = tn + fp + fn + tp
-        rows.append([f"class {CLASS_IDS[c]}", thresholds[c], tp / total, fp / total, fn / total, tn / total,
-                     tp / max(tp + fp, 1), tp / max(tp + fn, 1)])
+    rows = [[f"class {CLASS_IDS[c]}", thresholds[c], *map(float, rates)]
+            for c, rates in enumerate(metrics.confusion_rates(seg.counts))]
     section.table(["", "pixel threshold", "TP rate", "FP rate", "FN rate", "TN rate", "precision", "recall"], rows)
     return section
 
@@ -266,35 +207,22 @@ def _tune_section(work, result):
     section.table(["", "pixel threshold", "min area (px)", "gate", "Dice at 0.5", "Dice tuned"],
                   [[f"class {CLASS_IDS[c]}", pp.pixel_threshold[c], pp.min_area[c], _gate_text(pp.gate, c),
                     before["per_class"][c], after["per_class"][c]] for c in range(NUM_CLASSES)])
-    plots = _tune_plots(work, result)
-    for name in tune_plots.FILES:
-        section.figure(f"tune_{name}", plots[name], _TUNE_CAPTIONS.get(name, name))
+    data = tune.load_plot_data(storage.join(work, tune.PLOTS))
+    if data is None:
+        section.note(f"No {tune.PLOTS}/{tune.PLOT_DATA} (tuned by an older version): run `steel-tpu tune --workdir "
+                     f"{work}` again for the tuning plots.")
+        return section
+    for name, png in tune_plots.draw(data).items():
+        section.figure(f"tune_{name}", png, _TUNE_CAPTIONS[name])
     return section
 
 
-def _tune_plots(work, result):
-    """tune's own PNGs from W/tune/ when all are there, else redrawn from the OOF data with tune's functions."""
-    saved = {name: storage.join(work, tune.PLOTS, name) for name in tune_plots.FILES}
-    if all(storage.exists(p) for p in saved.values()):
-        return {name: storage.read_bytes(p) for name, p in saved.items()}
-    grid = result["grid"]
-    stats = tune.collect(work)
-    tables, _, _ = tune.search_tables(stats, pixel_grid=grid["pixel_threshold"], area_grid=grid["min_area"],
-                                      gate_grid=grid["gate"])
-    with tempfile.TemporaryDirectory() as tmp:
-        tune_plots.write_all(tmp, stats=stats, tables=tables, chosen=result["postprocess"], result=result)
-        return {name: storage.read_bytes(os.path.join(tmp, name)) for name in tune_plots.FILES}
-
-
-def _examples_section(seg, data, *, k):
+def _examples_section(seg, data):
     section = Section("Best and worst validation images")
     if seg is None:
         section.note("No completed segment folds, so no OOF maps to show.")
         return section
-    cands = seg.candidates
-    best, worst = pick_examples(np.stack([c["dice"] for c in cands]), np.array([c["has_defect"] for c in cands]),
-                                k=k)
-    chosen = [("best", cands[i]) for i in best] + [("worst", cands[i]) for i in worst]
+    chosen = seg.examples()
     images = {}
     if data is not None:
         wanted = {}
@@ -303,11 +231,12 @@ def _examples_section(seg, data, *, k):
         images = read_images(data, wanted)
     examples = [dict(title=_example_title(kind, c), probs=c["probs"], truth=c["truth"],
                      image=images.get(c["image_id"])) for kind, c in chosen]
+    kinds = [kind for kind, _ in chosen]
     backdrop = "over the image" if data is not None else "alone (pass --data SHARDS to see the images under them)"
     section.figure("examples.png", figures.prediction_grid(examples),
-                   f"The {len(best)} best (among images with a defect) and {len(worst)} worst OOF images by mean "
-                   f"Dice over the 4 classes: probability maps (opacity rising from p = {figures.OVERLAY_FLOOR:g} "
-                   f"to 1) {backdrop}, truth outlined, one colour per class.")
+                   f"The {kinds.count('best')} best (among images with a defect) and {kinds.count('worst')} "
+                   f"worst OOF images by mean Dice over the 4 classes: probability maps (opacity rising from "
+                   f"p = {figures.OVERLAY_FLOOR:g} to 1) {backdrop}, truth outlined, one colour per class.")
     section.table(["", "image", "fold", *[f"class {c}" for c in CLASS_IDS], "mean"],
                   [[kind, c["image_id"], c["fold"], *map(float, c["dice"]), float(c["dice"].mean())]
                    for kind, c in chosen])
@@ -350,10 +279,10 @@ def report(*, workdir, out, data=None, examples=EXAMPLES_PER_SIDE):
     result = _load_thresholds(workdir)
     thresholds = result["postprocess"].pixel_threshold if result else (0.5,) * NUM_CLASSES
     folds = workdir_lib.completed_folds(workdir, "segment")
-    seg = _scan_segment(workdir, folds, thresholds, k=examples) if folds else None
+    seg = _summarize_segment(workdir, folds, thresholds, k=examples) if folds else None
     sections = [_curves_section(workdir), _dice_section(workdir, seg, cfg),
                 _confusion_section(seg, thresholds, result is not None), _tune_section(workdir, result),
-                _examples_section(seg, data, k=examples)]
+                _examples_section(seg, data)]
     for section in sections:
         for name, png in section.files.items():
             storage.write_bytes(storage.join(out, name), png)

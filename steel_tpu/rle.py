@@ -3,7 +3,6 @@
 import re
 
 import numpy as np
-import tensorflow as tf
 
 from steel_tpu.constants import HEIGHT, WIDTH
 
@@ -213,75 +212,3 @@ def _decimal_text(values):
     np.cumsum(keep.sum(axis=1), out=offsets[1:])
     return chars[keep].tobytes().decode("ascii"), offsets
 
-
-def tf_decode(rle, *, height=HEIGHT, width=WIDTH):
-    """In-graph decode of a scalar tf.string RLE to a uint8 [height, width] mask with a static shape.
-
-    Pure TensorFlow string and math ops, for the host side (tf.data, tf.function), not for XLA. The input is
-    trusted: the shard builder validated every string with parse_runs. Here a non-number or an odd token count
-    still raises, but run order and image bounds are not checked.
-    """
-    return tf_decode_classes(tf.reshape(rle, [1]), height=height, width=width)[:, :, 0]
-
-
-def tf_decode_classes(rles, *, height=HEIGHT, width=WIDTH):
-    """In-graph decode of [C] RLE strings (C static) to a uint8 [height, width, C] mask; see tf_decode."""
-    rles = tf.convert_to_tensor(rles, dtype=tf.string)
-    rles.shape.assert_has_rank(1)
-    num_classes = rles.shape[0]
-    if num_classes is None:
-        raise ValueError("tf_decode_classes needs a static number of RLE strings for a static output shape")
-    tokens = tf.strings.split(rles)
-    pairs = tf.reshape(tf.strings.to_number(tokens.flat_values, out_type=tf.int32), [-1, 2])
-    # An even token count per class keeps every start/length pair inside one class's row.
-    run_class = tf.cast(tokens.value_rowids()[0::2], tf.int32)
-    starts = pairs[:, 0] - 1
-    ends = starts + pairs[:, 1]
-    # Column-major runs are vertical strokes; cut at column borders they are (column, top, bottom) pieces.
-    first_column, last_column = starts // height, (ends - 1) // height
-    num_pieces = tf.reduce_sum(last_column - first_column + 1)
-    runs = (run_class, starts, ends)
-    shape = (num_classes, width, height)
-    # Painting costs pieces x height; a running sum costs every pixel, each several times dearer (TF's cumsum
-    # is slow on CPU). Paint Severstal-like masks (few pieces); sum noisy ones, whose pieces would cost more.
-    # benchmarks/bench_rle.py measures both kinds against a plain running-sum decoder.
-    painted = tf.cond(
-        num_pieces <= num_classes * width,
-        lambda: _paint_pieces(runs, tf.ragged.range(first_column, last_column + 1), shape),
-        lambda: _running_sum(runs, shape),
-    )
-    return tf.transpose(painted, [2, 1, 0])
-
-
-def _paint_pieces(runs, columns, shape):
-    """[C, W, H] uint8 from every run's per-column pieces, each painted by comparing row numbers."""
-    run_class, starts, ends = runs
-    num_classes, width, height = shape
-    run = columns.value_rowids()
-    column = columns.flat_values
-    top = tf.gather(starts, run) - column * height
-    bottom = tf.gather(ends, run) - column * height
-    rows = tf.range(height)
-    pieces = tf.cast((rows >= top[:, None]) & (rows < bottom[:, None]), tf.uint8)
-    # Runs never overlap, so the sum of a column's pieces is 0/1.
-    painted = tf.math.unsorted_segment_sum(
-        pieces, tf.gather(run_class, run) * width + column, num_segments=num_classes * width
-    )
-    return tf.reshape(painted, shape)
-
-
-def _running_sum(runs, shape):
-    """[C, W, H] uint8 from +1 at each run start and -1 one past its end, summed along the pixels."""
-    run_class, starts, ends = runs
-    num_classes, width, height = shape
-    pixels = width * height
-    offset = run_class * (pixels + 1)  # a slot past each class's last pixel takes the final run's -1
-    ones = tf.ones_like(starts, dtype=tf.int8)
-    # Touching runs put +1 and -1 in one slot; the sum cancels them.
-    delta = tf.math.unsorted_segment_sum(
-        tf.concat([ones, -ones], axis=0),
-        tf.concat([offset + starts, offset + ends], axis=0),
-        num_segments=num_classes * (pixels + 1),
-    )
-    summed = tf.math.cumsum(tf.reshape(delta, [num_classes, pixels + 1]), axis=1)[:, :pixels]
-    return tf.reshape(tf.cast(summed, tf.uint8), shape)

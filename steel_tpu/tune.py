@@ -6,6 +6,7 @@ sums; the grid search is then a few tensor products. Candidate settings are judg
 (levels, area_kept, gate_kept), and the reported Dice goes through PostProcess.keep, which `predict` uses.
 """
 
+import io
 import json
 from dataclasses import dataclass
 
@@ -16,6 +17,9 @@ from steel_tpu.constants import HEIGHT, NUM_CLASSES
 
 THRESHOLDS = "thresholds.json"
 PLOTS = "tune"
+PLOT_DATA = "plot_data.npz"  # under PLOTS: what tune's plots are drawn from, so report redraws them without a search
+_PLOT_KEYS = ("dice", "pixel_grid", "area_grid", "gate_grid", "chosen", "gate_head", "truth_area", "raw_area",
+              "submitted_area")
 PIXEL_GRID = tuple(float(t) for t in np.round(np.arange(0.30, 0.801, 0.05), 2))
 # Full-resolution pixels; the Severstal winners used 600/600/900/2000.
 AREA_GRID = (0, 100, 200, 300, 400, 600, 800, 1000, 1200, 1500, 2000, 2500, 3000, 4000, 5000, 7500, 10000)
@@ -181,8 +185,45 @@ def _summary(dice):
     return {"mean": float(dice.mean()), "per_class": [float(d) for d in dice.mean(axis=0)]}
 
 
+def plot_data(stats, tables, chosen, *, kind, gates, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID):
+    """The arrays tune's plots are drawn from (a few MB at most): mean Dice tables, grids, choices, mask areas."""
+    gate = chosen.gate * NUM_CLASSES if len(chosen.gate) == 1 else chosen.gate or (0.0,) * NUM_CLASSES
+    chosen_index = [[list(gates).index(g) for g in gate], [list(pixel_grid).index(t) for t in chosen.pixel_threshold],
+                    [list(area_grid).index(a) for a in chosen.min_area]]
+    pred, _ = stats.counts(np.asarray(chosen.pixel_threshold)[:, None])
+    raw = pred[:, :, 0] * stats.scale ** 2  # full-resolution areas before min area and gate
+    return {"dice": tables / len(stats.image_ids), "pixel_grid": np.asarray(pixel_grid, np.float64),
+            "area_grid": np.asarray(area_grid, np.int64), "gate_grid": np.asarray(gates, np.float64),
+            "chosen": np.asarray(chosen_index, np.int64), "gate_head": np.asarray(kind or "none"),
+            "truth_area": stats.truth_area, "raw_area": raw,
+            "submitted_area": raw * chosen.keep(raw, stats.class_probs)}
+
+
+def save_plot_data(folder, data):
+    """Write plot_data's arrays to `folder`/PLOT_DATA (compressed npz, atomic; local or gs://)."""
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **data)
+    storage.write_bytes(storage.join(folder, PLOT_DATA), buf.getvalue())
+
+
+def load_plot_data(folder):
+    """plot_data's arrays saved under `folder`, or None when tune (or a version before it wrote them) left none."""
+    path = storage.join(folder, PLOT_DATA)
+    if not storage.exists(path):
+        return None
+    with np.load(io.BytesIO(storage.read_bytes(path))) as npz:
+        data = {k: npz[k] for k in npz.files}
+    missing = [k for k in _PLOT_KEYS if k not in data]
+    if missing:
+        raise ValueError(f"{path}: not tune's plot data (missing {missing}); run `steel-tpu tune` again")
+    return data
+
+
 def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_grid=GATE_GRID, plots=True):
-    """Write `thresholds.json` (and plots under tune/) into `out` (default: the workdir); returns its content."""
+    """Write `thresholds.json` and tune/'s plot data (and PNGs with `plots`) into `out` (default: the workdir).
+
+    Returns the content of thresholds.json.
+    """
     out = out or workdir
     stats = collect(workdir)
     tables, kind, gates = search_tables(stats, pixel_grid=pixel_grid, area_grid=area_grid, gate_grid=gate_grid)
@@ -201,10 +242,12 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
         "grid": {"pixel_threshold": list(pixel_grid), "min_area": list(area_grid), "gate": list(gates)},
     }
     storage.write_text(storage.join(out, THRESHOLDS), json.dumps(result, indent=2) + "\n")
+    data = plot_data(stats, tables, chosen, kind=kind, gates=gates, pixel_grid=pixel_grid, area_grid=area_grid)
+    save_plot_data(storage.join(out, PLOTS), data)
     if plots:
         from steel_tpu import tune_plots  # matplotlib only when plotting
 
-        tune_plots.write_all(storage.join(out, PLOTS), stats=stats, tables=tables, chosen=chosen, result=result)
+        tune_plots.write_all(storage.join(out, PLOTS), data)
     print(f"tune: OOF dice {result['dice_before']['mean']:.4f} -> {result['dice_after']['mean']:.4f} on "
           f"{result['n_images']} images (folds {list(stats.folds)}); pixel {list(chosen.pixel_threshold)}, "
           f"min area {list(chosen.min_area)}, gate {list(chosen.gate) or 'none'} -> {storage.join(out, THRESHOLDS)}")

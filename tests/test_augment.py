@@ -8,7 +8,6 @@ from steel_tpu import distribute
 
 from steel_tpu.augment import (
     AugmentConfig,
-    any_defect,
     augment_batch,
     classifier_labels,
     eval_preprocess,
@@ -237,7 +236,7 @@ def test_labels_are_recomputed_from_the_crop(coordinates):
     assert True in seen and False in seen
 
 
-def test_labels_from_masks_and_any_defect():
+def test_labels_from_masks():
     masks = np.zeros((3, 32, 32, C), np.float32)
     masks[0, 5, 5, 1] = 0.6
     masks[1, 7, 9, 3] = 0.4  # below the 0.5 presence threshold
@@ -245,7 +244,6 @@ def test_labels_from_masks_and_any_defect():
     np.testing.assert_array_equal(
         labels_from_masks(masks).numpy(), [[0, 1, 0, 0], [0, 0, 0, 0], [1, 0, 1, 0]]
     )
-    np.testing.assert_array_equal(any_defect(masks).numpy(), [[1], [0], [1]])
     np.testing.assert_array_equal(labels_from_masks((masks > 0.5).astype(np.uint8)).numpy()[2], [1, 0, 1, 0])
 
 

@@ -1,4 +1,4 @@
-"""Dice from masks and from RLE CSVs agree; evaluate's image-set semantics; rank ROC AUC vs a pairwise count."""
+"""Dice from masks and from RLE CSVs agree; evaluate's image-set semantics; ROC AUC; OOF pixel and image summaries."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,9 @@ from hypothesis.extra import numpy as hnp
 
 from steel_tpu import rle, storage
 from steel_tpu.kaggle import EMPTY, CsvError, Labels, write_submission, write_train_csv
-from steel_tpu.metrics import Scores, dice_matrix, evaluate, read_image_set, roc_auc, score_labels
+from steel_tpu.constants import NUM_CLASSES
+from steel_tpu.metrics import (OofSummary, Scores, confusion_rates, dice_matrix, evaluate, pick_examples,
+                               pixel_confusion, read_image_set, roc_auc, score_labels)
 
 H, W = 32, 64
 
@@ -194,3 +196,66 @@ def test_evaluate_on_gcs(gcs_bucket, files):
     assert by_folder == Scores.from_dice([[1, 1, 1, 1], [1, 1, 0, 1], [1, 0, 1, 1], [1, 1, 1, 1]])
     by_list = evaluate(pred_path=pred, truth_path=truth, images=f"{gcs_bucket}/ids.txt", height=H, width=W)
     assert by_list == Scores.from_dice([[1, 1, 1, 1], [1, 1, 0, 1], [1, 0, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0]])
+
+
+def test_pixel_confusion_matches_direct_counting():
+    rng = np.random.default_rng(1)
+    q = rng.integers(0, 256, (70, 4, 6, NUM_CLASSES), dtype=np.uint8)  # 70 images: crosses a batch boundary
+    truth = rng.random(q.shape) < 0.3
+    thresholds = (0.3, 0.55, 0.5, 0.7)
+    counts = pixel_confusion(q, truth, thresholds)
+    for c, t in enumerate(thresholds):
+        pred = q[..., c].astype(np.float64) > t * 255
+        y = truth[..., c]
+        assert counts[c].tolist() == [[np.sum(~y & ~pred), np.sum(~y & pred)], [np.sum(y & ~pred), np.sum(y & pred)]]
+
+
+def test_confusion_rates_by_hand():
+    counts = np.zeros((NUM_CLASSES, 2, 2), np.int64)
+    counts[0] = counts[2] = counts[3] = [[5, 1], [2, 2]]  # [truth, predicted]: tn 5, fp 1, fn 2, tp 2
+    counts[1] = [[10, 0], [0, 0]]  # nothing predicted, nothing true: precision and recall 0, not NaN
+    rates = confusion_rates(counts)
+    np.testing.assert_allclose(rates[0], [0.2, 0.1, 0.2, 0.5, 2 / 3, 0.5])
+    np.testing.assert_allclose(rates[1], [0, 0, 0, 1, 0, 0])
+
+
+def test_pick_examples_worst_overall_best_among_defects():
+    dice = np.array([[1, 1, 1, 1], [0.2, 1, 1, 1], [0.9, 1, 1, 1], [0, 0, 1, 1], [0.5, 1, 1, 1]], np.float32)
+    has_defect = np.array([False, True, True, True, True])
+    best, worst = pick_examples(dice, has_defect, k=2)
+    assert worst.tolist() == [3, 1]
+    assert best.tolist() == [2, 4]  # image 0 scores higher but is clean
+    best, worst = pick_examples(dice, has_defect, k=3)
+    assert worst.tolist() == [3, 1, 4] and best.tolist() == [2, 0]  # defects run out; no image in both
+
+
+def _oof_fold(rng, fold, n):
+    truth = rng.random((n, 4, 8, NUM_CLASSES)) < 0.2
+    truth[: n // 3] = False  # some clean images
+    return {"image_ids": np.array([f"f{fold}_{i}.jpg" for i in range(n)]),
+            "probs": rng.integers(0, 256, truth.shape, dtype=np.uint8), "truth": truth,
+            "truth_area": truth.sum(axis=(1, 2)) * 64, "dice": rng.random((n, NUM_CLASSES)).astype(np.float32)}
+
+
+def test_oof_summary_one_fold_at_a_time_equals_all_folds_at_once():
+    rng = np.random.default_rng(4)
+    folds = {0: _oof_fold(rng, 0, 30), 3: _oof_fold(rng, 3, 17)}
+    thresholds = (0.4, 0.5, 0.6, 0.7)
+    summary = OofSummary(thresholds=thresholds, k=3)
+    for fold, oof in folds.items():
+        summary.add_fold(fold, oof)
+    joined = {key: np.concatenate([oof[key] for oof in folds.values()]) for key in folds[0]}
+    assert summary.folds == [0, 3]
+    np.testing.assert_array_equal(summary.counts, pixel_confusion(joined["probs"], joined["truth"], thresholds))
+    # Keeping each fold's best and worst k is enough to find the best and worst k over all folds.
+    best, worst = pick_examples(joined["dice"], joined["truth_area"].sum(axis=1) > 0, k=3)
+    chosen = summary.examples()
+    assert [(kind, c["image_id"]) for kind, c in chosen] == (
+        [("best", joined["image_ids"][i]) for i in best] + [("worst", joined["image_ids"][i]) for i in worst])
+    for _, c in chosen:
+        i = joined["image_ids"].tolist().index(c["image_id"])
+        np.testing.assert_array_equal(c["probs"], joined["probs"][i])
+        assert c["fold"] == int(c["image_id"][1])
+    labels, values = zip(*summary.per_class_dice())
+    assert labels == ("fold 0 (30 images)", "fold 3 (17 images)", "all (47 images)")
+    np.testing.assert_allclose(values[-1], joined["dice"].mean(axis=0), rtol=1e-6)

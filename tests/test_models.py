@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu.models import (build_classifier, build_model, build_segmenter, build_sm, build_unet, build_unetpp,
+from steel_tpu.models import (build_classifier, build_segmenter, build_sm, build_unet, build_unetpp,
                               set_batchnorm_momentum)
 from steel_tpu.models.encoders import EFFICIENTNET, STRIDES, build_encoder, encoder_names, resolve_weights
 from steel_tpu.models.sm import PREPROCESSING, SmPreprocess, import_sm, preprocessing_mode
@@ -34,14 +34,14 @@ def segmenters():
         "unetpp_ds": build_unetpp(
             encoder="efficientnetb0", input_shape=SHAPE, decoder_filters=TINY, deep_supervision=True
         ),
-        "unet": build_model(arch="unet", encoder="efficientnetb0", input_shape=SHAPE, decoder_filters=TINY),
+        "unet": build_segmenter(arch="unet", encoder="efficientnetb0", input_shape=SHAPE, decoder_filters=TINY),
     }
 
 
 @pytest.fixture(scope="module")
 def classifiers():
     return {
-        heads: build_model(arch="classifier", encoder="efficientnetb0", input_shape=SHAPE, heads=heads)
+        heads: build_classifier(encoder="efficientnetb0", input_shape=SHAPE, heads=heads)
         for heads in ("binary", "both")
     }
 
@@ -78,8 +78,8 @@ def test_builders_dispatch_by_arch(segmenters, classifiers):
     assert segmenters["unetpp"].name == "unetpp_efficientnetb0"
     assert segmenters["unet"].name == "unet_efficientnetb0"
     assert classifiers["both"].name == "classifier_efficientnetb0_both"
-    with pytest.raises(ValueError, match="arch must be one of"):
-        build_model(arch="deeplab", encoder="efficientnetb0", input_shape=SHAPE)
+    with pytest.raises(ValueError, match="segmenter arch must be one of"):
+        build_segmenter(arch="deeplab", encoder="efficientnetb0", input_shape=SHAPE)
     with pytest.raises(ValueError, match="segmenter arch"):
         build_segmenter(arch="classifier", encoder="efficientnetb0", input_shape=SHAPE)
 

@@ -104,28 +104,6 @@ def _check_pngs(folder, names):
             assert f.read(8) == PNG_MAGIC, name
 
 
-def test_pixel_confusion_matches_direct_counting():
-    rng = np.random.default_rng(1)
-    q = rng.integers(0, 256, (70, 4, 6, NUM_CLASSES), dtype=np.uint8)  # 70 images: crosses a batch boundary
-    truth = rng.random(q.shape) < 0.3
-    thresholds = (0.3, 0.55, 0.5, 0.7)
-    counts = report.pixel_confusion(q, truth, thresholds)
-    for c, t in enumerate(thresholds):
-        pred = q[..., c].astype(np.float64) > t * 255
-        y = truth[..., c]
-        assert counts[c].tolist() == [[np.sum(~y & ~pred), np.sum(~y & pred)], [np.sum(y & ~pred), np.sum(y & pred)]]
-
-
-def test_pick_examples_worst_overall_best_among_defects():
-    dice = np.array([[1, 1, 1, 1], [0.2, 1, 1, 1], [0.9, 1, 1, 1], [0, 0, 1, 1], [0.5, 1, 1, 1]], np.float32)
-    has_defect = np.array([False, True, True, True, True])
-    best, worst = report.pick_examples(dice, has_defect, k=2)
-    assert worst.tolist() == [3, 1]
-    assert best.tolist() == [2, 4]  # image 0 scores higher but is clean
-    best, worst = report.pick_examples(dice, has_defect, k=3)
-    assert worst.tolist() == [3, 1, 4] and best.tolist() == [2, 0]  # defects run out; no image in both
-
-
 def test_bad_log_line_is_named(tmp_path):
     path = str(tmp_path / "log.csv")
     storage.write_text(path, "epoch,loss\n0,0.5\n1,oops\n")
@@ -183,17 +161,24 @@ def test_report_with_tuned_thresholds_and_images(work, shard_dir, tmp_path):
             assert a.read() == b.read()
     assert f"{result['dice_after']['mean']:.4f} tuned" in page
     thresholds = postprocess.PostProcess.from_dict(result).pixel_threshold
-    counts = sum(report.pixel_confusion(o["probs"], o["truth"], thresholds) for o in (
+    counts = sum(metrics.pixel_confusion(o["probs"], o["truth"], thresholds) for o in (
         workdir.load_oof(workdir.fold_file(tuned, "segment", f, "oof.npz")) for f in OOF_FOLDS))
     tp_rate = counts[0, 1, 1] / counts[0].sum()
     assert f"<td>{tp_rate:.4g}</td>" in page
 
-    # Without tune's PNGs, the report redraws them from the OOF data with tune's own functions.
-    shutil.rmtree(os.path.join(tuned, tune.PLOTS))
+    # The report draws tune's figures from tune's plot data alone: without the PNGs they come out the same, and
+    # without the data (a workdir tuned before tune saved it) the section says to tune again, searching nothing.
+    for name in tune_plots.FILES:
+        os.remove(os.path.join(tuned, tune.PLOTS, name))
     again = str(tmp_path / "again")
     _, images = _referenced_pngs(report.report(workdir=tuned, out=again))
-    assert all(f"tune_{name}" in images for name in tune_plots.FILES)
-    _check_pngs(again, images)
+    for name in tune_plots.FILES:
+        with open(os.path.join(out, f"tune_{name}"), "rb") as a, open(os.path.join(again, f"tune_{name}"), "rb") as b:
+            assert a.read() == b.read()
+    os.remove(os.path.join(tuned, tune.PLOTS, tune.PLOT_DATA))
+    page, images = _referenced_pngs(report.report(workdir=tuned, out=str(tmp_path / "old")))
+    assert not any(name.startswith("tune_") for name in images)
+    assert f"No {tune.PLOTS}/{tune.PLOT_DATA} (tuned by an older version)" in page
 
 
 def test_sections_without_inputs_are_notes(tmp_path):

@@ -1,11 +1,9 @@
-"""Property tests of the RLE codec: numpy and TensorFlow decoders, single and batched encoders, validation."""
+"""Property tests of the RLE codec: the numpy decoder, single and batched encoders, validation."""
 
-import functools
 import re
 
 import numpy as np
 import pytest
-import tensorflow as tf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -13,7 +11,7 @@ from steel_tpu import rle
 
 SHAPES = [(256, 1600), (32, 64), (7, 5)]
 
-# A tf.function's first call (tracing) outlasts hypothesis' per-example deadline; sizes are kept modest instead.
+# Full-size 256x1600 masks on a shared machine outlast hypothesis' per-example deadline; sizes are kept modest instead.
 PROPERTY = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -120,24 +118,6 @@ def valid_rles(draw, shape, max_runs=50):
     return separators[0] + "".join(p + s for p, s in zip(parts, separators[1:]))
 
 
-# --- TF decoders: one tf.function per shape, reused by every example ---------------------------------------
-
-
-@functools.cache
-def tf_decoder(height, width):
-    return tf.function(
-        lambda s: rle.tf_decode(s, height=height, width=width), input_signature=[tf.TensorSpec([], tf.string)]
-    )
-
-
-@functools.cache
-def tf_class_decoder(height, width, classes):
-    return tf.function(
-        lambda s: rle.tf_decode_classes(s, height=height, width=width),
-        input_signature=[tf.TensorSpec([classes], tf.string)],
-    )
-
-
 # --- Round trips and oracles ------------------------------------------------------------------------------
 
 
@@ -157,16 +137,12 @@ def test_encode_matches_seed_and_decodes_back(shape, data):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @PROPERTY
 @given(data=st.data())
-def test_decode_then_encode_is_identity_and_tf_agrees(shape, data):
+def test_decode_then_encode_is_identity(shape, data):
     h, w = shape
     text = data.draw(canonical_rles(shape))
     decoded = rle.decode(text, height=h, width=w)
     np.testing.assert_array_equal(decoded, seed_decode(text, h, w))
     assert rle.encode(decoded) == text
-    eager = rle.tf_decode(tf.constant(text), height=h, width=w)
-    assert eager.dtype == tf.uint8
-    np.testing.assert_array_equal(eager.numpy(), decoded)
-    np.testing.assert_array_equal(tf_decoder(h, w)(tf.constant(text)).numpy(), decoded)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
@@ -177,86 +153,8 @@ def test_touching_runs_and_odd_whitespace_decode_like_the_seed(shape, data):
     text = data.draw(valid_rles(shape))
     decoded = rle.decode(text, height=h, width=w)
     np.testing.assert_array_equal(decoded, seed_decode(text, h, w))
-    np.testing.assert_array_equal(tf_decoder(h, w)(tf.constant(text)).numpy(), decoded)
     # encode merges touching runs, so one more round is stable.
     assert rle.encode(rle.decode(rle.encode(decoded), height=h, width=w)) == rle.encode(decoded)
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-@PROPERTY
-@given(data=st.data())
-def test_tf_decode_classes_matches_numpy(shape, data):
-    h, w = shape
-    texts = [data.draw(canonical_rles(shape, max_runs=50)) for _ in range(4)]
-    expected = np.stack([rle.decode(t, height=h, width=w) for t in texts], axis=-1)
-    np.testing.assert_array_equal(tf_class_decoder(h, w, 4)(tf.constant(texts)).numpy(), expected)
-
-
-def _fixed_masks(shape, count=12):
-    """Deterministic masks for the tf.data tests: empty, full, corners, blobs and dense noise."""
-    h, w = shape
-    rng = np.random.default_rng(7)
-    out = [np.zeros(shape, np.uint8), np.ones(shape, np.uint8)]
-    corners = np.zeros(shape, np.uint8)
-    corners[[0, 0, -1, -1], [0, -1, 0, -1]] = 1
-    out.append(corners)
-    while len(out) < count:
-        mask = np.zeros(shape, np.uint8)
-        for _ in range(rng.integers(0, 6)):
-            r, c = rng.integers(0, h), rng.integers(0, w)
-            mask[r : r + rng.integers(1, h + 1), c : c + rng.integers(1, w + 1)] = 1
-        out.append(mask | ((rng.random(shape) < 0.3) & (len(out) % 2 == 1)))
-    return np.stack(out)
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
-def test_tf_decoders_inside_dataset_map(shape):
-    h, w = shape
-    batch = _fixed_masks(shape)
-    texts = [rle.encode(m) for m in batch]
-    single = tf.data.Dataset.from_tensor_slices(texts).map(lambda s: rle.tf_decode(s, height=h, width=w))
-    assert single.element_spec.shape == (h, w)  # static, as the batching pipeline needs
-    np.testing.assert_array_equal(np.stack(list(single.as_numpy_iterator())), batch)
-
-    by_class = batch.reshape(3, 4, h, w).transpose(0, 2, 3, 1)
-    grouped = np.array(texts).reshape(3, 4)
-    classes = tf.data.Dataset.from_tensor_slices(grouped).map(
-        lambda s: rle.tf_decode_classes(s, height=h, width=w)
-    )
-    assert classes.element_spec.shape == (h, w, 4)
-    np.testing.assert_array_equal(np.stack(list(classes.as_numpy_iterator())), by_class)
-
-
-def _column_pieces(mask):
-    """How many (run, column) pieces a mask's runs make: the quantity tf_decode_classes switches on."""
-    flat = np.asarray(mask).T
-    return sum(np.count_nonzero(np.diff(np.concatenate([[0], column, [0]])) == 1) for column in flat)
-
-
-def test_tf_decode_paints_sparse_and_sums_dense_masks_alike():
-    # One mask below and one above the pieces <= width switch, so both in-graph strategies are checked.
-    h, w = 32, 64
-    rng = np.random.default_rng(3)
-    sparse = np.zeros((h, w), np.uint8)
-    sparse[5:30, 10:50] = 1
-    sparse[0, 0] = sparse[-1, -1] = 1
-    dense = (rng.random((h, w)) < 0.4).astype(np.uint8)
-    assert _column_pieces(sparse) <= w < _column_pieces(dense)
-    for mask in (sparse, dense):
-        np.testing.assert_array_equal(tf_decoder(h, w)(tf.constant(rle.encode(mask))).numpy(), mask)
-    both = tf_class_decoder(h, w, 2)(tf.constant([rle.encode(sparse), rle.encode(dense)])).numpy()
-    np.testing.assert_array_equal(both, np.stack([sparse, dense], axis=-1))
-
-
-def test_tf_decode_empty_string_is_zeros():
-    out = rle.tf_decode(tf.constant(""))
-    assert out.shape == (256, 1600) and not out.numpy().any()
-
-
-def test_tf_decode_classes_needs_a_static_class_count():
-    fn = tf.function(lambda s: rle.tf_decode_classes(s), input_signature=[tf.TensorSpec([None], tf.string)])
-    with pytest.raises(ValueError, match="static number"):
-        fn.get_concrete_function()
 
 
 # --- Batched encode ---------------------------------------------------------------------------------------

@@ -99,6 +99,34 @@ def test_tune_writes_thresholds_and_plots(tuned):
     assert tune.load_postprocess(os.path.join(work, tune.THRESHOLDS)) == postprocess.PostProcess.from_dict(result)
 
 
+@pytest.mark.parametrize("classifier", ["binary", "multilabel", None])
+def test_plot_data_holds_the_search_at_the_chosen_settings(tmp_path, classifier):
+    work = str(tmp_path)
+    _write_workdir(work, n=12, seed=2, classifier=classifier)
+    result = tune.tune(workdir=work, plots=False)
+    data = tune.load_plot_data(os.path.join(work, tune.PLOTS))
+    assert str(data["gate_head"]) == (classifier or "none")
+    g, k, a = data["chosen"]
+    assert [data["pixel_grid"][i] for i in k] == result["pixel_threshold"]
+    assert [data["area_grid"][i] for i in a] == result["min_area"]
+    # The mean-Dice table at the chosen (gate, threshold, area) of each class is the tuned Dice tune reports.
+    at_chosen = [data["dice"][c, g[c], k[c], a[c]] for c in range(NUM_CLASSES)]
+    assert at_chosen == pytest.approx(result["dice_after"]["per_class"], abs=1e-12)
+    oof = _load_oof(work)
+    pp = postprocess.PostProcess.from_dict(result)
+    raw = postprocess.binarize(oof[0], pp.pixel_threshold).sum(axis=(1, 2)) * SCALE ** 2
+    np.testing.assert_array_equal(data["raw_area"], raw)
+    np.testing.assert_array_equal(data["submitted_area"], raw * pp.keep(raw, oof[2]))
+    assert set(tune_plots.draw(data)) == set(tune_plots.FILES)
+
+
+def test_plot_data_files_are_checked(tmp_path):
+    assert tune.load_plot_data(str(tmp_path)) is None  # tuned before tune saved its plot data
+    np.savez(tmp_path / tune.PLOT_DATA, dice=np.zeros(3))
+    with pytest.raises(ValueError, match=r"plot_data\.npz: not tune's plot data \(missing \['pixel_grid'"):
+        tune.load_plot_data(str(tmp_path))
+
+
 def test_reported_dice_is_what_direct_post_processing_scores(tuned):
     work, result = tuned
     oof = _load_oof(work)

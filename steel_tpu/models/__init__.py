@@ -8,13 +8,10 @@ from steel_tpu.models.sm import build_sm
 from steel_tpu.models.unetpp import build_unet, build_unetpp
 
 SEGMENTER_ARCHS = ("unetpp", "unet", "sm-unet", "sm-fpn", "sm-linknet")
-ARCHS = ("classifier", *SEGMENTER_ARCHS)
 
 __all__ = [
-    "ARCHS",
     "SEGMENTER_ARCHS",
     "build_classifier",
-    "build_model",
     "build_segmenter",
     "build_sm",
     "build_unet",
@@ -32,15 +29,6 @@ def build_segmenter(*, arch: str = "unetpp", encoder: str, input_shape: Sequence
         return build_sm(arch=arch.removeprefix("sm-"), backbone=encoder, input_shape=input_shape, **options)
     builder = build_unetpp if arch == "unetpp" else build_unet
     return builder(encoder=encoder, input_shape=input_shape, **options)
-
-
-def build_model(*, arch: str, encoder: str, input_shape: Sequence[int], **options) -> keras.Model:
-    """Any model by arch name: "classifier" or one of SEGMENTER_ARCHS (see build_segmenter)."""
-    if arch == "classifier":
-        return build_classifier(encoder=encoder, input_shape=input_shape, **options)
-    if arch not in ARCHS:
-        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
-    return build_segmenter(arch=arch, encoder=encoder, input_shape=input_shape, **options)
 
 
 def set_batchnorm_momentum(model: keras.Model, momentum: float) -> int:
