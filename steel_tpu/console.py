@@ -21,7 +21,8 @@ def quiet_tensorflow(*, verbose=False):
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
         return
     # 3, not 2: on a machine without a GPU, TensorFlow logs "failed call to cuInit" at ERROR level.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if not os.environ.get("TF_CPP_MIN_LOG_LEVEL"):
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     # Python-side chatter (deprecation notices, retracing advice) goes through these loggers and warnings.
     for name in ("tensorflow", "absl", "h5py"):
         logging.getLogger(name).setLevel(logging.ERROR)
