@@ -182,7 +182,8 @@ def _add_parsers(sub, common):
     p.add_argument("--skip-bad", action="store_true", help="list bad images in OUT.errors.csv and score them empty")
     p.add_argument("--thresholds", default=None, help="a thresholds.json (default: the workdir's, else defaults)")
     p.add_argument("--folds", type=fold_list, default=None, help="comma-separated fold models to use (default: all)")
-    p.add_argument("--chunk-size", type=_POSITIVE_INT, default=1024, help="images per committed chunk (the resume unit)")
+    p.add_argument("--chunk-size", type=_POSITIVE_INT, default=1024,
+                   help="images per committed chunk (the resume unit)")
 
     p = _add(sub, "report", _report, "an HTML report of a training workdir", common)
     p.add_argument("--workdir", required=True, help="a training workdir, local or gs://")

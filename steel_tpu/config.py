@@ -158,7 +158,7 @@ def _task(*, model=None, data=None, augment=None, train=None):
 
 
 def tiny():
-    """steel-tpu train --data demo_out/shards --workdir demo_out/work --config tiny --folds 0
+    """steel-tpu train --shards demo_out/shards --workdir demo_out/work --config tiny --folds 0
 
     A few minutes on a laptop CPU: B0 encoders with thin decoders at 64x320, random init.
     """
@@ -186,7 +186,7 @@ def tiny():
 
 
 def colab_tpu():
-    """steel-tpu train --data gs://BUCKET/shards --workdir gs://BUCKET/work --config colab-tpu
+    """steel-tpu train --shards gs://BUCKET/shards --workdir gs://BUCKET/work --config colab-tpu
 
     One Colab / Cloud TPU v2-8, v3-8 or v5e-8 (8 replicas): B0 classifier and B0 UNet++ at 256x800,
     trained on 256x512 crops in bfloat16, ImageNet weights required.
@@ -210,7 +210,7 @@ def colab_tpu():
 
 
 def full():
-    """steel-tpu train --data gs://BUCKET/shards --workdir gs://BUCKET/work-b4 --config full --set segment.model.encoder=efficientnetb4
+    """steel-tpu train --shards gs://BUCKET/shards --workdir gs://BUCKET/work-b4 --config full --set segment.model.encoder=efficientnetb4
 
     The seed TPU solution's scale: 5 folds at full resolution; run once per encoder B0..B5 into separate
     workdirs and ensemble them at predict time.

@@ -241,7 +241,8 @@ def train_fold(*, data, work, cfg, task, fold, device, num_folds):
 
 
 def run(*, shards, workdir, cfg, tasks=workdir.TASKS, folds=None, device=None):
-    """Train `tasks` over `folds` (default: the config's) from the shard folder `shards` into `workdir` (local or gs://)."""
+    """Train `tasks` over `folds` (default: the config's) from the shard folder `shards` into `workdir` (local or
+    gs://)."""
     data, work = shards, workdir
     device = device or distribute.select_strategy(tpu=cfg.tpu)
     distribute.set_precision(device.kind, gpu_float16=cfg.gpu_float16)

@@ -59,6 +59,14 @@ def test_readme_commands_parse():
             pytest.fail(f"README command does not parse: {line}")
 
 
+def test_preset_docstring_commands_parse():
+    from steel_tpu import config
+
+    for name, fn in config.PRESETS.items():
+        args = fn.__doc__.strip().splitlines()[0].split()[1:]
+        assert cli.build_parser().parse_args(args).config == name
+
+
 def test_version_and_python_m():
     proc = _run("-m", "steel_tpu", "--version")
     assert proc.returncode == 0 and proc.stdout.strip() == f"steel-tpu {steel_tpu.__version__}"

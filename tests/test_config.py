@@ -126,7 +126,8 @@ def test_a_bad_set_fails_fast_and_writes_nothing(tmp_path):
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "steel_tpu", "train", "--shards", str(tmp_path), "--workdir",
                            str(work), "--config", "tiny", "--task", "both",
-                           "--set", "segment.model.encoder=efficientnetb9"], capture_output=True, text=True, timeout=120)
+                           "--set", "segment.model.encoder=efficientnetb9"],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and time.perf_counter() - start < 30
     assert proc.stderr.strip().startswith("steel-tpu train: error: --set segment.model.encoder='efficientnetb9'")
     assert not work.exists()  # the corrected rerun starts clean
