@@ -64,7 +64,7 @@ def main():
         f"classify.model.heads={args.heads}", "classify.data.batch_size=16", "segment.data.batch_size=8",
     ])
     start = time.perf_counter()
-    train.run(data=shards, work=work, cfg=cfg, folds=(0,))
+    train.run(shards=shards, workdir=work, cfg=cfg, folds=(0,))
     minutes = (time.perf_counter() - start) / 60
 
     seg = workdir.load_oof(workdir.fold_file(work, "segment", 0, "oof.npz"))

@@ -1,43 +1,11 @@
 """Batched, XLA-compilable, stateless-seeded augmentation run on the device inside the replicated step."""
 
-import dataclasses
-
 import tensorflow as tf
 
-# Multiples of the deepest encoder stride (EfficientNet / U-Net): decoders need exact 2x up-sampling.
-_STRIDE = 32
+# Defined in config (importable without TensorFlow); re-exported because augment_batch takes one.
+from steel_tpu.config import AugmentConfig  # noqa: F401
+
 _MAX_PIXEL = 255.0
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    """What augment_batch does; all magnitudes are half-widths of uniform ranges."""
-
-    crop_height: int | None = None  # None: no crop (full input height)
-    crop_width: int | None = None
-    hflip: bool = True
-    vflip: bool = True
-    brightness: float = 0.1  # max additive delta, in [0, 1] units of full scale
-    contrast: float = 0.1  # factor in [1 - c, 1 + c] around each image's mean
-    gamma: float = 0.1  # exponent in [1 - g, 1 + g]
-    cutout: int = 0  # number of zeroed boxes per image; 0 = off
-    cutout_size: tuple[int, int] = (32, 32)  # (height, width) of each box
-    label_from_crop: bool = True  # classifier labels from the augmented (cropped) mask
-
-    def __post_init__(self):
-        for name in ("crop_height", "crop_width"):
-            value = getattr(self, name)
-            if value is not None and (value <= 0 or value % _STRIDE):
-                raise ValueError(f"AugmentConfig.{name}={value}: must be a positive multiple of {_STRIDE}")
-        for name in ("brightness", "contrast"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"AugmentConfig.{name}={getattr(self, name)}: must be in [0, 1]")
-        if not 0.0 <= self.gamma < 1.0:
-            raise ValueError(f"AugmentConfig.gamma={self.gamma}: must be in [0, 1) (the exponent must stay > 0)")
-        if self.cutout < 0:
-            raise ValueError(f"AugmentConfig.cutout={self.cutout}: must be >= 0")
-        if len(self.cutout_size) != 2 or min(self.cutout_size) <= 0:
-            raise ValueError(f"AugmentConfig.cutout_size={self.cutout_size}: must be two positive ints (h, w)")
 
 
 def eval_preprocess(images):

@@ -4,11 +4,25 @@ import argparse
 import json
 import sys
 
+from steel_tpu import __version__, config, console
+from steel_tpu.cli_errors import user_error
+
+EXAMPLES = {
+    "synth": "steel-tpu synth --out data --train 400 --test 100",
+    "evaluate": "steel-tpu evaluate --pred submission.csv --truth data/test_truth.csv --images data/test_images",
+    "shards": "steel-tpu shards --data data --out shards --folds 5",
+    "verify": "steel-tpu verify --shards shards --data data",
+    "train": "steel-tpu train --shards shards --workdir work --config tiny --folds 0,1",
+    "tune": "steel-tpu tune --workdir work",
+    "predict": "steel-tpu predict --workdir work --images data/test_images --out submission.csv",
+    "report": "steel-tpu report --workdir work --out report --shards shards",
+}
+
 
 def _synth(args):
     from steel_tpu.synth import synthesize
 
-    print(json.dumps(synthesize(args.out_dir, n_train=args.train, n_test=args.test, seed=args.seed), indent=1))
+    print(json.dumps(synthesize(args.out, n_train=args.train, n_test=args.test, seed=args.seed), indent=1))
 
 
 def _evaluate(args):
@@ -27,16 +41,17 @@ def _shards(args):
 def _verify(args):
     from steel_tpu.data.verify import verify
 
-    print(verify(args.out, data=args.data))
+    print(verify(args.shards, data=args.data, workers=args.workers))
 
 
 def _train(args):
-    from steel_tpu import config, train
-
+    # Built and validated before TensorFlow loads and anything is written: a bad --set fails in a second and never
+    # leaves a workdir holding its config.
     cfg = config.apply_overrides(config.preset(args.config), args.set)
-    folds = None if args.folds is None else tuple(int(f) for f in args.folds.split(","))
+    from steel_tpu import train
+
     tasks = ("classify", "segment") if args.task == "both" else (args.task,)
-    train.run(data=args.data, work=args.workdir, cfg=cfg, tasks=tasks, folds=folds)
+    train.run(shards=args.shards, workdir=args.workdir, cfg=cfg, tasks=tasks, folds=args.folds)
 
 
 def _tune(args):
@@ -55,88 +70,157 @@ def _predict(args):
 def _report(args):
     from steel_tpu.report import report
 
-    print(report(workdir=args.workdir, out=args.out, data=args.data, examples=args.examples))
+    print(report(workdir=args.workdir, out=args.out, shards=args.shards, examples=args.examples))
 
 
-def _add_parsers(sub):
-    p = sub.add_parser("synth", help="write the synthetic Severstal-like data set (Kaggle layout)")
-    p.add_argument("out_dir")
-    p.add_argument("--train", type=int, default=100, help="number of train images")
-    p.add_argument("--test", type=int, default=20, help="number of test images (with a truth CSV)")
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(func=_synth)
+def _bounded(kind, low, *, strict=False):
+    """An argparse type: `kind` (int or float) at least `low` (above it when strict)."""
 
-    p = sub.add_parser("evaluate", help="Kaggle mean Dice of a submission against a truth CSV")
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(f"{text} must be {'>' if strict else '>='} {low}")
+        return value
+
+    return parse
+
+
+def fold_list(text):
+    """`0,1,2` -> (0, 1, 2): distinct non-negative fold numbers (the one --folds syntax for choosing folds)."""
+    try:
+        folds = tuple(int(part) for part in text.split(","))
+        config.check_folds(folds)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated fold numbers such as 0,1,2 ({error})")
+    return folds
+
+
+_POSITIVE_INT, _COUNT = _bounded(int, 1), _bounded(int, 0)
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown where they say something (not None, an off switch or []); examples kept as written."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, [], argparse.SUPPRESS) or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _common():
+    """--verbose and --debug, accepted before or after the command (SUPPRESS: the later one does not reset)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                        help="show TensorFlow's C++ log lines (hidden by default; useful when a device is not found)")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="on an error, show the full traceback instead of one line")
+    return common
+
+
+def _add(sub, name, func, help_text, common):
+    p = sub.add_parser(name, help=help_text, description=help_text, parents=[common], formatter_class=_Formatter,
+                       epilog=f"example:\n  {EXAMPLES[name]}")
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_parsers(sub, common):
+    p = _add(sub, "synth", _synth, "write the synthetic Severstal-like data set (Kaggle layout)", common)
+    p.add_argument("--out", required=True, help="folder for train.csv, train_images/, test_images/, test_truth.csv")
+    p.add_argument("--train", type=_COUNT, default=100, help="number of train images")
+    p.add_argument("--test", type=_COUNT, default=20, help="number of test images (with a truth CSV)")
+    p.add_argument("--seed", type=int, default=0, help="the same seed writes the same bytes")
+
+    p = _add(sub, "evaluate", _evaluate, "Kaggle mean Dice of a submission against a truth CSV", common)
     p.add_argument("--pred", required=True, help="submission CSV (either layout, local or gs://)")
     p.add_argument("--truth", required=True, help="truth CSV (train.csv layout or legacy, local or gs://)")
     p.add_argument("--images", default=None, help="a folder of JPEGs or a text file of image ids: the exact image set")
-    p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("shards", help="pack images + RLE masks into TFRecord shards with stratified folds")
-    p.add_argument("--data", required=True, help="source: train.csv + train_images/ (or a JPEG folder with --split test)")
-    p.add_argument("--out", required=True, help="destination folder, local or gs://")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shard-mb", type=float, default=100.0, help="target shard size in MB")
-    p.add_argument("--split", choices=("train", "test"), default="train")
-    p.add_argument("--workers", type=int, default=None, help="parallel workers (default: CPU cores)")
+    p = _add(sub, "shards", _shards, "pack images + RLE masks into TFRecord shards with stratified folds", common)
+    p.add_argument("--data", required=True, help="Kaggle source: train.csv + train_images/ (or a JPEG folder with "
+                                                 "--split test), local or gs://")
+    p.add_argument("--out", required=True, help="the shard folder to write, local or gs://")
+    p.add_argument("--folds", type=_bounded(int, 2), default=5, help="number of stratified folds K")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
+    p.add_argument("--shard-mb", type=_bounded(float, 0, strict=True), default=100.0, help="target shard size in MB")
+    p.add_argument("--split", choices=("train", "test"), default="train", help="train: with masks and folds")
+    p.add_argument("--workers", type=_POSITIVE_INT, default=None, help="parallel workers (default: CPU cores)")
     p.add_argument("--overwrite", action="store_true", help="rebuild every shard instead of resuming")
     p.add_argument("--skip-bad", action="store_true", help="record bad images in the manifest and go on")
-    p.set_defaults(func=_shards)
 
-    p = sub.add_parser("verify", help="re-read shards and check them against the manifest (and the source)")
-    p.add_argument("out", help="the shard folder (local or gs://)")
-    p.add_argument("--data", default=None, help="the source, to check every image's bytes and masks round-trip")
-    p.set_defaults(func=_verify)
+    p = _add(sub, "verify", _verify, "re-read shards and check them against the manifest (and the source)", common)
+    p.add_argument("--shards", required=True, help="the shard folder, local or gs://")
+    p.add_argument("--data", default=None, help="the Kaggle source, to check every image's bytes and masks round-trip")
+    p.add_argument("--workers", type=_POSITIVE_INT, default=None, help="parallel readers (default: CPU cores)")
 
-    p = sub.add_parser("train", help="train the classifier and/or segmenter over K folds (resumes)")
-    p.add_argument("--data", required=True, help="the shard folder (local or gs://)")
+    p = _add(sub, "train", _train, "train the classifier and/or segmenter over K folds (resumes)", common)
+    p.add_argument("--shards", required=True, help="the shard folder, local or gs://")
     p.add_argument("--workdir", required=True, help="checkpoints, logs and out-of-fold data (local or gs://)")
-    p.add_argument("--task", choices=("classify", "segment", "both"), default="both")
-    p.add_argument("--folds", default=None, help="comma-separated fold numbers (default: the config's)")
-    p.add_argument("--config", default="tiny", help="preset: tiny, colab-tpu, full")
+    p.add_argument("--config", required=True, choices=tuple(config.PRESETS),
+                   help="preset (always explicit: a TPU run must never fall back to the demo model): tiny = laptops, "
+                        "tests, make demo; colab-tpu = one TPU v2-8/v3-8/v5e-8; full = the seed solution's scale")
+    p.add_argument("--task", choices=("classify", "segment", "both"), default="both", help="which models to train")
+    p.add_argument("--folds", type=fold_list, default=None, help="comma-separated fold numbers (default: the config's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. segment.train.epochs=5 (repeatable)")
-    p.set_defaults(func=_train)
+                   help="override a config value, e.g. segment.train.epochs=5 (repeatable; checked before anything "
+                        "is written)")
 
-    p = sub.add_parser("tune", help="choose thresholds and minimum areas on out-of-fold predictions")
-    p.add_argument("--workdir", required=True)
+    p = _add(sub, "tune", _tune, "choose thresholds and minimum areas on out-of-fold predictions", common)
+    p.add_argument("--workdir", required=True, help="a training workdir, local or gs://")
     p.add_argument("--out", default=None, help="where thresholds.json and tune/ go (default: the workdir)")
-    p.set_defaults(func=_tune)
 
-    p = sub.add_parser("predict", help="score images with the workdir's fold ensemble into a Kaggle submission")
-    p.add_argument("--workdir", required=True)
+    p = _add(sub, "predict", _predict, "score images with the workdir's fold ensemble into a Kaggle submission",
+             common)
+    p.add_argument("--workdir", required=True, help="a training workdir, local or gs://")
     p.add_argument("--images", required=True, help="a folder of JPEGs or of test shards (local or gs://)")
-    p.add_argument("--out", required=True, help="the submission CSV (local or gs://)")
-    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--out", required=True, help="the submission CSV, current Kaggle layout (local or gs://)")
+    p.add_argument("--batch-size", type=_POSITIVE_INT, default=None, help="global batch (default: the segmenter's)")
     p.add_argument("--tta", action="store_true", help="average over horizontal and vertical flips")
     p.add_argument("--skip-bad", action="store_true", help="list bad images in OUT.errors.csv and score them empty")
     p.add_argument("--thresholds", default=None, help="a thresholds.json (default: the workdir's, else defaults)")
-    p.add_argument("--folds", type=int, nargs="+", default=None, help="only these fold models (default: all)")
-    p.add_argument("--chunk-size", type=int, default=1024, help="images per committed chunk (the resume unit)")
-    p.set_defaults(func=_predict)
+    p.add_argument("--folds", type=fold_list, default=None, help="comma-separated fold models to use (default: all)")
+    p.add_argument("--chunk-size", type=_POSITIVE_INT, default=1024,
+                   help="images per committed chunk (the resume unit)")
 
-    p = sub.add_parser("report", help="an HTML report of a training workdir")
-    p.add_argument("--workdir", required=True)
+    p = _add(sub, "report", _report, "an HTML report of a training workdir", common)
+    p.add_argument("--workdir", required=True, help="a training workdir, local or gs://")
     p.add_argument("--out", required=True, help="a folder for index.html and its figures")
-    p.add_argument("--data", default=None, help="the shard folder, to draw predictions over the images")
-    p.add_argument("--examples", type=int, default=4, help="how many best and worst validation images to draw")
-    p.set_defaults(func=_report)
+    p.add_argument("--shards", default=None, help="the shard folder, to draw predictions over the images")
+    p.add_argument("--examples", type=_COUNT, default=4, help="how many best and worst validation images to draw")
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="steel-tpu", description=__doc__)
-    _add_parsers(parser.add_subparsers(dest="command", required=True))
+    common = _common()
+    parser = argparse.ArgumentParser(prog="steel-tpu", description=__doc__, parents=[common],
+                                     formatter_class=_Formatter, epilog="run `steel-tpu COMMAND --help` for examples")
+    parser.add_argument("--version", action="version", version=f"steel-tpu {__version__}")
+    _add_parsers(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"), common)
     return parser
 
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    debug = getattr(args, "debug", False)
+    verbose = getattr(args, "verbose", False)
+    console.quiet_tensorflow(verbose=verbose)
+    if not verbose:
+        console.drop_native_logs()
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as e:
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"steel-tpu {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        message = user_error(error)
+        if message is None or debug:
+            raise
         # Bad input is the user's to fix: one clear line naming the file/line/image, no traceback.
-        print(f"steel-tpu {args.command}: error: {e}", file=sys.stderr)
+        print(f"steel-tpu {args.command}: error: {message}", file=sys.stderr)
         return 2
     return 0
 

@@ -1,12 +1,12 @@
-"""Dataclass configs, the named presets (tiny, colab-tpu, full) and `--set key=value` overrides."""
+"""Dataclass configs, validated when built; the named presets (tiny, colab-tpu, full); `--set key=value` overrides."""
 
-import ast
 import dataclasses
 import json
 from dataclasses import dataclass, field
 
-from steel_tpu.augment import AugmentConfig
-
+from steel_tpu import choices, fields
+from steel_tpu.fields import one_of, positive, require, stride_multiple, unit
+from steel_tpu.constants import CLASS_IDS, HEIGHT, NUM_CLASSES, WIDTH
 
 @dataclass
 class DataConfig:
@@ -17,11 +17,20 @@ class DataConfig:
     oversample: dict = field(default_factory=dict)  # class id -> repeat factor for images with that class
     clean_keep: float = 1.0  # fraction of defect-free images kept each epoch
 
+    def __post_init__(self):
+        fields.check(self)
+        stride_multiple(self, "image_height", "image_width")
+        positive(self, "batch_size", "shuffle_buffer")
+        unit(self, "clean_keep")
+        for class_id, factor in self.oversample.items():
+            require(class_id in CLASS_IDS and isinstance(factor, int) and factor >= 1,
+                     f"oversample={self.oversample!r}: keys must be class ids {CLASS_IDS}, factors integers >= 1")
+
 
 @dataclass
 class ModelConfig:
     arch: str = "unetpp"  # segmenter: unetpp | unet | sm-unet | sm-fpn | sm-linknet; ignored by the classifier
-    encoder: str = "efficientnetb0"
+    encoder: str = "efficientnetb0"  # sm-* archs: a segmentation-models backbone (choices.SM_BACKBONES)
     decoder_filters: tuple = (256, 128, 64, 32, 16)
     deep_supervision: bool = False
     heads: str = "binary"  # classifier: binary | multilabel | both
@@ -29,6 +38,42 @@ class ModelConfig:
     weights: str | None = "imagenet"
     allow_random_weights: bool = True  # offline fallback to random init; set False on a real TPU run
     bn_momentum: float | None = None  # None keeps the builders' 0.99; ~0.9 when training from scratch briefly
+
+    def __post_init__(self):
+        fields.check(self)
+        one_of("arch", self.arch, choices.SEGMENTER_ARCHS)
+        one_of("encoder", self.encoder, choices.encoders_for(self.arch))
+        one_of("heads", self.heads, choices.CLASSIFIER_HEADS)
+        one_of("weights", self.weights, choices.WEIGHTS)
+        require(len(self.decoder_filters) == 5 and all(isinstance(n, int) and n > 0 for n in self.decoder_filters),
+                 f"decoder_filters={self.decoder_filters!r}: must be 5 positive integers (strides 16..1)")
+        require(0.0 <= self.dropout < 1.0, f"dropout={self.dropout!r}: must be in [0, 1)")
+        require(self.bn_momentum is None or 0.0 < self.bn_momentum < 1.0,
+                 f"bn_momentum={self.bn_momentum!r}: must be in (0, 1) or None")
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """What augment.augment_batch does; all magnitudes are half-widths of uniform ranges."""
+
+    crop_height: int | None = None  # None: no crop (full input height)
+    crop_width: int | None = None
+    hflip: bool = True
+    vflip: bool = True
+    brightness: float = 0.1  # max additive delta, in [0, 1] units of full scale
+    contrast: float = 0.1  # factor in [1 - c, 1 + c] around each image's mean
+    gamma: float = 0.1  # exponent in [1 - g, 1 + g]
+    cutout: int = 0  # number of zeroed boxes per image; 0 = off
+    cutout_size: tuple[int, int] = (32, 32)  # (height, width) of each box
+    label_from_crop: bool = True  # classifier labels from the augmented (cropped) mask
+
+    def __post_init__(self):
+        fields.check(self)
+        stride_multiple(self, "crop_height", "crop_width")
+        unit(self, "brightness", "contrast")
+        require(0.0 <= self.gamma < 1.0, f"gamma={self.gamma!r}: must be in [0, 1) (the exponent must stay > 0)")
+        require(self.cutout >= 0, f"cutout={self.cutout!r}: must be >= 0")
+        require(min(self.cutout_size) > 0, f"cutout_size={self.cutout_size!r}: must be two positive ints (h, w)")
 
 
 @dataclass
@@ -47,6 +92,18 @@ class TrainConfig:
     jit_compile: bool | None = None
     eval_threshold: float = 0.5  # pixel / label threshold for validation metrics
 
+    def __post_init__(self):
+        fields.check(self)
+        positive(self, "epochs", "steps_per_epoch", "learning_rate", "steps_per_execution")
+        require(self.warmup_epochs >= 0, f"warmup_epochs={self.warmup_epochs!r}: must be >= 0")
+        unit(self, "min_lr_ratio", "label_smoothing", "eval_threshold")
+        require(self.loss and set(self.loss) <= set(choices.LOSS_TERMS)
+                 and all(isinstance(w, (int, float)) and w > 0 for w in self.loss.values()),
+                 f"loss={self.loss!r}: must map terms from {', '.join(choices.LOSS_TERMS)} to weights > 0")
+        require(self.pos_weight is None or (len(self.pos_weight) == NUM_CLASSES
+                                             and all(isinstance(w, (int, float)) and w > 0 for w in self.pos_weight)),
+                 f"pos_weight={self.pos_weight!r}: must be None or {NUM_CLASSES} numbers > 0")
+
 
 @dataclass
 class TaskConfig:
@@ -54,6 +111,12 @@ class TaskConfig:
     data: DataConfig = field(default_factory=DataConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        fields.check(self)
+        for side, size in (("height", self.data.image_height), ("width", self.data.image_width)):
+            crop = getattr(self.augment, f"crop_{side}")
+            require(crop is None or crop <= size, f"augment.crop_{side}={crop}: larger than data.image_{side}={size}")
 
 
 @dataclass
@@ -67,6 +130,23 @@ class Config:
     classify: TaskConfig = field(default_factory=TaskConfig)
     segment: TaskConfig = field(default_factory=TaskConfig)
 
+    def __post_init__(self):
+        fields.check(self)
+        check_folds(self.folds, name="folds")
+        require(self.oof_scale >= 1 and HEIGHT % self.oof_scale == 0 and WIDTH % self.oof_scale == 0,
+                 f"oof_scale={self.oof_scale}: must divide {HEIGHT} and {WIDTH}")
+        # The classifier builds on the keras.applications encoders whatever its (ignored) arch says.
+        require(self.classify.model.encoder in choices.ENCODERS,
+                 f"classify.model.encoder={self.classify.model.encoder!r}: choose one of {', '.join(choices.ENCODERS)}")
+
+
+def check_folds(folds, *, name="--folds"):
+    """Raise unless `folds` is a non-empty sequence of distinct non-negative ints."""
+    require(len(folds) > 0 and all(isinstance(f, int) and not isinstance(f, bool) and f >= 0 for f in folds),
+             f"{name}={list(folds)}: must be non-negative integers")
+    duplicates = sorted({f for f in folds if list(folds).count(f) > 1})
+    require(not duplicates, f"{name}={list(folds)}: fold(s) {duplicates} given twice")
+
 
 def _task(*, model=None, data=None, augment=None, train=None):
     return TaskConfig(
@@ -78,7 +158,7 @@ def _task(*, model=None, data=None, augment=None, train=None):
 
 
 def tiny():
-    """steel-tpu train --data demo_out/shards --workdir demo_out/work --config tiny --folds 0
+    """steel-tpu train --shards demo_out/shards --workdir demo_out/work --config tiny --folds 0
 
     A few minutes on a laptop CPU: B0 encoders with thin decoders at 64x320, random init.
     """
@@ -106,7 +186,7 @@ def tiny():
 
 
 def colab_tpu():
-    """steel-tpu train --data gs://BUCKET/shards --workdir gs://BUCKET/work --config colab-tpu
+    """steel-tpu train --shards gs://BUCKET/shards --workdir gs://BUCKET/work --config colab-tpu
 
     One Colab / Cloud TPU v2-8, v3-8 or v5e-8 (8 replicas): B0 classifier and B0 UNet++ at 256x800,
     trained on 256x512 crops in bfloat16, ImageNet weights required.
@@ -130,7 +210,7 @@ def colab_tpu():
 
 
 def full():
-    """steel-tpu train --data gs://BUCKET/shards --workdir gs://BUCKET/work-b4 --config full --set segment.model.encoder=efficientnetb4
+    """steel-tpu train --shards gs://BUCKET/shards --workdir gs://BUCKET/work-b4 --config full --set segment.model.encoder=efficientnetb4
 
     The seed TPU solution's scale: 5 folds at full resolution; run once per encoder B0..B5 into separate
     workdirs and ensemble them at predict time.
@@ -152,34 +232,36 @@ def preset(name):
     return PRESETS[name]()
 
 
-def _parse_value(text):
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text  # a bare word such as efficientnetb3 is a string
-
-
-def _replace(node, path, value, *, item):
+def _set(values, cls, path, text, *, item):
+    """Put the parsed `text` at `path` of the dict form `values` of dataclass `cls`."""
     head, rest = path[0], path[1:]
-    if not dataclasses.is_dataclass(node) or head not in {f.name for f in dataclasses.fields(node)}:
-        raise ValueError(f"--set {item!r}: no config key {head!r} here")
-    current = getattr(node, head)
+    if head not in {f.name for f in dataclasses.fields(cls)}:
+        raise ValueError(f"--set {item}: no config key {head!r} in {cls.__name__}")
+    hint = fields.hint(cls, head)
     if rest:
-        value = _replace(current, rest, value, item=item)
-    elif isinstance(current, tuple) and isinstance(value, list):
-        value = tuple(value)
-    # replace() re-runs each section's own validation (AugmentConfig checks its crop sizes, for example).
-    return dataclasses.replace(node, **{head: value})
+        if not dataclasses.is_dataclass(hint):
+            raise ValueError(f"--set {item}: {head!r} has no keys below it")
+        _set(values[head], hint, rest, text, item=item)
+    elif dataclasses.is_dataclass(hint):
+        raise ValueError(f"--set {item}: {head!r} is a section; set one of its keys")
+    else:
+        values[head] = fields.parse(text, hint)
 
 
 def apply_overrides(cfg, overrides):
-    """A copy of `cfg` with `key.path=value` strings applied, e.g. `segment.train.epochs=5`."""
+    """A validated copy of `cfg` with `key.path=value` strings applied, e.g. `segment.train.epochs=5`.
+
+    Validated once all are applied, so their order does not matter (arch and encoder change together)."""
+    values = to_dict(cfg)
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
-            raise ValueError(f"--set {item!r}: expected key=value")
-        cfg = _replace(cfg, key.strip().split("."), _parse_value(text.strip()), item=item)
-    return cfg
+            raise ValueError(f"--set {item}: expected key=value")
+        _set(values, Config, key.strip().split("."), text, item=item)
+    try:
+        return from_dict(values)
+    except ValueError as error:
+        raise ValueError(f"--set {error}") from None
 
 
 def to_dict(cfg):
@@ -190,23 +272,29 @@ def to_json(cfg):
     return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
 
 
-def from_dict(d):
-    """Rebuild a Config from `to_dict` output (JSON turns tuples into lists and int keys into strings)."""
-
-    def build(cls, values):
-        kwargs = {}
-        for f in dataclasses.fields(cls):
-            if f.name not in values:
-                continue
-            v = values[f.name]
-            sub = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-            if sub is not None and dataclasses.is_dataclass(sub):
-                v = build(sub, v)
-            elif isinstance(v, list):
-                v = tuple(v)
-            elif f.name == "oversample":
-                v = {int(k): int(n) for k, n in v.items()}
-            kwargs[f.name] = v
+def _build(cls, values, *, where):
+    if not isinstance(values, dict):
+        raise ValueError(f"{where or 'config'}: expected an object, got {values!r}")
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown, missing = sorted(set(values) - set(names)), [n for n in names if n not in values]
+    if unknown or missing:
+        raise ValueError(f"{where or 'config'}: " + "; ".join(
+            part for part in (unknown and f"unknown keys {unknown}", missing and f"missing keys {missing}") if part))
+    kwargs = {}
+    for name in names:
+        sub, value = fields.hint(cls, name), values[name]
+        if dataclasses.is_dataclass(sub):
+            value = _build(sub, value, where=f"{where}{name}.")
+        elif name == "oversample" and isinstance(value, dict):
+            value = {int(k) if str(k).isdigit() else k: n for k, n in value.items()}  # JSON keys are strings
+        kwargs[name] = value
+    try:
         return cls(**kwargs)
+    except ValueError as error:
+        raise ValueError(f"{where}{error}") from None
 
-    return build(Config, d)
+
+def from_dict(d):
+    """A validated Config from `to_dict` output (JSON turns tuples into lists and int keys into strings); unknown
+    or missing keys are errors naming them."""
+    return _build(Config, d, where="")

@@ -7,9 +7,7 @@ import shutil
 import sys
 import time
 
-from steel_tpu import config, kaggle, metrics, predict, synth, train, tune
-from steel_tpu.data.shards import build_shards
-from steel_tpu.data.verify import verify
+from steel_tpu import console
 
 
 def _stage(title):
@@ -17,6 +15,11 @@ def _stage(title):
 
 
 def run(*, out, n_train=160, n_test=40, seed=0, overrides=()):
+    # Imported here so that main() quiets TensorFlow's log lines before TensorFlow loads.
+    from steel_tpu import config, kaggle, metrics, predict, synth, train, tune
+    from steel_tpu.data.shards import build_shards
+    from steel_tpu.data.verify import verify
+
     start = time.perf_counter()
     shutil.rmtree(out, ignore_errors=True)  # the demo always starts from scratch: its folder is its own
     data, shards, work = (os.path.join(out, name) for name in ("data", "shards", "work"))
@@ -42,7 +45,7 @@ def run(*, out, n_train=160, n_test=40, seed=0, overrides=()):
 
     cfg = config.apply_overrides(config.preset("tiny"), list(overrides))
     _stage(f"train the classifier and the segmenter on fold 0 (config {cfg.name!r}) -> {work}")
-    train.run(data=shards, work=work, cfg=cfg, folds=(0,))
+    train.run(shards=shards, workdir=work, cfg=cfg, folds=(0,))
 
     _stage("tune thresholds, minimum areas and the classifier gate on the out-of-fold predictions")
     tune.tune(workdir=work)
@@ -66,7 +69,11 @@ def main(argv=None):
     parser.add_argument("--test", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides")
+    parser.add_argument("--verbose", action="store_true", help="show TensorFlow's C++ log lines")
     args = parser.parse_args(argv)
+    console.quiet_tensorflow(verbose=args.verbose)
+    if not args.verbose:
+        console.drop_native_logs()
     return run(out=args.out, n_train=args.train, n_test=args.test, seed=args.seed, overrides=args.set)
 
 

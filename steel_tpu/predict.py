@@ -15,9 +15,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import tensorflow as tf
-from tqdm import tqdm
 
-from steel_tpu import distribute, ensemble, postprocess, rle, step, storage, tune
+from steel_tpu import console, distribute, ensemble, postprocess, rle, step, storage, tune
 from steel_tpu.data import pipeline, source
 from steel_tpu.data.shard_folder import ShardFolder, holds_shards
 from steel_tpu.kaggle import EMPTY
@@ -167,7 +166,7 @@ def _batches(dataset, assembler):
 
 def _run(dataset, *, predict_step, pp, assembler, total, progress):
     """Device batches in the main thread, host work in one worker, at most _IN_FLIGHT batches apart."""
-    bar = tqdm(total=total, unit="img", desc="predict", disable=not progress)
+    bar = console.Progress(total, desc="predict", unit="img", enabled=progress)
     in_flight, failed = collections.deque(), threading.Event()
     try:
         with ThreadPoolExecutor(max_workers=1) as worker:

@@ -232,7 +232,7 @@ def _examples_section(seg, data):
     examples = [dict(title=_example_title(kind, c), probs=c["probs"], truth=c["truth"],
                      image=images.get(c["image_id"])) for kind, c in chosen]
     kinds = [kind for kind, _ in chosen]
-    backdrop = "over the image" if data is not None else "alone (pass --data SHARDS to see the images under them)"
+    backdrop = "over the image" if data is not None else "alone (pass --shards SHARDS to see the images under them)"
     section.figure("examples.png", figures.prediction_grid(examples),
                    f"The {kinds.count('best')} best (among images with a defect) and {kinds.count('worst')} "
                    f"worst OOF images by mean Dice over the 4 classes: probability maps (opacity rising from "
@@ -266,13 +266,13 @@ def _page(header, sections):
             f"<style>{_STYLE}</style></head><body>{header}{body}</body></html>\n")
 
 
-def report(*, workdir, out, data=None, examples=EXAMPLES_PER_SIDE):
+def report(*, workdir, out, shards=None, examples=EXAMPLES_PER_SIDE):
     """Write `out/index.html` and its PNGs about the training workdir `workdir`; returns the index path.
 
-    `data` (the shard folder training read) adds the images under the example predictions. The PNGs are
+    `shards` (the shard folder training read) adds the images under the example predictions. The PNGs are
     written first and index.html last, so a report only looks complete once it is.
     """
-    cfg = workdir_lib.load_config(workdir)
+    cfg, data = workdir_lib.load_config(workdir), shards
     index = storage.join(out, INDEX)
     storage.makedirs(out)
     storage.remove(index)  # an old page must not present half-rewritten figures as a finished report

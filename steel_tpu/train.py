@@ -8,11 +8,12 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from steel_tpu import augment, distribute, losses, metrics, models, postprocess, step, storage, workdir
+from steel_tpu import augment, console, distribute, losses, metrics, models, postprocess, step, storage, workdir
 from steel_tpu.constants import CHANNELS
 from steel_tpu.data import pipeline
 from steel_tpu.data.shard_folder import ShardFolder
 from steel_tpu.keras_api import keras
+from steel_tpu.workdir import save_config
 
 
 def build_model(task, tcfg):
@@ -207,11 +208,11 @@ def train_fold(*, folder, work, cfg, task, fold, device):
                 input_context=input_context),
             global_batch_size=d.batch_size)
         iterator = iter(dist)
-        bar = keras.utils.Progbar(steps, stateful_metrics=["loss"], unit_name="step")
-        print(f"[{task} fold {fold}] epoch {epoch + 1}/{t.epochs}")
-        for s in range(0, steps, t.steps_per_execution):
-            loss = float(train_step(iterator, step=epoch * steps + s, seed=seed))
-            bar.update(s + t.steps_per_execution, values=[("loss", loss)])
+        with console.Progress(steps, desc=f"[{task} fold {fold}] epoch {epoch + 1}/{t.epochs}", unit="step",
+                              lines=1) as bar:
+            for s in range(0, steps, t.steps_per_execution):
+                loss = float(train_step(iterator, step=epoch * steps + s, seed=seed))
+                bar.update(min(t.steps_per_execution, steps - s), loss=loss)
         train_seconds = time.perf_counter() - start
         score, scores, oof = _validate(task=task, predict=predict, eval_ds=eval_ds, tcfg=tcfg, oof_scale=cfg.oof_scale)
         lr = float(optimizer.learning_rate.numpy()) if hasattr(optimizer.learning_rate, "numpy") else t.learning_rate
@@ -239,8 +240,10 @@ def train_fold(*, folder, work, cfg, task, fold, device):
     return done
 
 
-def run(*, data, work, cfg, tasks=workdir.TASKS, folds=None, device=None):
-    """Train `tasks` over `folds` (default: the config's) from shards at `data` into `work` (local or gs://)."""
+def run(*, shards, workdir, cfg, tasks=workdir.TASKS, folds=None, device=None):
+    """Train `tasks` over `folds` (default: the config's) from the shard folder `shards` into `workdir` (local or
+    gs://)."""
+    data, work = shards, workdir
     device = device or distribute.select_strategy(tpu=cfg.tpu)
     distribute.set_precision(device.kind, gpu_float16=cfg.gpu_float16)
     # The manifest is the truth: exactly its shards, their sizes checked, nothing unlisted beside them.
@@ -250,7 +253,7 @@ def run(*, data, work, cfg, tasks=workdir.TASKS, folds=None, device=None):
     bad = [f for f in folds if not 0 <= f < num_folds]
     if bad:
         raise ValueError(f"folds {bad} outside the {num_folds} folds of {data}")
-    workdir.save_config(work, cfg)
+    save_config(work, cfg)
     results = []
     for fold in folds:
         for task in tasks:

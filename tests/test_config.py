@@ -1,4 +1,7 @@
 import json
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -49,6 +52,82 @@ def test_unknown_preset_names_the_choices():
         config.preset("huge")
 
 
-def test_overrides_revalidate_the_section():
-    with pytest.raises(ValueError, match="crop_width"):
-        config.apply_overrides(config.preset("tiny"), ["segment.augment.crop_width=100"])
+@pytest.mark.parametrize("bad, key", [
+    ("classify.train.epochs=five", "classify.train.epochs"), ("segment.data.batch_size=-3", "batch_size"),
+    ("segment.model.encoder=efficientnetb9", "encoder"), ("gpu_float16=yes", "gpu_float16"),
+    ("segment.train.epochs=0", "epochs"), ("classify.train.steps_per_epoch=0", "steps_per_epoch"),
+    ("segment.train.learning_rate=0", "learning_rate"), ("segment.data.image_width=1000", "image_width"),
+    ("segment.augment.crop_width=100", "crop_width"), ("segment.augment.crop_height=512", "crop_height"),
+    ("segment.model.arch=fpn", "arch"), ("classify.model.heads=three", "heads"),
+    ("classify.train.loss={'bce': 1, 'lovasz': 1}", "loss"), ("segment.data.clean_keep=1.5", "clean_keep"),
+    ("segment.data.oversample={1: 0}", "oversample"), ("segment.train.eval_threshold=2", "eval_threshold"),
+    ("folds=[0, 0]", "folds"), ("folds=[-1]", "folds"), ("classify.model.encoder=resnet34", "encoder"),
+    ("segment.model.weights=noisy", "weights"), ("oof_scale=3", "oof_scale"),
+])
+def test_bad_values_fail_naming_the_key(bad, key):
+    with pytest.raises(ValueError, match=f"--set .*{key}") as error:
+        config.apply_overrides(config.preset("tiny"), [bad])
+    assert "\n" not in str(error.value)
+
+
+def test_override_values_are_coerced_to_the_field_type():
+    cfg = config.apply_overrides(config.preset("tiny"), [
+        "gpu_float16=true", "segment.train.learning_rate=1", "tpu=1234", "tpu=local", "segment.train.jit_compile=None"])
+    assert cfg.gpu_float16 is True and cfg.segment.train.learning_rate == 1.0
+    assert isinstance(cfg.segment.train.learning_rate, float) and cfg.tpu == "local"
+    assert cfg.segment.train.jit_compile is None
+
+
+def test_overrides_apply_together_in_any_order():
+    # resnet34 is only valid for an sm-* arch: checked once all overrides are in, whatever their order.
+    for order in (["segment.model.encoder=resnet34", "segment.model.arch=sm-fpn"],
+                  ["segment.model.arch=sm-fpn", "segment.model.encoder=resnet34"]):
+        assert config.apply_overrides(config.preset("tiny"), order).segment.model.encoder == "resnet34"
+
+
+def test_presets_and_direct_construction_are_validated():
+    with pytest.raises(ValueError, match="epochs"):
+        config.TrainConfig(epochs=-1)
+    with pytest.raises(ValueError, match="batch_size"):
+        config.DataConfig(batch_size=0)
+    with pytest.raises(ValueError, match="encoder"):
+        config.ModelConfig(encoder="efficientnetb9")
+
+
+def test_config_json_with_unknown_missing_or_bad_keys_names_them():
+    d = config.to_dict(config.preset("tiny"))
+    del d["segment"]["train"]["epochs"]
+    d["segment"]["train"]["epoch"] = 3
+    with pytest.raises(ValueError, match=r"segment\.train\.: unknown keys \['epoch'\]; missing keys \['epochs'\]"):
+        config.from_dict(d)
+    d = config.to_dict(config.preset("tiny"))
+    d["classify"]["train"]["epochs"] = "five"
+    with pytest.raises(ValueError, match="classify.train.epochs must be an integer"):
+        config.from_dict(d)
+
+
+def test_config_imports_no_tensorflow():
+    code = "import sys, steel_tpu.config; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert out.strip() == "False"
+
+
+def test_known_names_match_the_builders():
+    from steel_tpu import choices, losses, models
+    from steel_tpu.models import classifier, encoders
+
+    assert choices.ENCODERS == encoders.encoder_names() and choices.WEIGHTS == encoders.WEIGHT_CHOICES
+    assert choices.SEGMENTER_ARCHS == models.SEGMENTER_ARCHS and choices.CLASSIFIER_HEADS == classifier.HEAD_CHOICES
+    assert set(choices.LOSS_TERMS) == set(losses.TERMS)
+
+
+def test_a_bad_set_fails_fast_and_writes_nothing(tmp_path):
+    work = tmp_path / "work"
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "steel_tpu", "train", "--shards", str(tmp_path), "--workdir",
+                           str(work), "--config", "tiny", "--task", "both",
+                           "--set", "segment.model.encoder=efficientnetb9"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and time.perf_counter() - start < 30
+    assert proc.stderr.strip().startswith("steel-tpu train: error: --set segment.model.encoder='efficientnetb9'")
+    assert not work.exists()  # the corrected rerun starts clean

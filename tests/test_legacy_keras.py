@@ -37,7 +37,7 @@ def test_train_tune_predict_under_tf_keras(tiny_data, tmp_path):
     work, submission = str(tmp_path / "work"), str(tmp_path / "submission.csv")
     cli = [sys.executable, "-m", "steel_tpu.cli"]
     sets = [arg for override in TINY_TRAIN_OVERRIDES for arg in ("--set", override)]
-    output = legacy_run([*cli, "train", "--data", tiny_data["shards"], "--workdir", work, "--task", "both",
+    output = legacy_run([*cli, "train", "--shards", tiny_data["shards"], "--workdir", work, "--task", "both",
                          "--folds", "0", "--config", "tiny", *sets])
     assert "tf-keras 2." in output, output[-3000:]
     legacy_run([*cli, "tune", "--workdir", work])

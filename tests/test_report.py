@@ -13,7 +13,6 @@ from PIL import Image
 
 from steel_tpu import config as config_lib
 from steel_tpu import metrics, postprocess, report, rle, storage, tune, tune_plots, workdir
-from steel_tpu.constants import NUM_CLASSES
 from steel_tpu.data import example, shards
 from steel_tpu.data.shard_folder import ShardFolder, read_records
 from steel_tpu.synth import synthesize
@@ -136,7 +135,7 @@ def test_report_without_thresholds_or_images(work, tmp_path):
     assert sorted(n for n in os.listdir(out) if n != report.INDEX) == sorted(images)
     _check_pngs(out, images)
     assert "No thresholds.json" in page and "0.5 (no thresholds.json yet)" in page
-    assert "pass --data SHARDS" in page
+    assert "pass --shards SHARDS" in page
     # The Dice table's "all" row is the mean of every fold's oof.npz dice.
     dice = np.concatenate([workdir.load_oof(workdir.fold_file(work, "segment", f, "oof.npz"))["dice"]
                            for f in OOF_FOLDS])
@@ -153,7 +152,7 @@ def test_report_with_tuned_thresholds_and_images(work, shard_dir, tmp_path):
     shutil.copytree(work, tuned)
     result = tune.tune(workdir=tuned)
     out = str(tmp_path / "report")
-    page, images = _referenced_pngs(report.report(workdir=tuned, out=out, data=shard_dir))
+    page, images = _referenced_pngs(report.report(workdir=tuned, out=out, shards=shard_dir))
     assert "tuned thresholds from thresholds.json" in page and "over the image" in page
     for name in tune_plots.FILES:
         assert f"tune_{name}" in images
@@ -195,7 +194,7 @@ def test_a_failed_report_leaves_no_index(work, tmp_path):
     out = str(tmp_path / "out")
     report.report(workdir=work, out=out)
     with pytest.raises(FileNotFoundError, match="manifest.json: not found"):
-        report.report(workdir=work, out=out, data=str(tmp_path / "no_shards"))
+        report.report(workdir=work, out=out, shards=str(tmp_path / "no_shards"))
     assert not os.path.exists(os.path.join(out, report.INDEX))
 
 
@@ -237,7 +236,7 @@ def _assert_rendered(shot):
 
 
 def test_chromium_renders_the_report(work, shard_dir, tmp_path):
-    index = report.report(workdir=work, out=str(tmp_path / "report"), data=shard_dir)
+    index = report.report(workdir=work, out=str(tmp_path / "report"), shards=shard_dir)
     _assert_rendered(_screenshot(index, tmp_path))
 
 
@@ -252,7 +251,7 @@ def trained(trained_workdir, tmp_path_factory):
 
 @pytest.mark.slow
 def test_report_of_a_real_training_run(trained, tiny_data, tmp_path):
-    index = report.report(workdir=trained, out=str(tmp_path / "report"), data=tiny_data["shards"])
+    index = report.report(workdir=trained, out=str(tmp_path / "report"), shards=tiny_data["shards"])
     page, images = _referenced_pngs(index)
     assert 'class="note"' not in page  # every section found its inputs
     assert sorted(images) == sorted(["curves_classify.png", "curves_segment.png", "dice_per_class.png",

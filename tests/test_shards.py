@@ -300,7 +300,7 @@ def test_cli_shards_and_verify(source, tmp_path, capsys):
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert re.fullmatch(rf"{N_TRAIN} images in 4 shards \(0 kept\), [\d.]+ MB, \d+ images/s, 0 skipped -> .*", line)
     assert _manifest(out)["folds"] == 4
-    assert cli.main(["verify", out, "--data", source]) == 0
+    assert cli.main(["verify", "--shards", out, "--data", source]) == 0
     assert capsys.readouterr().out.startswith("OK ")
 
 
@@ -308,7 +308,7 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys):
     assert cli.main(["shards", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "train.csv: not found" in err
-    assert cli.main(["verify", str(tmp_path)]) == 2
+    assert cli.main(["verify", "--shards", str(tmp_path)]) == 2
     assert "manifest.json: not found" in capsys.readouterr().err
 
 

@@ -53,7 +53,7 @@ def test_every_fold_leaves_weights_logs_and_out_of_fold_predictions(trained_work
 
 def test_a_completed_run_is_skipped_not_retrained(trained_workdir, tiny_data, tiny_config):
     before = os.path.getmtime(workdir.fold_file(trained_workdir, "segment", 0, "best.weights.h5"))
-    results = train.run(data=tiny_data["shards"], work=trained_workdir, cfg=tiny_config, folds=(0,))
+    results = train.run(shards=tiny_data["shards"], workdir=trained_workdir, cfg=tiny_config, folds=(0,))
     assert [r["task"] for r in results] == ["classify", "segment"]
     assert os.path.getmtime(workdir.fold_file(trained_workdir, "segment", 0, "best.weights.h5")) == before
 
@@ -61,17 +61,17 @@ def test_a_completed_run_is_skipped_not_retrained(trained_workdir, tiny_data, ti
 def test_resuming_with_another_config_is_refused(trained_workdir, tiny_data, tiny_config):
     other = config.apply_overrides(tiny_config, ["segment.train.learning_rate=0.5"])
     with pytest.raises(ValueError, match="different config"):
-        train.run(data=tiny_data["shards"], work=trained_workdir, cfg=other, folds=(0,))
+        train.run(shards=tiny_data["shards"], workdir=trained_workdir, cfg=other, folds=(0,))
 
 
 def test_folds_outside_the_shards_are_refused(tiny_data, tiny_config, tmp_path):
     with pytest.raises(ValueError, match=r"folds \[2\] outside the 2 folds"):
-        train.run(data=tiny_data["shards"], work=str(tmp_path / "w"), cfg=tiny_config, folds=(2,))
+        train.run(shards=tiny_data["shards"], workdir=str(tmp_path / "w"), cfg=tiny_config, folds=(2,))
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_data, tmp_path):
     work = str(tmp_path / "work")
-    args = [sys.executable, "-m", "steel_tpu.cli", "train", "--data", tiny_data["shards"], "--workdir", work,
+    args = [sys.executable, "-m", "steel_tpu.cli", "train", "--shards", tiny_data["shards"], "--workdir", work,
             "--task", "segment", "--folds", "0", "--config", "tiny",
             "--set", "segment.train.epochs=3", "--set", "segment.train.steps_per_epoch=1",
             "--set", "segment.train.jit_compile=False"]
@@ -106,14 +106,15 @@ def test_training_under_eight_replicas(tiny_data, tiny_config, tmp_path, logical
     device = distribute.select_strategy(prefer="mirrored")
     assert device.replicas == len(logical_cpus)
     work = str(tmp_path / "work")
-    (result,) = train.run(data=tiny_data["shards"], work=work, cfg=cfg, tasks=("segment",), folds=(1,), device=device)
+    (result,) = train.run(shards=tiny_data["shards"], workdir=work, cfg=cfg, tasks=("segment",), folds=(1,), device=device)
     assert result["fold"] == 1 and 0.0 <= result["best"] <= 1.0
     assert len(workdir.load_oof(workdir.fold_file(work, "segment", 1, "oof.npz"))["image_ids"]) == len(
         _fold_ids(tiny_data["shards"], 1))
 
 
 def test_cli_names_a_missing_shard_folder(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "steel_tpu.cli", "train", "--data", str(tmp_path / "nope"),
+    proc = subprocess.run([sys.executable, "-m", "steel_tpu.cli", "train", "--shards", str(tmp_path / "nope"),
+                           "--config", "tiny",
                            "--workdir", str(tmp_path / "w")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "nope" in proc.stderr and "Traceback" not in proc.stderr

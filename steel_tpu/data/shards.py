@@ -11,9 +11,8 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm import tqdm
 
-from steel_tpu import kaggle, rle, storage
+from steel_tpu import console, kaggle, rle, storage
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.data import example, tfrecord
 from steel_tpu.data.folds import assign_folds
@@ -126,7 +125,7 @@ def build_shards(*, data, out, folds=5, seed=0, shard_mb=100.0, split="train", w
 
 def _write_all(todo, done, *, source, out, plan, workers, progress, after_shard):
     """Write the shards of `todo` in parallel, one writer per shard, recording each in the plan file as it lands."""
-    bar = tqdm(total=sum(len(s.image_ids) for s in todo), unit="img", disable=not progress, desc="shards")
+    bar = console.Progress(sum(len(s.image_ids) for s in todo), desc="shards", unit="img", enabled=progress)
     lock = threading.Lock()
 
     def tick():

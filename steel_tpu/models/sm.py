@@ -7,6 +7,7 @@ from types import ModuleType
 
 import tensorflow as tf
 
+from steel_tpu.choices import SM_PREPROCESSING
 from steel_tpu.constants import NUM_CLASSES
 from steel_tpu.keras_api import keras
 from steel_tpu.models.encoders import check_input_shape, resolve_weights
@@ -28,22 +29,9 @@ def import_sm() -> ModuleType:
         ) from error
 
 
-# What sm.get_preprocessing(backbone) does to an image, per backbone (checked against it in the tests).
-# Rebuilt here rather than called: keras_applications caches its mean as a constant of the first graph
-# that calls it, which breaks every later graph (functional build, tf.function, XLA).
-PREPROCESSING = {
-    # These normalise with an input BatchNormalization of their own.
-    "none": (
-        *("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"),
-        *("seresnet18", "seresnet34", "resnext50", "resnext101"),
-    ),
-    "torch": (
-        *("seresnet50", "seresnet101", "seresnet152", "seresnext50", "seresnext101", "senet154"),
-        *("densenet121", "densenet169", "densenet201", *(f"efficientnetb{i}" for i in range(8))),
-    ),
-    "tf": ("inceptionresnetv2", "inceptionv3", "mobilenet", "mobilenetv2"),
-    "caffe": ("vgg16", "vgg19"),
-}
+# Each backbone's preprocessing is rebuilt here instead of calling sm.get_preprocessing: keras_applications caches
+# its mean as a constant of the first graph that calls it, which breaks every later graph (tf.function, XLA).
+PREPROCESSING = SM_PREPROCESSING
 _TORCH_MEAN, _TORCH_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 _CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 

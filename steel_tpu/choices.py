@@ -1,0 +1,30 @@
+"""The names a config may choose (encoders, architectures, heads, loss terms), importable without TensorFlow."""
+
+# keras.applications' EfficientNetB0..B7 (models/encoders.py builds exactly these).
+ENCODERS = tuple(f"efficientnetb{i}" for i in range(8))
+SEGMENTER_ARCHS = ("unetpp", "unet", "sm-unet", "sm-fpn", "sm-linknet")
+CLASSIFIER_HEADS = ("binary", "multilabel", "both")
+LOSS_TERMS = ("bce", "dice", "focal")
+WEIGHTS = (None, "imagenet")
+
+# What sm.get_preprocessing(backbone) does to an image, per segmentation-models backbone (checked against it in
+# the tests); its names are the encoders an sm-* arch accepts.
+SM_PREPROCESSING = {
+    # These normalise with an input BatchNormalization of their own.
+    "none": (
+        *("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"),
+        *("seresnet18", "seresnet34", "resnext50", "resnext101"),
+    ),
+    "torch": (
+        *("seresnet50", "seresnet101", "seresnet152", "seresnext50", "seresnext101", "senet154"),
+        *("densenet121", "densenet169", "densenet201", *(f"efficientnetb{i}" for i in range(8))),
+    ),
+    "tf": ("inceptionresnetv2", "inceptionv3", "mobilenet", "mobilenetv2"),
+    "caffe": ("vgg16", "vgg19"),
+}
+SM_BACKBONES = tuple(name for names in SM_PREPROCESSING.values() for name in names)
+
+
+def encoders_for(arch):
+    """The encoder names a segmenter `arch` accepts (segmentation-models backbones for sm-* archs)."""
+    return SM_BACKBONES if arch.startswith("sm-") else ENCODERS
