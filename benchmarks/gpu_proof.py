@@ -1,4 +1,4 @@
-"""Accelerator proof: colab-tpu segmenter training images/s (256x1600 input, 256x512 crops, mixed precision) and predict images/s.
+"""Accelerator proof: colab-tpu segmenter training and predict images/s, 256x1600 input, mixed precision.
 
     python benchmarks/gpu_proof.py [--batch 32] [--predict-batch 16] [--steps 20] [--out proof.json]
     python benchmarks/gpu_proof.py --smoke     # tiny sizes: runs on a CPU in seconds (the test runs this)

@@ -152,7 +152,8 @@ def describe(device):
 
 
 def summary(device):
-    """One line: 'steel_tpu: TPUStrategy on tpu, 8 replica(s), float32, TensorFlow 2.20.0, Keras 3.15.1, libtpu 0.0.14'."""
+    """One line: 'steel_tpu: TPUStrategy on tpu, 8 replica(s), mixed_bfloat16, TensorFlow 2.20.0, Keras 3.15.1,
+    libtpu 0.0.14' (precision: the Keras policy in force when called)."""
     d = describe(device)
     return (f"steel_tpu: {d['strategy']} on {d['device']}, {d['replicas']} replica(s), {d['precision']}, "
             f"TensorFlow {d['tensorflow']}, {d['keras']}, libtpu {d['libtpu'] or 'not installed'}")

@@ -1,4 +1,4 @@
-"""`steel-tpu env`: TensorFlow, Keras, libtpu, devices, the strategy a run would get, gs:// credentials, what fits, what is wrong."""
+"""`steel-tpu env`: versions, devices, the strategy a run would get, gs:// credentials, what fits, what is wrong."""
 
 import os
 from pathlib import Path
@@ -87,10 +87,13 @@ def format_report(report):
     cred = report["gcs_credentials"]
     usable = {True: "usable", False: "NOT usable", None: "not checked"}[cred["usable"]]
     lines = [
-        f"TensorFlow {report['tensorflow']} ({tf_dists}), {report['keras']}, libtpu {report['libtpu'] or 'not installed'}",
-        f"TPU signs: {'; '.join(report['tpu_signals']) or 'none'}; GPU devices: {', '.join(report['gpu_signals']) or 'none'}",
+        f"TensorFlow {report['tensorflow']} ({tf_dists}), {report['keras']}, "
+        f"libtpu {report['libtpu'] or 'not installed'}",
+        f"TPU signs: {'; '.join(report['tpu_signals']) or 'none'}; "
+        f"GPU devices: {', '.join(report['gpu_signals']) or 'none'}",
         f"devices: {', '.join(report['devices'])}",
-        f"strategy: {report['strategy'] or 'none'} on {report['device'] or '-'}, {report['replicas'] or '-'} replica(s)",
+        f"strategy: {report['strategy'] or 'none'} on {report['device'] or '-'}, "
+        f"{report['replicas'] or '-'} replica(s)",
         f"gs:// credentials: {usable}" + (f" ({cred['source']})" if cred["source"] else "") + f": {cred['note']}",
     ]
     lines += [f"preset {name}: {why}" for name, why in report["presets"].items()]

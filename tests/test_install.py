@@ -85,10 +85,10 @@ def test_legacy_keras_is_installed_without_its_tensorflow_dependency(tmp_path):
 
 
 def test_package_forms():
-    assert install.with_extra("git+https://github.com/o/steel_tpu", "cpu") == \
-        "steel_tpu[cpu] @ git+https://github.com/o/steel_tpu"
-    assert install.with_extra("git+https://github.com/o/steel_tpu", None) == "steel_tpu @ git+https://github.com/o/steel_tpu"
-    assert install.with_extra("dist/steel_tpu-0.1-py3-none-any.whl", "gpu") == "dist/steel_tpu-0.1-py3-none-any.whl[gpu]"
+    url, wheel = "git+https://github.com/o/steel_tpu", "dist/steel_tpu-0.1-py3-none-any.whl"
+    assert install.with_extra(url, "cpu") == f"steel_tpu[cpu] @ {url}"
+    assert install.with_extra(url, None) == f"steel_tpu @ {url}"
+    assert install.with_extra(wheel, "gpu") == f"{wheel}[gpu]"
     assert install.default_package() == str(install.CHECKOUT)
 
 
@@ -113,8 +113,8 @@ def _resolve(tmp_path, requirements, *, no_deps=False):
             "--platform", "manylinux2014_x86_64", "--target", str(tmp_path / "target"), "--report", str(report),
             *(["--no-deps"] if no_deps else []), *requirements]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
-    if done.returncode != 0 and any(s in done.stderr for s in ("NewConnectionError", "Could not fetch", "ProxyError",
-                                                             "Network is unreachable", "Temporary failure")):
+    offline = ("NewConnectionError", "Could not fetch", "ProxyError", "Network is unreachable", "Temporary failure")
+    if done.returncode != 0 and any(s in done.stderr for s in offline):
         pytest.skip(f"PyPI is unreachable: {done.stderr.strip().splitlines()[-1]}")
     assert done.returncode == 0, done.stderr
     return {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
