@@ -2,18 +2,26 @@
 
 import dataclasses
 import glob
+import importlib.metadata
 import importlib.util
 import json
 import os
-import warnings
 
 import tensorflow as tf
 
-from steel_tpu import keras_api
+from steel_tpu import install, keras_api
 from steel_tpu.keras_api import keras
 
 KINDS = ("tpu", "gpu", "cpu")
 PREFER = ("tpu", "gpu", "cpu", "mirrored")
+# What to do when a TPU was asked for (or is detected) and cannot be reached: the one-line fix printed with the reason.
+NO_TPU_FIX = (f"fix: on a TPU host without TensorFlow run `python -m steel_tpu.install` (tensorflow-tpu "
+              f"{install.TF_VERSION} + libtpu {install.LIBTPU_VERSION}); to run on this machine's CPU or GPU instead, "
+              "choose it explicitly: device=cpu or device=gpu (select_strategy(prefer='cpu'|'gpu'))")
+
+
+class TPUUnavailable(RuntimeError):
+    """A TPU was asked for or detected, and none could be reached: the run stops before anything is built."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,7 +38,7 @@ def tpu_detected(*, environ=None, accel_paths=None):
     environ = os.environ if environ is None else environ
     accel_paths = glob.glob("/dev/accel*") + glob.glob("/dev/vfio/[0-9]*") if accel_paths is None else accel_paths
     has_libtpu = importlib.util.find_spec("libtpu") is not None
-    return bool({"COLAB_TPU_ADDR", "TPU_NAME"} & set(environ)) or bool(accel_paths) or has_libtpu
+    return bool(set(install.TPU_ENV_VARS) & set(environ)) or bool(accel_paths) or has_libtpu
 
 
 def tpu_candidates(tpu, *, environ=None):
@@ -55,8 +63,8 @@ def _connect_tpu(names):
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver.connect(tpu=name)
             return tf.distribute.TPUStrategy(resolver)
         except (ValueError, RuntimeError, tf.errors.OpError) as error:
-            errors.append(f"tpu={name!r}: {type(error).__name__}: {error}")
-    raise RuntimeError("could not connect to a TPU; tried " + "; ".join(errors))
+            errors.append(f"tpu={name!r}: {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}")
+    raise TPUUnavailable("could not connect to a TPU; tried " + "; ".join(errors) + f" -- {NO_TPU_FIX}")
 
 
 def _tf_config_workers(environ):
@@ -89,32 +97,66 @@ def _local_choice(prefer, environ):
 _CHOSEN = {}
 
 
-def select_strategy(*, tpu=None, prefer=None, verbose=True):
-    """Pick TPU (named or detected), multi-worker, local GPUs (Mirrored) or the default strategy (once per process)."""
+def select_strategy(*, tpu=None, prefer=None, require_tpu=False, verbose=True):
+    """Pick TPU (named or detected), multi-worker, local GPUs (Mirrored) or the default strategy (once per process).
+
+    No silent fallback: a named `tpu`, `prefer='tpu'`, `require_tpu` (a TPU preset) or a host that looks like a TPU
+    host with no TPU reachable raises TPUUnavailable (reason + fix). Running elsewhere is an explicit choice:
+    `prefer='cpu'|'gpu'|'mirrored'` (config `device`), which also overrides `require_tpu`.
+    """
     if prefer not in (None, *PREFER):
         raise ValueError(f"prefer={prefer!r}: expected one of {PREFER} or None")
-    if (tpu, prefer) not in _CHOSEN:
-        _CHOSEN[tpu, prefer] = _choose(tpu=tpu, prefer=prefer)
-    device = _CHOSEN[tpu, prefer]
+    require_tpu = require_tpu and prefer in (None, "tpu")
+    key = (tpu, prefer, require_tpu)
+    if key not in _CHOSEN:
+        _CHOSEN[key] = _choose(tpu=tpu, prefer=prefer, require_tpu=require_tpu)
+    device = _CHOSEN[key]
     if verbose:
-        print(f"steel_tpu: {type(device.strategy).__name__} on {device.kind}, {device.replicas} replica(s), "
-              f"{keras_api.describe()}")
+        print(summary(device))
     return device
 
 
-def _choose(*, tpu, prefer):
+def _choose(*, tpu, prefer, require_tpu):
     environ = os.environ
-    strategy = None
-    if tpu or prefer == "tpu" or (prefer is None and tpu_detected(environ=environ)):
-        try:
-            strategy, kind = _connect_tpu(tpu_candidates(tpu, environ=environ)), "tpu"
-        except RuntimeError as error:
-            if tpu or prefer == "tpu":
-                raise
-            warnings.warn(f"TPU detected but not usable, falling back: {error}", stacklevel=2)
-    if strategy is None:
+    if tpu or prefer == "tpu" or require_tpu or (prefer is None and tpu_detected(environ=environ)):
+        if not tpu and not tpu_detected(environ=environ):
+            # Nothing on this host says TPU: say so at once instead of waiting on connection attempts.
+            raise TPUUnavailable(f"a TPU is required but this host shows none (no {'/'.join(install.TPU_ENV_VARS)}, "
+                                 f"/dev/accel*, /dev/vfio/N or libtpu) -- {NO_TPU_FIX}")
+        strategy, kind = _connect_tpu(tpu_candidates(tpu, environ=environ)), "tpu"
+    else:
         strategy, kind = _local_choice(prefer, environ)
     return Device(strategy=strategy, kind=kind, replicas=strategy.num_replicas_in_sync)
+
+
+def _version(distribution):
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def describe(device):
+    """What a run used, for printing and for the workdir: device, replicas, precision and library versions."""
+    tf_dists = install.probe().tensorflow
+    return {
+        "device": device.kind,
+        "strategy": type(device.strategy).__name__,
+        "replicas": device.replicas,
+        "precision": keras.mixed_precision.global_policy().name,
+        "tensorflow": tf.__version__,
+        "tensorflow_distributions": tf_dists,
+        "keras": keras_api.describe(),
+        "libtpu": _version("libtpu") or _version("libtpu-nightly"),
+    }
+
+
+def summary(device):
+    """One line: 'steel_tpu: TPUStrategy on tpu, 8 replica(s), mixed_bfloat16, TensorFlow 2.20.0, Keras 3.15.1,
+    libtpu 0.0.14' (precision: the Keras policy in force when called)."""
+    d = describe(device)
+    return (f"steel_tpu: {d['strategy']} on {d['device']}, {d['replicas']} replica(s), {d['precision']}, "
+            f"TensorFlow {d['tensorflow']}, {d['keras']}, libtpu {d['libtpu'] or 'not installed'}")
 
 
 def use_xla(device, requested=None):

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from steel_tpu import distribute
 
-TPU_VARS = ("COLAB_TPU_ADDR", "TPU_NAME", "TF_CONFIG")
+TPU_VARS = (*distribute.install.TPU_ENV_VARS, "TF_CONFIG")
 
 
 @pytest.fixture
@@ -44,7 +44,43 @@ def test_default_strategy_on_this_machine(clean_env, capsys, logical_cpus):
     assert device.kind == "cpu" and device.replicas == 1
     assert device.strategy is tf.distribute.get_strategy()
     assert capsys.readouterr().out.strip().splitlines() == [
-        f"steel_tpu: _DefaultDistributionStrategy on cpu, 1 replica(s), Keras {keras.__version__}"]
+        f"steel_tpu: _DefaultDistributionStrategy on cpu, 1 replica(s), {keras.mixed_precision.global_policy().name}, "
+        f"TensorFlow {tf.__version__}, Keras {keras.__version__}, libtpu not installed"]
+
+
+def test_describe_records_what_the_run_used(mirrored, restore_policy):
+    distribute.set_precision("cpu")
+    info = distribute.describe(mirrored)
+    assert info["device"] == "cpu" and info["replicas"] == 8 and info["strategy"] == "MirroredStrategy"
+    assert info["precision"] == "float32" and info["tensorflow"] == tf.__version__
+    assert info["keras"] == f"Keras {keras.__version__}" and info["libtpu"] is None
+    assert set(info["tensorflow_distributions"]) & {"tensorflow", "tensorflow-cpu"}
+    json.dumps(info)  # the workdir stores it as JSON
+
+
+def test_a_required_tpu_on_a_host_without_one_stops_with_the_fix(clean_env):
+    if distribute.tpu_detected():
+        pytest.skip("this host looks like a TPU host")
+    with pytest.raises(distribute.TPUUnavailable) as error:
+        distribute.select_strategy(require_tpu=True, verbose=False)
+    message = str(error.value)
+    assert "\n" not in message and "a TPU is required but this host shows none" in message
+    assert "python -m steel_tpu.install" in message and "device=cpu" in message
+    # The explicit choice runs the same request on the CPU.
+    assert distribute.select_strategy(require_tpu=True, prefer="cpu", verbose=False).kind == "cpu"
+
+
+def test_a_detected_but_unreachable_tpu_stops_instead_of_falling_back():
+    # A subprocess: a failed TPU initialisation may leave this process' runtime half-configured.
+    code = ("from steel_tpu import distribute\n"
+            "try:\n    distribute.select_strategy()\nexcept distribute.TPUUnavailable as e:\n    print('STOPPED', e)\n"
+            "print(distribute.select_strategy(prefer='cpu', verbose=False).kind)")
+    env = {**os.environ, "PYTHONPATH": os.getcwd(), "TF_CPP_MIN_LOG_LEVEL": "3", "TPU_ACCELERATOR_TYPE": "v5litepod-1"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith("STOPPED could not connect to a TPU; tried tpu='local'") and "fix:" in lines[0]
+    assert lines[-1] == "cpu"
 
 
 def test_mirrored_over_the_logical_cpus(mirrored, logical_cpus):
@@ -69,7 +105,7 @@ def test_requested_tpu_that_is_absent_fails_naming_what_was_tried():
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode != 0
-    assert "RuntimeError: could not connect to a TPU; tried tpu='local'" in done.stderr
+    assert "TPUUnavailable: could not connect to a TPU; tried tpu='local'" in done.stderr and "fix:" in done.stderr
 
 
 def test_tpu_detection_and_candidates():

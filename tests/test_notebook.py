@@ -62,7 +62,8 @@ def test_committed_notebook_has_no_outputs_and_safe_defaults():
     assert all(not c.outputs and c.execution_count is None for c in code), "clear the notebook's outputs"
     params = {}
     exec(nb.cells[_parameters_index(nb)].source, {}, params)
-    assert params["BUCKET"] == "" and params["CONFIG"] == "auto" and params["PACKAGE"] == ""
+    assert params["BUCKET"] == "" and params["CONFIG"] == "auto" and params["DEVICE"] == "auto"
+    assert params["PACKAGE"].startswith("git+https://") and params["LOCAL_DATA"] == "" and not params["KAGGLE_DOWNLOAD"]
     for name in ("DATA_PREFIX", "WORK_PREFIX", "FOLDS", "OVERRIDES", "N_TRAIN", "N_TEST", "SEED"):
         assert name in params
 
@@ -74,6 +75,7 @@ def test_notebook_runs_headless_on_cpu(tmp_path, monkeypatch):
     inject_parameters(nb, {
         "LOCAL_ROOT": str(root), "N_TRAIN": 32, "N_TEST": 8, "NUM_FOLDS": 2, "FOLDS": [0], "CONFIG": "tiny",
         "OVERRIDES": TINY_TRAIN_OVERRIDES, "SEED": 0,
+        "DEVICE": "cpu",  # the explicit choice: CI has no TPU, and a TPU-looking host must not stop the run
     })
     # The kernel is a fresh process: it finds the package from the checkout and has no 8-device CPU set-up.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
@@ -87,6 +89,7 @@ def test_notebook_runs_headless_on_cpu(tmp_path, monkeypatch):
     text = _text_outputs(nb)
     assert "steel_tpu is already importable: nothing to install" in text
     assert "on cpu" in text and "config 'tiny'" in text
+    assert "recommended preset: tiny" in text and "gs:// credentials:" in text  # the steel-tpu env report
     assert "OOF Dice" in text and "all empty: dice" in text
     # EDA (2 inline plots + samples), 2 training curves, tuning (Dice bars + 4 plots), predictions.
     assert _png_outputs(nb) >= 10

@@ -1,0 +1,135 @@
+"""The install decision on simulated hosts, and pip's own resolver on what it decides for a TPU host."""
+
+import json
+import tempfile
+from pathlib import Path
+import subprocess
+import sys
+
+import pytest
+
+from steel_tpu import install
+
+PKG = "/src/steel_tpu"
+
+
+def fake_dev(tmp_path, *names):
+    dev = Path(tempfile.mkdtemp(dir=tmp_path, prefix="dev"))
+    for name in names:
+        (dev / name).parent.mkdir(parents=True, exist_ok=True)
+        (dev / name).touch()
+    return dev
+
+
+def plan_for(tmp_path, *, environ=(), devices=(), dists=None, legacy=False):
+    host = install.probe(environ=dict(environ), dev=fake_dev(tmp_path, *devices), distributions=dists or {})
+    return host, install.decide(host, package=PKG, legacy=legacy)
+
+
+@pytest.mark.parametrize("environ,devices", [
+    ({"COLAB_TPU_ADDR": "10.0.0.2:8470"}, ()),
+    ({"TPU_ACCELERATOR_TYPE": "v5litepod-1"}, ()),
+    ({"TPU_WORKER_ID": "0"}, ()),
+    ({}, ("accel0",)),
+    ({}, ("vfio/0",)),
+])
+def test_tpu_host_without_tensorflow_gets_tensorflow_tpu_and_its_libtpu(tmp_path, environ, devices):
+    host, plan = plan_for(tmp_path, environ=environ, devices=devices)
+    assert host.tpu and not host.tensorflow
+    assert plan.commands == ((f"tensorflow-tpu=={install.TF_VERSION}", f"libtpu=={install.LIBTPU_VERSION}", PKG),)
+    assert "TPU host without TensorFlow" in plan.reason
+
+
+def test_installed_libtpu_alone_marks_a_tpu_host(tmp_path):
+    host, plan = plan_for(tmp_path, dists={"libtpu": "0.0.14"})
+    assert host.tpu_signals == ("libtpu 0.0.14 is installed",)
+    assert plan.commands[0][0] == "tensorflow-tpu==2.20.0"
+
+
+@pytest.mark.parametrize("dists", [
+    {"tensorflow-tpu": "2.19.1", "libtpu": "0.0.10"},
+    {"tensorflow": "2.18.0"},
+    {"tf_nightly": "2.21.0.dev1"},
+])
+def test_a_host_with_tensorflow_never_gets_another(tmp_path, dists):
+    host, plan = plan_for(tmp_path, environ={"TPU_NAME": "local"}, devices=("accel0",), dists=dists)
+    flat = [arg for command in plan.commands for arg in command]
+    assert plan.commands == ((PKG,),)
+    assert not any(arg.startswith(("tensorflow", "libtpu", "tf-")) for arg in flat)
+    assert "kept as it is" in plan.reason
+
+
+def test_non_tpu_tensorflow_on_a_tpu_host_is_flagged_not_replaced(tmp_path):
+    _, plan = plan_for(tmp_path, environ={"TPU_NAME": "x"}, dists={"tensorflow-cpu": "2.20.0"})
+    assert plan.commands == ((PKG,),)
+    assert any("has no TPU support" in w for w in plan.warnings)
+
+
+def test_two_tensorflows_are_reported(tmp_path):
+    _, plan = plan_for(tmp_path, dists={"tensorflow": "2.20.0", "tensorflow-cpu": "2.20.0"})
+    assert any("several TensorFlow distributions" in w for w in plan.warnings)
+
+
+def test_gpu_and_cpu_hosts_get_their_extras(tmp_path):
+    _, gpu = plan_for(tmp_path, devices=("nvidia0", "nvidiactl"))
+    assert gpu.commands == ((f"{PKG}[gpu]",),)
+    _, cpu = plan_for(tmp_path)
+    assert cpu.commands == ((f"{PKG}[cpu]",),)
+
+
+def test_legacy_keras_is_installed_without_its_tensorflow_dependency(tmp_path):
+    _, plan = plan_for(tmp_path, environ={"TPU_NAME": "local"}, legacy=True)
+    assert plan.commands[-1] == ("--no-deps", "tf-keras~=2.20.0")
+    _, kept = plan_for(tmp_path, dists={"tensorflow-tpu": "2.19.1"}, legacy=True)
+    assert kept.commands[-1] == ("--no-deps", "tf-keras~=2.19.0")
+
+
+def test_package_forms():
+    url, wheel = "git+https://github.com/o/steel_tpu", "dist/steel_tpu-0.1-py3-none-any.whl"
+    assert install.with_extra(url, "cpu") == f"steel_tpu[cpu] @ {url}"
+    assert install.with_extra(url, None) == f"steel_tpu @ {url}"
+    assert install.with_extra(wheel, "gpu") == f"{wheel}[gpu]"
+    assert install.default_package() == str(install.CHECKOUT)
+
+
+def test_dry_run_prints_the_commands_and_installs_nothing(capsys, monkeypatch, tmp_path):
+    for name in install.TPU_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TPU_NAME", "local")
+    assert install.main(["--dry-run", "--package", PKG, "--legacy"]) == 0
+    out = capsys.readouterr().out
+    assert "-m pip install --no-deps tf-keras~=" in out
+    # This environment has tensorflow-cpu: it is kept, so only the package is installed.
+    assert f"-m pip install {PKG}\n" in out and "kept as it is" in out
+
+
+# --- pip's own resolver (metadata only) -------------------------------------------------------------------------
+
+def _resolve(tmp_path, requirements, *, no_deps=False):
+    report = tmp_path / f"report{len(list(tmp_path.glob('report*')))}.json"
+    args = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+            "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
+            "--platform", "manylinux_2_31_x86_64", "--platform", "manylinux_2_17_x86_64",
+            "--platform", "manylinux2014_x86_64", "--target", str(tmp_path / "target"), "--report", str(report),
+            *(["--no-deps"] if no_deps else []), *requirements]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    offline = ("NewConnectionError", "Could not fetch", "ProxyError", "Network is unreachable", "Temporary failure")
+    if done.returncode != 0 and any(s in done.stderr for s in offline):
+        pytest.skip(f"PyPI is unreachable: {done.stderr.strip().splitlines()[-1]}")
+    assert done.returncode == 0, done.stderr
+    return {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"]
+            for i in json.loads(report.read_text())["install"]}
+
+
+@pytest.mark.slow
+def test_pip_resolves_one_tensorflow_and_the_pinned_libtpu_for_a_tpu_host(tmp_path):
+    """The TPU plan's packages (this package's own dependencies in place of the checkout, which pip would build)."""
+    plan = install.decide(install.probe(environ={"TPU_NAME": "local"}, dev=fake_dev(tmp_path), distributions={}),
+                          package=PKG, legacy=True)
+    tpu_requirements = [r for r in plan.commands[0] if r != PKG]
+    resolved = _resolve(tmp_path, tpu_requirements + ["numpy>=1.26", "pillow>=10.0", "gcsfs>=2024.2"])
+    flavours = {n: v for n, v in resolved.items() if install._normalise(n) in install.TF_DISTRIBUTIONS}
+    assert flavours == {"tensorflow-tpu": install.TF_VERSION}
+    assert resolved["libtpu"] == install.LIBTPU_VERSION
+    legacy = _resolve(tmp_path, list(plan.commands[1][1:]), no_deps=True)
+    assert list(legacy) == ["tf-keras"] and legacy["tf-keras"].startswith("2.20.")
