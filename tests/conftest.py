@@ -85,5 +85,5 @@ def trained_workdir(tiny_data, tiny_config, tmp_path_factory):
     from steel_tpu import train
 
     work = str(tmp_path_factory.mktemp("trained") / "work")
-    train.run(data=tiny_data["shards"], work=work, cfg=tiny_config, folds=(0, 1))
+    train.run(shards=tiny_data["shards"], workdir=work, cfg=tiny_config, folds=(0, 1))
     return work
