@@ -42,7 +42,7 @@ def run(*, out, n_train=160, n_test=40, seed=0, overrides=()):
 
     cfg = config.apply_overrides(config.preset("tiny"), list(overrides))
     _stage(f"train the classifier and the segmenter on fold 0 (config {cfg.name!r}) -> {work}")
-    train.run(data=shards, work=work, cfg=cfg, folds=(0,))
+    train.run(shards=shards, workdir=work, cfg=cfg, folds=(0,))
 
     _stage("tune thresholds, minimum areas and the classifier gate on the out-of-fold predictions")
     tune.tune(workdir=work)
