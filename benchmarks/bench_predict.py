@@ -13,7 +13,6 @@ Both apply the same gate (p_any >= 0, so the classifier runs but keeps everythin
 
 import argparse
 import dataclasses
-import json
 import os
 import shutil
 import sys
@@ -27,9 +26,10 @@ from PIL import Image
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from steel_tpu import config as config_lib  # noqa: E402
-from steel_tpu import kaggle, metrics, postprocess, predict, storage, synth, train, workdir  # noqa: E402
+from steel_tpu import kaggle, metrics, postprocess, predict, synth, tasks  # noqa: E402
 from steel_tpu.data import pipeline  # noqa: E402
 from steel_tpu.submission_writer import ChunkedSubmission  # noqa: E402
+from steel_tpu.workdir import Workdir  # noqa: E402
 
 FOLDS = (0, 1)
 DEFECT_FRACTION = 0.05
@@ -61,16 +61,17 @@ def _workdir(work, *, size, sample_paths):
         task.data = dataclasses.replace(task.data, image_height=h, image_width=w, batch_size=8)
     cfg.segment.model = dataclasses.replace(cfg.segment.model, decoder_filters=(256, 128, 64, 32, 16))
     cfg.folds = FOLDS
-    workdir.save_config(work, cfg)
+    wd = Workdir(work)
+    wd.save_config(cfg)
     sample = _load_images(sample_paths, size)
     keras.utils.set_random_seed(0)
-    for task in workdir.TASKS:
+    for task in tasks.NAMES:
         for fold in FOLDS if task == "segment" else FOLDS[:1]:
-            model = train.build_model(task, getattr(cfg, task))
+            model = tasks.make(task, cfg).build_model()
             if task == "segment":
                 _calibrate(model, sample)
-            workdir.save_weights(model, workdir.fold_file(work, task, fold, "best.weights.h5"))
-            storage.write_text(workdir.fold_file(work, task, fold, "done.json"), json.dumps({"task": task}))
+            wd.save_weights(model, task, fold)
+            wd.mark_done(task, fold, {"task": task})
 
 
 def _load_images(paths, size):
@@ -89,12 +90,13 @@ def mask2rle(img):
 
 def _load_models(work):
     """The workdir's models, built and loaded the way a seed kernel loads its saved models."""
-    cfg = workdir.load_config(work)
+    wd = Workdir(work)
+    cfg = wd.config()
     models = {}
-    for task in workdir.TASKS:
-        for fold in workdir.completed_folds(work, task):
-            model = train.build_model(task, getattr(cfg, task))
-            workdir.load_weights(model, workdir.fold_file(work, task, fold, "best.weights.h5"))
+    for task in tasks.NAMES:
+        for fold in wd.completed_folds(task):
+            model = tasks.make(task, cfg).build_model()
+            wd.load_weights(model, task, fold)
             models.setdefault(task, []).append(model)
     return models
 

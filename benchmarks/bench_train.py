@@ -9,7 +9,6 @@ both models. Target: Dice >= 0.92 and >= the empty baseline + 0.10, within 20 mi
 """
 
 import argparse
-import csv
 import os
 import shutil
 import tempfile
@@ -17,8 +16,9 @@ import time
 
 import numpy as np
 
-from steel_tpu import config, postprocess, train, workdir
+from steel_tpu import config, postprocess, tasks, train
 from steel_tpu.data.shard_folder import MANIFEST
+from steel_tpu.workdir import Workdir
 from steel_tpu.data.shards import build_shards
 from steel_tpu.synth import synthesize
 
@@ -67,14 +67,13 @@ def main():
     train.run(shards=shards, workdir=work, cfg=cfg, folds=(0,))
     minutes = (time.perf_counter() - start) / 60
 
-    seg = workdir.load_oof(workdir.fold_file(work, "segment", 0, "oof.npz"))
-    cls = workdir.load_oof(workdir.fold_file(work, "classify", 0, "oof.npz"))
+    wd = Workdir(work)
+    seg, cls = wd.oof("segment", 0), wd.oof("classify", 0)
     gated = gated_dice(seg, cls, gate=0.5)
     empty = (seg["truth_area"] == 0).astype(float)
     rates = {}
-    for task in workdir.TASKS:
-        with open(workdir.fold_file(work, task, 0, "log.csv")) as f:
-            speeds = [float(row["train_images_per_s"]) for row in csv.DictReader(f)]
+    for task in tasks.NAMES:
+        speeds = [row["train_images_per_s"] for row in wd.read_log(task, 0)]
         rates[task] = float(np.median(speeds[1:] or speeds))  # the first epoch includes the XLA compile
 
     print(f"held-out fold: {len(seg['image_ids'])} images, trained on the other 4 folds at {args.height}x{args.width}")

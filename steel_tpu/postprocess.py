@@ -105,3 +105,11 @@ class PostProcess:
                                  f"{probs.shape[-1]} probabilities per image")
             kept = kept & gate_kept(probs, self.gate)
         return kept
+
+
+def from_thresholds(doc, *, where):
+    """The PostProcess of a thresholds.json document (tune writes it); a bad one is refused naming `where`."""
+    try:
+        return PostProcess.from_dict(doc)
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ValueError(f"{where}: not a valid thresholds file: {error}") from None

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from steel_tpu import console, distribute, ensemble, postprocess, rle, step, storage, tune
+from steel_tpu import console, distribute, ensemble, postprocess, rle, step, storage
 from steel_tpu.data import pipeline, source
 from steel_tpu.data.shard_folder import ShardFolder, holds_shards
 from steel_tpu.kaggle import EMPTY
 from steel_tpu.submission_writer import ChunkedSubmission
-from steel_tpu.workdir import completed_folds, load_config
+from steel_tpu.workdir import Workdir, read_thresholds
 
 CHUNK_SIZE = 1024  # images per committed part file: at most this much work is redone after a crash
 _IN_FLIGHT = 2  # device batches waiting for the host worker: bounds host memory, keeps the device busy
@@ -72,11 +72,11 @@ def load_thresholds(work, thresholds=None):
     """(PostProcess, where it came from): a PostProcess, a thresholds.json path, or the workdir's (or defaults)."""
     if isinstance(thresholds, postprocess.PostProcess):
         return thresholds, "given"
-    path = thresholds or storage.join(work, tune.THRESHOLDS)
-    if storage.exists(path):
-        return tune.load_postprocess(path), path
-    if thresholds:
-        raise FileNotFoundError(f"{thresholds}: no such thresholds file")
+    wd = Workdir(work)
+    path = thresholds or wd.thresholds_path()
+    doc = read_thresholds(path) if thresholds else wd.thresholds()
+    if doc is not None:
+        return postprocess.from_thresholds(doc, where=path), path
     print(f"predict: no {path}: using defaults (pixel threshold 0.5, no min area, no gate); "
           f"run `steel-tpu tune --workdir {work}` first to tune them")
     return postprocess.PostProcess(), "defaults"
@@ -209,9 +209,10 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
     each committed chunk.
     """
     start = time.perf_counter()
-    cfg = load_config(workdir)
+    wd = Workdir(workdir)
+    cfg = wd.config()
     pp, pp_from = load_thresholds(workdir, thresholds)
-    if pp.gate and not completed_folds(workdir, "classify"):
+    if pp.gate and not wd.completed_folds("classify"):
         raise FileNotFoundError(f"{pp_from} gates on a classifier, but {workdir} has no completed classify folds")
     chunks = plan_chunks(images, chunk_size=chunk_size, skip_bad=skip_bad)  # bad input fails before model builds
     device = device or distribute.select_strategy()

@@ -1,18 +1,15 @@
 """`steel-tpu report`: one HTML page with PNG figures describing a training workdir (local or gs://)."""
 
-import csv
 import html
 import io
-import json
-import os
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from steel_tpu import figures, metrics, storage, tune, tune_plots
-from steel_tpu import workdir as workdir_lib
+from steel_tpu import figures, metrics, postprocess, storage, tune, tune_plots
+from steel_tpu.workdir import THRESHOLDS, Workdir
 from steel_tpu.constants import CLASS_IDS, NUM_CLASSES
 from steel_tpu.data import example
 from steel_tpu.data.shard_folder import ShardFolder, read_records
@@ -55,31 +52,15 @@ class Section:
         self.parts.append(f"<table><tr>{head}</tr>{body}</table>")
 
 
-def read_log(path):
-    """A fold's log.csv as a list of {column: float} (epoch as int); a bad cell raises naming file and line."""
-    rows = []
-    for line, row in enumerate(csv.DictReader(io.StringIO(storage.read_text(path))), start=2):
-        try:
-            values = {k: float(v) for k, v in row.items() if v != ""}
-            values["epoch"] = int(values["epoch"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{path}: line {line}: expected numbers with an epoch column ({error})") from None
-        rows.append(values)
-    return rows
-
-
-def _fold_of(path):
-    return int(os.path.basename(os.path.dirname(path)).removeprefix("fold"))
-
-
 def training_logs(work, task):
     """{fold: log rows} of every fold of `task` with a non-empty log.csv, finished or not."""
-    logs = {_fold_of(p): read_log(p) for p in storage.glob(storage.join(work, task, "fold*", "log.csv"))}
+    wd = Workdir(work)
+    logs = {fold: wd.read_log(task, fold) for fold in wd.folds(task)}
     return {fold: rows for fold, rows in logs.items() if rows}
 
 
-def _load_segment_oof(path):
-    oof = workdir_lib.load_oof(path)
+def _load_segment_oof(wd, fold):
+    oof, path = wd.oof("segment", fold), wd.oof_path("segment", fold)
     missing = [k for k in _SEGMENT_KEYS if k not in oof]
     if missing:
         raise ValueError(f"{path}: not a segmenter OOF file (missing {missing})")
@@ -94,11 +75,11 @@ def _load_segment_oof(path):
 
 def _load_thresholds(work):
     """thresholds.json of `work` as a dict (with its PostProcess), or None when tuning has not run."""
-    path = storage.join(work, tune.THRESHOLDS)
-    if not storage.exists(path):
+    wd = Workdir(work)
+    result = wd.thresholds()
+    if result is None:
         return None
-    result = json.loads(storage.read_text(path))
-    result["postprocess"] = tune.load_postprocess(path)
+    result["postprocess"] = postprocess.from_thresholds(result, where=wd.thresholds_path())
     return result
 
 
@@ -120,13 +101,13 @@ def _summarize_segment(work, folds, thresholds, *, k):
     """One pass over each fold's oof.npz, one fold in memory at a time."""
     summary = metrics.OofSummary(thresholds=thresholds, k=k)
     for fold in folds:
-        summary.add_fold(fold, _load_segment_oof(workdir_lib.fold_file(work, "segment", fold, "oof.npz")))
+        summary.add_fold(fold, _load_segment_oof(Workdir(work), fold))
     return summary
 
 
 def _curves_section(work):
     section = Section("Training curves")
-    for task in workdir_lib.TASKS:
+    for task in CURVE_METRICS:
         logs = training_logs(work, task)
         if not logs:
             section.note(f"{task}: no {task}/fold*/log.csv yet.")
@@ -136,7 +117,7 @@ def _curves_section(work):
                        figures.training_curves(logs, title=f"{task}: per epoch", metrics=metrics),
                        f"{task}: training loss (last step of each epoch), learning rate and validation "
                        f"{', '.join(metrics)} per epoch, one line per fold.")
-        done = set(workdir_lib.completed_folds(work, task))
+        done = set(Workdir(work).completed_folds(task))
         section.table(["fold", "epochs logged", "complete", f"best {metrics[0]}", "at epoch", "last loss",
                        "train images/s"],
                       [_curve_row(fold, rows, metrics[0], fold in done) for fold, rows in sorted(logs.items())])
@@ -199,7 +180,7 @@ def _gate_text(gate, c):
 def _tune_section(work, result):
     section = Section("Thresholds (tune)")
     if result is None:
-        section.note(f"No {tune.THRESHOLDS} in the workdir: run `steel-tpu tune --workdir {work}` to choose them.")
+        section.note(f"No {THRESHOLDS} in the workdir: run `steel-tpu tune --workdir {work}` to choose them.")
         return section
     pp, before, after = result["postprocess"], result["dice_before"], result["dice_after"]
     section.parts.append(f"<p>{result['n_images']} OOF images of folds {html.escape(str(result['folds']))}: "
@@ -207,9 +188,9 @@ def _tune_section(work, result):
     section.table(["", "pixel threshold", "min area (px)", "gate", "Dice at 0.5", "Dice tuned"],
                   [[f"class {CLASS_IDS[c]}", pp.pixel_threshold[c], pp.min_area[c], _gate_text(pp.gate, c),
                     before["per_class"][c], after["per_class"][c]] for c in range(NUM_CLASSES)])
-    data = tune.load_plot_data(storage.join(work, tune.PLOTS))
+    data = tune.load_plot_data(Workdir(work).tune_dir())
     if data is None:
-        section.note(f"No {tune.PLOTS}/{tune.PLOT_DATA} (tuned by an older version): run `steel-tpu tune --workdir "
+        section.note(f"No tune/{tune.PLOT_DATA} (tuned by an older version): run `steel-tpu tune --workdir "
                      f"{work}` again for the tuning plots.")
         return section
     for name, png in tune_plots.draw(data).items():
@@ -272,20 +253,20 @@ def report(*, workdir, out, shards=None, examples=EXAMPLES_PER_SIDE):
     `shards` (the shard folder training read) adds the images under the example predictions. The PNGs are
     written first and index.html last, so a report only looks complete once it is.
     """
-    cfg, data = workdir_lib.load_config(workdir), shards
+    cfg = Workdir(workdir).config()
     index = storage.join(out, INDEX)
     storage.makedirs(out)
     storage.remove(index)  # an old page must not present half-rewritten figures as a finished report
     result = _load_thresholds(workdir)
     thresholds = result["postprocess"].pixel_threshold if result else (0.5,) * NUM_CLASSES
-    folds = workdir_lib.completed_folds(workdir, "segment")
+    folds = Workdir(workdir).completed_folds("segment")
     seg = _summarize_segment(workdir, folds, thresholds, k=examples) if folds else None
     sections = [_curves_section(workdir), _dice_section(workdir, seg, cfg),
                 _confusion_section(seg, thresholds, result is not None), _tune_section(workdir, result),
-                _examples_section(seg, data)]
+                _examples_section(seg, shards)]
     for section in sections:
         for name, png in section.files.items():
             storage.write_bytes(storage.join(out, name), png)
-    storage.write_text(index, _page(_header(workdir, cfg, data), sections))
+    storage.write_text(index, _page(_header(workdir, cfg, shards), sections))
     print(f"report: {sum(len(s.files) for s in sections)} figures -> {index}")
     return index

@@ -7,17 +7,15 @@ sums; the grid search is then a few tensor products. Candidate settings are judg
 """
 
 import io
-import json
 from dataclasses import dataclass
 
 import numpy as np
 
-from steel_tpu import postprocess, storage, workdir
+from steel_tpu import postprocess, storage
 from steel_tpu.constants import HEIGHT, NUM_CLASSES
+from steel_tpu.workdir import Workdir
 
-THRESHOLDS = "thresholds.json"
-PLOTS = "tune"
-PLOT_DATA = "plot_data.npz"  # under PLOTS: what tune's plots are drawn from, so report redraws them without a search
+PLOT_DATA = "plot_data.npz"  # in the workdir's tune/: what tune's plots are drawn from, so report redraws them without a search
 _PLOT_KEYS = ("dice", "pixel_grid", "area_grid", "gate_grid", "chosen", "gate_head", "truth_area", "raw_area",
               "submitted_area")
 PIXEL_GRID = tuple(float(t) for t in np.round(np.arange(0.30, 0.801, 0.05), 2))
@@ -69,8 +67,8 @@ def _suffix_counts(q, truth):
     return out
 
 
-def _fold_stats(path):
-    oof = workdir.load_oof(path)
+def _fold_stats(wd, fold):
+    oof, path = wd.oof("segment", fold), wd.oof_path("segment", fold)
     q, truth = oof["probs"], oof["truth"]
     if q.dtype != np.uint8 or q.ndim != 4 or q.shape != truth.shape or q.shape[-1] != NUM_CLASSES:
         raise ValueError(f"{path}: expected uint8 probs and bool truth [N, h, w, {NUM_CLASSES}], got "
@@ -79,11 +77,12 @@ def _fold_stats(path):
     return oof, [np.concatenate(p) for p in zip(*parts)], HEIGHT // q.shape[1]
 
 
-def _class_probs(work, image_ids):
-    """Out-of-fold classifier probabilities for `image_ids`, or None (with the reason) when not all have one."""
+def _class_probs(wd, image_ids):
+    """Out-of-fold gating probabilities (the classify task chose which head they come from) for `image_ids`,
+    or None (with the reason) when not all have one."""
     by_id = {}
-    for fold in workdir.completed_folds(work, "classify"):
-        oof = workdir.load_oof(workdir.fold_file(work, "classify", fold, "oof.npz"))
+    for fold in wd.completed_folds("classify"):
+        oof = wd.oof("classify", fold)
         by_id.update(zip(oof["image_ids"].tolist(), np.asarray(oof["probs"], np.float32)))
     if not by_id:
         return None, "no completed classifier folds"
@@ -95,12 +94,13 @@ def _class_probs(work, image_ids):
 
 def collect(work):
     """OofStats of every completed segment fold of `work`, joined with the classifier's OOF on image ids."""
-    folds = workdir.completed_folds(work, "segment")
+    wd = Workdir(work)
+    folds = wd.completed_folds("segment")
     if not folds:
         raise FileNotFoundError(f"{work}: no completed segment folds (segment/fold*/done.json); train first")
     ids, at_least, truth_at_least, area, dice, scales = [], [], [], [], [], set()
     for fold in folds:
-        oof, (a, t), scale = _fold_stats(workdir.fold_file(work, "segment", fold, "oof.npz"))
+        oof, (a, t), scale = _fold_stats(wd, fold)
         ids.append(oof["image_ids"]), at_least.append(a), truth_at_least.append(t)
         area.append(oof["truth_area"]), dice.append(oof["dice"]), scales.add(scale)
     if len(scales) != 1:
@@ -108,7 +108,7 @@ def collect(work):
     image_ids = np.concatenate(ids)
     if len(set(image_ids.tolist())) != len(image_ids):
         raise ValueError(f"{work}: an image appears in the OOF data of two folds; folds overlap")
-    class_probs, why = _class_probs(work, image_ids)
+    class_probs, why = _class_probs(wd, image_ids)
     if why:
         print(f"tune: no classifier gate ({why})")
     return OofStats(image_ids=image_ids, at_least=np.concatenate(at_least),
@@ -220,11 +220,9 @@ def load_plot_data(folder):
 
 
 def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_grid=GATE_GRID, plots=True):
-    """Write `thresholds.json` and tune/'s plot data (and PNGs with `plots`) into `out` (default: the workdir).
-
-    Returns the content of thresholds.json.
-    """
-    out = out or workdir
+    """Write `thresholds.json` and tune/'s plot data (and PNGs with `plots`) into the workdir `out` (default:
+    `workdir`); returns the content of thresholds.json."""
+    target = Workdir(out or workdir)
     stats = collect(workdir)
     tables, kind, gates = search_tables(stats, pixel_grid=pixel_grid, area_grid=area_grid, gate_grid=gate_grid)
     chosen = choose(stats, tables, kind=kind, gates=gates, pixel_grid=pixel_grid, area_grid=area_grid)
@@ -241,22 +239,14 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
         "oof_scale": stats.scale,
         "grid": {"pixel_threshold": list(pixel_grid), "min_area": list(area_grid), "gate": list(gates)},
     }
-    storage.write_text(storage.join(out, THRESHOLDS), json.dumps(result, indent=2) + "\n")
+    target.save_thresholds(result)
     data = plot_data(stats, tables, chosen, kind=kind, gates=gates, pixel_grid=pixel_grid, area_grid=area_grid)
-    save_plot_data(storage.join(out, PLOTS), data)
+    save_plot_data(target.tune_dir(), data)
     if plots:
         from steel_tpu import tune_plots  # matplotlib only when plotting
 
-        tune_plots.write_all(storage.join(out, PLOTS), data)
+        tune_plots.write_all(target.tune_dir(), data)
     print(f"tune: OOF dice {result['dice_before']['mean']:.4f} -> {result['dice_after']['mean']:.4f} on "
           f"{result['n_images']} images (folds {list(stats.folds)}); pixel {list(chosen.pixel_threshold)}, "
-          f"min area {list(chosen.min_area)}, gate {list(chosen.gate) or 'none'} -> {storage.join(out, THRESHOLDS)}")
+          f"min area {list(chosen.min_area)}, gate {list(chosen.gate) or 'none'} -> {target.thresholds_path()}")
     return result
-
-
-def load_postprocess(path):
-    """The PostProcess of a thresholds.json file (local or gs://)."""
-    try:
-        return postprocess.PostProcess.from_dict(json.loads(storage.read_text(path)))
-    except (ValueError, TypeError, KeyError) as error:
-        raise ValueError(f"{path}: not a valid thresholds file: {error}") from None

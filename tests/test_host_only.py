@@ -9,7 +9,6 @@ from test_tune import _write_workdir
 
 HOST_ONLY_MODULES = ["steel_tpu.metrics", "steel_tpu.synth", "steel_tpu.kaggle", "steel_tpu.rle",
                      "steel_tpu.postprocess", "steel_tpu.storage", "steel_tpu.submission_writer"]
-CONFIG_IMPORTS_TF = pytest.mark.xfail(strict=True, reason="config.py imports augment until the cli branch merges")
 
 
 def _without_tensorflow(code):
@@ -57,7 +56,6 @@ def test_evaluate_and_synth_run_without_tensorflow(tmp_path):
     assert "dice 1.0000" in out and "n=3 images" in out
 
 
-@CONFIG_IMPORTS_TF
 def test_tune_runs_without_tensorflow(tmp_path):
     work = str(tmp_path / "work")
     _write_workdir(work, n=8)

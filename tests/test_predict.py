@@ -1,8 +1,8 @@
 """Batch scoring: a valid submission, the ensemble it claims, resume, bad images, shards, GCS, and agreement with
 training's validation Dice."""
 
-import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -11,12 +11,13 @@ import tensorflow as tf
 from PIL import Image
 
 from steel_tpu import config as config_lib
-from steel_tpu import distribute, kaggle, metrics, postprocess, predict, storage, train, tune, workdir
+from steel_tpu import distribute, kaggle, metrics, postprocess, predict, storage, tasks
 from steel_tpu.constants import CLASS_IDS, HEIGHT, WIDTH
 from steel_tpu.data import pipeline, shards
 from steel_tpu.data.source import SourceError
 from steel_tpu.submission_writer import parts_dir
 from steel_tpu.synth import synthesize
+from steel_tpu.workdir import Workdir, WorkdirError
 
 SIZE = (64, 320)
 N_TEST = 12
@@ -51,16 +52,17 @@ def work(tmp_path_factory, images):
     work = str(tmp_path_factory.mktemp("work"))
     cfg = config_lib.tiny()
     cfg.folds = (0, 1)
-    workdir.save_config(work, cfg)
+    wd = Workdir(work)
+    wd.save_config(cfg)
     sample = _decoded(sorted(os.listdir(images))[:4], images)
     for task, folds in (("segment", (0, 1)), ("classify", (0,))):
         for fold in folds:
             tf.keras.utils.set_random_seed(fold)
-            model = train.build_model(task, getattr(cfg, task))
+            model = tasks.make(task, cfg).build_model()
             if task == "segment":
                 _calibrate(model, sample.astype(np.float32))
-            workdir.save_weights(model, workdir.fold_file(work, task, fold, "best.weights.h5"))
-            storage.write_text(workdir.fold_file(work, task, fold, "done.json"), "{}")
+            wd.save_weights(model, task, fold)
+            wd.mark_done(task, fold, {})
     return work
 
 
@@ -72,14 +74,15 @@ def _decoded(ids, folder):
 
 def _reference_masks(work, ids, folder, *, pp, tta, folds=(0, 1)):
     """What the submission must hold, computed eagerly model by model (no XLA, no strategy, no threads)."""
-    cfg = workdir.load_config(work)
+    wd = Workdir(work)
+    cfg = wd.config()
     x = _decoded(ids, folder).astype(np.float32)
     flips = [lambda a: a] + ([lambda a: a[:, :, ::-1], lambda a: a[:, ::-1]] if tta else [])
     seg, cls = [], []
     for task, out in (("segment", seg), ("classify", cls)):
-        for fold in folds if task == "segment" else workdir.completed_folds(work, "classify"):
-            model = train.build_model(task, getattr(cfg, task))
-            workdir.load_weights(model, workdir.fold_file(work, task, fold, "best.weights.h5"))
+        for fold in folds if task == "segment" else wd.completed_folds("classify"):
+            model = tasks.make(task, cfg).build_model()
+            wd.load_weights(model, task, fold)
             for f in flips:
                 p = np.asarray(model(f(x), training=False))
                 out.append(f(p) if task == "segment" else p)
@@ -198,6 +201,16 @@ def test_bad_images_stop_the_run_or_are_listed_and_empty(work, images, tmp_path)
     _check_layout(out, sorted(os.listdir(folder)))
 
 
+def test_a_fold_whose_weights_are_garbage_is_refused_naming_the_file(work, images, tmp_path):
+    own = tmp_path / "work"
+    shutil.copytree(work, own)
+    path = Workdir(own).weights_path("segment", 1)
+    storage.write_bytes(path, b"these bytes are not HDF5" * 64)
+    with pytest.raises(WorkdirError, match=re.escape(f"{path}: not a readable HDF5 weights file")):
+        _run(str(own), images, tmp_path / "x.csv", batch_size=8)
+    assert not os.path.exists(tmp_path / "x.csv")
+
+
 @pytest.mark.slow
 def test_test_shards_score_like_the_jpeg_folder(plain, work, images, tmp_path):
     out_dir = str(tmp_path / "shards")
@@ -219,10 +232,9 @@ def test_test_shards_score_like_the_jpeg_folder(plain, work, images, tmp_path):
 def test_thresholds_come_from_the_workdir_and_gate_needs_a_classifier(work, images, tmp_path):
     own = tmp_path / "work"
     shutil.copytree(work, own)
-    storage.write_text(str(own / tune.THRESHOLDS), json.dumps({"pixel_threshold": [0.5] * 4, "min_area": [0] * 4,
-                                                               "gate": [1.0] * 4}))
+    Workdir(own).save_thresholds({"pixel_threshold": [0.5] * 4, "min_area": [0] * 4, "gate": [1.0] * 4})
     summary = _run(str(own), images, tmp_path / "gated.csv", batch_size=8)
-    assert summary["thresholds"] == str(own / tune.THRESHOLDS)
+    assert summary["thresholds"] == Workdir(own).thresholds_path()
     # Sigmoid probabilities stay below 1.0: a gate of 1.0 empties every image.
     assert all(r == kaggle.EMPTY for r in kaggle.read_labels(str(tmp_path / "gated.csv")).rles.values())
     shutil.rmtree(own / "classify")
@@ -257,7 +269,7 @@ def trained(tiny_data, trained_workdir):
 @pytest.mark.slow
 def test_predict_reproduces_the_validation_dice_of_training(trained, tmp_path):
     data, work = trained
-    oof = workdir.load_oof(workdir.fold_file(work, "segment", 0, "oof.npz"))
+    oof = Workdir(work).oof("segment", 0)
     ids = oof["image_ids"].tolist()
     folder = tmp_path / "fold0"
     folder.mkdir()

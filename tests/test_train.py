@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu import config, distribute, train, workdir
+from steel_tpu import config, distribute, tasks, train
 from steel_tpu.data import example
 from steel_tpu.data.shard_folder import ShardFolder
+from steel_tpu.tasks.classify import classifier_scores
+from steel_tpu.workdir import Workdir
 
 pytestmark = pytest.mark.slow  # every test here trains real models (the XLA compile alone takes a minute)
 
@@ -26,16 +28,18 @@ def _log(path):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("task", workdir.TASKS)
+@pytest.mark.parametrize("task", tasks.NAMES)
 @pytest.mark.parametrize("fold", [0, 1])
 def test_every_fold_leaves_weights_logs_and_out_of_fold_predictions(trained_workdir, tiny_data, task, fold):
-    fdir = workdir.fold_dir(trained_workdir, task, fold)
-    for name in ("best.weights.h5", "log.csv", "oof.npz", "done.json"):
-        assert os.path.exists(os.path.join(fdir, name)), name
-    assert os.listdir(os.path.join(fdir, "tb"))
-    rows = _log(os.path.join(fdir, "log.csv"))
+    wd = Workdir(trained_workdir)
+    for path in (wd.weights_path(task, fold), wd.log_path(task, fold), wd.oof_path(task, fold),
+                 wd.done_path(task, fold)):
+        assert os.path.exists(path), path
+    assert os.listdir(wd.tb_dir(task, fold))
+    assert wd.done(task, fold)["metric"] == tasks.TASKS[task].metric
+    rows = _log(wd.log_path(task, fold))
     assert [int(r["epoch"]) for r in rows] == [0]
-    oof = workdir.load_oof(os.path.join(fdir, "oof.npz"))
+    oof = wd.oof(task, fold)
     # Every validation image exactly once: padding rows of the last batch are dropped.
     assert sorted(oof["image_ids"].tolist()) == _fold_ids(tiny_data["shards"], fold)
     if task == "segment":
@@ -52,10 +56,11 @@ def test_every_fold_leaves_weights_logs_and_out_of_fold_predictions(trained_work
 
 
 def test_a_completed_run_is_skipped_not_retrained(trained_workdir, tiny_data, tiny_config):
-    before = os.path.getmtime(workdir.fold_file(trained_workdir, "segment", 0, "best.weights.h5"))
+    weights = Workdir(trained_workdir).weights_path("segment", 0)
+    before = os.path.getmtime(weights)
     results = train.run(shards=tiny_data["shards"], workdir=trained_workdir, cfg=tiny_config, folds=(0,))
     assert [r["task"] for r in results] == ["classify", "segment"]
-    assert os.path.getmtime(workdir.fold_file(trained_workdir, "segment", 0, "best.weights.h5")) == before
+    assert os.path.getmtime(weights) == before
 
 
 def test_resuming_with_another_config_is_refused(trained_workdir, tiny_data, tiny_config):
@@ -75,7 +80,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_data, tmp_path):
             "--task", "segment", "--folds", "0", "--config", "tiny",
             "--set", "segment.train.epochs=3", "--set", "segment.train.steps_per_epoch=1",
             "--set", "segment.train.jit_compile=False"]
-    ckpt_index = os.path.join(workdir.fold_dir(work, "segment", 0), "ckpt", "checkpoint")
+    wd = Workdir(work)
+    ckpt_index = os.path.join(wd.ckpt_dir("segment", 0), "checkpoint")
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 600
@@ -85,17 +91,17 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_data, tmp_path):
         proc.send_signal(signal.SIGKILL)  # no clean-up: as a preempted TPU VM would stop
     finally:
         proc.wait()
-    interrupted = _log(workdir.fold_file(work, "segment", 0, "log.csv"))
+    interrupted = _log(wd.log_path("segment", 0))
     assert 1 <= len(interrupted) < 3
-    assert not os.path.exists(workdir.fold_file(work, "segment", 0, "done.json"))
+    assert wd.done("segment", 0) is None
 
     done = subprocess.run(args, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"resuming after epoch {len(interrupted)}" in done.stdout
-    rows = _log(workdir.fold_file(work, "segment", 0, "log.csv"))
+    rows = _log(wd.log_path("segment", 0))
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2]  # the same epoch count as an uninterrupted run
     assert rows[: len(interrupted)] == interrupted
-    reader = tf.train.load_checkpoint(os.path.join(workdir.fold_dir(work, "segment", 0), "ckpt"))
+    reader = tf.train.load_checkpoint(wd.ckpt_dir("segment", 0))
     assert reader.get_tensor("state/epoch/.ATTRIBUTES/VARIABLE_VALUE") == 3
     # One optimizer step per training step of all three epochs: none repeated, none lost.
     assert reader.get_tensor("state/optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 3
@@ -106,10 +112,10 @@ def test_training_under_eight_replicas(tiny_data, tiny_config, tmp_path, logical
     device = distribute.select_strategy(prefer="mirrored")
     assert device.replicas == len(logical_cpus)
     work = str(tmp_path / "work")
-    (result,) = train.run(shards=tiny_data["shards"], workdir=work, cfg=cfg, tasks=("segment",), folds=(1,), device=device)
+    (result,) = train.run(shards=tiny_data["shards"], workdir=work, cfg=cfg, tasks=("segment",), folds=(1,),
+                          device=device)
     assert result["fold"] == 1 and 0.0 <= result["best"] <= 1.0
-    assert len(workdir.load_oof(workdir.fold_file(work, "segment", 1, "oof.npz"))["image_ids"]) == len(
-        _fold_ids(tiny_data["shards"], 1))
+    assert len(Workdir(work).oof("segment", 1)["image_ids"]) == len(_fold_ids(tiny_data["shards"], 1))
 
 
 def test_cli_names_a_missing_shard_folder(tmp_path):
@@ -126,9 +132,21 @@ def test_a_multilabel_classifier_is_kept_by_its_mean_per_class_auc():
     labels[:3, 0] = labels[::2, 2] = labels[1, 3] = True  # class 2 absent from this fold
     probs = np.where(labels, 0.8, 0.2)
     probs[:, 3] = [0.1, 0.9, 0.2, 0.3, 0.95, 0.4]  # class 4: its one positive is above 4 of its 5 negatives
-    selection, scores = train._classifier_scores(probs, labels, threshold=0.5)
+    scores = classifier_scores(probs, labels, threshold=0.5)
     assert np.isnan(scores["auc_c2"]) and scores["auc_c1"] == scores["auc_c3"] == 1.0
-    assert scores["auc_c4"] == pytest.approx(0.8) and selection == scores["auc"] == pytest.approx(2.8 / 3)
+    assert scores["auc_c4"] == pytest.approx(0.8) and scores[tasks.Classify.metric] == pytest.approx(2.8 / 3)
     assert scores["auc_any"] == 1.0  # max over classes still separates clean images from defective ones
-    selection, scores = train._classifier_scores(probs.max(axis=1, keepdims=True), labels, threshold=0.5)
-    assert selection == scores["auc"] == 1.0 and "auc_c1" not in scores
+    scores = classifier_scores(probs.max(axis=1, keepdims=True), labels, threshold=0.5)
+    assert scores["auc"] == 1.0 and "auc_c1" not in scores
+
+
+def test_a_diverging_run_stops_in_one_line_and_is_not_done(tiny_data, tiny_config, tmp_path):
+    cfg = config.apply_overrides(tiny_config, ["segment.train.learning_rate=1e12", "segment.train.jit_compile=False"])
+    work = str(tmp_path / "work")
+    with pytest.raises(train.Diverged) as caught:
+        train.run(shards=tiny_data["shards"], workdir=work, cfg=cfg, tasks=("segment",), folds=(0,))
+    message = str(caught.value)
+    assert isinstance(caught.value, ValueError) and "\n" not in message  # the CLI prints it as one line
+    assert message.startswith("segment fold 0 epoch 1: ") and "segment.train.learning_rate=1e+12" in message
+    wd = Workdir(work)
+    assert wd.done("segment", 0) is None and wd.completed_folds("segment") == []

@@ -1,7 +1,6 @@
 """Threshold tuning: the vectorised search against brute force, planted effects, files written, a trained workdir."""
 
 import itertools
-import json
 import os
 
 import numpy as np
@@ -9,7 +8,8 @@ import pytest
 import tensorflow as tf
 
 from steel_tpu import config as config_lib
-from steel_tpu import metrics, postprocess, storage, tune, tune_plots, workdir
+from steel_tpu import metrics, postprocess, storage, tune, tune_plots
+from steel_tpu.workdir import Workdir
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
 
 SCALE = 8  # OOF maps of 32x200: small and fast, still a real oof.npz
@@ -37,33 +37,35 @@ def _write_workdir(work, *, n=40, folds=(0, 1), seed=0, speck_prob=0.3, clean_sp
     rng = np.random.default_rng(seed)
     cfg = config_lib.tiny()
     cfg.oof_scale = SCALE
-    workdir.save_config(work, cfg)
+    wd = Workdir(work)
+    wd.save_config(cfg)
     for fold in folds:
         q, truth = map(np.stack, zip(*[_image(rng, speck_prob=speck_prob, clean_specks_only=clean_specks_only) for _ in range(n)]))
         ids = np.array([f"f{fold}_{i:03d}.jpg" for i in range(n)])
         full_pred = np.repeat(np.repeat(postprocess.binarize(q, 0.5), SCALE, 1), SCALE, 2)
         full_truth = np.repeat(np.repeat(truth, SCALE, 1), SCALE, 2)
-        workdir.save_oof(workdir.fold_file(work, "segment", fold, "oof.npz"), image_ids=ids, probs=q, truth=truth,
+        wd.save_oof("segment", fold, image_ids=ids, probs=q, truth=truth,
                          truth_area=full_truth.sum(axis=(1, 2)), labels=truth.any(axis=(1, 2)),
                          dice=metrics.dice_matrix(full_pred, full_truth).astype(np.float32))
-        storage.write_text(workdir.fold_file(work, "segment", fold, "done.json"), "{}")
+        # A done marker written directly: tune reads only OOF files, so these folds have no weights.
+        storage.write_text(wd.done_path("segment", fold), "{}")
         if classifier:
             any_defect = truth.any(axis=(1, 2, 3)) if classifier == "binary" else truth.any(axis=(1, 2))
             probs = np.clip(any_defect * 0.6 + rng.uniform(0, 0.4, any_defect.shape), 0, 1)
             probs = probs.reshape(n, -1).astype(np.float32)
-            workdir.save_oof(workdir.fold_file(work, "classify", fold, "oof.npz"), image_ids=ids[::-1],
+            wd.save_oof("classify", fold, image_ids=ids[::-1],
                              probs=probs[::-1], labels=truth.any(axis=(1, 2))[::-1])
-            storage.write_text(workdir.fold_file(work, "classify", fold, "done.json"), "{}")
+            storage.write_text(wd.done_path("classify", fold), "{}")
 
 
 def _load_oof(work):
     """(uint8 maps, truth, classifier probs or None) of every fold, joined on image ids."""
-    cls, segs = {}, []
-    for fold in workdir.completed_folds(work, "classify"):
-        oof = workdir.load_oof(workdir.fold_file(work, "classify", fold, "oof.npz"))
+    cls, segs, wd = {}, [], Workdir(work)
+    for fold in wd.completed_folds("classify"):
+        oof = wd.oof("classify", fold)
         cls.update(zip(oof["image_ids"].tolist(), oof["probs"]))
-    for fold in workdir.completed_folds(work, "segment"):
-        segs.append(workdir.load_oof(workdir.fold_file(work, "segment", fold, "oof.npz")))
+    for fold in wd.completed_folds("segment"):
+        segs.append(wd.oof("segment", fold))
     ids = np.concatenate([s["image_ids"] for s in segs]).tolist()
     return (np.concatenate([s["probs"] for s in segs]), np.concatenate([s["truth"] for s in segs]),
             np.stack([cls[i] for i in ids]) if cls else None)
@@ -86,17 +88,17 @@ def tuned(tmp_path_factory):
 
 def test_tune_writes_thresholds_and_plots(tuned):
     work, result = tuned
-    saved = json.loads(storage.read_text(os.path.join(work, tune.THRESHOLDS)))
-    assert saved == result
+    assert Workdir(work).thresholds() == result
     assert result["n_images"] == 80 and result["folds"] == [0, 1] and result["oof_scale"] == SCALE
     assert result["gate_head"] == "binary" and len(result["gate"]) <= 1  # () when no gate beats none
     assert all(t in tune.PIXEL_GRID for t in result["pixel_threshold"])
     assert all(a in tune.AREA_GRID for a in result["min_area"])
     assert result["dice_after"]["mean"] >= result["dice_before"]["mean"]
     for name in tune_plots.FILES:
-        with open(os.path.join(work, tune.PLOTS, name), "rb") as f:
+        with open(os.path.join(Workdir(work).tune_dir(), name), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert tune.load_postprocess(os.path.join(work, tune.THRESHOLDS)) == postprocess.PostProcess.from_dict(result)
+    assert postprocess.from_thresholds(Workdir(work).thresholds(), where=work) == postprocess.PostProcess.from_dict(
+        result)
 
 
 @pytest.mark.parametrize("classifier", ["binary", "multilabel", None])
@@ -104,7 +106,7 @@ def test_plot_data_holds_the_search_at_the_chosen_settings(tmp_path, classifier)
     work = str(tmp_path)
     _write_workdir(work, n=12, seed=2, classifier=classifier)
     result = tune.tune(workdir=work, plots=False)
-    data = tune.load_plot_data(os.path.join(work, tune.PLOTS))
+    data = tune.load_plot_data(Workdir(work).tune_dir())
     assert str(data["gate_head"]) == (classifier or "none")
     g, k, a = data["chosen"]
     assert [data["pixel_grid"][i] for i in k] == result["pixel_threshold"]
@@ -177,17 +179,15 @@ def test_gate_is_chosen_when_the_classifier_knows_clean_images(tmp_path):
     # Specks on clean images, min area disabled: only the gate (clean images score p < 0.4) can remove them.
     assert 0.4 <= result["gate"][0] <= 0.6  # clean images have p < 0.4, defective ones p >= 0.6
     assert result["dice_after"]["mean"] > result["dice_before"]["mean"] + 0.05
-    assert os.path.exists(tmp_path / "elsewhere" / tune.THRESHOLDS)
-    assert not os.path.exists(os.path.join(work, tune.THRESHOLDS))
+    assert Workdir(tmp_path / "elsewhere").thresholds() == result
+    assert Workdir(work).thresholds() is None
 
 
 def test_missing_folds_and_bad_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no completed segment folds"):
         tune.tune(workdir=str(tmp_path))
-    bad = tmp_path / "t.json"
-    bad.write_text(json.dumps({"pixel_threshold": [0.5] * 4, "min_area": [0] * 3}))
     with pytest.raises(ValueError, match="t.json: not a valid thresholds file"):
-        tune.load_postprocess(str(bad))
+        postprocess.from_thresholds({"pixel_threshold": [0.5] * 4, "min_area": [0] * 3}, where="t.json")
 
 
 def test_post_process_rules():
@@ -214,4 +214,4 @@ def test_tune_on_a_trained_workdir(trained_workdir, tmp_path):
     result = tune.tune(workdir=trained_workdir, out=str(tmp_path))  # the shared workdir stays untuned
     assert result["n_images"] == 48 and result["folds"] == [0, 1] and result["gate_head"] == "multilabel"
     assert result["dice_after"]["mean"] >= result["dice_before"]["mean"]
-    assert os.path.exists(os.path.join(tmp_path, tune.THRESHOLDS))
+    assert Workdir(tmp_path).thresholds() == result
