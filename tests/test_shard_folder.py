@@ -69,7 +69,7 @@ def test_an_extra_shard_is_refused_by_check_train_and_verify(shards, tmp_path):
     # Train refuses before anything is built or written: the duplicated validation images never reach an OOF file.
     work = tmp_path / "work"
     with pytest.raises(ShardFolderError, match=EXTRA):
-        train.run(data=str(shards), work=str(work), cfg=config.preset("tiny"), folds=(0,))
+        train.run(shards=str(shards), workdir=str(work), cfg=config.preset("tiny"), folds=(0,))
     assert not work.exists()
     assert f"{EXTRA}: a shard file that manifest.json does not list" in _verify_problems(shards)
 
