@@ -1,4 +1,4 @@
-"""The one place that knows TPUs, tf.distribute strategies and mixed-precision policies."""
+"""Chooses the device: TPU connection, tf.distribute strategy and precision policy (step.py runs the steps on it)."""
 
 import dataclasses
 import glob
