@@ -6,6 +6,7 @@ import numpy as np
 
 from steel_tpu import postprocess, storage
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
+from steel_tpu.data.source import list_jpegs
 from steel_tpu.kaggle import EMPTY, CsvError, image_id_problem, read_labels
 from steel_tpu.rle import parse_runs
 
@@ -88,11 +89,12 @@ def score_labels(pred, truth, *, image_ids, height=HEIGHT, width=WIDTH):
 
 
 def read_image_set(images):
-    """Image ids of a folder's *.jpg files, or of a text file with one id per line (local or gs://)."""
+    """Image ids of a folder's JPEG files (source.is_jpeg_name), or of a text file with one id per line (local or
+    gs://)."""
     if storage.isdir(images):
-        ids = sorted(n for n in storage.list_files(images) if n.endswith(".jpg"))  # literal: the path is no pattern
+        ids = sorted(list_jpegs(images))
         if not ids:
-            raise ValueError(f"{images}: no *.jpg images in this folder")
+            raise ValueError(f"{images}: no JPEG images (.jpg, .jpeg) in this folder")
         return ids
     try:
         lines = storage.read_text(images).splitlines()
