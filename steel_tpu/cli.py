@@ -28,7 +28,8 @@ def _synth(args):
 def _evaluate(args):
     from steel_tpu.metrics import evaluate
 
-    print(evaluate(pred_path=args.pred, truth_path=args.truth, images=args.images).format())
+    print(evaluate(pred_path=args.pred, truth_path=args.truth, images=args.images,
+                   intersection=args.intersection).format())
 
 
 def _shards(args):
@@ -137,7 +138,11 @@ def _add_parsers(sub, common):
     p = _add(sub, "evaluate", _evaluate, "Kaggle mean Dice of a submission against a truth CSV", common)
     p.add_argument("--pred", required=True, help="submission CSV (either layout, local or gs://)")
     p.add_argument("--truth", required=True, help="truth CSV (train.csv layout or legacy, local or gs://)")
-    p.add_argument("--images", default=None, help="a folder of JPEGs or a text file of image ids: the exact image set")
+    p.add_argument("--images", default=None, help="a folder of JPEGs or a text file of image ids: the exact image set "
+                                                  "(default: the truth's images)")
+    p.add_argument("--intersection", action="store_true",
+                   help="score only the images both name, instead of refusing a prediction that misses images of "
+                        "the truth or names others (prints how many were left out)")
 
     p = _add(sub, "shards", _shards, "pack images + RLE masks into TFRecord shards with stratified folds", common)
     p.add_argument("--data", required=True, help="Kaggle source: train.csv + train_images/ (or a JPEG folder with "
