@@ -133,7 +133,7 @@ def _add_parsers(sub, common):
     p.add_argument("--out", required=True, help="folder for train.csv, train_images/, test_images/, test_truth.csv")
     p.add_argument("--train", type=_COUNT, default=100, help="number of train images")
     p.add_argument("--test", type=_COUNT, default=20, help="number of test images (with a truth CSV)")
-    p.add_argument("--seed", type=int, default=0, help="the same seed writes the same bytes")
+    p.add_argument("--seed", type=_COUNT, default=0, help="the same seed writes the same bytes")
 
     p = _add(sub, "evaluate", _evaluate, "Kaggle mean Dice of a submission against a truth CSV", common)
     p.add_argument("--pred", required=True, help="submission CSV (either layout, local or gs://)")
@@ -149,7 +149,7 @@ def _add_parsers(sub, common):
                                                  "--split test), local or gs://")
     p.add_argument("--out", required=True, help="the shard folder to write, local or gs://")
     p.add_argument("--folds", type=_bounded(int, 2), default=5, help="number of stratified folds K")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
+    p.add_argument("--seed", type=_COUNT, default=0, help="seed of the fold assignment")
     p.add_argument("--shard-mb", type=_bounded(float, 0, strict=True), default=100.0, help="target shard size in MB")
     p.add_argument("--split", choices=("train", "test"), default="train", help="train: with masks and folds")
     p.add_argument("--workers", type=_POSITIVE_INT, default=None, help="parallel workers (default: CPU cores)")
