@@ -11,8 +11,8 @@ import tensorflow as tf
 from PIL import Image
 
 from steel_tpu import cli, kaggle, metrics
-from steel_tpu.data import jpeg_check, pipeline, source
-from steel_tpu.data.shard_folder import MANIFEST
+from steel_tpu.data import example, jpeg_check, pipeline, source, tfrecord
+from steel_tpu.data.shard_folder import MANIFEST, records_in
 
 BAD = {  # file -> what its reason must say
     "cmyk.jpg": "CMYK JPEG (4 channels)",
@@ -145,3 +145,22 @@ def test_one_listing_rule_everywhere(tiny_data, tmp_path):
     assert sorted(source.scan(str(folder), split="test", workers=1, skip_bad=False).paths) == sorted(names)
     ds = pipeline.predict_dataset(source=str(folder), image_size=(32, 200), batch_size=8)
     assert sorted(i.decode() for b in ds.as_numpy_iterator() for i in b["image_id"][b["valid"]]) == sorted(names)
+
+
+def test_verify_names_a_shard_image_the_pipeline_cannot_decode(tiny_data, tmp_path, capsys):
+    """A shard written before these checks (or edited since) holding a CMYK JPEG: verify names the record."""
+    images = os.path.join(tiny_data["data"], "test_images")
+    out = tmp_path / "shards"
+    assert cli.main(["shards", "--data", images, "--out", str(out), "--split", "test"]) == 0
+    shard = sorted(out.glob("*.tfrec"))[0]
+    with open(shard, "rb") as f:
+        records = list(records_in(f, shard.name))
+    victim = records[0][example.IMAGE_ID]
+    cmyk = io.BytesIO()
+    Image.open(io.BytesIO(records[0][example.IMAGE])).convert("CMYK").save(cmyk, format="JPEG")
+    records[0] = {**records[0], example.IMAGE: cmyk.getvalue()}
+    shard.write_bytes(b"".join(tfrecord.frame(example.serialize(
+        image_id=r[example.IMAGE_ID], jpeg_bytes=r[example.IMAGE], height=r[example.HEIGHT], width=r[example.WIDTH],
+        rles=r[example.RLE], areas=r[example.AREA], fold=r[example.FOLD])) for r in records))
+    assert cli.main(["verify", "--shards", str(out)]) == 2
+    assert f"{shard.name} record 0 ({victim}): CMYK JPEG" in capsys.readouterr().err
