@@ -28,7 +28,8 @@ def _synth(args):
 def _evaluate(args):
     from steel_tpu.metrics import evaluate
 
-    print(evaluate(pred_path=args.pred, truth_path=args.truth, images=args.images).format())
+    print(evaluate(pred_path=args.pred, truth_path=args.truth, images=args.images,
+                   intersection=args.intersection).format())
 
 
 def _shards(args):
@@ -132,19 +133,23 @@ def _add_parsers(sub, common):
     p.add_argument("--out", required=True, help="folder for train.csv, train_images/, test_images/, test_truth.csv")
     p.add_argument("--train", type=_COUNT, default=100, help="number of train images")
     p.add_argument("--test", type=_COUNT, default=20, help="number of test images (with a truth CSV)")
-    p.add_argument("--seed", type=int, default=0, help="the same seed writes the same bytes")
+    p.add_argument("--seed", type=_COUNT, default=0, help="the same seed writes the same bytes")
 
     p = _add(sub, "evaluate", _evaluate, "Kaggle mean Dice of a submission against a truth CSV", common)
     p.add_argument("--pred", required=True, help="submission CSV (either layout, local or gs://)")
     p.add_argument("--truth", required=True, help="truth CSV (train.csv layout or legacy, local or gs://)")
-    p.add_argument("--images", default=None, help="a folder of JPEGs or a text file of image ids: the exact image set")
+    p.add_argument("--images", default=None, help="a folder of JPEGs or a text file of image ids: the exact image set "
+                                                  "(default: the truth's images)")
+    p.add_argument("--intersection", action="store_true",
+                   help="score only the images both name, instead of refusing a prediction that misses images of "
+                        "the truth or names others (prints how many were left out)")
 
     p = _add(sub, "shards", _shards, "pack images + RLE masks into TFRecord shards with stratified folds", common)
     p.add_argument("--data", required=True, help="Kaggle source: train.csv + train_images/ (or a JPEG folder with "
                                                  "--split test), local or gs://")
     p.add_argument("--out", required=True, help="the shard folder to write, local or gs://")
     p.add_argument("--folds", type=_bounded(int, 2), default=5, help="number of stratified folds K")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fold assignment")
+    p.add_argument("--seed", type=_COUNT, default=0, help="seed of the fold assignment")
     p.add_argument("--shard-mb", type=_bounded(float, 0, strict=True), default=100.0, help="target shard size in MB")
     p.add_argument("--split", choices=("train", "test"), default="train", help="train: with masks and folds")
     p.add_argument("--workers", type=_POSITIVE_INT, default=None, help="parallel workers (default: CPU cores)")

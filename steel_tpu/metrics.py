@@ -6,6 +6,7 @@ import numpy as np
 
 from steel_tpu import postprocess, storage
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
+from steel_tpu.data.source import list_jpegs
 from steel_tpu.kaggle import EMPTY, CsvError, image_id_problem, read_labels
 from steel_tpu.rle import parse_runs
 
@@ -88,11 +89,12 @@ def score_labels(pred, truth, *, image_ids, height=HEIGHT, width=WIDTH):
 
 
 def read_image_set(images):
-    """Image ids of a folder's *.jpg files, or of a text file with one id per line (local or gs://)."""
+    """Image ids of a folder's JPEG files (source.is_jpeg_name), or of a text file with one id per line (local or
+    gs://)."""
     if storage.isdir(images):
-        ids = sorted(n for n in storage.list_files(images) if n.endswith(".jpg"))  # literal: the path is no pattern
+        ids = sorted(list_jpegs(images))
         if not ids:
-            raise ValueError(f"{images}: no *.jpg images in this folder")
+            raise ValueError(f"{images}: no JPEG images (.jpg, .jpeg) in this folder")
         return ids
     try:
         lines = storage.read_text(images).splitlines()
@@ -114,26 +116,38 @@ def read_image_set(images):
     return list(ids)
 
 
-def evaluate(*, pred_path, truth_path, images=None, height=HEIGHT, width=WIDTH):
+def evaluate(*, pred_path, truth_path, images=None, intersection=False, height=HEIGHT, width=WIDTH):
     """Kaggle score of a submission CSV against a truth CSV (either layout; an image without rows is clean).
 
-    With `images` (a folder or an id list) exactly that set is scored: a prediction outside it is an error and a
-    missing prediction counts as empty. Without it, the union of the images either CSV mentions is scored.
+    The evaluated set is `images` (a folder or an id list) if given, else the truth's images. A prediction that
+    names an image outside it, or misses an image of the truth in it, is refused (CsvError with counts and
+    examples) unless `intersection`: then only the set's images the prediction names are scored, and how many
+    were left out is printed.
     """
     pred = read_labels(pred_path, height=height, width=width)
     truth = read_labels(truth_path, height=height, width=width)
-    if images is None:
-        image_ids = tuple(dict.fromkeys(truth.image_ids + pred.image_ids))
-    else:
-        image_ids = tuple(read_image_set(images))
-        allowed = set(image_ids)
-        outside = [i for i in pred.image_ids if i not in allowed]
-        if outside:
-            raise CsvError(
-                f"{pred_path} (image {outside[0]}): predicted image is not in the evaluated set {images} "
-                f"({len(image_ids)} images; {len(outside)} predicted images outside it)"
-            )
+    evaluated = tuple(read_image_set(images)) if images is not None else truth.image_ids
+    where = images if images is not None else truth_path
+    allowed, named = set(evaluated), set(pred.image_ids)
+    extra = [i for i in pred.image_ids if i not in allowed]
+    missing = [i for i in truth.image_ids if i in allowed and i not in named]
+    if (extra or missing) and not intersection:
+        raise CsvError(f"{pred_path}: does not cover the evaluated set ({len(evaluated)} images of {where}): "
+                       f"{_some(extra, f'predicted image(s) not in {where}')}"
+                       f"{'; ' if extra and missing else ''}{_some(missing, f'image(s) of {truth_path} not predicted')}"
+                       "; pass --intersection to score only the images both name")
+    image_ids = tuple(i for i in evaluated if i in named) if intersection else evaluated
+    if intersection:
+        print(f"evaluate: scoring the intersection, {len(image_ids)} images; left out {len(missing)} image(s) of "
+              f"{truth_path} not predicted and {len(extra)} predicted image(s) not in {where}")
+        if not image_ids:
+            raise CsvError(f"{pred_path}: no image in common with {where}")
     return score_labels(pred, truth, image_ids=image_ids, height=height, width=width)
+
+
+def _some(ids, what):
+    """'N what (e.g. a, b, c, d, e)' naming at most 5 ids; '' for none."""
+    return f"{len(ids)} {what} (e.g. {', '.join(ids[:5])})" if ids else ""
 
 
 def roc_auc(labels, scores):

@@ -30,6 +30,10 @@ from steel_tpu import storage
 CONFIG, THRESHOLDS, TUNE = "config.json", "thresholds.json", "tune"
 CKPT, TB, WEIGHTS, LOG, OOF, DONE = "ckpt", "tb", "best.weights.h5", "log.csv", "oof.npz", "done.json"
 _FOLD = re.compile(r"fold(\d+)")
+# thresholds.json: what predict applies (postprocess.PostProcess's fields), and tune's record of how it chose them.
+THRESHOLDS_KEYS = ("pixel_threshold", "min_area", "gate")
+TUNE_RECORD_KEYS = ("gate_head", "dice_before", "dice_after", "dice_before_full_resolution", "n_images", "folds",
+                    "oof_scale", "grid")
 
 
 class WorkdirError(ValueError):
@@ -45,10 +49,23 @@ def read_json(path, *, what):
 
 
 def read_thresholds(path):
-    """A thresholds.json anywhere (the workdir's or one a user names) as a dict; its keys are tune's."""
+    """A thresholds.json anywhere (the workdir's or one a user names) as a dict; its keys are tune's.
+
+    A missing or unknown key is refused, naming them: a misspelt `min_areas` would otherwise leave every minimum
+    area at its default without a word.
+    """
     if not storage.exists(path):
         raise FileNotFoundError(f"{path}: no such thresholds file")
-    return read_json(path, what="thresholds file")
+    doc = read_json(path, what="thresholds file")
+    if not isinstance(doc, dict):
+        raise WorkdirError(f"{path}: not a valid thresholds file (a JSON object expected, got {type(doc).__name__})")
+    missing = [k for k in THRESHOLDS_KEYS if k not in doc]
+    unknown = sorted(k for k in doc if k not in THRESHOLDS_KEYS + TUNE_RECORD_KEYS)
+    if missing or unknown:
+        raise WorkdirError(f"{path}: not a valid thresholds file: missing key(s) {missing or 'none'}, unknown key(s) "
+                           f"{unknown or 'none'} (expected {list(THRESHOLDS_KEYS)}, optionally tune's "
+                           f"{list(TUNE_RECORD_KEYS)})")
+    return doc
 
 
 def check_weights(path, data):

@@ -6,8 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from steel_tpu import rle, storage
-from steel_tpu.kaggle import EMPTY, CsvError, Labels, write_submission, write_train_csv
+from steel_tpu import cli, rle, storage
+from steel_tpu.kaggle import EMPTY, CsvError, Labels, read_labels, write_submission, write_train_csv
 from steel_tpu.constants import NUM_CLASSES
 from steel_tpu.metrics import (OofSummary, Scores, confusion_rates, dice_matrix, evaluate, pick_examples,
                                pixel_confusion, read_image_set, roc_auc, score_labels)
@@ -102,13 +102,38 @@ def files(tmp_path):
     return {k: str(v) for k, v in paths.items()} | {"dir": tmp_path}
 
 
-def test_evaluate_without_images_scores_the_union(files):
-    scores = evaluate(pred_path=files["pred"], truth_path=files["truth"], height=H, width=W)
-    # a: all 1; b: class 3 missed; c: class 2 false positive; e: class 4 missed (no prediction = empty).
-    assert scores == Scores.from_dice([[1, 1, 1, 1], [1, 1, 0, 1], [1, 0, 1, 1], [1, 1, 1, 0]])
-    assert scores.n_images == 4
-    legacy = evaluate(pred_path=files["pred"], truth_path=files["legacy"], height=H, width=W)
+def test_evaluate_refuses_a_prediction_that_does_not_cover_the_truth(files):
+    # pred names c (not in the truth) and misses e (a defect image of the truth).
+    with pytest.raises(CsvError) as error:
+        evaluate(pred_path=files["pred"], truth_path=files["truth"], height=H, width=W)
+    message = str(error.value)
+    assert message.startswith(f"{files['pred']}: does not cover the evaluated set (3 images of {files['truth']})")
+    assert "1 predicted image(s) not in" in message and "(e.g. c.jpg)" in message
+    assert "1 image(s) of" in message and "(e.g. e.jpg)" in message and "--intersection" in message
+
+
+def test_evaluate_intersection_scores_the_shared_images_and_says_what_it_left_out(files, capsys):
+    scores = evaluate(pred_path=files["pred"], truth_path=files["truth"], intersection=True, height=H, width=W)
+    assert scores == Scores.from_dice([[1, 1, 1, 1], [1, 1, 0, 1]])  # a exact, b's class 3 missed
+    assert "left out 1 image(s) of" in capsys.readouterr().out
+    legacy = evaluate(pred_path=files["pred"], truth_path=files["legacy"], intersection=True, height=H, width=W)
     assert legacy == scores
+
+
+def test_a_prediction_with_no_image_of_the_truth_is_refused_even_as_intersection(files, tmp_path):
+    other = tmp_path / "other.csv"
+    write_submission(str(other), Labels.from_mapping({f"x{i}.jpg": EMPTY for i in range(7)}))
+    with pytest.raises(CsvError, match=r"7 predicted image\(s\) not in .*\(e\.g\. x0\.jpg, x1\.jpg, x2\.jpg, "
+                                       r"x3\.jpg, x4\.jpg\); 3 image\(s\) of"):
+        evaluate(pred_path=str(other), truth_path=files["truth"], height=H, width=W)
+    with pytest.raises(CsvError, match="no image in common"):
+        evaluate(pred_path=str(other), truth_path=files["truth"], intersection=True, height=H, width=W)
+
+
+def test_evaluate_cli_exit_codes(files, capsys):
+    assert cli.main(["evaluate", "--pred", files["pred"], "--truth", files["truth"]]) == 2
+    assert "e.jpg" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--pred", files["truth"], "--truth", files["truth"]]) == 0
 
 
 def test_evaluate_with_an_image_folder_counts_unlisted_images_as_clean(files):
@@ -117,14 +142,22 @@ def test_evaluate_with_an_image_folder_counts_unlisted_images_as_clean(files):
     for name in ["a.jpg", "b.jpg", "c.jpg", "d.jpg", "e.jpg"]:
         (folder / name).write_bytes(b"")
     (folder / "notes.txt").write_text("not an image")
-    scores = evaluate(pred_path=files["pred"], truth_path=files["truth"], images=str(folder), height=H, width=W)
+    with pytest.raises(CsvError, match=r"1 image\(s\) of .* not predicted \(e\.g\. e\.jpg\)"):
+        evaluate(pred_path=files["pred"], truth_path=files["truth"], images=str(folder), height=H, width=W)
+    scores = evaluate(pred_path=files["pred"], truth_path=files["truth"], images=str(folder), intersection=True,
+                      height=H, width=W)
+    assert scores == Scores.from_dice([[1, 1, 1, 1], [1, 1, 0, 1], [1, 0, 1, 1]])
+    pred = files["dir"] / "full.csv"  # every image of the folder predicted: d and e empty (clean d scores 1)
+    labels = read_labels(files["pred"])
+    write_submission(str(pred), Labels.from_mapping({**labels.rles, "d.jpg": EMPTY, "e.jpg": EMPTY}))
+    scores = evaluate(pred_path=str(pred), truth_path=files["truth"], images=str(folder), height=H, width=W)
     assert scores == Scores.from_dice([[1, 1, 1, 1], [1, 1, 0, 1], [1, 0, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0]])
 
 
 def test_evaluate_with_an_id_list_rejects_predictions_outside_it(files):
     ids = files["dir"] / "ids.txt"
     ids.write_text("a.jpg\nb.jpg\n")
-    with pytest.raises(CsvError, match=r"sub.csv \(image c.jpg\): predicted image is not in the evaluated set"):
+    with pytest.raises(CsvError, match=r"1 predicted image\(s\) not in .*ids.txt \(e\.g\. c\.jpg\)"):
         evaluate(pred_path=files["pred"], truth_path=files["truth"], images=str(ids), height=H, width=W)
     ids.write_text("a.jpg\n\nb.jpg\nc.jpg\n")  # e's defect is outside the set: not scored
     scores = evaluate(pred_path=files["pred"], truth_path=files["truth"], images=str(ids), height=H, width=W)
@@ -148,7 +181,7 @@ def test_read_image_set_errors(tmp_path):
     ids.write_text("\n\n")
     with pytest.raises(ValueError, match="no image ids"):
         read_image_set(str(ids))
-    with pytest.raises(ValueError, match=r"no \*.jpg images"):
+    with pytest.raises(ValueError, match=r"no JPEG images \(.jpg, .jpeg\)"):
         read_image_set(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="missing.txt: no such image folder or id list"):
         read_image_set(str(tmp_path / "missing.txt"))
@@ -194,8 +227,11 @@ def test_evaluate_on_gcs(gcs_bucket, files):
     pred, truth = f"{gcs_bucket}/pred.csv", f"{gcs_bucket}/truth.csv"
     by_folder = evaluate(pred_path=pred, truth_path=truth, images=f"{gcs_bucket}/test_images", height=H, width=W)
     assert by_folder == Scores.from_dice([[1, 1, 1, 1], [1, 1, 0, 1], [1, 0, 1, 1], [1, 1, 1, 1]])
-    by_list = evaluate(pred_path=pred, truth_path=truth, images=f"{gcs_bucket}/ids.txt", height=H, width=W)
-    assert by_list == Scores.from_dice([[1, 1, 1, 1], [1, 1, 0, 1], [1, 0, 1, 1], [1, 1, 1, 1], [1, 1, 1, 0]])
+    with pytest.raises(CsvError, match=r"e\.jpg"):  # e is in the list and has a defect: the prediction misses it
+        evaluate(pred_path=pred, truth_path=truth, images=f"{gcs_bucket}/ids.txt", height=H, width=W)
+    by_list = evaluate(pred_path=pred, truth_path=truth, images=f"{gcs_bucket}/ids.txt", intersection=True,
+                       height=H, width=W)
+    assert by_list == Scores.from_dice([[1, 1, 1, 1], [1, 1, 0, 1], [1, 0, 1, 1]])
 
 
 def test_pixel_confusion_matches_direct_counting():

@@ -11,6 +11,7 @@ from steel_tpu.constants import CLASS_IDS, HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.data import example
 from steel_tpu.data.decode import check_image_size, decode_gray, decode_masks, to_images
 from steel_tpu.data.shard_folder import ShardFolder, holds_shards
+from steel_tpu.data.source import list_jpegs
 
 AUTOTUNE = tf.data.AUTOTUNE
 # A fixed cycle, not AUTOTUNE: the interleave order, hence the data a seed gives, must not depend on the host's cores.
@@ -96,9 +97,9 @@ def eval_dataset(*, files, image_size, batch_size, full_res_masks=True):
 def predict_dataset(*, source, image_size, batch_size):
     """Padded batches of {"image" uint8 [B,h,w,3], "image_id" string, "valid" bool}, in a fixed order.
 
-    `source`: a folder (local or gs://) of test shards (the ones its manifest lists, sizes checked) or else of .jpg
-    files, or a list of JPEG paths (ids are then the file names), or a list of .tfrec shard paths (read in that
-    order).
+    `source`: a folder (local or gs://) of test shards (the ones its manifest lists, sizes checked) or else of JPEG
+    files (source.is_jpeg_name), or a list of JPEG paths (ids are then the file names), or a list of .tfrec shard
+    paths (read in that order).
     """
     size = check_image_size(image_size)
     if isinstance(source, (list, tuple)):
@@ -109,9 +110,9 @@ def predict_dataset(*, source, image_size, batch_size):
         shards, paths = ShardFolder.open(source, split="test").check().files(), []
     else:
         # A literal listing, filtered by name: the user's folder is never a glob pattern.
-        shards, paths = [], sorted(storage.join(source, n) for n in storage.list_files(source) if n.endswith(".jpg"))
+        shards, paths = [], list(list_jpegs(source).values())
         if not paths:
-            raise FileNotFoundError(f"{source}: no test shards and no .jpg files")
+            raise FileNotFoundError(f"{source}: no test shards and no JPEG files (.jpg, .jpeg)")
     if shards:
         ds = tf.data.TFRecordDataset(shards, buffer_size=_READ_BUFFER)
         ds = ds.map(lambda record: _parse_predict(record, size), num_parallel_calls=AUTOTUNE)

@@ -1,11 +1,8 @@
 """Scan and validate a shard source (train.csv + train_images/, or a folder of test JPEGs), local or gs://."""
 
 import hashlib
-import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-
-from PIL import Image, UnidentifiedImageError
 
 from steel_tpu import kaggle, storage
 from steel_tpu.constants import HEIGHT, WIDTH
@@ -13,10 +10,7 @@ from steel_tpu.constants import HEIGHT, WIDTH
 TRAIN_CSV = "train.csv"
 TRAIN_IMAGES = "train_images"
 TEST_IMAGES = "test_images"
-_JPEG_END = b"\xff\xd9"
-# Some writers pad after the end-of-image marker; in entropy-coded data 0xFF is always stuffed, so the
-# marker cannot occur there by chance and finding it in the tail is a sound truncation check.
-_TAIL = 64
+JPEG_SUFFIXES = (".jpg", ".jpeg")  # in any case: what a user calls a JPEG file
 
 
 class SourceError(ValueError):
@@ -41,8 +35,8 @@ def scan(data, *, split, workers, skip_bad):
     images_dir, csv_path, found, labels = locate(data, split=split)
     listed = labels.image_ids if labels is not None else ()
     if not found and not listed:
-        raise SourceError(f"{data}: empty source, no .jpg files in {images_dir}" + (f" and no rows in {csv_path}"
-                                                                                     if csv_path else ""))
+        raise SourceError(f"{data}: empty source, no JPEG files (.jpg, .jpeg) in {images_dir}"
+                          + (f" and no rows in {csv_path}" if csv_path else ""))
     problems = {i: f"listed in {csv_path} but missing from {images_dir}" for i in listed if i not in found}
     with ThreadPoolExecutor(max_workers=workers) as pool:
         checks = dict(zip(found, pool.map(_check_jpeg, found.values())))
@@ -62,7 +56,7 @@ def scan(data, *, split, workers, skip_bad):
 
 
 def locate(data, *, split):
-    """(images folder, CSV path or None, {image id: path} of its .jpg files, labels or None) of a source."""
+    """(images folder, CSV path or None, {image id: path} of its JPEG files, labels or None) of a source."""
     if split not in ("train", "test"):
         raise SourceError(f"split must be 'train' or 'test', got {split!r}")
     if split == "train":
@@ -72,41 +66,34 @@ def locate(data, *, split):
         labels = kaggle.read_labels(csv_path, height=HEIGHT, width=WIDTH)
     else:
         images_dir, csv_path, labels = _test_images_dir(data), None, None
-    found = _list_jpegs(images_dir) if storage.isdir(images_dir) else {}
+    found = list_jpegs(images_dir) if storage.isdir(images_dir) else {}
     return images_dir, csv_path, found, labels
 
 
 def _test_images_dir(data):
     # A test source is a folder of JPEGs; a Kaggle-layout folder holding test_images/ is accepted too.
     nested = storage.join(data, TEST_IMAGES)
-    return nested if storage.isdir(data) and not _list_jpegs(data) and storage.isdir(nested) else data
+    return nested if storage.isdir(data) and not list_jpegs(data) and storage.isdir(nested) else data
 
 
-def _list_jpegs(folder):
-    """{image id: path} of the .jpg files directly under `folder`."""
-    return {posixpath.basename(p): p for p in storage.listdir(folder) if p.endswith(".jpg")}
+def is_jpeg_name(name):
+    """The one rule for which files are images, in every command: .jpg or .jpeg in any case (.JPG, .Jpeg)."""
+    return name.lower().endswith(JPEG_SUFFIXES)
+
+
+def list_jpegs(folder):
+    """{image id: path} of the JPEG files directly under `folder` (a literal listing: the path is no pattern);
+    an image's id is its file name as it is."""
+    return {n: storage.join(folder, n) for n in sorted(storage.list_files(folder)) if is_jpeg_name(n)}
 
 
 def _check_jpeg(path):
-    """(problem or None, byte size): reads only the JPEG header and its tail, never decodes."""
-    try:
-        with storage.open(path, "rb") as f:
-            image = Image.open(f)
-            kind, (width, height) = image.format, image.size
-            size = f.seek(0, 2)
-            f.seek(max(size - _TAIL, 0))
-            tail = f.read(_TAIL)
-    except UnidentifiedImageError:
-        return "not a JPEG (not an image format PIL knows)", 0
-    except (OSError, SyntaxError) as e:  # PIL raises SyntaxError for some malformed headers
-        return f"unreadable image ({type(e).__name__}: {e})", 0
-    if kind != "JPEG":
-        return f"not a JPEG ({kind})", size
-    if (width, height) != (WIDTH, HEIGHT):
-        return f"{width}x{height}, expected {WIDTH}x{HEIGHT}", size
-    if _JPEG_END not in tail:
-        return "truncated JPEG (no end-of-image marker)", size
-    return None, size
+    """(problem or None, byte size) of one image file, decoded the way the pipeline decodes it."""
+    # Imported here: listing images (evaluate, locate) must not load TensorFlow; checking them does.
+    from steel_tpu.data import jpeg_check
+
+    data = storage.read_bytes(path)
+    return jpeg_check.problem(data), len(data)
 
 
 def _describe(problems, data):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from steel_tpu import kaggle, rle, storage
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
-from steel_tpu.data import example
+from steel_tpu.data import example, jpeg_check
 from steel_tpu.data.shard_folder import (MANIFEST, ShardFolderError, join_problems, manifest_problems,
                                          parse_shard_name, read_manifest, records_in)
 from steel_tpu.data.source import locate
@@ -38,7 +38,8 @@ class _Expected:
 
 
 def verify(shards, *, data=None, workers=None):
-    """Check every shard's bytes, sha256, records and class counts; with `data`, every image and mask too."""
+    """Check every shard's bytes, sha256, records, class counts and that each image decodes as training decodes
+    it; with `data`, every image and mask against the source too."""
     try:
         _, manifest = read_manifest(shards)
     except (ShardFolderError, FileNotFoundError) as e:
@@ -119,6 +120,9 @@ def _check_record(record, where, *, fold, expected):
         problems.append(f"{where}: fold {record[example.FOLD]}, its shard is fold {fold}")
     if (record[example.HEIGHT], record[example.WIDTH]) != (HEIGHT, WIDTH):
         problems.append(f"{where}: size {record[example.WIDTH]}x{record[example.HEIGHT]}, expected {WIDTH}x{HEIGHT}")
+    image_problem = jpeg_check.problem(record[example.IMAGE])  # a shard from an older build, or edited since
+    if image_problem:
+        problems.append(f"{where}: {image_problem}")
     try:
         areas = [rle.area(r) for r in record[example.RLE]]
     except rle.RleError as e:
