@@ -20,7 +20,7 @@ from steel_tpu import console, distribute, ensemble, postprocess, rle, step, sto
 from steel_tpu.data import pipeline, source
 from steel_tpu.data.shard_folder import ShardFolder, holds_shards
 from steel_tpu.kaggle import EMPTY
-from steel_tpu.submission_writer import ChunkedSubmission
+from steel_tpu.submission_writer import ChunkedSubmission, claim, errors_path
 from steel_tpu.workdir import Workdir, read_thresholds
 
 CHUNK_SIZE = 1024  # images per committed part file: at most this much work is redone after a crash
@@ -188,7 +188,7 @@ def _run(dataset, *, predict_step, pp, assembler, total, progress):
 
 
 def _write_errors(out, bad):
-    path = str(out) + ".errors.csv"
+    path = errors_path(out)
     if not bad:
         storage.remove(path)
         return None
@@ -209,6 +209,7 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
     each committed chunk.
     """
     start = time.perf_counter()
+    claim(out)  # an unusable --out fails here, not after the scoring; the previous OUT goes
     wd = Workdir(workdir)
     cfg = wd.config()
     pp, pp_from = load_thresholds(workdir, thresholds)

@@ -83,7 +83,7 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
                                               keras.mixed_precision.global_policy())
         optimizer.build(model.trainable_variables)
         state = _FoldState(model, optimizer)
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(state=state), wd.ckpt_dir(task, fold), max_to_keep=1)
+    manager = wd.checkpoint_manager(tf.train.Checkpoint(state=state), task, fold)
     if manager.latest_checkpoint:
         tf.train.Checkpoint(state=state).restore(manager.latest_checkpoint).assert_existing_objects_matched()
         print(f"[{task} fold {fold}] resuming after epoch {int(state.epoch.numpy())}")
@@ -136,7 +136,7 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
             wd.save_oof(task, fold, **oof)
         wd.write_log(task, fold, rows)
         state.epoch.assign(epoch + 1)
-        manager.save()
+        wd.prune_checkpoints(task, fold, latest=manager.save())
 
     return wd.mark_done(task, fold, {"task": task, "fold": fold, "epochs": t.epochs,
                                      "best": float(state.best.numpy()), "metric": spec.metric})
