@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from steel_tpu import console, distribute, ensemble, postprocess, rle, step, storage
-from steel_tpu.data import pipeline, source
+from steel_tpu.data import pipeline, source, tfrecord
 from steel_tpu.data.shard_folder import ShardFolder, holds_shards
 from steel_tpu.kaggle import EMPTY
 from steel_tpu.submission_writer import ChunkedSubmission, claim, errors_path
@@ -158,6 +158,12 @@ def _batches(dataset, assembler):
             yield next(iterator)
         except StopIteration:
             return
+        except tf.errors.DataLossError as error:
+            named = tfrecord.name_damaged(error, [p for c in assembler.pending for p in c.inputs
+                                                  if str(p).endswith(".tfrec")])
+            if named is error:
+                raise
+            raise named from None
         except tf.errors.OpError as error:
             chunk = assembler.pending[0] if assembler.pending else None
             where = f"chunk {chunk.index} ({', '.join(map(str, chunk.inputs[:3]))}...)" if chunk else "the input"

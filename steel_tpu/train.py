@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from steel_tpu import console, distribute, step
 from steel_tpu import tasks as tasks_lib
-from steel_tpu.data import pipeline
+from steel_tpu.data import pipeline, tfrecord
 from steel_tpu.data.shard_folder import ShardFolder
 from steel_tpu.keras_api import keras
 from steel_tpu.workdir import Workdir
@@ -156,5 +156,9 @@ def run(*, shards, workdir, cfg, tasks=tasks_lib.NAMES, folds=None, device=None)
     distribute.set_precision(device.kind, gpu_float16=cfg.gpu_float16)
     wd = Workdir(workdir)
     wd.save_config(cfg)
-    return [train_fold(folder=folder, wd=wd, cfg=cfg, task=task, fold=fold, device=device)
-            for fold in folds for task in tasks]
+    try:
+        return [train_fold(folder=folder, wd=wd, cfg=cfg, task=task, fold=fold, device=device)
+                for fold in folds for task in tasks]
+    except tf.errors.DataLossError as error:
+        # TensorFlow names no file; outside the hot loop, the shards are re-read to say which one is damaged.
+        raise tfrecord.name_damaged(error, folder.files()) from None
