@@ -45,7 +45,8 @@ def main():
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "steel_tpu_bench"))
     args = parser.parse_args()
     data = _source(args.cache, args.images)
-    images = storage.glob(os.path.join(data, TRAIN_IMAGES, "*.jpg"))
+    folder = os.path.join(data, TRAIN_IMAGES)
+    images = sorted(os.path.join(folder, n) for n in storage.list_files(folder) if n.endswith(".jpg"))
     mb = sum(os.path.getsize(p) for p in images) / 1e6
     copy_s = _best(args.runs, lambda out: _copy(images, out))
     shard_s = _best(args.runs, lambda out: build_shards(data=data, out=out, progress=False))

@@ -221,7 +221,7 @@ def main(argv=None):
         print(f"steel-tpu {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
-        message = user_error(error)
+        message = user_error(error, paths=[v for v in vars(args).values() if isinstance(v, str)])
         if message is None or debug:
             raise
         # Bad input is the user's to fix: one clear line naming the file/line/image, no traceback.

@@ -25,20 +25,33 @@ def _tf_error(error):
     return f"{type(error).__name__}: {first}"
 
 
-def _gcs_error(error):
-    names = _names(error)
+def _buckets(paths):
+    """'gs://a, gs://b': the buckets a command was given (GCS errors name none), or 'GCS'."""
+    found = sorted({"gs://" + p[len("gs://"):].split("/")[0] for p in paths if str(p).startswith("gs://")})
+    return ", ".join(found) or "GCS"
+
+
+def _gcs_error(error, paths):
+    names, where = _names(error), _buckets(paths)
     if names & {"GoogleAuthError", "DefaultCredentialsError", "RefreshError"}:
-        return f"{error} ({_GCS_AUTH_HINT})"
+        return f"{where}: {error} ({_GCS_AUTH_HINT})"
     if "HttpError" in names and getattr(error, "code", None) in (401, 403):
-        return f"{error} ({_GCS_AUTH_HINT})"
+        return f"{where}: access denied: {error} ({_GCS_AUTH_HINT})"
     if "HttpError" in names and getattr(error, "code", None) == 404:
-        return f"not found on GCS (does the bucket exist?): {error}"
+        return f"{where}: not found on GCS (does the bucket exist?): {error}"
+    # aiohttp's connection errors (gcsfs gives up after its retries): no answer at all from the storage endpoint.
+    if names & {"ClientConnectorError", "ServerDisconnectedError", "ClientOSError", "ServerTimeoutError"}:
+        return (f"{where}: cannot reach Google Cloud Storage ({error}); check the network (or STORAGE_EMULATOR_HOST "
+                f"if set) and the bucket name; {_GCS_AUTH_HINT}")
     return None
 
 
-def user_error(error):
-    """The one line to print for an error the user can fix, or None for anything else (a bug: show it all)."""
-    message = _tf_error(error) or _gcs_error(error)
+def user_error(error, *, paths=()):
+    """The one line to print for an error the user can fix, or None for anything else (a bug: show it all).
+
+    `paths`: the command's path arguments, so that a GCS error, which names no bucket, can name them.
+    """
+    message = _tf_error(error) or _gcs_error(error, paths)
     if message:
         return message
     if isinstance(error, json.JSONDecodeError):

@@ -14,6 +14,28 @@ def _stage(title):
     print(f"\n== {title}", flush=True)
 
 
+MARKER = ".steel_tpu_demo"  # written first into a demo's --out: later demos may clear only a folder holding it
+_OWN = ("data", "shards", "work", "submission_empty.csv", "submission.csv", "submission.csv.parts",
+        "submission.csv.errors.csv")
+
+
+def _claim(out):
+    """Start from scratch, deleting only what a previous demo wrote: --out must be new, empty or a demo's."""
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out}: is a file, not a folder")
+    if os.path.isdir(out) and os.listdir(out) and not os.path.exists(os.path.join(out, MARKER)):
+        raise ValueError(f"--out {out}: holds files a demo did not write ({', '.join(sorted(os.listdir(out))[:10])})"
+                         "; nothing was changed: give a new or empty folder")
+    os.makedirs(out, exist_ok=True)
+    open(os.path.join(out, MARKER), "w").close()
+    for name in _OWN:
+        path = os.path.join(out, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+
+
 def run(*, out, n_train=160, n_test=40, seed=0, overrides=()):
     # Imported here so that main() quiets TensorFlow's log lines before TensorFlow loads.
     from steel_tpu import config, kaggle, metrics, predict, synth, train, tune
@@ -21,7 +43,7 @@ def run(*, out, n_train=160, n_test=40, seed=0, overrides=()):
     from steel_tpu.data.verify import verify
 
     start = time.perf_counter()
-    shutil.rmtree(out, ignore_errors=True)  # the demo always starts from scratch: its folder is its own
+    _claim(out)
     data, shards, work = (os.path.join(out, name) for name in ("data", "shards", "work"))
     truth_path = os.path.join(data, "test_truth.csv")
     test_images = os.path.join(data, "test_images")

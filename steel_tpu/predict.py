@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from steel_tpu import console, distribute, ensemble, postprocess, rle, step, storage
-from steel_tpu.data import pipeline, source
+from steel_tpu.data import pipeline, source, tfrecord
 from steel_tpu.data.shard_folder import ShardFolder, holds_shards
 from steel_tpu.kaggle import EMPTY
-from steel_tpu.submission_writer import ChunkedSubmission
+from steel_tpu.submission_writer import ChunkedSubmission, claim, errors_path
 from steel_tpu.workdir import Workdir, read_thresholds
 
 CHUNK_SIZE = 1024  # images per committed part file: at most this much work is redone after a crash
@@ -158,6 +158,12 @@ def _batches(dataset, assembler):
             yield next(iterator)
         except StopIteration:
             return
+        except tf.errors.DataLossError as error:
+            named = tfrecord.name_damaged(error, [p for c in assembler.pending for p in c.inputs
+                                                  if str(p).endswith(".tfrec")])
+            if named is error:
+                raise
+            raise named from None
         except tf.errors.OpError as error:
             chunk = assembler.pending[0] if assembler.pending else None
             where = f"chunk {chunk.index} ({', '.join(map(str, chunk.inputs[:3]))}...)" if chunk else "the input"
@@ -188,7 +194,7 @@ def _run(dataset, *, predict_step, pp, assembler, total, progress):
 
 
 def _write_errors(out, bad):
-    path = str(out) + ".errors.csv"
+    path = errors_path(out)
     if not bad:
         storage.remove(path)
         return None
@@ -209,6 +215,7 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
     each committed chunk.
     """
     start = time.perf_counter()
+    claim(out)  # an unusable --out fails here, not after the scoring; the previous OUT goes
     wd = Workdir(workdir)
     cfg = wd.config()
     pp, pp_from = load_thresholds(workdir, thresholds)

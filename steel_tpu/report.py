@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from steel_tpu import figures, metrics, postprocess, storage, tune, tune_plots
+from steel_tpu import figures, metrics, outputs, postprocess, storage, tune, tune_plots
 from steel_tpu.workdir import THRESHOLDS, Workdir
 from steel_tpu.constants import CLASS_IDS, NUM_CLASSES
 from steel_tpu.data import example
@@ -24,6 +24,9 @@ _TUNE_CAPTIONS = {  # tune_plots' files; circles mark the chosen settings
     "dice_vs_gate.png": "OOF Dice against the classifier gate, at the best threshold and area for each gate.",
     "area_histograms.png": "Mask areas per class: truth, submitted after tuning, and before min area and gate.",
 }
+# Every file a report may write: --out holding anything else is refused; these, and only these, are replaced.
+FILES = frozenset({INDEX, "dice_per_class.png", "confusion.png", "examples.png",
+                   *(f"curves_{task}.png" for task in CURVE_METRICS), *(f"tune_{name}" for name in _TUNE_CAPTIONS)})
 _STYLE = ("body{font-family:sans-serif;max-width:1300px;margin:auto;padding:0 1em}"
           "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
           "th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5em 0}.note{color:#777}")
@@ -253,10 +256,12 @@ def report(*, workdir, out, shards=None, examples=EXAMPLES_PER_SIDE):
     `shards` (the shard folder training read) adds the images under the example predictions. The PNGs are
     written first and index.html last, so a report only looks complete once it is.
     """
-    cfg = Workdir(workdir).config()
+    found = outputs.claim_folder(out, ours=FILES.__contains__, command="report")  # before anything is written
     index = storage.join(out, INDEX)
-    storage.makedirs(out)
     storage.remove(index)  # an old page must not present half-rewritten figures as a finished report
+    outputs.remove_temps(out, found, ours=FILES.__contains__)
+    cfg = Workdir(workdir).config()
+    storage.makedirs(out)
     result = _load_thresholds(workdir)
     thresholds = result["postprocess"].pixel_threshold if result else (0.5,) * NUM_CLASSES
     folds = Workdir(workdir).completed_folds("segment")
@@ -267,6 +272,9 @@ def report(*, workdir, out, shards=None, examples=EXAMPLES_PER_SIDE):
     for section in sections:
         for name, png in section.files.items():
             storage.write_bytes(storage.join(out, name), png)
+    written = {name for s in sections for name in s.files}
+    for name in sorted(set(found) & FILES - written - {INDEX}):
+        storage.remove(storage.join(out, name))  # an earlier report's figure this page no longer shows
     storage.write_text(index, _page(_header(workdir, cfg, shards), sections))
     print(f"report: {sum(len(s.files) for s in sections)} figures -> {index}")
     return index

@@ -87,12 +87,6 @@ def list_files(folder):
             if e["type"] == "file" and not e["name"].endswith("/")}
 
 
-def glob(pattern):
-    """Sorted full paths matching a glob pattern (GCS directory markers, "name/", are not files)."""
-    fs, p = _fs(pattern)
-    return sorted(_with_protocol(e, str(pattern)) for e in fs.glob(p) if not e.endswith("/"))
-
-
 def remove(path):
     """Delete one file by its exact name (fsspec's `rm` would expand glob characters in it)."""
     fs, p = _fs(path)

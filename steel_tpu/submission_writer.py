@@ -4,7 +4,9 @@
 DST.csv.parts/plan.json          what the parts belong to (a digest of images, models, post-processing)
 DST.csv.parts/part-00000.csv     rows of chunk 0 (no header), each written atomically
 DST.csv                          header + every part in chunk order, published in one atomic write
+DST.csv.errors.csv               the images `--skip-bad` left out and why (only when there are any)
 ```
+These are the only files predict writes or deletes; a parts folder holding any other file is refused by name.
 """
 
 import csv
@@ -14,22 +16,43 @@ import json
 import os
 import re
 
-from steel_tpu import storage
+from steel_tpu import outputs, storage
 from steel_tpu.constants import CLASS_IDS
 from steel_tpu.kaggle import SUBMISSION_COLUMNS
 
 PLAN = "plan.json"
+_PART = re.compile(r"part-\d{5,}\.csv")
 
 
 def parts_dir(out):
     return str(out) + ".parts"
 
 
+def errors_path(out):
+    return str(out) + ".errors.csv"
+
+
+def _ours(name):
+    return name == PLAN or bool(_PART.fullmatch(name))
+
+
+def claim(out):
+    """Check every output location before any work, then remove the previous run's submission and error list.
+
+    OUT and OUT.errors.csv must be files in a writable folder, OUT.parts may hold only part files and the plan
+    (else refused by name, nothing changed). The old OUT goes at the start: it is this command's own output, and a
+    run that fails later must not leave it looking like its result.
+    """
+    outputs.check_file(out)
+    outputs.check_file(errors_path(out), flag="--out's error list")
+    found = outputs.claim_folder(parts_dir(out), ours=_ours, command="predict", flag="--out's parts folder")
+    outputs.remove_temps(parts_dir(out), found, ours=_ours)
+    storage.remove(str(out))
+    storage.remove(errors_path(out))
+
+
 def _part(out, index):
     return storage.join(parts_dir(out), f"part-{index:05d}.csv")
-
-
-_PART = re.compile(r"part-\d{5,}\.csv")
 
 
 class ChunkedSubmission:
@@ -80,6 +103,7 @@ class ChunkedSubmission:
                 f.write(data)
         for path in self._part_files() + [storage.join(parts_dir(self.out), PLAN)]:
             storage.remove(path)
-        if not storage.is_gcs(self.out) and os.path.isdir(parts_dir(self.out)):
+        # Only an empty folder goes: a file someone put there since the claim is theirs.
+        if not storage.is_gcs(self.out) and os.path.isdir(parts_dir(self.out)) and not os.listdir(parts_dir(self.out)):
             os.rmdir(parts_dir(self.out))
         return len(seen) // len(CLASS_IDS)

@@ -15,11 +15,12 @@
 
 import io
 import numbers
+import posixpath
 
 import numpy as np
 from PIL import Image
 
-from steel_tpu import kaggle, rle, storage
+from steel_tpu import kaggle, outputs, rle, storage
 from steel_tpu.constants import CLASS_IDS, HEIGHT, WIDTH
 
 # Independent per-image presence probabilities; their product of complements (0.474) is the clean fraction.
@@ -42,11 +43,7 @@ def synthesize(out_dir, *, n_train=100, n_test=20, seed=0):
     for name, value in (("n_train", n_train), ("n_test", n_test), ("seed", seed)):
         if not isinstance(value, numbers.Integral) or value < 0:
             raise ValueError(f"synthesize: {name} must be a non-negative integer, got {value!r}")
-    for split in _SPLITS:
-        image_dir = storage.join(out_dir, f"{split}_images")
-        # Stale images from an earlier run would read as clean images that no CSV row mentions.
-        if storage.exists(image_dir) and storage.listdir(image_dir):
-            raise FileExistsError(f"synthesize: {image_dir} is not empty; choose a new or empty out_dir")
+    _check_empty(out_dir)
     seen_ids = set()
     per_image_areas = []
     for split, n, csv_name in (("train", n_train, "train.csv"), ("test", n_test, "test_truth.csv")):
@@ -64,6 +61,18 @@ def synthesize(out_dir, *, n_train=100, n_test=20, seed=0):
             per_image_areas.append({c: int(m.sum()) for c, m in masks.items()})
         kaggle.write_train_csv(storage.join(out_dir, csv_name), kaggle.Labels(image_ids=ids, rles=rles))
     return _summary(per_image_areas, n_train=n_train, n_test=n_test)
+
+
+def _check_empty(out_dir):
+    """Refuse an out_dir holding anything: stale images would read as clean images no CSV row mentions, and a
+    user's files there are not ours to replace. Nothing is written before this check."""
+    outputs.check_folder(out_dir)
+    if storage.isdir(out_dir):
+        names = [posixpath.basename(p.rstrip("/")) for p in storage.listdir(out_dir)]
+        if names:
+            shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+            raise outputs.OutputError(f"--out {out_dir}: not empty ({shown}); synth writes only into a new or empty "
+                                      "folder: nothing was changed")
 
 
 def render(rng):

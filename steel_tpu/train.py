@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from steel_tpu import console, distribute, step
 from steel_tpu import tasks as tasks_lib
-from steel_tpu.data import pipeline
+from steel_tpu.data import pipeline, tfrecord
 from steel_tpu.data.shard_folder import ShardFolder
 from steel_tpu.keras_api import keras
 from steel_tpu.workdir import Workdir
@@ -83,7 +83,7 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
                                               keras.mixed_precision.global_policy())
         optimizer.build(model.trainable_variables)
         state = _FoldState(model, optimizer)
-    manager = tf.train.CheckpointManager(tf.train.Checkpoint(state=state), wd.ckpt_dir(task, fold), max_to_keep=1)
+    manager = wd.checkpoint_manager(tf.train.Checkpoint(state=state), task, fold)
     if manager.latest_checkpoint:
         tf.train.Checkpoint(state=state).restore(manager.latest_checkpoint).assert_existing_objects_matched()
         print(f"[{task} fold {fold}] resuming after epoch {int(state.epoch.numpy())}")
@@ -136,7 +136,7 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
             wd.save_oof(task, fold, **oof)
         wd.write_log(task, fold, rows)
         state.epoch.assign(epoch + 1)
-        manager.save()
+        wd.prune_checkpoints(task, fold, latest=manager.save())
 
     return wd.mark_done(task, fold, {"task": task, "fold": fold, "epochs": t.epochs,
                                      "best": float(state.best.numpy()), "metric": spec.metric})
@@ -156,5 +156,9 @@ def run(*, shards, workdir, cfg, tasks=tasks_lib.NAMES, folds=None, device=None)
     distribute.set_precision(device.kind, gpu_float16=cfg.gpu_float16)
     wd = Workdir(workdir)
     wd.save_config(cfg)
-    return [train_fold(folder=folder, wd=wd, cfg=cfg, task=task, fold=fold, device=device)
-            for fold in folds for task in tasks]
+    try:
+        return [train_fold(folder=folder, wd=wd, cfg=cfg, task=task, fold=fold, device=device)
+                for fold in folds for task in tasks]
+    except tf.errors.DataLossError as error:
+        # TensorFlow names no file; outside the hot loop, the shards are re-read to say which one is damaged.
+        raise tfrecord.name_damaged(error, folder.files()) from None

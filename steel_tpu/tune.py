@@ -11,11 +11,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from steel_tpu import postprocess, storage
+from steel_tpu import outputs, postprocess, storage
 from steel_tpu.constants import HEIGHT, NUM_CLASSES
 from steel_tpu.workdir import Workdir
 
 PLOT_DATA = "plot_data.npz"  # in the workdir's tune/: what tune's plots are drawn from, so report redraws them without a search
+PLOT_FILES = ("dice_vs_pixel_threshold.png", "dice_vs_min_area.png", "dice_vs_gate.png", "area_histograms.png")
 _PLOT_KEYS = ("dice", "pixel_grid", "area_grid", "gate_grid", "chosen", "gate_head", "truth_area", "raw_area",
               "submitted_area")
 PIXEL_GRID = tuple(float(t) for t in np.round(np.arange(0.30, 0.801, 0.05), 2))
@@ -92,6 +93,19 @@ def _class_probs(wd, image_ids):
     return np.stack([by_id[i] for i in image_ids.tolist()]), None
 
 
+def _check_disjoint(wd, folds, ids):
+    """Each image once in the OOF data: a repeat names the image and both files (or the one file, twice)."""
+    seen = {}
+    for fold, fold_ids in zip(folds, ids):
+        for image_id in fold_ids.tolist():
+            if image_id in seen:
+                first, second = wd.oof_path("segment", seen[image_id]), wd.oof_path("segment", fold)
+                where = f"twice in {first}" if first == second else f"in both {first} and {second}"
+                raise ValueError(f"image {image_id} is {where}: out-of-fold data must hold each image once (were "
+                                 "the folds trained from different shard folders?)")
+            seen[image_id] = fold
+
+
 def collect(work):
     """OofStats of every completed segment fold of `work`, joined with the classifier's OOF on image ids."""
     wd = Workdir(work)
@@ -106,8 +120,7 @@ def collect(work):
     if len(scales) != 1:
         raise ValueError(f"{work}: segment folds {folds} store OOF maps at different scales {sorted(scales)}")
     image_ids = np.concatenate(ids)
-    if len(set(image_ids.tolist())) != len(image_ids):
-        raise ValueError(f"{work}: an image appears in the OOF data of two folds; folds overlap")
+    _check_disjoint(wd, folds, ids)
     class_probs, why = _class_probs(wd, image_ids)
     if why:
         print(f"tune: no classifier gate ({why})")
@@ -221,8 +234,15 @@ def load_plot_data(folder):
 
 def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_grid=GATE_GRID, plots=True):
     """Write `thresholds.json` and tune/'s plot data (and PNGs with `plots`) into the workdir `out` (default:
-    `workdir`); returns the content of thresholds.json."""
+    `workdir`); returns the content of thresholds.json.
+
+    These files, by exact name, are all tune writes or deletes: the previous ones go first, so a run that fails
+    leaves no old thresholds.json looking like its result, and thresholds.json is written last.
+    """
     target = Workdir(out or workdir)
+    outputs.check_folder(target.path, flag="--out" if out else "--workdir")
+    for path in [target.thresholds_path()] + [storage.join(target.tune_dir(), n) for n in (PLOT_DATA, *PLOT_FILES)]:
+        storage.remove(path)
     stats = collect(workdir)
     tables, kind, gates = search_tables(stats, pixel_grid=pixel_grid, area_grid=area_grid, gate_grid=gate_grid)
     chosen = choose(stats, tables, kind=kind, gates=gates, pixel_grid=pixel_grid, area_grid=area_grid)
@@ -239,13 +259,13 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
         "oof_scale": stats.scale,
         "grid": {"pixel_threshold": list(pixel_grid), "min_area": list(area_grid), "gate": list(gates)},
     }
-    target.save_thresholds(result)
     data = plot_data(stats, tables, chosen, kind=kind, gates=gates, pixel_grid=pixel_grid, area_grid=area_grid)
     save_plot_data(target.tune_dir(), data)
     if plots:
         from steel_tpu import tune_plots  # matplotlib only when plotting
 
         tune_plots.write_all(target.tune_dir(), data)
+    target.save_thresholds(result)
     print(f"tune: OOF dice {result['dice_before']['mean']:.4f} -> {result['dice_after']['mean']:.4f} on "
           f"{result['n_images']} images (folds {list(stats.folds)}); pixel {list(chosen.pixel_threshold)}, "
           f"min area {list(chosen.min_area)}, gate {list(chosen.gate) or 'none'} -> {target.thresholds_path()}")

@@ -6,8 +6,7 @@ import numpy as np
 from steel_tpu import storage
 from steel_tpu.constants import CLASS_IDS, NUM_CLASSES
 from steel_tpu.figures import CLASS_COLORS, png  # figures selects the Agg backend
-
-FILES = ("dice_vs_pixel_threshold.png", "dice_vs_min_area.png", "dice_vs_gate.png", "area_histograms.png")
+from steel_tpu.tune import PLOT_FILES as FILES
 
 
 def _curves(*, x, ys, xlabel, marks, title, labels=None):

@@ -34,6 +34,7 @@ _FOLD = re.compile(r"fold(\d+)")
 THRESHOLDS_KEYS = ("pixel_threshold", "min_area", "gate")
 TUNE_RECORD_KEYS = ("gate_head", "dice_before", "dice_after", "dice_before_full_resolution", "n_images", "folds",
                     "oof_scale", "grid")
+_CKPT_FILE = re.compile(r"(ckpt-\d+)\.(index|data-\d{5}-of-\d{5})")
 
 
 class WorkdirError(ValueError):
@@ -125,6 +126,22 @@ class Workdir:
 
     def ckpt_dir(self, task, fold):
         return storage.join(self.fold_dir(task, fold), CKPT)
+
+    def checkpoint_manager(self, checkpoint, task, fold):
+        """A tf.train.CheckpointManager over the fold's ckpt/ that never deletes: TensorFlow removes old checkpoints
+        by glob, so a workdir named `runs/a*b` would delete `runs/aXb`'s. prune_checkpoints removes them by name."""
+        import tensorflow as tf  # only training needs it; the rest of the workdir is host-side
+
+        return tf.train.CheckpointManager(checkpoint, self.ckpt_dir(task, fold), max_to_keep=None)
+
+    def prune_checkpoints(self, task, fold, latest):
+        """Delete, by exact name from one literal listing, the fold's checkpoint files other than `latest`'s."""
+        folder = self.ckpt_dir(task, fold)
+        keep = posixpath.basename(str(latest))
+        for name in storage.list_files(folder):
+            m = _CKPT_FILE.fullmatch(name)
+            if m and m[1] != keep:
+                storage.remove(storage.join(folder, name))
 
     def tb_dir(self, task, fold):
         return storage.join(self.fold_dir(task, fold), TB)

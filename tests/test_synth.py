@@ -9,6 +9,7 @@ from PIL import Image
 
 from steel_tpu import kaggle, rle, synth
 from steel_tpu.constants import CLASS_IDS, HEIGHT, WIDTH
+from steel_tpu.outputs import OutputError
 
 N_TRAIN, N_TEST = 250, 10
 ID_PATTERN = re.compile(r"[0-9a-f]{9}\.jpg")
@@ -167,7 +168,7 @@ def test_bad_arguments_are_refused_by_name(tmp_path, options):
 
 def test_refuses_a_directory_holding_earlier_images(tmp_path):
     synth.synthesize(tmp_path, n_train=1, n_test=0, seed=0)
-    with pytest.raises(FileExistsError, match="train_images"):
+    with pytest.raises(OutputError, match="train_images"):
         synth.synthesize(tmp_path, n_train=1, n_test=0, seed=1)
 
 

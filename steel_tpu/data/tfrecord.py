@@ -1,5 +1,6 @@
 """TFRecord framing in plain Python: shards stream through any file object (local or gs://), hashed as written."""
 
+import re
 import struct
 
 import google_crc32c
@@ -40,3 +41,35 @@ def read_records(f):
             raise TFRecordError(f"record {index}: data CRC mismatch")
         yield body[:length]
         index += 1
+
+
+def first_damaged(paths, *, offset=None):
+    """(path, problem) of the first file in `paths` whose records do not all read back intact, or None.
+
+    `offset`: the byte offset TensorFlow's error reported, so files no longer than it are not read at all.
+    """
+    from steel_tpu import storage  # host-side reads, only on this error path
+
+    for path in paths:
+        if offset is not None and storage.size(path) <= offset:
+            continue
+        try:
+            with storage.open(path, "rb") as f:
+                for _ in read_records(f):
+                    pass
+        except TFRecordError as error:
+            return str(path), str(error)
+    return None
+
+
+def name_damaged(error, paths):
+    """The error to raise for TensorFlow's DataLossError `error`, which names no file: a TFRecordError naming the
+    damaged file among `paths` (re-read on this error path only), or `error` itself when none of them is."""
+    first = (error.message or str(error)).strip().splitlines()[0]
+    match = re.search(r"record at (\d+)", first)
+    found = first_damaged(paths, offset=int(match[1]) if match else None)
+    if found is None:
+        return error
+    path, problem = found
+    return TFRecordError(f"{path}: damaged shard ({problem}; TensorFlow: {first}); rebuild the shard folder "
+                         "(`steel-tpu verify --shards FOLDER` checks every shard)")
