@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import math
 import sys
 
 from steel_tpu import __version__, config, console
@@ -74,16 +75,20 @@ def _report(args):
     print(report(workdir=args.workdir, out=args.out, shards=args.shards, examples=args.examples))
 
 
-def _bounded(kind, low, *, strict=False):
-    """An argparse type: `kind` (int or float) at least `low` (above it when strict)."""
+def _bounded(kind, low, *, strict=False, high=None):
+    """An argparse type: a finite `kind` (int or float) at least `low` (above it when strict), at most `high`."""
 
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}")
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
         if value < low or (strict and value == low):
             raise argparse.ArgumentTypeError(f"{text} must be {'>' if strict else '>='} {low}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{text} must be <= {high}")
         return value
 
     return parse
@@ -100,6 +105,8 @@ def fold_list(text):
 
 
 _POSITIVE_INT, _COUNT = _bounded(int, 1), _bounded(int, 0)
+# One thread per worker, started as work arrives: a typo such as 100000 would start one per image.
+_WORKERS = _bounded(int, 1, high=256)
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -152,14 +159,14 @@ def _add_parsers(sub, common):
     p.add_argument("--seed", type=_COUNT, default=0, help="seed of the fold assignment")
     p.add_argument("--shard-mb", type=_bounded(float, 0, strict=True), default=100.0, help="target shard size in MB")
     p.add_argument("--split", choices=("train", "test"), default="train", help="train: with masks and folds")
-    p.add_argument("--workers", type=_POSITIVE_INT, default=None, help="parallel workers (default: CPU cores)")
+    p.add_argument("--workers", type=_WORKERS, default=None, help="parallel workers (default: CPU cores)")
     p.add_argument("--overwrite", action="store_true", help="rebuild every shard instead of resuming")
     p.add_argument("--skip-bad", action="store_true", help="record bad images in the manifest and go on")
 
     p = _add(sub, "verify", _verify, "re-read shards and check them against the manifest (and the source)", common)
     p.add_argument("--shards", required=True, help="the shard folder, local or gs://")
     p.add_argument("--data", default=None, help="the Kaggle source, to check every image's bytes and masks round-trip")
-    p.add_argument("--workers", type=_POSITIVE_INT, default=None, help="parallel readers (default: CPU cores)")
+    p.add_argument("--workers", type=_WORKERS, default=None, help="parallel readers (default: CPU cores)")
 
     p = _add(sub, "train", _train, "train the classifier and/or segmenter over K folds (resumes)", common)
     p.add_argument("--shards", required=True, help="the shard folder, local or gs://")

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 
 from steel_tpu import choices, fields
@@ -76,6 +77,10 @@ class AugmentConfig:
         require(min(self.cutout_size) > 0, f"cutout_size={self.cutout_size!r}: must be two positive ints (h, w)")
 
 
+def _positive_number(w):
+    return isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w > 0
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 10
@@ -98,11 +103,11 @@ class TrainConfig:
         require(self.warmup_epochs >= 0, f"warmup_epochs={self.warmup_epochs!r}: must be >= 0")
         unit(self, "min_lr_ratio", "label_smoothing", "eval_threshold")
         require(self.loss and set(self.loss) <= set(choices.LOSS_TERMS)
-                 and all(isinstance(w, (int, float)) and w > 0 for w in self.loss.values()),
-                 f"loss={self.loss!r}: must map terms from {', '.join(choices.LOSS_TERMS)} to weights > 0")
+                 and all(_positive_number(w) for w in self.loss.values()),
+                 f"loss={self.loss!r}: must map terms from {', '.join(choices.LOSS_TERMS)} to finite weights > 0")
         require(self.pos_weight is None or (len(self.pos_weight) == NUM_CLASSES
-                                             and all(isinstance(w, (int, float)) and w > 0 for w in self.pos_weight)),
-                 f"pos_weight={self.pos_weight!r}: must be None or {NUM_CLASSES} numbers > 0")
+                                             and all(map(_positive_number, self.pos_weight))),
+                 f"pos_weight={self.pos_weight!r}: must be None or {NUM_CLASSES} finite numbers > 0")
 
 
 @dataclass
@@ -133,6 +138,7 @@ class Config:
     def __post_init__(self):
         fields.check(self)
         check_folds(self.folds, name="folds")
+        require(self.seed >= 0, f"seed={self.seed!r}: must be >= 0 (as --seed is)")
         require(self.oof_scale >= 1 and HEIGHT % self.oof_scale == 0 and WIDTH % self.oof_scale == 0,
                  f"oof_scale={self.oof_scale}: must divide {HEIGHT} and {WIDTH}")
         # The classifier builds on the keras.applications encoders whatever its (ignored) arch says.

@@ -26,6 +26,8 @@ def quiet_tensorflow(*, verbose=False):
     # Python-side chatter (deprecation notices, retracing advice) goes through these loggers and warnings.
     for name in ("tensorflow", "absl", "h5py"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    # gcsfs logs a whole traceback when it gives up on a request, then raises: the CLI's one line says it all.
+    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     for module in ("keras", "tensorflow", "tf_keras", "absl"):
         warnings.filterwarnings("ignore", module=module)
 

@@ -1,11 +1,12 @@
 """Typed, range-checked dataclass fields: check a value against its annotation, parse `--set` text into that type."""
 
 import ast
+import math
 import dataclasses
 import types
 import typing
 
-_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", tuple: "a list",
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string", tuple: "a list",
                dict: "a dict", type(None): "None"}
 
 
@@ -35,7 +36,8 @@ def coerce(value, hint, *, name):
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        # NaN and inf pass every `>= low` check by accident (or fail it unreadably): no setting means them.
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return float(value)
     elif hint is str:
         if isinstance(value, str):

@@ -51,6 +51,16 @@ def claim(out):
     storage.remove(errors_path(out))
 
 
+def _plan_digest(path):
+    """The digest a previous run recorded in its plan file, or None when the file is unreadable (the plan is
+    predict's own: an unreadable one means starting over, not an error)."""
+    try:
+        doc = json.loads(storage.read_text(path))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return doc.get("digest") if isinstance(doc, dict) else None
+
+
 def _part(out, index):
     return storage.join(parts_dir(out), f"part-{index:05d}.csv")
 
@@ -62,7 +72,7 @@ class ChunkedSubmission:
         self.out = str(out)
         self.digest = hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()
         plan_path = storage.join(parts_dir(out), PLAN)
-        if storage.exists(plan_path) and json.loads(storage.read_text(plan_path)).get("digest") != self.digest:
+        if storage.exists(plan_path) and _plan_digest(plan_path) != self.digest:
             stale = self._part_files()
             print(f"predict: {len(stale)} committed chunk(s) in {parts_dir(out)} belong to another run "
                   f"(other images, models or settings): starting over")

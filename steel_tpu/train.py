@@ -5,7 +5,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from steel_tpu import console, distribute, step
+from steel_tpu import console, distribute, outputs, step
 from steel_tpu import tasks as tasks_lib
 from steel_tpu.data import pipeline, tfrecord
 from steel_tpu.data.shard_folder import ShardFolder
@@ -144,6 +144,8 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
 
 def run(*, shards, workdir, cfg, tasks=tasks_lib.NAMES, folds=None, device=None):
     """Train `tasks` over `folds` (default: the config's) from the shard folder `shards` into `workdir`."""
+    # A workdir path that is a file (or under one) or cannot be written fails here, not after the device starts.
+    outputs.check_folder(workdir, flag="--workdir")
     # The manifest is the truth: exactly its shards, their sizes checked, nothing unlisted beside them.
     folder = ShardFolder.open(shards, split="train").check()
     folds = tuple(cfg.folds if folds is None else folds)
@@ -156,6 +158,7 @@ def run(*, shards, workdir, cfg, tasks=tasks_lib.NAMES, folds=None, device=None)
     distribute.set_precision(device.kind, gpu_float16=cfg.gpu_float16)
     wd = Workdir(workdir)
     wd.save_config(cfg)
+    wd.bind_shards(folder)
     try:
         return [train_fold(folder=folder, wd=wd, cfg=cfg, task=task, fold=fold, device=device)
                 for fold in folds for task in tasks]

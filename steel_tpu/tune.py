@@ -224,8 +224,11 @@ def load_plot_data(folder):
     path = storage.join(folder, PLOT_DATA)
     if not storage.exists(path):
         return None
-    with np.load(io.BytesIO(storage.read_bytes(path))) as npz:
-        data = {k: npz[k] for k in npz.files}
+    try:
+        with np.load(io.BytesIO(storage.read_bytes(path))) as npz:
+            data = {k: npz[k] for k in npz.files}
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path}: not tune's plot data ({error}); run `steel-tpu tune` again") from None
     missing = [k for k in _PLOT_KEYS if k not in data]
     if missing:
         raise ValueError(f"{path}: not tune's plot data (missing {missing}); run `steel-tpu tune` again")

@@ -2,6 +2,7 @@
 
 ```
 W/config.json                      the resolved config of the run
+W/shards.json                      which shard folder (path and fingerprint) every fold was trained on
 W/thresholds.json, W/tune/         tune's choice (its content is tune's) and its plots
 W/{classify,segment}/fold{k}/
     ckpt/                          latest tf.train.Checkpoint (model + optimizer + epoch), for resume
@@ -27,7 +28,7 @@ import numpy as np
 from steel_tpu import config as config_lib
 from steel_tpu import storage
 
-CONFIG, THRESHOLDS, TUNE = "config.json", "thresholds.json", "tune"
+CONFIG, SHARDS, THRESHOLDS, TUNE = "config.json", "shards.json", "thresholds.json", "tune"
 CKPT, TB, WEIGHTS, LOG, OOF, DONE = "ckpt", "tb", "best.weights.h5", "log.csv", "oof.npz", "done.json"
 _FOLD = re.compile(r"fold(\d+)")
 # thresholds.json: what predict applies (postprocess.PostProcess's fields), and tune's record of how it chose them.
@@ -105,7 +106,7 @@ class Workdir:
         """Write config.json; resuming into a workdir trained with another config is refused."""
         path = self._file(CONFIG)
         if storage.exists(path):
-            old = config_lib.from_dict(read_json(path, what="config file"))
+            old = self._read_config(path)
             # Where it runs may change between sessions (a preempted TPU resumed on another host); what it
             # trains may not.
             if dataclasses.replace(old, tpu=cfg.tpu) != cfg:
@@ -117,7 +118,31 @@ class Workdir:
         path = self._file(CONFIG)
         if not storage.exists(path):
             raise FileNotFoundError(f"{path}: not a training workdir (no config.json)")
-        return config_lib.from_dict(read_json(path, what="config file"))
+        return self._read_config(path)
+
+    @staticmethod
+    def _read_config(path):
+        try:
+            return config_lib.from_dict(read_json(path, what="config file"))
+        except WorkdirError:
+            raise
+        except ValueError as error:  # valid JSON, but not a config this code builds: the key is named, the file too
+            raise WorkdirError(f"{path}: not a valid config file ({error})") from None
+
+    # --- shards.json ---
+
+    def bind_shards(self, folder):
+        """Record the shard folder this workdir trains on; resuming (or skipping done folds) over different shards is
+        refused: folds trained on other data would be mixed into one ensemble and one out-of-fold file."""
+        path = self._file(SHARDS)
+        if storage.exists(path):
+            old = read_json(path, what="shards record")
+            if not isinstance(old, dict) or old.get("fingerprint") != folder.fingerprint:
+                where = old.get("path") if isinstance(old, dict) else None
+                raise WorkdirError(f"{path}: this workdir was trained on other shards ({where}), not {folder.path}; "
+                                   "use a new --workdir (or the same shards) so folds are not mixed")
+            return
+        storage.write_text(path, json.dumps({"path": folder.path, "fingerprint": folder.fingerprint}, indent=2))
 
     # --- fold folders ---
 

@@ -1,5 +1,6 @@
 """The shard folder's format: file names, manifest.json (read and validated), the shards to open, records back."""
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -194,6 +195,13 @@ class ShardFolder:
     @property
     def entries(self):
         return self.manifest["shards"]
+
+    @property
+    def fingerprint(self):
+        """sha256 over the folds and contents (per-shard sha256) the manifest lists: the same shards wherever the
+        folder lives (moved to gs:// or renamed), different as soon as any shard or fold assignment differs."""
+        listed = sorted((e["fold"], e["name"], e["sha256"]) for e in self.entries)
+        return hashlib.sha256(json.dumps([self.num_folds, listed]).encode()).hexdigest()
 
     def entries_of(self, folds=None):
         """The manifest entries of `folds` (None: every shard), in manifest order."""
