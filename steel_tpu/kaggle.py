@@ -117,7 +117,9 @@ def _class_id(where, text):
     try:
         class_id = int(text)
     except ValueError:
-        raise CsvError(f"{where}: class {text!r} is not an integer") from None
+        # Cut short: swapped columns put a whole RLE here, and the error must stay one readable line.
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise CsvError(f"{where}: class {shown!r} is not an integer (are the columns swapped?)") from None
     if class_id not in CLASS_IDS:
         raise CsvError(f"{where}: class {class_id} outside {CLASS_IDS[0]}..{CLASS_IDS[-1]}")
     return class_id

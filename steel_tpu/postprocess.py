@@ -74,6 +74,13 @@ class PostProcess:
     gate: tuple = ()
 
     def __post_init__(self):
+        # Strict: a hand-edited "0.5", true or 600.5 would otherwise become some other setting without a word.
+        for name in ("pixel_threshold", "min_area", "gate"):
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple, np.ndarray)) or not all(_finite_number(v) for v in values):
+                raise ValueError(f"PostProcess.{name} must be a list of finite numbers, got {values!r}")
+            if name == "min_area" and not all(float(v).is_integer() for v in values):
+                raise ValueError(f"PostProcess.min_area must be whole pixel counts, got {values!r}")
         object.__setattr__(self, "pixel_threshold", tuple(float(t) for t in self.pixel_threshold))
         object.__setattr__(self, "min_area", tuple(int(a) for a in self.min_area))
         object.__setattr__(self, "gate", tuple(float(t) for t in self.gate))
@@ -105,6 +112,11 @@ class PostProcess:
                                  f"{probs.shape[-1]} probabilities per image")
             kept = kept & gate_kept(probs, self.gate)
         return kept
+
+
+def _finite_number(value):
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+        and np.isfinite(value)
 
 
 def from_thresholds(doc, *, where):

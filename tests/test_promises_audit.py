@@ -185,3 +185,29 @@ def test_an_unreachable_gcs_endpoint_is_one_line_naming_the_bucket(tmp_path):
     assert result.stderr.strip().count("\n") == 0, result.stderr  # gcsfs' own traceback is not shown
     assert "gs://some-bucket: cannot reach Google Cloud Storage" in result.stderr
     assert "gcloud auth application-default login" in result.stderr
+
+
+# --- promise 5: a thresholds file's values are what they look like, or refused naming the file ---
+
+@pytest.mark.parametrize("min_area, problem", [
+    ([0, 0, 0, 1e999], "list of finite numbers"),  # json writes Infinity: int() of it would be an OverflowError
+    ([0, 0, 0, 600.5], "whole pixel counts"),
+    ([0, 0, 0, "600"], "list of finite numbers"),
+    ([0, 0, 0, True], "list of finite numbers"),
+])
+def test_thresholds_values_are_strict(tmp_path, min_area, problem):
+    from steel_tpu.predict import load_thresholds
+
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"pixel_threshold": [0.5] * 4, "min_area": min_area, "gate": []}))
+    with pytest.raises(ValueError, match=rf"t.json: not a valid thresholds file: .*{problem}"):
+        load_thresholds(str(tmp_path), str(path))
+
+
+def test_swapped_csv_columns_are_one_short_line(tmp_path, capsys):
+    truth, pred = tmp_path / "truth.csv", tmp_path / "pred.csv"
+    truth.write_text("ImageId,ClassId,EncodedPixels\na.jpg,1,1 2\n")
+    pred.write_text("ImageId,ClassId,EncodedPixels\na.jpg," + " ".join(str(i) for i in range(1, 400, 2)) + ",1\n")
+    code, err = _main(capsys, "evaluate", "--pred", str(pred), "--truth", str(truth))
+    assert code == 2 and err.count("\n") == 0 and len(err) < 300
+    assert f"{pred} line 2 (image a.jpg): class '1 3 5" in err and "columns swapped" in err
