@@ -35,6 +35,9 @@ _FOLD = re.compile(r"fold(\d+)")
 THRESHOLDS_KEYS = ("pixel_threshold", "min_area", "gate")
 TUNE_RECORD_KEYS = ("gate_head", "dice_before", "dice_after", "dice_before_full_resolution", "n_images", "folds",
                     "oof_scale", "grid")
+# What each task's oof.npz holds (save_oof says what each array is); a file missing one is named, not a KeyError.
+OOF_KEYS = {"classify": ("image_ids", "labels", "probs"),
+            "segment": ("image_ids", "labels", "probs", "truth", "truth_area", "dice")}
 _CKPT_FILE = re.compile(r"(ckpt-\d+)\.(index|data-\d{5}-of-\d{5})")
 
 
@@ -229,9 +232,15 @@ class Workdir:
         path = self.oof_path(task, fold)
         try:
             with np.load(io.BytesIO(storage.read_bytes(path))) as data:
-                return {k: data[k] for k in data.files}
+                arrays = {k: data[k] for k in data.files}
         except (OSError, ValueError) as error:
             raise WorkdirError(f"{path}: not a readable out-of-fold file ({error})") from None
+        missing = [k for k in OOF_KEYS.get(task, ()) if k not in arrays]
+        lengths = {len(v) for k, v in arrays.items() if k in OOF_KEYS.get(task, ()) and v.ndim}
+        if missing or len(lengths) > 1:
+            raise WorkdirError(f"{path}: not a {task} out-of-fold file (missing {missing or 'nothing'}; "
+                               f"row counts {sorted(lengths)})")
+        return arrays
 
     # --- best.weights.h5 ---
 

@@ -211,3 +211,15 @@ def test_swapped_csv_columns_are_one_short_line(tmp_path, capsys):
     code, err = _main(capsys, "evaluate", "--pred", str(pred), "--truth", str(truth))
     assert code == 2 and err.count("\n") == 0 and len(err) < 300
     assert f"{pred} line 2 (image a.jpg): class '1 3 5" in err and "columns swapped" in err
+
+
+def test_an_oof_file_missing_arrays_or_rows_is_named(tmp_path):
+    wd = Workdir(str(tmp_path))
+    wd.save_oof("classify", 0, image_ids=np.array(["a.jpg", "b.jpg"]), labels=np.zeros((2, 4), bool))
+    with pytest.raises(WorkdirError, match=r"classify/fold0/oof.npz: not a classify out-of-fold file \(missing "
+                                           r"\['probs'\]"):
+        wd.oof("classify", 0)
+    wd.save_oof("classify", 0, image_ids=np.array(["a.jpg", "b.jpg"]), labels=np.zeros((2, 4), bool),
+                probs=np.zeros((3, 1), np.float32))
+    with pytest.raises(WorkdirError, match=r"row counts \[2, 3\]"):
+        wd.oof("classify", 0)
