@@ -223,3 +223,11 @@ def test_an_oof_file_missing_arrays_or_rows_is_named(tmp_path):
                 probs=np.zeros((3, 1), np.float32))
     with pytest.raises(WorkdirError, match=r"row counts \[2, 3\]"):
         wd.oof("classify", 0)
+
+
+@pytest.mark.parametrize("where", ["f", "f/shards"])
+def test_shards_refuses_a_file_as_out_before_scanning(tmp_path, capsys, where):
+    (tmp_path / "f").write_text("mine")
+    code, err = _main(capsys, "shards", "--data", str(tmp_path / "no_data"), "--out", str(tmp_path / where))
+    assert code == 2 and f"--out {tmp_path / where}: {tmp_path / 'f'} is a file, not a folder" in err
+    assert (tmp_path / "f").read_text() == "mine"

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from steel_tpu import console, kaggle, rle, storage
+from steel_tpu import console, kaggle, outputs, rle, storage
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.data import example, tfrecord
 from steel_tpu.data.folds import assign_folds
@@ -92,12 +92,11 @@ def build_shards(*, data, out, folds=5, seed=0, shard_mb=100.0, split="train", w
     start = time.perf_counter()
     if not (math.isfinite(shard_mb) and shard_mb > 0) or (split == "train" and folds < 2):
         raise ValueError(f"need a finite shard_mb > 0 and folds >= 2, got shard_mb={shard_mb}, folds={folds}")
+    outputs.check_folder(out)  # a file (or a path under one) as --out fails before the images are scanned
     workers = workers or os.cpu_count()
     source = scan(data, split=split, workers=workers, skip_bad=skip_bad)
     specs = plan_shards(source, folds=folds, seed=seed, shard_mb=shard_mb)
     plan_sha256 = _plan_digest(source, specs, folds=folds, seed=seed, shard_mb=shard_mb)
-    if storage.exists(out) and not storage.isdir(out):
-        raise SourceError(f"{out}: a file, not a folder; --out must be a folder")
     found = storage.list_files(out)
     docs = _claim(out, found, split=split, overwrite=overwrite)  # refuses foreign files before any write
     previous = {} if overwrite else _previous(docs, plan_sha256)
