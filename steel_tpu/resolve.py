@@ -32,7 +32,10 @@ def global_batch(data, *, replicas):
 
 
 def _task(tcfg: TaskConfig, *, replicas, where):
-    batch = global_batch(tcfg.data, replicas=replicas)
+    try:
+        batch = global_batch(tcfg.data, replicas=replicas)
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}") from None
     t = tcfg.train
     lr, spe = t.learning_rate, t.steps_per_execution
     if t.reference_batch is not None:
