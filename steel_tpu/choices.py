@@ -6,6 +6,8 @@ SEGMENTER_ARCHS = ("unetpp", "unet", "sm-unet", "sm-fpn", "sm-linknet")
 CLASSIFIER_HEADS = ("binary", "multilabel", "both")
 LOSS_TERMS = ("bce", "dice", "focal")
 WEIGHTS = (None, "imagenet")
+# Where a run goes (config `device`): auto detects; the others are explicit choices (distribute.prefer_for).
+DEVICES = ("auto", "tpu", "gpu", "cpu")
 
 # What sm.get_preprocessing(backbone) does to an image, per segmentation-models backbone (checked against it in
 # the tests); its names are the encoders an sm-* arch accepts.

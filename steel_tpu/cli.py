@@ -17,7 +17,10 @@ EXAMPLES = {
     "tune": "steel-tpu tune --workdir work",
     "predict": "steel-tpu predict --workdir work --images data/test_images --out submission.csv",
     "report": "steel-tpu report --workdir work --out report --shards shards",
+    "env": "steel-tpu env --device auto",
+    "export": "steel-tpu export --workdir work --out kit",
 }
+DEVICES = ("auto", "tpu", "gpu", "cpu")  # choices.DEVICES, spelled here so --help needs no import
 
 
 def _synth(args):
@@ -65,14 +68,35 @@ def _tune(args):
 def _predict(args):
     from steel_tpu.predict import predict
 
+    device = None
+    if args.device != "auto":
+        from steel_tpu import distribute
+
+        device = distribute.select_strategy(prefer=args.device)
     predict(workdir=args.workdir, images=args.images, out=args.out, batch_size=args.batch_size, tta=args.tta,
-            skip_bad=args.skip_bad, thresholds=args.thresholds, folds=args.folds, chunk_size=args.chunk_size)
+            skip_bad=args.skip_bad, thresholds=args.thresholds, folds=args.folds, chunk_size=args.chunk_size,
+            device=device)
 
 
 def _report(args):
     from steel_tpu.report import report
 
     print(report(workdir=args.workdir, out=args.out, shards=args.shards, examples=args.examples))
+
+
+def _env(args):
+    from steel_tpu import distribute, env_report
+
+    report = env_report.env_report(prefer=distribute.prefer_for(args.device), require_tpu=args.device == "tpu")
+    print(json.dumps(report, indent=1) if args.json else "\n".join(env_report.format_report(report)))
+    # Problems are information (the notebook's first output must not stop "Run all"); --strict makes them fail.
+    return 1 if args.strict and report["problems"] else 0
+
+
+def _export(args):
+    from steel_tpu.export import export
+
+    export(workdir=args.workdir, out=args.out, thresholds=args.thresholds, folds=args.folds)
 
 
 def _bounded(kind, low, *, strict=False, high=None):
@@ -196,6 +220,21 @@ def _add_parsers(sub, common):
     p.add_argument("--folds", type=fold_list, default=None, help="comma-separated fold models to use (default: all)")
     p.add_argument("--chunk-size", type=_POSITIVE_INT, default=1024,
                    help="images per committed chunk (the resume unit)")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="auto: a TPU when the host shows one, else local GPUs, else the CPU")
+
+    p = _add(sub, "env", _env, "what this host has: TensorFlow, Keras, libtpu, devices, strategy, credentials, "
+                               "presets that fit, problems", common)
+    p.add_argument("--device", choices=DEVICES, default="auto", help="the device choice to report on")
+    p.add_argument("--json", action="store_true", help="the report as JSON")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a problem is listed")
+
+    p = _add(sub, "export", _export, "a kit that scores offline (Kaggle): wheel, .keras fold models, thresholds, "
+                                     "score.py", common)
+    p.add_argument("--workdir", required=True, help="a trained and tuned workdir, local or gs://")
+    p.add_argument("--out", required=True, help="the kit folder: new, empty, or an earlier kit")
+    p.add_argument("--thresholds", default=None, help="a thresholds.json (default: the workdir's)")
+    p.add_argument("--folds", type=fold_list, default=None, help="comma-separated fold models (default: all)")
 
     p = _add(sub, "report", _report, "an HTML report of a training workdir", common)
     p.add_argument("--workdir", required=True, help="a training workdir, local or gs://")
@@ -221,7 +260,7 @@ def main(argv=None):
     if not verbose:
         console.drop_native_logs()
     try:
-        args.func(args)
+        code = args.func(args)
     except KeyboardInterrupt:
         if debug:
             raise
@@ -234,7 +273,7 @@ def main(argv=None):
         # Bad input is the user's to fix: one clear line naming the file/line/image, no traceback.
         print(f"steel-tpu {args.command}: error: {message}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -13,7 +13,10 @@ from steel_tpu.constants import CLASS_IDS, HEIGHT, NUM_CLASSES, WIDTH
 class DataConfig:
     image_height: int = 128  # the model's input resolution; multiples of 32
     image_width: int = 800
-    batch_size: int = 8  # GLOBAL batch: split evenly across replicas
+    # Set one of the two. batch_per_replica (the presets): the global batch is it x the replicas, so a preset fits
+    # any slice. batch_size: a fixed GLOBAL batch split over the replicas (what workdirs written before hold).
+    batch_per_replica: int | None = 8
+    batch_size: int | None = None
     shuffle_buffer: int = 256  # encoded records, not decoded images: host memory stays small
     oversample: dict = field(default_factory=dict)  # class id -> repeat factor for images with that class
     clean_keep: float = 1.0  # fraction of defect-free images kept each epoch
@@ -21,7 +24,10 @@ class DataConfig:
     def __post_init__(self):
         fields.check(self)
         stride_multiple(self, "image_height", "image_width")
-        positive(self, "batch_size", "shuffle_buffer")
+        positive(self, "batch_per_replica", "batch_size", "shuffle_buffer")
+        require((self.batch_per_replica is None) != (self.batch_size is None),
+                 f"batch_per_replica={self.batch_per_replica!r}, batch_size={self.batch_size!r}: set exactly one "
+                 "(per replica: the global batch follows the slice; batch_size: a fixed global batch)")
         unit(self, "clean_keep")
         for class_id, factor in self.oversample.items():
             require(class_id in CLASS_IDS and isinstance(factor, int) and factor >= 1,
@@ -85,7 +91,9 @@ def _positive_number(w):
 class TrainConfig:
     epochs: int = 10
     steps_per_epoch: int | None = None  # None: one pass over the (re)sampled training folds
-    learning_rate: float = 1e-3
+    learning_rate: float = 1e-3  # at a global batch of reference_batch (resolve.py scales it to the slice's)
+    # The global batch learning_rate and steps_per_execution were chosen for; None: both used as given.
+    reference_batch: int | None = None
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.01  # cosine decay ends at learning_rate * min_lr_ratio
     loss: dict = field(default_factory=lambda: {"bce": 0.75, "dice": 0.25})
@@ -99,7 +107,7 @@ class TrainConfig:
 
     def __post_init__(self):
         fields.check(self)
-        positive(self, "epochs", "steps_per_epoch", "learning_rate", "steps_per_execution")
+        positive(self, "epochs", "steps_per_epoch", "learning_rate", "steps_per_execution", "reference_batch")
         require(self.warmup_epochs >= 0, f"warmup_epochs={self.warmup_epochs!r}: must be >= 0")
         unit(self, "min_lr_ratio", "label_smoothing", "eval_threshold")
         require(self.loss and set(self.loss) <= set(choices.LOSS_TERMS)
@@ -129,6 +137,9 @@ class Config:
     name: str = "custom"
     seed: int = 0
     folds: tuple = (0, 1, 2, 3, 4)
+    # auto: a TPU when the host shows one (stopping if it cannot be reached), else local GPUs, else the CPU;
+    # tpu: a TPU or stop (the TPU presets); gpu | cpu: that, explicitly (a TPU preset run elsewhere on purpose).
+    device: str = "auto"
     tpu: str | None = None  # None: detect; "local" on Colab / TPU VMs; a name or grpc:// address otherwise
     gpu_float16: bool = False
     oof_scale: int = 4  # out-of-fold probability maps are stored at full resolution / oof_scale
@@ -139,6 +150,7 @@ class Config:
         fields.check(self)
         check_folds(self.folds, name="folds")
         require(self.seed >= 0, f"seed={self.seed!r}: must be >= 0 (as --seed is)")
+        one_of("device", self.device, choices.DEVICES)
         require(self.oof_scale >= 1 and HEIGHT % self.oof_scale == 0 and WIDTH % self.oof_scale == 0,
                  f"oof_scale={self.oof_scale}: must divide {HEIGHT} and {WIDTH}")
         # The classifier builds on the keras.applications encoders whatever its (ignored) arch says.
@@ -168,7 +180,7 @@ def tiny():
 
     A few minutes on a laptop CPU: B0 encoders with thin decoders at 64x320, random init.
     """
-    data = dict(image_height=64, image_width=320, batch_size=8)
+    data = dict(image_height=64, image_width=320, batch_per_replica=8)
     # Random init and a few hundred steps: BatchNorm's moving statistics must keep up with the weights.
     weights = dict(weights=None, bn_momentum=0.9)
     return Config(
@@ -180,13 +192,14 @@ def tiny():
         classify=_task(
             model=ModelConfig(encoder="efficientnetb0", heads="multilabel", **weights),
             data=DataConfig(**data, oversample={1: 3, 2: 4, 4: 3}, clean_keep=0.6),
-            train=TrainConfig(epochs=8, learning_rate=2e-3, warmup_epochs=0.5, loss={"bce": 1.0}),
+            train=TrainConfig(epochs=8, learning_rate=2e-3, reference_batch=8, warmup_epochs=0.5, loss={"bce": 1.0}),
         ),
         segment=_task(
             model=ModelConfig(arch="unetpp", encoder="efficientnetb0", decoder_filters=(64, 32, 16, 16, 8), **weights),
             data=DataConfig(**data, oversample={1: 4, 2: 6, 4: 4}, clean_keep=0.3),
             augment=AugmentConfig(crop_height=64, crop_width=192),
-            train=TrainConfig(epochs=8, learning_rate=2e-3, warmup_epochs=0.5, loss={"bce": 0.5, "dice": 0.5}),
+            train=TrainConfig(epochs=8, learning_rate=2e-3, reference_batch=8, warmup_epochs=0.5,
+                              loss={"bce": 0.5, "dice": 0.5}),
         ),
     )
 
@@ -194,23 +207,27 @@ def tiny():
 def colab_tpu():
     """steel-tpu train --shards gs://BUCKET/shards --workdir gs://BUCKET/work --config colab-tpu
 
-    One Colab / Cloud TPU v2-8, v3-8 or v5e-8 (8 replicas): B0 classifier and B0 UNet++ at 256x800,
-    trained on 256x512 crops in bfloat16, ImageNet weights required.
+    Any TPU slice: Colab's v5e-1 (1 replica) and v2-8, Cloud v3-8 / v4-8 / v5e-8 (8) and larger. B0 classifier and
+    B0 UNet++ at 256x800, trained on 256x512 crops in bfloat16, ImageNet weights required. Batches are per replica
+    (sized for a v2 core's 8 GiB, the smallest HBM of these); learning rates and steps per execution were set for
+    8 replicas (reference_batch) and follow the slice (resolve.py). Elsewhere on purpose: --set device=gpu|cpu.
     """
     return Config(
         name="colab-tpu",
+        device="tpu",
         classify=_task(
             model=ModelConfig(encoder="efficientnetb0", allow_random_weights=False),
-            data=DataConfig(image_height=256, image_width=800, batch_size=128, shuffle_buffer=2048),
-            train=TrainConfig(epochs=15, learning_rate=1e-3, steps_per_execution=32, label_smoothing=0.05,
-                              loss={"bce": 1.0}),
+            data=DataConfig(image_height=256, image_width=800, batch_per_replica=16, shuffle_buffer=2048),
+            train=TrainConfig(epochs=15, learning_rate=1e-3, reference_batch=128, steps_per_execution=8,
+                              label_smoothing=0.05, loss={"bce": 1.0}),
         ),
         segment=_task(
             model=ModelConfig(arch="unetpp", encoder="efficientnetb0", allow_random_weights=False),
-            data=DataConfig(image_height=256, image_width=1600, batch_size=64, shuffle_buffer=2048,
+            data=DataConfig(image_height=256, image_width=1600, batch_per_replica=8, shuffle_buffer=2048,
                             oversample={1: 2, 2: 4, 4: 2}, clean_keep=0.2),
             augment=AugmentConfig(crop_height=256, crop_width=512),
-            train=TrainConfig(epochs=30, learning_rate=1e-3, steps_per_execution=32),
+            # 8 steps of 64 images a host call on 8 replicas; 64 steps of 8 on one chip (the same images a call).
+            train=TrainConfig(epochs=30, learning_rate=1e-3, reference_batch=64, steps_per_execution=8),
         ),
     )
 
@@ -258,12 +275,19 @@ def apply_overrides(cfg, overrides):
     """A validated copy of `cfg` with `key.path=value` strings applied, e.g. `segment.train.epochs=5`.
 
     Validated once all are applied, so their order does not matter (arch and encoder change together)."""
-    values = to_dict(cfg)
+    values, given = to_dict(cfg), set()
     for item in overrides:
         key, sep, text = item.partition("=")
         if not sep:
             raise ValueError(f"--set {item}: expected key=value")
         _set(values, Config, key.strip().split("."), text, item=item)
+        given.add(key.strip())
+    for task in ("classify", "segment"):
+        # The two batch keys are alternatives: setting one (and not the other) replaces the preset's choice.
+        for key, other in (("batch_size", "batch_per_replica"), ("batch_per_replica", "batch_size")):
+            if f"{task}.data.{key}" in given and f"{task}.data.{other}" not in given \
+                    and values[task]["data"][key] is not None:
+                values[task]["data"][other] = None
     try:
         return from_dict(values)
     except ValueError as error:
@@ -300,7 +324,31 @@ def _build(cls, values, *, where):
         raise ValueError(f"{where}{error}") from None
 
 
+# Keys added with per-replica batches, and the values under which a config.json written before them means what it
+# meant: a fixed global batch, the learning rate as given, the device detected.
+_ADDED = {(): {"device": "auto"},
+          **{(task, "data"): {"batch_per_replica": None} for task in ("classify", "segment")},
+          **{(task, "train"): {"reference_batch": None} for task in ("classify", "segment")}}
+
+
+def _upgrade(d):
+    """`d` with the _ADDED keys filled in when it holds none of them (a file from before them); else `d` as is,
+    so a file missing only some of them is still an error naming them."""
+    def section(values, path):
+        for key in path:
+            values = values.get(key) if isinstance(values, dict) else None
+        return values if isinstance(values, dict) else None
+
+    sections = {path: section(d, path) for path in _ADDED}
+    if any(s is None for s in sections.values()) or any(k in sections[p] for p, keys in _ADDED.items() for k in keys):
+        return d
+    d = json.loads(json.dumps(d))
+    for path, keys in _ADDED.items():
+        section(d, path).update(keys)
+    return d
+
+
 def from_dict(d):
     """A validated Config from `to_dict` output (JSON turns tuples into lists and int keys into strings); unknown
-    or missing keys are errors naming them."""
-    return _build(Config, d, where="")
+    or missing keys are errors naming them. A config.json from before per-replica batches loads as it meant."""
+    return _build(Config, _upgrade(d), where="")

@@ -91,6 +91,11 @@ def _local_choice(prefer, environ):
     return tf.distribute.get_strategy(), "cpu"
 
 
+def prefer_for(setting):
+    """A config's `device` setting (choices.DEVICES) as select_strategy's `prefer`: 'auto' detects."""
+    return None if setting == "auto" else setting
+
+
 # One strategy per choice for the life of the process: two MirroredStrategy objects reuse the same collective
 # instance keys and abort each other's all-reduces ("Shape mismatch in the collective instance"), and a TPU
 # system must not be initialised twice. Training then scoring in one notebook must share the strategy.

@@ -4,9 +4,8 @@ import dataclasses
 
 import tensorflow as tf
 
-from steel_tpu import augment, postprocess, storage
+from steel_tpu import augment, kit, postprocess, storage
 from steel_tpu import tasks as tasks_lib
-from steel_tpu.workdir import Workdir
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,11 +22,12 @@ class Ensemble:
 
 
 def load(work, *, strategy, folds=None, tasks=tasks_lib.NAMES):
-    """Every completed fold of each task in `tasks` (or just `folds`), built under `strategy`'s scope.
+    """Every completed fold of each task in `tasks` (or just `folds`), built under `strategy`'s scope, from a
+    training workdir or an exported kit.
 
     A fold whose best weights are missing, not HDF5 or not finite is refused naming the file.
     """
-    wd = Workdir(work)
+    wd = kit.open_models(work)
     cfg = wd.config()
     chosen = {name: [f for f in wd.completed_folds(name) if folds is None or f in folds] for name in tasks}
     # The segmenters make the masks: every requested fold must have one (checked before any model is built);
@@ -41,12 +41,8 @@ def load(work, *, strategy, folds=None, tasks=tasks_lib.NAMES):
     loaded, identity, objects = {}, {}, {}
     for name, use in chosen.items():
         task = objects[name] = tasks_lib.make(name, cfg)
-        with strategy.scope():
-            models = [task.build_model(pretrained=False) for _ in use]
-        for model, fold in zip(models, use):
-            wd.load_weights(model, name, fold)
-        loaded[name] = tuple(models)
-        identity[name] = [(p, storage.size(p)) for p in (wd.weights_path(name, f) for f in use)]
+        loaded[name] = tuple(wd.load_model(task, fold, strategy=strategy) for fold in use)
+        identity[name] = [(p, storage.size(p)) for p in (wd.model_path(name, f) for f in use)]
     size = lambda name: (getattr(cfg, name).data.image_height, getattr(cfg, name).data.image_width)  # noqa: E731
     return Ensemble(segmenters=loaded["segment"], classifiers=loaded.get("classify", ()), tasks=objects,
                     segment_size=size("segment"), classify_size=size("classify"), folds=chosen, identity=identity)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from steel_tpu import config, distribute, install, keras_api
+from steel_tpu import config, distribute, install, keras_api, resolve
 
 
 def _credentials(environ):
@@ -31,15 +31,18 @@ def _credentials(environ):
 
 
 def _presets(kind, replicas):
-    """Per preset: whether it runs here and why not (batch sizes must split over the replicas; TPU presets need one)."""
+    """Per preset: "fits", or why it does not run here (TPU presets need one; a fixed batch must split)."""
     fits = {}
     for name in config.PRESETS:
         cfg = config.preset(name)
-        needs_tpu = not (cfg.classify.model.allow_random_weights and cfg.segment.model.allow_random_weights)
-        batches = {t: getattr(cfg, t).data.batch_size for t in ("classify", "segment")}
-        bad = [f"{t} batch {b} does not split over {replicas} replicas" for t, b in batches.items() if b % replicas]
-        if needs_tpu and kind != "tpu":
-            bad.insert(0, "a TPU preset (ImageNet weights required) and this run is not on a TPU")
+        bad = []
+        if cfg.device == "tpu" and kind != "tpu":
+            bad.append("a TPU preset (device=tpu) and this run is not on a TPU (--set device=gpu|cpu runs it here "
+                       "on purpose)")
+        try:
+            resolve.resolve_for(cfg, replicas=replicas)
+        except ValueError as error:
+            bad.append(str(error))
         fits[name] = "; ".join(bad) or "fits"
     return fits
 

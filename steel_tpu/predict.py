@@ -16,12 +16,12 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from steel_tpu import console, distribute, ensemble, postprocess, rle, step, storage
+from steel_tpu import console, distribute, ensemble, kit, postprocess, resolve, rle, step, storage
 from steel_tpu.data import pipeline, source, tfrecord
 from steel_tpu.data.shard_folder import ShardFolder, holds_shards
 from steel_tpu.kaggle import EMPTY
 from steel_tpu.submission_writer import ChunkedSubmission, claim, errors_path
-from steel_tpu.workdir import Workdir, read_thresholds
+from steel_tpu.workdir import read_thresholds
 
 CHUNK_SIZE = 1024  # images per committed part file: at most this much work is redone after a crash
 _IN_FLIGHT = 2  # device batches waiting for the host worker: bounds host memory, keeps the device busy
@@ -72,7 +72,7 @@ def load_thresholds(work, thresholds=None):
     """(PostProcess, where it came from): a PostProcess, a thresholds.json path, or the workdir's (or defaults)."""
     if isinstance(thresholds, postprocess.PostProcess):
         return thresholds, "given"
-    wd = Workdir(work)
+    wd = kit.open_models(work)
     path = thresholds or wd.thresholds_path()
     doc = read_thresholds(path) if thresholds else wd.thresholds()
     if doc is not None:
@@ -216,7 +216,7 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
     """
     start = time.perf_counter()
     claim(out)  # an unusable --out fails here, not after the scoring; the previous OUT goes
-    wd = Workdir(workdir)
+    wd = kit.open_models(workdir)  # a training workdir or an exported kit (steel-tpu export)
     cfg = wd.config()
     pp, pp_from = load_thresholds(workdir, thresholds)
     if pp.gate and not wd.completed_folds("classify"):
@@ -224,7 +224,7 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
     chunks = plan_chunks(images, chunk_size=chunk_size, skip_bad=skip_bad)  # bad input fails before model builds
     device = device or distribute.select_strategy()
     distribute.set_precision(device.kind, gpu_float16=cfg.gpu_float16)
-    batch_size = batch_size or cfg.segment.data.batch_size
+    batch_size = batch_size or resolve.global_batch(cfg.segment.data, replicas=device.replicas)
     distribute.per_replica_batch_size(device, batch_size)
     # The classifiers only gate: without a gate they would cost device time and change nothing.
     ens = ensemble.load(workdir, strategy=device.strategy, folds=folds,

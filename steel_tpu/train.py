@@ -1,11 +1,13 @@
 """K-fold training of each task: one loop per fold that resumes, checkpoints, logs and keeps out-of-fold data."""
 
+import datetime
+import socket
 import time
 
 import numpy as np
 import tensorflow as tf
 
-from steel_tpu import console, distribute, outputs, step
+from steel_tpu import console, distribute, outputs, resolve, step
 from steel_tpu import tasks as tasks_lib
 from steel_tpu.data import pipeline, tfrecord
 from steel_tpu.data.shard_folder import ShardFolder
@@ -154,14 +156,29 @@ def run(*, shards, workdir, cfg, tasks=tasks_lib.NAMES, folds=None, device=None)
         raise ValueError(f"folds {bad} outside the {folder.num_folds} folds of {shards}")
     for task in tasks:
         tasks_lib.make(task, cfg)  # an unknown task name fails before anything is written
-    device = device or distribute.select_strategy(tpu=cfg.tpu)
+    device = device or distribute.select_strategy(tpu=cfg.tpu, prefer=distribute.prefer_for(cfg.device),
+                                                  verbose=False)
     distribute.set_precision(device.kind, gpu_float16=cfg.gpu_float16)
+    print(distribute.summary(device))
+    resolved = resolve.resolve_for(cfg, replicas=device.replicas)  # a batch that cannot split fails before writing
     wd = Workdir(workdir)
-    wd.save_config(cfg)
+    wd.save_config(cfg)  # the user's config: the same on every slice, so a resume on another one is not refused
     wd.bind_shards(folder)
+    _record_run(wd, device=device, resolved=resolved, tasks=tasks, folds=folds)
     try:
-        return [train_fold(folder=folder, wd=wd, cfg=cfg, task=task, fold=fold, device=device)
+        return [train_fold(folder=folder, wd=wd, cfg=resolved, task=task, fold=fold, device=device)
                 for fold in folds for task in tasks]
     except tf.errors.DataLossError as error:
         # TensorFlow names no file; outside the hot loop, the shards are re-read to say which one is damaged.
         raise tfrecord.name_damaged(error, folder.files()) from None
+
+
+def _record_run(wd, *, device, resolved, tasks, folds):
+    """Append this invocation to the workdir's runs.jsonl; say so when the slice changed the global batch."""
+    summary = resolve.summary(resolved, replicas=device.replicas)
+    previous = wd.runs()
+    for line in resolve.changes(previous[-1].get("resolved", {}), summary) if previous else ():
+        print(f"train: this run's slice differs from the last run's: {line}")
+    started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    wd.add_run({"command": "train", "started": started, "host": socket.gethostname(), "tasks": list(tasks), "folds": list(folds),
+                **distribute.describe(device), "resolved": summary})

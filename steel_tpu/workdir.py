@@ -1,8 +1,9 @@
 """The one owner of a training workdir (local or gs://): every file in it is named, written and read here.
 
 ```
-W/config.json                      the resolved config of the run
+W/config.json                      the user's config (per-replica batches: the same file on any slice)
 W/shards.json                      which shard folder (path and fingerprint) every fold was trained on
+W/runs.jsonl                       one line per train invocation: host, device, versions, resolved batches/LRs
 W/thresholds.json, W/tune/         tune's choice (its content is tune's) and its plots
 W/{classify,segment}/fold{k}/
     ckpt/                          latest tf.train.Checkpoint (model + optimizer + epoch), for resume
@@ -28,7 +29,7 @@ import numpy as np
 from steel_tpu import config as config_lib
 from steel_tpu import storage
 
-CONFIG, SHARDS, THRESHOLDS, TUNE = "config.json", "shards.json", "thresholds.json", "tune"
+CONFIG, SHARDS, RUNS, THRESHOLDS, TUNE = "config.json", "shards.json", "runs.jsonl", "thresholds.json", "tune"
 CKPT, TB, WEIGHTS, LOG, OOF, DONE = "ckpt", "tb", "best.weights.h5", "log.csv", "oof.npz", "done.json"
 _FOLD = re.compile(r"fold(\d+)")
 # thresholds.json: what predict applies (postprocess.PostProcess's fields), and tune's record of how it chose them.
@@ -112,7 +113,7 @@ class Workdir:
             old = self._read_config(path)
             # Where it runs may change between sessions (a preempted TPU resumed on another host); what it
             # trains may not.
-            if dataclasses.replace(old, tpu=cfg.tpu) != cfg:
+            if dataclasses.replace(old, tpu=cfg.tpu, device=cfg.device) != cfg:
                 raise ValueError(f"{path} holds a different config; use a new --workdir (or delete it) to change it")
             return
         storage.write_text(path, config_lib.to_json(cfg))
@@ -146,6 +147,30 @@ class Workdir:
                                    "use a new --workdir (or the same shards) so folds are not mixed")
             return
         storage.write_text(path, json.dumps({"path": folder.path, "fingerprint": folder.fingerprint}, indent=2))
+
+    # --- runs.jsonl ---
+
+    def runs_path(self):
+        return self._file(RUNS)
+
+    def runs(self):
+        """Every recorded train invocation, oldest first ([] before the first); a bad line is named."""
+        path = self.runs_path()
+        if not storage.exists(path):
+            return []
+        entries = []
+        for line, text in enumerate(storage.read_text(path).splitlines(), start=1):
+            try:
+                entries.append(json.loads(text))
+            except json.JSONDecodeError as error:
+                raise WorkdirError(f"{path}: line {line}: not a JSON run entry ({error})") from None
+        return entries
+
+    def add_run(self, entry):
+        """Append one run entry (a JSON object). Rewritten whole: gs:// objects cannot be appended to."""
+        path = self.runs_path()
+        before = storage.read_text(path) if storage.exists(path) else ""
+        storage.write_text(path, before + json.dumps(entry, sort_keys=True) + "\n")
 
     # --- fold folders ---
 
@@ -254,6 +279,17 @@ class Workdir:
             model.save_weights(local)
             with open(local, "rb") as f:
                 storage.write_bytes(self.weights_path(task, fold), f.read())
+
+    def load_model(self, task, fold, *, strategy):
+        """`task`'s model (a task object) built under `strategy` with the fold's best weights (ensemble.load)."""
+        with strategy.scope():
+            model = task.build_model(pretrained=False)
+        self.load_weights(model, task.name, fold)
+        return model
+
+    def model_path(self, task, fold):
+        """The file a fold's model comes from (what a resumed predict must find unchanged)."""
+        return self.weights_path(task, fold)
 
     def _checked_weights(self, task, fold):
         path = self.weights_path(task, fold)

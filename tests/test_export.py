@@ -1,0 +1,119 @@
+"""`steel-tpu export`: a kit from a trained, tuned workdir, pip-installed offline into a fresh environment that
+has TensorFlow, scores with no network exactly (byte for byte) like `steel-tpu predict` on the workdir."""
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import time
+import zipfile
+
+import pytest
+
+import steel_tpu
+from steel_tpu import cli, export, kit, tune
+
+pytestmark = pytest.mark.slow
+
+
+def _unshare_works():
+    """Whether this host lets an unprivileged process enter a new user + network namespace (no interfaces)."""
+    try:
+        return subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.fixture(scope="module")
+def exported(trained_workdir, tmp_path_factory):
+    """The tuned thresholds (tuned beside, so the shared workdir stays untuned) and the kit exported through the CLI."""
+    root = tmp_path_factory.mktemp("export")
+    tuned = str(root / "tuned")
+    tune.tune(workdir=trained_workdir, out=tuned, plots=False)
+    thresholds = os.path.join(tuned, "thresholds.json")
+    out = str(root / "kit")
+    assert cli.main(["export", "--workdir", trained_workdir, "--out", out, "--thresholds", thresholds]) == 0
+    return {"kit": out, "thresholds": thresholds, "work": trained_workdir}
+
+
+@pytest.fixture(scope="module")
+def fresh_env(tmp_path_factory):
+    """A new virtual environment with no steel_tpu: TensorFlow and the rest of the scoring image come from the
+    shared venv's site-packages as a plain path (its .pth files, the editable steel_tpu among them, are not run),
+    the way a Kaggle image has TensorFlow and not this package."""
+    env = tmp_path_factory.mktemp("fresh") / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    python = str(env / "bin" / "python")
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(site, "scoring_image.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    probe = subprocess.run([python, "-c", "import tensorflow, pip; import steel_tpu"], env=clean, cwd=str(env),
+                           capture_output=True, text=True)
+    assert "No module named 'steel_tpu'" in probe.stderr, probe.stderr[-2000:]  # TensorFlow yes, this package no
+    return {"python": python, "env": clean}
+
+
+def test_the_kit_holds_what_it_says(exported):
+    info = json.loads(open(os.path.join(exported["kit"], kit.KIT_JSON)).read())
+    assert info["version"] == steel_tpu.__version__ and info["package"] == export.wheel_name()
+    files = sorted(os.listdir(exported["kit"]))
+    assert files == sorted([kit.KIT_JSON, kit.CONFIG, kit.THRESHOLDS, kit.SCORE, kit.MODELS, info["package"]])
+    models = sorted(os.listdir(os.path.join(exported["kit"], kit.MODELS)))
+    assert models == sorted(kit.model_name(t, f) for t, fs in info["models"].items() for f in fs)
+    assert info["models"]["segment"] == [0, 1]
+    with zipfile.ZipFile(os.path.join(exported["kit"], info["package"])) as z:
+        names = set(z.namelist())
+    assert "steel_tpu/predict.py" in names and f"steel_tpu-{steel_tpu.__version__}.dist-info/RECORD" in names
+    # The same package bytes give the same wheel bytes (fixed zip times): a re-export rewrites the kit unchanged.
+    again = export.build_wheel()[1]
+    assert open(os.path.join(exported["kit"], info["package"]), "rb").read() == again
+
+
+def test_an_out_folder_holding_other_files_is_refused(exported, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="notes.txt"):
+        export.export(workdir=exported["work"], out=str(out), thresholds=exported["thresholds"])
+    assert sorted(os.listdir(out)) == ["notes.txt"]
+
+
+def test_the_kit_scores_offline_in_a_fresh_environment_like_predict(exported, fresh_env, tiny_data, tmp_path):
+    images = os.path.join(tiny_data["data"], "test_images")
+    reference = str(tmp_path / "predict.csv")
+    assert cli.main(["predict", "--workdir", exported["work"], "--images", images, "--out", reference,
+                     "--thresholds", exported["thresholds"]]) == 0
+
+    python, env = fresh_env["python"], fresh_env["env"]
+    wheel = os.path.join(exported["kit"], export.wheel_name())
+    subprocess.run([python, "-m", "pip", "install", "--no-index", "--no-deps", "--quiet", wheel], env=env,
+                   check=True, cwd=str(tmp_path))
+    offline = ["unshare", "-rn"] if _unshare_works() else []
+    if offline:  # the namespace really has no network
+        probe = [python, "-c", "import socket; socket.create_connection(('8.8.8.8', 53), timeout=5)"]
+        assert "Network is unreachable" in subprocess.run(offline + probe, capture_output=True, text=True).stderr
+    out = str(tmp_path / "submission.csv")
+    start = time.perf_counter()
+    run = subprocess.run(offline + [python, os.path.join(exported["kit"], kit.SCORE), "--images", images,
+                                    "--out", out], env=env, cwd=str(tmp_path), capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert f"steel_tpu {steel_tpu.__version__} (installed)" in run.stdout
+    with open(out, "rb") as a, open(reference, "rb") as b:
+        assert a.read() == b.read()
+    n = len(os.listdir(images))
+    print(f"kit score.py: {n} images in {seconds:.1f}s (process start included) "
+          f"{'in a network namespace' if offline else 'WITH network: unshare -rn is not available'}")
+
+
+def test_bench_kit_smoke():
+    """benchmarks/bench_kit.py at its smoke size: score.py from the kit's wheel matches predict byte for byte."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, os.path.join(root, "benchmarks", "bench_kit.py"), "--smoke"],
+                         capture_output=True, text=True, cwd=root)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    result = json.loads(run.stdout[run.stdout.rindex("\n{") + 1:])  # the last thing printed
+    assert result["same_csv_bytes"] is True and result["score_py_images_per_s"] > 0

@@ -1,0 +1,156 @@
+"""One preset on any slice: per-replica batches, the resolved global batch / learning rate / steps per execution,
+what a train run records, and `steel-tpu env` (1 replica: the default strategy; 8: the logical CPUs mirrored)."""
+
+import contextlib
+import io
+import json
+import math
+
+import pytest
+
+from steel_tpu import cli, config, distribute, resolve, step, train
+from steel_tpu.workdir import Workdir
+
+
+@pytest.mark.parametrize("replicas", [1, 8, 64])
+def test_colab_tpu_resolves_per_slice(replicas):
+    cfg = config.preset("colab-tpu")
+    got = resolve.summary(resolve.resolve_for(cfg, replicas=replicas), replicas=replicas)
+    for task, per_replica, reference in (("classify", 16, 128), ("segment", 8, 64)):
+        batch = per_replica * replicas
+        assert got[task]["global_batch"] == batch and got[task]["batch_per_replica"] == per_replica
+        # The square-root rule: the preset's 1e-3 holds at its reference batch (8 replicas).
+        assert got[task]["learning_rate"] == pytest.approx(1e-3 * math.sqrt(batch / reference))
+        # The same images per host call on every slice (8 steps x the reference batch), at least one step.
+        assert got[task]["steps_per_execution"] == max(1, round(8 * reference / batch))
+    if replicas == 8:
+        assert got["segment"] == {"global_batch": 64, "batch_per_replica": 8, "learning_rate": 1e-3,
+                                  "steps_per_execution": 8}
+    if replicas == 1:
+        assert got["segment"]["steps_per_execution"] == 64 and got["segment"]["global_batch"] == 8
+
+
+def test_a_fixed_global_batch_keeps_its_meaning_and_must_split():
+    cfg = config.apply_overrides(config.preset("tiny"), ["segment.data.batch_size=16"])
+    assert cfg.segment.data.batch_per_replica is None  # setting one batch key replaces the preset's other one
+    for replicas in (1, 8):
+        resolved = resolve.resolve_for(cfg, replicas=replicas)
+        assert resolved.segment.data.batch_size == 16  # a fixed global batch, split over the replicas
+        assert resolved.classify.data.batch_size == 8 * replicas  # the preset's per-replica batch
+    with pytest.raises(ValueError, match="segment: batch_size=16 does not split over 32 replicas"):
+        resolve.resolve_for(cfg, replicas=32)
+    with pytest.raises(ValueError, match="set exactly one"):
+        config.apply_overrides(config.preset("tiny"),
+                               ["segment.data.batch_size=16", "segment.data.batch_per_replica=4"])
+
+
+def _legacy_dict(batch_size):
+    """A config.json as written before per-replica batches and the device key."""
+    d = config.to_dict(config.preset("tiny"))
+    del d["device"]
+    for task in ("classify", "segment"):
+        del d[task]["data"]["batch_per_replica"], d[task]["train"]["reference_batch"]
+        d[task]["data"]["batch_size"] = batch_size
+    return d
+
+
+def test_a_workdir_written_before_per_replica_batches_loads_as_it_meant(tmp_path):
+    work = tmp_path / "old"
+    work.mkdir()
+    (work / "config.json").write_text(json.dumps(_legacy_dict(8)))
+    cfg = Workdir(str(work)).config()
+    assert cfg.device == "auto" and cfg.segment.data.batch_size == 8 and cfg.segment.train.reference_batch is None
+    for replicas in (1, 8):
+        resolved = resolve.resolve_for(cfg, replicas=replicas)
+        # A global batch of 8 on any slice, the learning rate as written: what the file meant.
+        assert resolved.segment.data.batch_size == 8 and resolved.segment.train.learning_rate == 2e-3
+    Workdir(str(work)).save_config(cfg)  # resuming with the same (loaded) config is accepted
+    half_upgraded = _legacy_dict(8)
+    half_upgraded["device"] = "auto"  # some new keys but not all: a hand-edited file, named
+    with pytest.raises(ValueError, match="missing keys"):
+        config.from_dict(half_upgraded)
+
+
+@pytest.fixture(scope="module")
+def slice_runs(tiny_data, tiny_config, tmp_path_factory, logical_cpus):
+    """One workdir trained on fold 0 with 1 replica, then resumed on fold 1 with 8: what the step saw each time."""
+    cfg = config.apply_overrides(tiny_config, ["segment.train.jit_compile=False", "segment.train.steps_per_epoch=1"])
+    work = str(tmp_path_factory.mktemp("slices") / "work")
+    seen, real = {}, step.make_train_step
+    patch = pytest.MonkeyPatch()
+
+    def spy(**kwargs):
+        # Observes, changes nothing: the per-replica batch shape each replica's traced step receives.
+        augment, shapes = kwargs["augment_fn"], seen.setdefault(kwargs["strategy"].num_replicas_in_sync, [])
+
+        def observed(images, masks, *, seed):
+            shapes.append((tuple(images.shape), kwargs["global_batch_size"], kwargs["steps_per_execution"]))
+            return augment(images, masks, seed=seed)
+
+        return real(**{**kwargs, "augment_fn": observed})
+
+    patch.setattr(step, "make_train_step", spy)
+    outputs = {}
+    try:
+        for replicas, fold, prefer in ((1, 0, "cpu"), (8, 1, "mirrored")):
+            device = distribute.select_strategy(prefer=prefer, verbose=False)
+            assert device.replicas == replicas
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                train.run(shards=tiny_data["shards"], workdir=work, cfg=cfg, tasks=("segment",), folds=(fold,),
+                          device=device)
+            outputs[replicas] = buf.getvalue()
+    finally:
+        patch.undo()
+    return {"work": work, "seen": seen, "out": outputs}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("replicas", [1, 8])
+def test_the_step_sees_per_replica_batches_and_the_run_records_them(slice_runs, replicas):
+    batch, lr = 8 * replicas, 2e-3 * math.sqrt(replicas)  # tiny: 8 per replica, 2e-3 at a global batch of 8
+    shapes = slice_runs["seen"][replicas]
+    # Traced once per replica; every replica gets 8 uint8 images at the tiny input size.
+    assert len(shapes) == replicas and set(shapes) == {((8, 64, 320, 3), batch, 1)}
+    runs = Workdir(slice_runs["work"]).runs()
+    assert len(runs) == 2  # one entry per train invocation, the resumed one on another "host" kept beside the first
+    entry = runs[[1, 8].index(replicas)]
+    assert entry["replicas"] == replicas and entry["device"] == "cpu" and entry["folds"] == [[1, 8].index(replicas)]
+    assert entry["resolved"]["segment"]["global_batch"] == batch
+    assert entry["resolved"]["segment"]["batch_per_replica"] == 8
+    assert entry["resolved"]["segment"]["learning_rate"] == pytest.approx(lr)
+    assert entry["resolved"]["segment"]["steps_per_execution"] == 1
+    assert {"tensorflow", "keras", "precision", "strategy", "host", "started"} <= set(entry)
+    # The workdir keeps the user's config: per replica, the same on both slices.
+    assert Workdir(slice_runs["work"]).config().segment.data.batch_per_replica == 8
+    out = slice_runs["out"][replicas]
+    assert f"{replicas} replica(s)" in out  # distribute.summary, printed by the run
+    changed = "segment: global batch 8 -> 64 (1 -> 8 replicas), learning rate 0.002 -> 0.00566"
+    assert (changed in out) == (replicas == 8)
+
+
+def test_env_prints_the_report_and_fails_only_when_strict(capsys):
+    if distribute.tpu_detected():
+        pytest.skip("this host looks like a TPU host")
+    assert cli.main(["env", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("strategy: ") and "on cpu, 1 replica(s)" in line for line in lines)
+    assert "preset tiny: fits" in lines and any(line.startswith("preset colab-tpu: a TPU preset") for line in lines)
+    # Asking for a TPU on a host without one is a problem: informative by default, a failure with --strict.
+    assert cli.main(["env", "--device", "tpu"]) == 0
+    assert "PROBLEM: a TPU is required but this host shows none" in capsys.readouterr().out
+    assert cli.main(["env", "--device", "tpu", "--strict", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["problems"] and report["strategy"] is None
+
+
+def test_a_tpu_preset_does_not_run_elsewhere_unless_chosen(tiny_data, tmp_path, monkeypatch):
+    if distribute.tpu_detected():
+        pytest.skip("this host looks like a TPU host")
+    monkeypatch.setattr(distribute, "_CHOSEN", {})
+    cfg = config.preset("colab-tpu")
+    with pytest.raises(distribute.TPUUnavailable, match="device=cpu"):
+        train.run(shards=tiny_data["shards"], workdir=str(tmp_path / "w"), cfg=cfg, folds=(0,))
+    assert not (tmp_path / "w").exists()  # stopped before anything was written
+    explicit = config.apply_overrides(cfg, ["device=cpu"])
+    assert distribute.select_strategy(prefer=distribute.prefer_for(explicit.device), verbose=False).kind == "cpu"
