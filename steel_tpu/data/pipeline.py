@@ -6,7 +6,6 @@ import posixpath
 import numpy as np
 import tensorflow as tf
 
-from steel_tpu import storage
 from steel_tpu.constants import CLASS_IDS, HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.data import example
 from steel_tpu.data.decode import check_image_size, decode_gray, decode_masks, to_images
