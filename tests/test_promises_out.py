@@ -129,12 +129,13 @@ def test_report_out_is_literal_and_stale_figures_of_its_own_go(trained_workdir, 
     before = _snapshot(tmp_path)
     out = tmp_path / name
     out.mkdir()
-    (out / "examples.png").write_bytes(b"an earlier report's figure")  # this run draws no examples
+    # An earlier report's figure that this run does not draw: the shared workdir is never tuned in place.
+    (out / "tune_dice_vs_gate.png").write_bytes(b"an earlier report's figure")
     report.report(workdir=trained_workdir, out=str(out))
     after = _snapshot(tmp_path)
     assert _outside(after, name + os.sep) == before
     written = {k.split(os.sep, 1)[1] for k in after if k.startswith(name + os.sep)}
-    assert report.INDEX in written and "examples.png" not in written and written <= report.FILES
+    assert report.INDEX in written and "tune_dice_vs_gate.png" not in written and written <= report.FILES
 
 
 def test_report_on_gcs_touches_only_its_own_objects(trained_workdir, gcs_bucket):
