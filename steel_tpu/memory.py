@@ -15,12 +15,17 @@ def rss_mb():
         with open("/proc/self/statm") as f:
             pages = int(f.read().split()[1])
     except OSError:
-        return peak_rss_mb()
+        return _maxrss_mb()
     return round(pages * resource.getpagesize() / _MB, 1)
 
 
 def peak_rss_mb():
     """The largest resident set size this process has had, in MB."""
+    # The kernel updates the high-water mark lazily: it can lag the current size by a few pages.
+    return max(_maxrss_mb(), rss_mb())
+
+
+def _maxrss_mb():
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (_MB if sys.platform == "darwin" else 1024), 1)  # bytes on macOS, KB on Linux
 
