@@ -1,6 +1,6 @@
 """Training input pipeline vs the bare JPEG-decode bound and a seed-style Keras loader, same shards, same process.
 
-    python benchmarks/bench_pipeline.py            # 512 synthetic images, cached under /tmp
+    python benchmarks/bench_pipeline.py [--smoke]     # 512 synthetic images, cached under /tmp
 
 (a) steel_tpu.data.pipeline.train_dataset at full 256x1600, masks included, steady state (shuffle buffer full);
 (b) the bound: tf.io.decode_jpeg (channels=3) in a tf.data map over the same JPEG bytes held in memory, batched;
@@ -8,7 +8,7 @@
     float32 batches, with Keras' default workers=1 (as the seed kernels ran it: one thread fetching ahead);
 (c') the same loader given a worker thread per core.
 Each round runs every loader once, seconds apart; ratios are taken within a round (same load from other
-processes) and the median over rounds is printed, in images/s and in process CPU time per image.
+processes) and their median and spread over rounds are printed, in images/s and in process CPU time per image.
 """
 
 import argparse
@@ -26,6 +26,7 @@ import pandas as pd  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
+import timing  # noqa: E402
 from steel_tpu import synth  # noqa: E402
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH  # noqa: E402
 from steel_tpu.data import example, pipeline  # noqa: E402
@@ -121,19 +122,25 @@ def _seed_batches(loader, *, queue=10):
         pool.shutdown(wait=True)
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--batches", type=int, default=60, help="timed batches per measurement")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "steel_tpu_bench_pipeline"))
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: proves the benchmark runs (tests use it)")
+    args = parser.parse_args(argv)
+    warmup = {"a": 30, "a_sampled": 30, "b": 10, "c": 2, "c_threads": 2}
+    shuffle_buffer = 256
+    if args.smoke:
+        args.images, args.batch, args.batches, args.rounds = 24, 4, 2, 1
+        warmup, shuffle_buffer = {name: 1 for name in warmup}, 8
     source, shards = _data(args.cache, args.images)
     files = ShardFolder.open(shards).check().files()
     jpegs = [example.parse_numpy(r.numpy())[example.IMAGE] for r in tf.data.TFRecordDataset(files)]
     workers = os.cpu_count()
-    kwargs = dict(files=files, image_size=(HEIGHT, WIDTH), batch_size=args.batch, seed=0, shuffle_buffer=256)
+    kwargs = dict(files=files, image_size=(HEIGHT, WIDTH), batch_size=args.batch, seed=0, shuffle_buffer=shuffle_buffer)
     runs = {
         "a": lambda: iter(pipeline.train_dataset(**kwargs)),
         "a_sampled": lambda: iter(pipeline.train_dataset(**kwargs, **SEED_TPU_SAMPLING)),
@@ -142,7 +149,7 @@ def main():
         "c_threads": lambda: _seed_batches(SeedLoader(source, args.batch, workers=workers)),
     }
     load = os.getloadavg()[0]
-    rates, cpu = _rounds(runs, rounds=args.rounds, batches=args.batches)
+    rates, cpu = _rounds(runs, rounds=args.rounds, batches=args.batches, warmup=warmup)
     print(f"{len(jpegs)} images ({sum(map(len, jpegs)) / len(jpegs) / 1e3:.0f} KB JPEGs), batch {args.batch}, "
           f"{workers} cores (load average {load:.1f} before, {os.getloadavg()[0]:.1f} after), "
           f"full {HEIGHT}x{WIDTH}; medians of {args.rounds} rounds")
@@ -158,20 +165,19 @@ def main():
     for label, x, y, target in (("a/b", "a", "b", TARGET_BOUND), ("a/c", "a", "c", TARGET_SEED),
                                 ("a/c'", "a", "c_threads", None)):
         # Ratios within a round (measured seconds apart, under the same load from other processes), then the median.
-        ratio = float(np.median(np.divide(rates[x], rates[y])))
-        by_cpu = float(np.median(np.divide(cpu[y], cpu[x])))
-        verdict = "" if target is None else f"(target >= {target}) {'OK' if ratio >= target else 'BELOW TARGET'}"
-        print(f"{label:4s} = {ratio:.2f} in images/s, {by_cpu:.2f} in CPU time per image {verdict}")
+        print(timing.ratio_line(f"{label} images/s", list(np.divide(rates[x], rates[y])), target=target))
+        print(timing.ratio_line(f"{label} CPU-time", list(np.divide(cpu[y], cpu[x]))))
 
 
-def _rounds(runs, *, rounds, batches):
-    """{name: [images/s per round]}, {name: [CPU ms per image per round]}; each round runs every loader once."""
-    # Warm-up covers the shuffle buffer fill and tf.data's autotuning; (c) has neither.
-    warmup = {"a": 30, "a_sampled": 30, "b": 10, "c": 2, "c_threads": 2}
+def _rounds(runs, *, rounds, batches, warmup):
+    """{name: [images/s per round]}, {name: [CPU ms per image per round]}; each round runs every loader once.
+
+    `warmup` batches per loader cover the shuffle buffer fill and tf.data's autotuning; (c) has neither.
+    """
     rates, cpu = {name: [] for name in runs}, {name: [] for name in runs}
     for _ in range(rounds):
         for name, make in runs.items():
-            count = max(4, batches // 4) if name.startswith("c") else batches
+            count = max(min(4, batches), batches // 4) if name.startswith("c") else batches
             rate, ms = _measure(make(), warmup=warmup[name], count=count)
             rates[name].append(rate)
             cpu[name].append(ms)

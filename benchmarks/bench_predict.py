@@ -1,32 +1,39 @@
-"""Images/s of `predict` against a seed-000-style scoring loop, same models and images, one process.
+"""Images/s of `predict` against a seed-000-style scoring loop, same models and images, interleaved, one process.
 
-    .venv/bin/python benchmarks/bench_predict.py [--images 200] [--size 64x320] [--data /tmp/steel_bench_predict]
+    python benchmarks/bench_predict.py [--images 200] [--size 64x320] [--repeat 3] [--smoke]
 
 Models: two B0 UNet++ folds + one B0 binary classifier at --size (random init: speed only; the mask heads'
 biases are set so ~5% of pixels are defects, as on real Severstal masks, so RLE strings have realistic lengths).
 Baseline (seed 000): load the models, PIL decode + resize of every image, each model's Keras `predict` over all
 images, then per image and class: threshold, PIL resize of the mask to 1600x256, mask2rle, a DataFrame row.
-Printed: end-to-end images/s and process CPU ms/image of both, and the host path alone (everything but the
-models), which is what remains of each when the device is an accelerator rather than these CPU cores.
+Each repeat runs both contenders once, one after the other (same load from other processes); printed are the
+median and spread of the per-repeat ratios, end to end and for the host path alone (everything but the models,
+what remains of each when the device is an accelerator rather than these CPU cores), and where the time goes:
+model load and tracing, the models, decoding, post-processing.
 Both apply the same gate (p_any >= 0, so the classifier runs but keeps everything) and pixel threshold 0.5.
 """
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import os
 import shutil
 import sys
+import tempfile
 import time
 
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import timing  # noqa: E402
 
 from steel_tpu import config as config_lib  # noqa: E402
-from steel_tpu import kaggle, metrics, postprocess, predict, synth, tasks  # noqa: E402
+from steel_tpu import ensemble, kaggle, metrics, postprocess, predict, step, synth, tasks  # noqa: E402
 from steel_tpu.data import pipeline  # noqa: E402
 from steel_tpu.submission_writer import ChunkedSubmission  # noqa: E402
 from steel_tpu.workdir import Workdir  # noqa: E402
@@ -60,6 +67,8 @@ def _workdir(work, *, size, sample_paths):
     for task in (cfg.classify, cfg.segment):
         task.data = dataclasses.replace(task.data, image_height=h, image_width=w, batch_size=8)
     cfg.segment.model = dataclasses.replace(cfg.segment.model, decoder_filters=(256, 128, 64, 32, 16))
+    # Seed 000's classifier is binary (one p_any gating the whole image), so the baseline's gate is the same rule.
+    cfg.classify.model = dataclasses.replace(cfg.classify.model, heads="binary")
     cfg.folds = FOLDS
     wd = Workdir(work)
     wd.save_config(cfg)
@@ -104,15 +113,26 @@ def _load_models(work):
 def baseline(work, paths, *, size, out):
     """The seed-000 loop: load the models, predict everything with each, then post-process image by image.
 
-    Returns the seconds spent outside the models (image loading, masks, RLE, rows, CSV).
+    Returns ({stage: seconds}, mean mask probabilities, p_any).
     """
+    start = time.perf_counter()
     models = _load_models(work)
+    stages = {"load": time.perf_counter() - start}
     start = time.perf_counter()
     images = _load_images(paths, size).astype(np.float32)
-    host = time.perf_counter() - start
+    stages["decode"] = time.perf_counter() - start
+    start = time.perf_counter()
     seg = np.mean([m.predict(images, batch_size=8, verbose=0) for m in models["segment"]], axis=0)
     p_any = models["classify"][0].predict(images, batch_size=8, verbose=0)[:, 0]
+    stages["models"] = time.perf_counter() - start
     start = time.perf_counter()
+    seed_post(paths, seg, p_any, out=out)
+    stages["post"] = time.perf_counter() - start
+    return stages, seg, p_any
+
+
+def seed_post(paths, seg, p_any, *, out):
+    """Seed 000's post-processing: per image and class, threshold, PIL resize to 1600x256, mask2rle, a row."""
     rows = []
     for i, path in enumerate(paths):
         rles = []
@@ -124,44 +144,61 @@ def baseline(work, paths, *, size, out):
     long = df.melt(id_vars="ImageId", var_name="ClassId", value_name="EncodedPixels")
     long["ClassId"] = long["ClassId"].str[-1].astype(int)
     long[["ImageId", "EncodedPixels", "ClassId"]].to_csv(out, index=False)
-    return host + time.perf_counter() - start, seg, p_any
 
 
 def host_path(paths, seg, p_any, *, size, batch_size, out):
-    """Seconds `predict` spends outside the device on these images: tf.data decoding, then min area / gate, RLE
-    and committed CSV chunks of the device's full-resolution masks, made here from the same probabilities."""
+    """({"decode": s, "post": s}) that `predict` spends outside the device on these images: tf.data decoding, then
+    min area / gate, RLE and committed CSV chunks of the device's full-resolution masks, made here from the same
+    probabilities (the device's share, upsampling and thresholding, is done before the clock starts)."""
     start = time.perf_counter()
     for _ in pipeline.predict_dataset(source=list(paths), image_size=size, batch_size=batch_size):
         pass
     decode = time.perf_counter() - start
     pp = postprocess.PostProcess(gate=(0.0,))
-    writer = ChunkedSubmission(out, plan={"bench": len(paths)})
-    post = 0.0
+    device = []
     for i in range(0, len(paths), batch_size):
         maps = postprocess.to_full_resolution(seg[i:i + batch_size])
-        masks, areas = (t.numpy() for t in postprocess.to_masks(maps, pp.pixel_threshold))  # the device's share
-        start = time.perf_counter()
+        device.append([t.numpy() for t in postprocess.to_masks(maps, pp.pixel_threshold)])
+    start = time.perf_counter()
+    writer = ChunkedSubmission(out, plan={"bench": len(paths)})
+    for (masks, areas), i in zip(device, range(0, len(paths), batch_size)):
         rles = predict.submitted_rles(masks, areas, p_any[i:i + batch_size, None], pp=pp)
         writer.commit(i // batch_size, list(zip([os.path.basename(p) for p in paths[i:i + batch_size]], rles)))
-        post += time.perf_counter() - start
-    start = time.perf_counter()
     writer.finish((len(paths) + batch_size - 1) // batch_size)
-    return decode, post + time.perf_counter() - start
+    return {"decode": decode, "post": time.perf_counter() - start}
 
 
-def _timed(fn):
-    wall, cpu = time.perf_counter(), time.process_time()
-    result = fn()
-    return result, time.perf_counter() - wall, time.process_time() - cpu
+def predict_stages(work, paths, *, size, batch_size):
+    """{stage: seconds} of predict's own parts run one at a time: ensemble load + trace, then the models alone on
+    decoded batches. (predict overlaps decoding and post-processing with the models, so its end-to-end time is
+    less than the sum.)"""
+    start = time.perf_counter()
+    ens = ensemble.load(work, strategy=tf.distribute.get_strategy(), tasks=("classify", "segment"))
+    forward = ensemble.make_forward(ens, pixel_threshold=0.5)
+    predict_step = step.make_predict_step(forward=forward, strategy=tf.distribute.get_strategy(), jit_compile=False)
+    batches = [b["image"] for b in pipeline.predict_dataset(source=list(paths), image_size=size,
+                                                            batch_size=batch_size).as_numpy_iterator()]
+    predict_step(batches[0])
+    stages = {"load": time.perf_counter() - start}
+    start = time.perf_counter()
+    for images in batches:
+        predict_step(images)
+    stages["models"] = time.perf_counter() - start
+    return stages
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--size", default="64x320", help="model input HxW (multiples of 32)")
-    parser.add_argument("--data", default="/tmp/steel_bench_predict")
+    parser.add_argument("--data", default=os.path.join(tempfile.gettempdir(), "steel_bench_predict"))
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: proves the benchmark runs (tests use it)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.images, args.repeat = 8, 1
+        args.data = args.data.rstrip("/") + "_smoke"
     size = tuple(int(v) for v in args.size.split("x"))
     images = _data(args.data, args.images)
     paths = sorted(os.path.join(images, f) for f in os.listdir(images))
@@ -170,30 +207,59 @@ def main(argv=None):
     _workdir(work, size=size, sample_paths=paths[:8])
     n = len(paths)
     ours_csv, seed_csv = os.path.join(args.data, "ours.csv"), os.path.join(args.data, "seed.csv")
+    seed_runs = []
 
-    summary, ours, ours_cpu = _timed(lambda: predict.predict(
-        workdir=work, images=images, out=ours_csv, thresholds=postprocess.PostProcess(gate=(0.0,)),
-        batch_size=args.batch_size, progress=False))
-    (seed_host, seg, p_any), seed, seed_cpu = _timed(lambda: baseline(work, paths, size=size, out=seed_csv))
-    decode, post = host_path(paths, seg, p_any, size=size, batch_size=args.batch_size,
-                             out=os.path.join(args.data, "host.csv"))
+    def ours():
+        for name in os.listdir(args.data):  # a fresh submission each repeat, not a resumed one
+            if name.startswith("ours.csv"):
+                shutil.rmtree(os.path.join(args.data, name), ignore_errors=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(args.data, name))
+        with contextlib.redirect_stdout(io.StringIO()):
+            predict.predict(workdir=work, images=images, out=ours_csv, thresholds=postprocess.PostProcess(gate=(0.0,)),
+                            batch_size=args.batch_size, progress=False)
+
+    def seed():
+        seed_runs.append(baseline(work, paths, size=size, out=seed_csv))
+
+    times = timing.interleaved({"seed-000": seed, "predict": ours}, repeats=args.repeat)
+    seed_stages = {k: float(np.median([r[0][k] for r in seed_runs])) for k in seed_runs[0][0]}
+    _, seg, p_any = seed_runs[-1]
+    host_csv = os.path.join(args.data, "host.csv")
+    host_runs = []
+
+    def ours_host():
+        shutil.rmtree(host_csv, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(host_csv)
+        host_runs.append(host_path(paths, seg, p_any, size=size, batch_size=args.batch_size, out=host_csv))
+
+    # Host paths alone: seed's image loading + post-processing vs predict's decoding + post-processing.
+    host_times = timing.interleaved({
+        "seed-000": lambda: (_load_images(paths, size).astype(np.float32), seed_post(paths, seg, p_any, out=seed_csv)),
+        "predict": ours_host}, repeats=max(3, args.repeat))
+    ours_host_stages = {k: float(np.median([r[k] for r in host_runs])) for k in host_runs[0]}
+    ours_stages = {**predict_stages(work, paths, size=size, batch_size=args.batch_size), **ours_host_stages}
 
     agree = metrics.score_labels(kaggle.read_labels(ours_csv), kaggle.read_labels(seed_csv),
                                  image_ids=[os.path.basename(p) for p in paths])
-    print(f"\n{n} images, model input {size[0]}x{size[1]}, 2 B0 UNet++ folds + B0 classifier, batch "
-          f"{args.batch_size}, {os.cpu_count()} CPU cores shared by model and host")
-    print(f"end to end (model load, tracing, models, decode, post-processing, CSV):")
-    print(f"  predict   {ours:7.1f} s  {n / ours:6.1f} images/s  {1000 * ours_cpu / n:6.0f} CPU ms/image  "
-          f"[{summary['images']} images x 4 rows]")
-    print(f"  seed-000  {seed:7.1f} s  {n / seed:6.1f} images/s  {1000 * seed_cpu / n:6.0f} CPU ms/image")
-    print(f"  ratio predict / seed-000: {seed / ours:.2f}x wall, {seed_cpu / ours_cpu:.2f}x CPU  (target >= 3x)")
-    print(f"host path only (what is left when the device is fast: decoding, masks, RLE, rows, CSV):")
-    print(f"  predict   {decode + post:7.2f} s  {n / (decode + post):6.1f} images/s  "
-          f"(decode {decode:.2f} s + min area/gate/RLE/CSV {post:.2f} s, timed one after the other)")
-    print(f"  seed-000  {seed_host:7.2f} s  {n / seed_host:6.1f} images/s")
-    print(f"  ratio predict / seed-000: {seed_host / (decode + post):.2f}x as timed; "
-          f"{seed_host / max(decode, post):.2f}x bound by predict's slower host stage (tf.data decoding and the "
-          f"worker thread run concurrently); thresholding is on the device, counted end to end")
+    print(f"{n} images, model input {size[0]}x{size[1]}, 2 B0 UNet++ folds + B0 binary classifier, batch "
+          f"{args.batch_size}, {os.cpu_count()} CPU cores shared by model and host, {args.repeat} interleaved "
+          f"repeats [{timing.load()}]")
+    print("end to end (model load, tracing, models, decode, post-processing, CSV), medians:")
+    for name in ("predict", "seed-000"):
+        median = float(np.median(times[name]))
+        stages = ours_stages if name == "predict" else seed_stages
+        print(f"  {name:9s} {median:7.2f} s  {n / median:6.1f} images/s   where the time goes (each stage alone): "
+              + ", ".join(f"{k} {v:.2f} s" for k, v in stages.items()))
+    print(timing.ratio_line("end_to_end predict/seed-000", timing.speedups(times, baseline="seed-000",
+                                                                           contender="predict")))
+    print("host path only (what is left when the device is fast: decoding, masks, RLE, rows, CSV), medians:")
+    for name in ("predict", "seed-000"):
+        median = float(np.median(host_times[name]))
+        print(f"  {name:9s} {median:7.2f} s  {n / median:6.1f} images/s")
+    print(timing.ratio_line("host_path predict/seed-000", timing.speedups(host_times, baseline="seed-000",
+                                                                          contender="predict")))
     print(f"agreement of the two submissions (Dice of predict's masks vs seed's): {agree.format()}")
 
 

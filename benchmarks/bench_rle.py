@@ -1,10 +1,10 @@
-"""RLE codec vs the seed reference code, same Severstal-like masks, same process: `python benchmarks/bench_rle.py`."""
+"""RLE codec vs the seed code on the same Severstal-like masks, interleaved: python benchmarks/bench_rle.py [--smoke]"""
 
 import argparse
 import os
-import time
 
 import numpy as np
+import timing
 
 from steel_tpu import rle
 from steel_tpu.constants import HEIGHT, WIDTH
@@ -53,23 +53,15 @@ def streamed(fn, items):
     return run
 
 
-def race(reference, project, *, repeat):
-    """Best wall time of two passes, alternated so both meet the same load (the machine is shared)."""
-    best = [float("inf"), float("inf")]
-    for _ in range(repeat):
-        for i, run in enumerate((reference, project)):
-            start = time.perf_counter()
-            run()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best
-
-
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--masks", type=int, default=256)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: proves the benchmark runs (tests use it)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.masks, args.repeat = 16, 2
     rng = np.random.default_rng(args.seed)
     masks = severstal_like(args.masks // CLASSES * CLASSES, rng)
     texts = [seed_encode(m) for m in masks]
@@ -85,22 +77,20 @@ def main():
     empty = np.mean([not t for t in texts])
     print(
         f"{len(masks)} Severstal-like {HEIGHT}x{WIDTH} masks ({empty:.0%} empty, {runs:.0f} runs on average), "
-        f"{os.cpu_count()} cores (shared), best of {args.repeat}; rates in masks/s"
+        f"{os.cpu_count()} cores, {args.repeat} interleaved repeats; rates are medians in masks/s  [{timing.load()}]"
     )
-    print(f"{'':46s} {'reference':>10s} {'project':>10s} {'ratio':>7s}")
     rows = [
-        ("decode vs seed loop", len(texts), streamed(seed_decode, texts), streamed(rle.decode, texts)),
-        ("encode vs seed", len(masks), streamed(seed_encode, masks), streamed(rle.encode, masks)),
-        (
-            "encode_batch [16,H,W,4] vs seed encode each",
-            len(masks),
-            streamed(lambda m: [seed_encode(m[..., k]) for k in range(CLASSES)], images),
-            streamed(rle.encode_batch, batches),
-        ),
+        ("decode/seed_loop", streamed(seed_decode, texts), streamed(rle.decode, texts)),
+        ("encode/seed", streamed(seed_encode, masks), streamed(rle.encode, masks)),
+        ("encode_batch[16,H,W,4]/seed_each",
+         streamed(lambda m: [seed_encode(m[..., k]) for k in range(CLASSES)], images),
+         streamed(rle.encode_batch, batches)),
     ]
-    for name, count, reference, project in rows:
-        reference_s, project_s = race(reference, project, repeat=args.repeat)
-        print(f"{name:46s} {count / reference_s:10.0f} {count / project_s:10.0f} {reference_s / project_s:6.2f}x")
+    for name, reference, project in rows:
+        times = timing.interleaved({"seed": reference, "project": project}, repeats=args.repeat, warmup=1)
+        rates = {k: len(masks) / np.median(v) for k, v in times.items()}
+        print(f"{name:34s} seed {rates['seed']:7.0f}  project {rates['project']:7.0f}")
+        print(timing.ratio_line(name, timing.speedups(times, baseline="seed", contender="project")))
 
 
 if __name__ == "__main__":

@@ -146,20 +146,26 @@ def _encode_groups(masks):
     if h < 1 or w < 1:
         raise ValueError(f"masks need at least one row and column, got shape {masks.shape}")
     span = h * w + 1  # positions 0..h*w of one mask, so keys of different masks never collide
-    keys = (_edge_keys(mask, first_group=i * c, span=span) for i, mask in enumerate(masks))
-    key = np.concatenate([np.zeros(0, dtype=np.int64), *keys])
+    keys = [_edge_keys(mask, first_group=i * c, span=span) for i, mask in enumerate(masks)]
+    key = keys[0] if n == 1 else np.concatenate([np.zeros(0, dtype=np.int64), *keys])
+    if key.size == 0:
+        return [""] * (n * c)
     key.sort()
     # A run through the bottom of column j and the top of column j+1 is one Kaggle run: its end edge and
-    # start edge share a position; dropping both joins the halves.
+    # start edge share a position; dropping both joins the halves. Most masks have none: test before masking.
     repeated = key[1:] == key[:-1]
-    keep = np.ones(key.size, dtype=bool)
-    keep[1:] &= ~repeated
-    keep[:-1] &= ~repeated
-    key = key[keep]
-    group, position = _divmod(key, span)
-    values = np.empty(key.size, dtype=np.int64)
-    values[0::2] = position[0::2] + 1
-    values[1::2] = position[1::2] - position[0::2]
+    if repeated.any():
+        keep = np.ones(key.size, dtype=bool)
+        keep[1:] &= ~repeated
+        keep[:-1] &= ~repeated
+        key = key[keep]
+    # Per-call numpy overhead is most of the cost of one mask's few hundred runs: a single group skips the split.
+    group, position = (None, key) if n * c == 1 else _divmod(key, span)
+    values = position.copy()
+    values[1::2] -= position[0::2]
+    values[0::2] += 1
+    if group is None:
+        return [_decimal_text(values)[0][:-1]]
     return _join_groups(values, group[0::2], n * c)
 
 
@@ -170,12 +176,35 @@ def _edge_keys(mask, *, first_group, span):
     # Edges are found in the mask's own row-major layout (a transposing copy costs more than the rest), one
     # image at a time so the temporaries stay in the CPU cache (a whole batch's spill to memory and run slower):
     # boundary row i in 0..h of a column marks a change between rows i-1 and i, rows -1 and h being off.
-    edges = np.empty((h + 1, w, c), dtype=bool)
+    size = (h + 1) * w * c
+    buffer = np.empty(-(-size // 8) * 8, dtype=bool)
+    buffer[size:] = False
+    edges = buffer[:size].reshape(h + 1, w, c)
     edges[0], edges[h] = on[0], on[h - 1]
     np.not_equal(on[1:], on[:-1], out=edges[1:h])
-    rest, channel = _divmod(np.flatnonzero(edges), c)
-    row, col = _divmod(rest, w)
-    return (first_group + channel) * span + col * h + row
+    flat = _sparse_flatnonzero(buffer)
+    if c > 1:
+        flat, channel = _divmod(flat, c)
+    # flat = row * w + col, so col * h + row = flat * h - row * (w * h - 1): two fewer passes than divmod.
+    key = flat * h
+    key -= (flat // w) * (w * h - 1)
+    if c > 1:
+        key += (channel + first_group) * span
+    elif first_group:
+        key += first_group * span
+    return key
+
+
+def _sparse_flatnonzero(flags):
+    """np.flatnonzero of a bool array whose size is a multiple of 8 and whose True values are few.
+
+    Edges are sparse (hundreds in 400k flags): scanning 8 flags per uint64 word, then only the words that hold
+    one, takes about two thirds of the time of np.flatnonzero's flag-by-flag pass.
+    """
+    words = flags.view(np.uint64)
+    hit = np.flatnonzero(words != 0)
+    j = np.flatnonzero(words[hit].view(np.uint8))
+    return hit[j >> 3] * 8 + (j & 7)
 
 
 def _divmod(a, b):

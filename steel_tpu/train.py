@@ -7,7 +7,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from steel_tpu import console, distribute, outputs, resolve, step
+from steel_tpu import console, distribute, memory, outputs, resolve, step
 from steel_tpu import tasks as tasks_lib
 from steel_tpu.data import pipeline, tfrecord
 from steel_tpu.data.shard_folder import ShardFolder
@@ -128,7 +128,9 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
         lr = float(optimizer.learning_rate.numpy()) if hasattr(optimizer.learning_rate, "numpy") else t.learning_rate
         row = {"epoch": epoch, "loss": round(loss, 6), "lr": lr, **{k: round(v, 6) for k, v in scores.items()},
                "train_images_per_s": round(steps * d.batch_size / train_seconds, 2),
-               "seconds": round(time.perf_counter() - start, 2)}
+               "seconds": round(time.perf_counter() - start, 2),
+               # Host memory, so growth across epochs and folds shows in the log (it must stay flat).
+               "rss_mb": memory.rss_mb(), "peak_rss_mb": memory.peak_rss_mb()}
         rows.append(row)
         print(f"[{task} fold {fold}] " + "  ".join(f"{k} {v}" for k, v in row.items()))
         _log_row(tb, row, epoch)
@@ -139,6 +141,7 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
         wd.write_log(task, fold, rows)
         state.epoch.assign(epoch + 1)
         wd.prune_checkpoints(task, fold, latest=manager.save())
+    tb.close()  # its writer thread and buffers would outlive the fold
 
     return wd.mark_done(task, fold, {"task": task, "fold": fold, "epochs": t.epochs,
                                      "best": float(state.best.numpy()), "metric": spec.metric})
@@ -165,12 +168,18 @@ def run(*, shards, workdir, cfg, tasks=tasks_lib.NAMES, folds=None, device=None)
     wd.save_config(cfg)  # the user's config: the same on every slice, so a resume on another one is not refused
     wd.bind_shards(folder)
     _record_run(wd, device=device, resolved=resolved, tasks=tasks, folds=folds)
+    results = []
     try:
-        return [train_fold(folder=folder, wd=wd, cfg=resolved, task=task, fold=fold, device=device)
-                for fold in folds for task in tasks]
+        for fold in folds:
+            for task in tasks:
+                results.append(train_fold(folder=folder, wd=wd, cfg=resolved, task=task, fold=fold, device=device))
+                _release(device, cfg)
+                print(f"[{task} fold {fold}] host memory after release: {memory.rss_mb():.0f} MB resident, "
+                      f"peak {memory.peak_rss_mb():.0f} MB")
     except tf.errors.DataLossError as error:
         # TensorFlow names no file; outside the hot loop, the shards are re-read to say which one is damaged.
         raise tfrecord.name_damaged(error, folder.files()) from None
+    return results
 
 
 def _record_run(wd, *, device, resolved, tasks, folds):
@@ -180,5 +189,16 @@ def _record_run(wd, *, device, resolved, tasks, folds):
     for line in resolve.changes(previous[-1].get("resolved", {}), summary) if previous else ():
         print(f"train: this run's slice differs from the last run's: {line}")
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    wd.add_run({"command": "train", "started": started, "host": socket.gethostname(), "tasks": list(tasks), "folds": list(folds),
-                **distribute.describe(device), "resolved": summary})
+    wd.add_run({"command": "train", "started": started, "host": socket.gethostname(), "tasks": list(tasks),
+                "folds": list(folds), **distribute.describe(device), "resolved": summary})
+
+
+def _release(device, cfg):
+    """Drop what a finished fold leaves in the process, so memory stays flat across folds and tasks.
+
+    Keras' global state keeps every layer name and functional graph ever built; TensorFlow's eager kernel cache
+    keeps kernels of the fold's ops. clear_session drops both, but also Keras' dtype policy, hence set_precision.
+    """
+    keras.backend.clear_session()
+    distribute.set_precision(device.kind, gpu_float16=cfg.gpu_float16)
+    memory.collect()

@@ -173,6 +173,24 @@ def test_encode_batch_equals_per_mask_encode(shape, data):
     assert rle.encode_batch(per_class) == expected
 
 
+@PROPERTY
+@given(
+    shape=st.tuples(st.integers(0, 3), st.integers(1, 9), st.integers(1, 9), st.integers(1, 3)),
+    dtype=st.sampled_from([np.uint8, bool, np.float32]),
+    data=st.data(),
+)
+def test_encode_batch_equals_single_encode_any_size_and_values(shape, dtype, data):
+    # Odd sizes exercise the edge buffer's padding to whole 8-byte words; values other than 0/1 must count as on.
+    values = data.draw(st.lists(st.sampled_from([0, 0, 1, 7, 255]), min_size=int(np.prod(shape)),
+                                max_size=int(np.prod(shape))))
+    batch = np.array(values).reshape(shape).astype(dtype)
+    n, _, _, c = shape
+    expected = [[seed_encode(batch[i, :, :, k] != 0) for k in range(c)] for i in range(n)]
+    assert rle.encode_batch(batch) == expected
+    assert [[rle.encode(batch[i, :, :, k]) for k in range(c)] for i in range(n)] == expected
+    assert rle.encode_batch(batch[..., 0]) == [row[0] for row in expected]
+
+
 def test_encode_batch_runs_cross_columns_and_masks_stay_apart():
     # A run down the last column of mask 0 must not join a run at the top of mask 1's first column.
     a = np.zeros((4, 3), np.uint8)

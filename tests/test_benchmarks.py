@@ -1,0 +1,30 @@
+"""Every benchmark runs at its smoke size, so a change that breaks one turns the suite red."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCHMARKS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "benchmarks", "bench_*.py")))
+# Seconds each (no TensorFlow): cheap enough for every run; the others build shards or models (a minute or more).
+FAST = {"bench_rle.py"}
+
+
+def test_every_benchmark_is_listed():
+    assert {"bench_pipeline.py", "bench_predict.py", "bench_rle.py", "bench_shards.py", "bench_train.py"} <= set(
+        BENCHMARKS)
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in BENCHMARKS])
+def test_benchmark_smoke_size_runs_and_prints_its_figures(name, tmp_path):
+    env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", name), "--smoke"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Contenders print interleaved ratios (median and spread); bench_train prints the Dice it learned and memory.
+    wanted = ("Kaggle Dice", "host memory") if name == "bench_train.py" else ("ratio ", " over ")
+    for text in wanted:
+        assert text in done.stdout, done.stdout[-3000:]
