@@ -45,10 +45,10 @@ def scan(data, *, split, workers, skip_bad):
                                                                                      if csv_path else ""))
     problems = {i: f"listed in {csv_path} but missing from {images_dir}" for i in listed if i not in found}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        checks = dict(zip(found, pool.map(_check_jpeg, found.values())))
+        checks = dict(zip(found, pool.map(check_jpeg, found.values())))
     problems.update((i, problem) for i, (problem, _) in checks.items() if problem)
     if problems and not skip_bad:
-        raise SourceError(_describe(problems, data))
+        raise SourceError(describe_bad(problems, data))
     good = sorted(i for i in found if i not in problems)
     return Source(
         split=split,
@@ -87,7 +87,7 @@ def _list_jpegs(folder):
     return {posixpath.basename(p): p for p in storage.listdir(folder) if p.endswith(".jpg")}
 
 
-def _check_jpeg(path):
+def check_jpeg(path):
     """(problem or None, byte size): reads only the JPEG header and its tail, never decodes."""
     try:
         with storage.open(path, "rb") as f:
@@ -109,6 +109,6 @@ def _check_jpeg(path):
     return None, size
 
 
-def _describe(problems, data):
+def describe_bad(problems, data):
     lines = "; ".join(f"{i}: {reason}" for i, reason in sorted(problems.items()))
     return f"{len(problems)} bad image(s) in {data} (use --skip-bad to leave them out): {lines}"
