@@ -31,11 +31,20 @@ def _evaluate(args):
     print(evaluate(pred_path=args.pred, truth_path=args.truth, images=args.images).format())
 
 
+def _quiet_beam(args):
+    """Beam logs a failing step's traceback before re-raising it: the CLI prints the error as one line instead."""
+    if not getattr(args, "debug", False):
+        import logging
+
+        logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
+
+
 def _shards(args):
     if args.runner:
         from steel_tpu.beam.options import pipeline_options
 
         pipeline_options(args.runner, args.pipeline_flags)  # a missing Beam or a bad flag, before Beam's imports
+        _quiet_beam(args)
         from steel_tpu.beam.shards import build_shards
 
         print(build_shards(data=args.data, out=args.out, runner=args.runner, pipeline_flags=args.pipeline_flags,
@@ -75,6 +84,7 @@ def _predict(args):
         from steel_tpu.beam.options import pipeline_options
 
         pipeline_options(args.runner, args.pipeline_flags)
+        _quiet_beam(args)
         from steel_tpu.beam.predict import predict as beam_predict
 
         beam_predict(workdir=args.workdir, images=args.images, out=args.out, runner=args.runner,

@@ -58,11 +58,11 @@ def test_beam_shards_are_the_single_machine_shards(source, single, tmp_path):
     assert _files(out) == _files(single)  # every shard byte and the manifest (folds, counts, digests)
     assert len(ShardFolder.open(out).files()) > K  # more than one shard per fold: a real fan-out
     verify(out, data=source)
-    # Same files, so the same training batches; one batch read back through the training input pipeline:
-    first = lambda folder: next(pipeline.predict_dataset(source=ShardFolder.open(folder).files(),  # noqa: E731
-                                                          image_size=(64, 320), batch_size=4).as_numpy_iterator())
-    beam_batch, single_batch = first(out), first(single)
-    assert all((beam_batch[k] == single_batch[k]).all() for k in beam_batch)
+    # Same files, so the same training batches: the first ones of folds 1-2, as training reads them.
+    batches = [[b for b in pipeline.train_dataset(files=ShardFolder.open(f).files(folds=(1, 2)), image_size=(64, 320),
+                                                  batch_size=4, seed=0, steps=2).as_numpy_iterator()]
+               for f in (out, single)]
+    assert all((a == b).all() for x, y in zip(*batches) for a, b in zip(x, y))
 
 
 def test_beam_shards_on_gcs(source, single, gcs_bucket):
@@ -112,7 +112,8 @@ def test_beam_predict_is_byte_identical_to_predict(work, images, tmp_path):  # n
     assert len({line.split(b",")[1] for line in a.read_bytes().splitlines()}) > 2  # some masks survive post-processing
 
 
-def test_beam_predict_bad_images_follow_the_same_rules(work, images, tmp_path):  # noqa: F811
+@pytest.mark.slow  # three single-machine and two Beam runs
+def test_beam_predict_bad_images_follow_the_same_rules(work, images, tmp_path, capsys):  # noqa: F811
     folder = tmp_path / "images"
     shutil.copytree(images, folder)
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8 this is not a JPEG")
@@ -122,6 +123,8 @@ def test_beam_predict_bad_images_follow_the_same_rules(work, images, tmp_path): 
     out = tmp_path / "y.csv"
     code = cli.main(["predict", "--workdir", work, "--images", str(folder), "--out", str(out), *RUNNER])
     assert code == 2 and not out.exists()
+    line = capsys.readouterr().err.strip().splitlines()[-1]  # one line, the single-machine run's message
+    assert line.startswith(f"steel-tpu predict: error: {error.value}")
     a, b, _, sb = _predict_both(work, str(folder), tmp_path, skip_bad=True)
     assert sb["skipped"] == 2 and sb["images"] == N_TEST + 2
     assert a.read_bytes() == b.read_bytes()
