@@ -72,10 +72,10 @@ def test_beam_shards_on_gcs(source, single, gcs_bucket):
     assert _files(out) == _files(single)
 
 
-def _beam_shards(data, out):
+def _beam_shards(source_dir, out):
     from steel_tpu.beam.shards import build_shards as beam_build
 
-    return beam_build(data=data, out=out, runner="DirectRunner", pipeline_flags=["--direct_num_workers=1"],
+    return beam_build(data=source_dir, out=out, runner="DirectRunner", pipeline_flags=["--direct_num_workers=1"],
                       folds=K, seed=1, shard_mb=0.3)
 
 
