@@ -36,7 +36,26 @@ def _evaluate(args):
                    intersection=args.intersection).format())
 
 
+def _quiet_beam(args):
+    """Beam logs a failing step's traceback before re-raising it: the CLI prints the error as one line instead."""
+    if not getattr(args, "debug", False):
+        import logging
+
+        logging.getLogger("apache_beam.runners.common").setLevel(logging.CRITICAL)
+
+
 def _shards(args):
+    if args.runner:
+        from steel_tpu.beam.options import pipeline_options
+
+        pipeline_options(args.runner, args.pipeline_flags)  # a missing Beam or a bad flag, before Beam's imports
+        _quiet_beam(args)
+        from steel_tpu.beam.shards import build_shards
+
+        print(build_shards(data=args.data, out=args.out, runner=args.runner, pipeline_flags=args.pipeline_flags,
+                           folds=args.folds, seed=args.seed, shard_mb=args.shard_mb, split=args.split,
+                           workers=args.workers, overwrite=args.overwrite, skip_bad=args.skip_bad))
+        return
     from steel_tpu.data.shards import build_shards
 
     print(build_shards(data=args.data, out=args.out, folds=args.folds, seed=args.seed, shard_mb=args.shard_mb,
@@ -66,6 +85,17 @@ def _tune(args):
 
 
 def _predict(args):
+    if args.runner:
+        from steel_tpu.beam.options import pipeline_options
+
+        pipeline_options(args.runner, args.pipeline_flags)
+        _quiet_beam(args)
+        from steel_tpu.beam.predict import predict as beam_predict
+
+        beam_predict(workdir=args.workdir, images=args.images, out=args.out, runner=args.runner,
+                     pipeline_flags=args.pipeline_flags, batch_size=args.batch_size, tta=args.tta,
+                     skip_bad=args.skip_bad, thresholds=args.thresholds, folds=args.folds)
+        return
     from steel_tpu.predict import predict
 
     device = None
@@ -159,6 +189,13 @@ def _add(sub, name, func, help_text, common):
     return p
 
 
+def _add_runner(p):
+    p.add_argument("--runner", default=None, metavar="RUNNER",
+                   help="run as an Apache Beam pipeline (the [beam] extra) on RUNNER: DirectRunner or PrismRunner on "
+                        "this machine, DataflowRunner on Google Cloud; any further --flag=value is a Beam pipeline "
+                        "option (e.g. --project, --region, --temp_location)")
+
+
 def _add_parsers(sub, common):
     p = _add(sub, "synth", _synth, "write the synthetic Severstal-like data set (Kaggle layout)", common)
     p.add_argument("--out", required=True, help="folder for train.csv, train_images/, test_images/, test_truth.csv")
@@ -186,6 +223,7 @@ def _add_parsers(sub, common):
     p.add_argument("--workers", type=_WORKERS, default=None, help="parallel workers (default: CPU cores)")
     p.add_argument("--overwrite", action="store_true", help="rebuild every shard instead of resuming")
     p.add_argument("--skip-bad", action="store_true", help="record bad images in the manifest and go on")
+    _add_runner(p)
 
     p = _add(sub, "verify", _verify, "re-read shards and check them against the manifest (and the source)", common)
     p.add_argument("--shards", required=True, help="the shard folder, local or gs://")
@@ -219,9 +257,10 @@ def _add_parsers(sub, common):
     p.add_argument("--thresholds", default=None, help="a thresholds.json (default: the workdir's, else defaults)")
     p.add_argument("--folds", type=fold_list, default=None, help="comma-separated fold models to use (default: all)")
     p.add_argument("--chunk-size", type=_POSITIVE_INT, default=1024,
-                   help="images per committed chunk (the resume unit)")
+                   help="images per committed chunk (the resume unit; single machine only)")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto: a TPU when the host shows one, else local GPUs, else the CPU")
+    _add_runner(p)
 
     p = _add(sub, "env", _env, "what this host has: TensorFlow, Keras, libtpu, devices, strategy, credentials, "
                                "presets that fit, problems", common)
@@ -252,8 +291,19 @@ def build_parser():
     return parser
 
 
+def parse(argv=None):
+    """The parsed command line; with --runner, the arguments this parser does not know are Beam pipeline options
+    (args.pipeline_flags, checked by Beam's own parser in steel_tpu.beam.options)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "runner", None):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.pipeline_flags = extra
+    return args
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     debug = getattr(args, "debug", False)
     verbose = getattr(args, "verbose", False)
     console.quiet_tensorflow(verbose=verbose)

@@ -193,7 +193,8 @@ def _run(dataset, *, predict_step, pp, assembler, total, progress):
     assembler.close()
 
 
-def _write_errors(out, bad):
+def write_errors(out, bad):
+    """OUT.errors.csv listing `bad` (image id, reason), or no such file when nothing was bad; returns its path."""
     path = errors_path(out)
     if not bad:
         storage.remove(path)
@@ -241,7 +242,7 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
          assembler=_Assembler(pending, writer=writer, after_chunk=_after_chunk),
          total=sum(c.size for c in pending), progress=progress)
     bad = [b for c in chunks for b in c.bad]
-    errors = _write_errors(out, bad)
+    errors = write_errors(out, bad)
     n_images = writer.finish(len(chunks))
     return _summary(out=out, images=n_images, bad=bad, errors=errors, resumed=len(done),
                     scored=sum(c.size for c in pending), seconds=time.perf_counter() - start,

@@ -65,6 +65,18 @@ def _part(out, index):
     return storage.join(parts_dir(out), f"part-{index:05d}.csv")
 
 
+HEADER = ",".join(SUBMISSION_COLUMNS) + "\n"
+
+
+def rows_text(rows):
+    """The CSV lines (no header) of `rows`, a list of (image id, one RLE per class): one line per image x class."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for image_id, rles in rows:
+        writer.writerows((image_id, rle, c) for c, rle in zip(CLASS_IDS, rles))
+    return buffer.getvalue()
+
+
 class ChunkedSubmission:
     """Part files of one plan: committed chunks survive a crash; a different plan starts over."""
 
@@ -92,17 +104,13 @@ class ChunkedSubmission:
 
     def commit(self, index, rows):
         """Write chunk `index`: `rows` is a list of (image id, one RLE per class)."""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
-        for image_id, rles in rows:
-            writer.writerows((image_id, rle, c) for c, rle in zip(CLASS_IDS, rles))
-        storage.write_text(_part(self.out, index), buffer.getvalue())
+        storage.write_text(_part(self.out, index), rows_text(rows))
 
     def finish(self, num_chunks):
         """Publish header + parts 0..num_chunks-1 as the final CSV (atomically), then drop the parts."""
         seen = set()
         with storage.atomic_write(self.out, "wb") as f:
-            f.write((",".join(SUBMISSION_COLUMNS) + "\n").encode())
+            f.write(HEADER.encode())
             for index in range(num_chunks):
                 data = storage.read_bytes(_part(self.out, index))
                 for row in csv.reader(io.StringIO(data.decode())):

@@ -54,7 +54,7 @@ def test_readme_commands_parse():
     assert len(commands) >= 12 and {args[0] for _, args in commands} == set(COMMANDS)
     for line, args in commands:
         try:
-            cli.build_parser().parse_args(args)
+            cli.parse(args)
         except SystemExit:
             pytest.fail(f"README command does not parse: {line}")
 

@@ -83,13 +83,28 @@ def plan_shards(source, *, folds, seed, shard_mb):
     return specs
 
 
-def build_shards(*, data, out, folds=5, seed=0, shard_mb=100.0, split="train", workers=None, overwrite=False,
-                 skip_bad=False, progress=True, _after_shard=None):
-    """Write the shards of `data` under `out` (local or gs://) and the manifest last; resume unless overwrite.
+@dataclass(frozen=True)
+class Build:
+    """A planned build whose output folder is claimed: what is kept from a previous run and what to write.
 
-    `_after_shard(n_written)` is a test hook run after each finished shard (to interrupt a build).
+    Planning is one global step (folds need every label); `todo` fans out to any writer (threads or Beam).
     """
-    start = time.perf_counter()
+
+    source: object
+    specs: tuple[ShardSpec, ...]
+    plan: dict  # the plan file's content: plan digest and every shard name this build may touch
+    done: dict  # {name: manifest entry} of shards intact from a previous run of the same plan
+    todo: tuple[ShardSpec, ...]
+    data: str
+    out: str
+    folds: int
+    seed: int
+    shard_mb: float
+
+
+def plan_build(*, data, out, folds=5, seed=0, shard_mb=100.0, split="train", workers=None, overwrite=False,
+               skip_bad=False):
+    """Scan and plan `data`, claim `out` (refusing foreign files) and record the plan there before any shard."""
     if not (math.isfinite(shard_mb) and shard_mb > 0) or (split == "train" and folds < 2):
         raise ValueError(f"need a finite shard_mb > 0 and folds >= 2, got shard_mb={shard_mb}, folds={folds}")
     outputs.check_folder(out)  # a file (or a path under one) as --out fails before the images are scanned
@@ -110,16 +125,50 @@ def build_shards(*, data, out, folds=5, seed=0, shard_mb=100.0, split="train", w
     _remove_stale(out, found, owned=_recorded(docs), keep=set() if overwrite else planned)
     done = {s.name: previous[s.name] for s in specs
             if s.name in previous and _intact(storage.join(out, s.name), previous[s.name])}
-    todo = [s for s in specs if s.name not in done]
-    _write_all(todo, done, source=source, out=out, plan=plan, workers=workers, progress=progress,
-               after_shard=_after_shard)
-    manifest = _manifest(source, specs, done, data=data, folds=folds, seed=seed, shard_mb=shard_mb,
-                         plan_sha256=plan_sha256)
-    _write_json(storage.join(out, MANIFEST), manifest)
-    storage.remove(storage.join(out, PLAN))
-    return Summary(out=str(out), images=manifest["records"], shards=len(specs), kept=len(specs) - len(todo),
-                   written_images=sum(len(s.image_ids) for s in todo), bytes=manifest["bytes"],
-                   skipped=len(source.skipped), seconds=time.perf_counter() - start)
+    return Build(source=source, specs=tuple(specs), plan=plan, done=done,
+                 todo=tuple(s for s in specs if s.name not in done), data=str(data), out=str(out), folds=folds,
+                 seed=seed, shard_mb=shard_mb)
+
+
+def write_shard(spec, *, build):
+    """Write one planned shard of `build` (atomically) and return its manifest entry: the unit a worker runs."""
+    return _write_shard(spec, source=build.source, out=build.out, on_image=lambda: None, stop=threading.Event())
+
+
+def finish_build(build, written):
+    """Write the manifest (last) from the kept and `written` manifest entries, drop the plan; returns it."""
+    done = {**build.done, **{e["name"]: e for e in written}}
+    missing = [s.name for s in build.specs if s.name not in done]
+    if missing:
+        raise RuntimeError(f"{build.out}: {len(missing)} planned shard(s) were not written, e.g. {missing[0]}")
+    manifest = _manifest(build.source, build.specs, done, data=build.data, folds=build.folds, seed=build.seed,
+                         shard_mb=build.shard_mb, plan_sha256=build.plan["plan_sha256"])
+    _write_json(storage.join(build.out, MANIFEST), manifest)
+    storage.remove(storage.join(build.out, PLAN))
+    return manifest
+
+
+def summarize(build, manifest, *, seconds):
+    return Summary(out=build.out, images=manifest["records"], shards=len(build.specs), kept=len(build.done),
+                   written_images=sum(len(s.image_ids) for s in build.todo), bytes=manifest["bytes"],
+                   skipped=len(build.source.skipped), seconds=seconds)
+
+
+def build_shards(*, data, out, folds=5, seed=0, shard_mb=100.0, split="train", workers=None, overwrite=False,
+                 skip_bad=False, progress=True, _after_shard=None):
+    """Write the shards of `data` under `out` (local or gs://) and the manifest last; resume unless overwrite.
+
+    `_after_shard(n_written)` is a test hook run after each finished shard (to interrupt a build).
+    """
+    start = time.perf_counter()
+    workers = workers or os.cpu_count()
+    build = plan_build(data=data, out=out, folds=folds, seed=seed, shard_mb=shard_mb, split=split,
+                       workers=workers, overwrite=overwrite, skip_bad=skip_bad)
+    done = dict(build.done)
+    _write_all(build.todo, done, source=build.source, out=build.out, plan=build.plan, workers=workers,
+               progress=progress, after_shard=_after_shard)
+    manifest = finish_build(build, list(done.values()))
+    return summarize(build, manifest, seconds=time.perf_counter() - start)
 
 
 def _write_all(todo, done, *, source, out, plan, workers, progress, after_shard):

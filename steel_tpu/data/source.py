@@ -39,10 +39,10 @@ def scan(data, *, split, workers, skip_bad):
                           + (f" and no rows in {csv_path}" if csv_path else ""))
     problems = {i: f"listed in {csv_path} but missing from {images_dir}" for i in listed if i not in found}
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        checks = dict(zip(found, pool.map(_check_jpeg, found.values())))
+        checks = dict(zip(found, pool.map(check_jpeg, found.values())))
     problems.update((i, problem) for i, (problem, _) in checks.items() if problem)
     if problems and not skip_bad:
-        raise SourceError(_describe(problems, data))
+        raise SourceError(describe_bad(problems, data))
     good = sorted(i for i in found if i not in problems)
     return Source(
         split=split,
@@ -87,7 +87,7 @@ def list_jpegs(folder):
     return {n: storage.join(folder, n) for n in sorted(storage.list_files(folder)) if is_jpeg_name(n)}
 
 
-def _check_jpeg(path):
+def check_jpeg(path):
     """(problem or None, byte size) of one image file, decoded the way the pipeline decodes it."""
     # Imported here: listing images (evaluate, locate) must not load TensorFlow; checking them does.
     from steel_tpu.data import jpeg_check
@@ -96,6 +96,8 @@ def _check_jpeg(path):
     return jpeg_check.problem(data), len(data)
 
 
-def _describe(problems, data):
+
+
+def describe_bad(problems, data):
     lines = "; ".join(f"{i}: {reason}" for i, reason in sorted(problems.items()))
     return f"{len(problems)} bad image(s) in {data} (use --skip-bad to leave them out): {lines}"

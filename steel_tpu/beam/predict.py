@@ -1,0 +1,149 @@
+"""Batch scoring on Beam: list a JPEG folder, check and decode each image, run the fold ensemble with RunInference,
+then the single-machine post-processing, RLE and CSV layout (steel_tpu.predict, steel_tpu.submission_writer).
+
+The submission is written once, sorted by image id, so it is byte-identical to `steel-tpu predict` on the same
+images; bad images follow the same rules (an error naming every one, or with --skip-bad empty rows plus
+OUT.errors.csv).
+"""
+
+import time
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
+
+from steel_tpu import distribute, ensemble, step, storage
+from steel_tpu.beam.options import pipeline_options
+from steel_tpu.data import decode, source
+from steel_tpu.kaggle import EMPTY
+from steel_tpu.predict import load_thresholds, submitted_rles, write_errors
+from steel_tpu.submission_writer import HEADER, rows_text
+from steel_tpu.workdir import Workdir
+
+_METRICS = "steel_tpu.predict"
+
+
+class EnsembleHandler(ModelHandler):
+    """Decoded luma planes -> the fold ensemble's full-resolution masks, areas (and gate probabilities) per image.
+
+    The model is the single-machine predict step (ensemble.make_forward under the worker's strategy); batches are
+    padded to `batch_size` as the single-machine input pipeline pads them, so each worker compiles one shape.
+    """
+
+    def __init__(self, *, workdir, folds, gate, pixel_threshold, tta, batch_size, image_size, jit_compile):
+        super().__init__()
+        self.workdir, self.folds, self.gate, self.tta = workdir, folds, gate, tta
+        self.pixel_threshold, self.batch_size, self.image_size = pixel_threshold, batch_size, image_size
+        self.jit_compile = jit_compile
+
+    def load_model(self):
+        device = distribute.select_strategy(verbose=False)
+        distribute.set_precision(device.kind, gpu_float16=Workdir(self.workdir).config().gpu_float16)
+        distribute.per_replica_batch_size(device, self.batch_size)
+        ens = ensemble.load(self.workdir, strategy=device.strategy, folds=self.folds,
+                            tasks=("classify", "segment") if self.gate else ("segment",))
+        forward = ensemble.make_forward(ens, pixel_threshold=self.pixel_threshold, tta=self.tta)
+        return step.make_predict_step(forward=forward, strategy=device.strategy,
+                                      jit_compile=distribute.use_xla(device, self.jit_compile))
+
+    def run_inference(self, batch, model, inference_args=None):
+        grays = np.stack(batch)
+        padded = np.concatenate([grays, np.zeros((self.batch_size - len(batch), *grays.shape[1:]), grays.dtype)])
+        outputs = model(decode.to_images(padded, image_size=self.image_size).numpy())
+        return [{k: v[i] for k, v in outputs.items()} for i in range(len(batch))]
+
+    def batch_elements_kwargs(self):
+        return {"min_batch_size": self.batch_size, "max_batch_size": self.batch_size}
+
+    def get_num_bytes(self, batch):
+        return sum(a.nbytes for a in batch)
+
+
+def _list_images(images):
+    """(image id, path) of every .jpg in the folder, as single-machine predict finds them (a literal listing)."""
+    _, _, found, _ = source.locate(images, split="test")
+    return sorted(found.items())
+
+
+def _check(item):
+    image_id, path = item
+    problem, _ = source.check_jpeg(path)
+    return image_id, path, problem
+
+
+def _decode(item, *, image_size):
+    image_id, path, _ = item
+    return image_id, decode.decode_gray(storage.read_bytes(path), image_size=image_size).numpy()
+
+
+def _rles(item, *, pp):
+    image_id, out = item
+    probs = out["probs"][None] if "probs" in out else None
+    return image_id, submitted_rles(out["masks"][None], out["areas"][None], probs, pp=pp)[0]
+
+
+def _write(rows, *, bad, images, out, skip_bad):
+    """The submission (every image x class, sorted by id) and OUT.errors.csv: once, after every image is in."""
+    bad = sorted(bad)
+    if bad and not skip_bad:
+        raise source.SourceError(source.describe_bad(dict(bad), images))
+    if not rows:
+        images_dir = source.locate(images, split="test")[0]
+        raise source.SourceError(f"{images}: empty source, no .jpg files in {images_dir}")
+    write_errors(out, bad)
+    with storage.atomic_write(out, "wb") as f:
+        f.write((HEADER + rows_text(sorted(rows))).encode())
+    beam.metrics.Metrics.counter(_METRICS, "images").inc(len(rows))
+    beam.metrics.Metrics.counter(_METRICS, "bad").inc(len(bad))
+
+
+def predict(*, workdir, images, out, runner, pipeline_flags=(), batch_size=None, tta=False, skip_bad=False,
+            thresholds=None, folds=None, jit_compile=None):
+    """`steel-tpu predict` on `runner`: the same submission CSV and errors file; returns a summary dict."""
+    start = time.perf_counter()
+    options = pipeline_options(runner, pipeline_flags)
+    wd = Workdir(workdir)
+    cfg = wd.config()
+    pp, pp_from = load_thresholds(workdir, thresholds)
+    if pp.gate and not wd.completed_folds("classify"):
+        raise FileNotFoundError(f"{pp_from} gates on a classifier, but {workdir} has no completed classify folds")
+    if not wd.completed_folds("segment"):
+        raise FileNotFoundError(f"{workdir}: no completed segment folds (segment/fold*/done.json): "
+                                "nothing to predict with")
+    size = (cfg.segment.data.image_height, cfg.segment.data.image_width)
+    handler = EnsembleHandler(workdir=str(workdir), folds=folds, gate=bool(pp.gate), tta=tta,
+                              pixel_threshold=pp.pixel_threshold, batch_size=batch_size or cfg.segment.data.batch_size,
+                              image_size=size, jit_compile=jit_compile)
+    p = beam.Pipeline(options=options)
+    checked = (p
+               | "Folder" >> beam.Create([str(images)])
+               | "List" >> beam.FlatMap(_list_images)
+               | "Spread" >> beam.Reshuffle()  # the listing is one element: spread its images over workers
+               | "Check" >> beam.Map(_check))
+    bad = (checked
+           | "Bad" >> beam.Filter(lambda c: c[2] is not None)
+           | "Reason" >> beam.Map(lambda c: (c[0], c[2])))
+    scored = (checked
+              | "Good" >> beam.Filter(lambda c: c[2] is None)
+              | "Decode" >> beam.Map(_decode, image_size=size)
+              | "Ensemble" >> RunInference(KeyedModelHandler(handler))
+              | "PostProcess" >> beam.Map(_rles, pp=pp))
+    empty = bad | "Empty" >> beam.Map(lambda b: (b[0], EMPTY))
+    _ = ((scored, empty)
+         | "Rows" >> beam.Flatten()
+         | "All" >> beam.combiners.ToList()
+         | "Write" >> beam.Map(_write, bad=beam.pvalue.AsList(bad), images=str(images), out=str(out),
+                               skip_bad=skip_bad))
+    result = p.run()
+    result.wait_until_finish()
+    counters = {c.key.metric.name: c.committed for c in result.metrics().query()["counters"]
+                if c.key.metric.namespace == _METRICS}
+    seconds = time.perf_counter() - start
+    images_n, bad_n = counters.get("images", 0), counters.get("bad", 0)
+    summary = {"out": str(out), "images": images_n, "skipped": bad_n,
+               "errors": str(out) + ".errors.csv" if bad_n else None, "seconds": round(seconds, 2),
+               "images_per_s": round((images_n - bad_n) / seconds, 2), "thresholds": pp_from, "tta": tta,
+               "runner": runner}
+    print(f"predict ({runner}): {images_n} images ({bad_n} skipped as bad), {images_n - bad_n} scored in "
+          f"{seconds:.1f}s ({summary['images_per_s']} images/s) -> {out}")
+    return summary
