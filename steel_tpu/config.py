@@ -66,6 +66,10 @@ class AugmentConfig:
     cutout: int = 0  # number of zeroed boxes per image; 0 = off
     cutout_size: tuple[int, int] = (32, 32)  # (height, width) of each box
     label_from_crop: bool = True  # classifier labels from the augmented (cropped) mask
+    # Probability that an image with a defect is cropped around one of its defect pixels (0: uniform crops).
+    defect_crop_prob: float = 0.0
+    # Relative chance of each class being the one the crop centres on, among the classes the image has.
+    defect_crop_weights: tuple = (1.0,) * NUM_CLASSES
 
     def __post_init__(self):
         fields.check(self)
@@ -74,6 +78,12 @@ class AugmentConfig:
         require(0.0 <= self.gamma < 1.0, f"gamma={self.gamma!r}: must be in [0, 1) (the exponent must stay > 0)")
         require(self.cutout >= 0, f"cutout={self.cutout!r}: must be >= 0")
         require(min(self.cutout_size) > 0, f"cutout_size={self.cutout_size!r}: must be two positive ints (h, w)")
+        unit(self, "defect_crop_prob")
+        require(len(self.defect_crop_weights) == NUM_CLASSES
+                and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0
+                        for w in self.defect_crop_weights),
+                f"defect_crop_weights={self.defect_crop_weights!r}: must be {NUM_CLASSES} numbers > 0")
+        object.__setattr__(self, "defect_crop_weights", tuple(float(w) for w in self.defect_crop_weights))
 
 
 @dataclass
