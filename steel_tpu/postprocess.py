@@ -62,35 +62,54 @@ def gate_kept(class_probs, gate):
 
 @dataclass(frozen=True)
 class PostProcess:
-    """Probability maps -> submitted masks: per-class pixel threshold, minimum area and classifier gate.
+    """Probability maps -> submitted masks: per-class pixel threshold, minimum component size, minimum area and
+    classifier gate, in that order.
 
     `gate` is () for none, (t,) for a binary head (p_any < t empties the whole image), or one threshold per
     class for a multilabel head. `tune` chooses these on out-of-fold data with the same rules (levels,
-    area_kept, gate_kept) that `predict` applies: `to_masks` on the device, then `keep` on the host.
+    area_kept, gate_kept) that `predict` applies: `to_masks` on the device, then on the host `filter` (only
+    when a min_component is set: 8-connected components under it are dropped, and areas are counted after) and
+    `keep`.
     """
 
     pixel_threshold: tuple = (0.5,) * NUM_CLASSES
     min_area: tuple = (0,) * NUM_CLASSES
     gate: tuple = ()
+    min_component: tuple = (0,) * NUM_CLASSES  # full-resolution pixels; 0: no component filtering
 
     def __post_init__(self):
         object.__setattr__(self, "pixel_threshold", tuple(float(t) for t in self.pixel_threshold))
         object.__setattr__(self, "min_area", tuple(int(a) for a in self.min_area))
         object.__setattr__(self, "gate", tuple(float(t) for t in self.gate))
-        if len(self.pixel_threshold) != NUM_CLASSES or len(self.min_area) != NUM_CLASSES:
-            raise ValueError(f"PostProcess needs {NUM_CLASSES} pixel thresholds and min areas, got {self}")
+        object.__setattr__(self, "min_component", tuple(int(a) for a in self.min_component))
+        if NUM_CLASSES != len(self.pixel_threshold) or {len(self.min_area), len(self.min_component)} != {NUM_CLASSES}:
+            raise ValueError(f"PostProcess needs {NUM_CLASSES} pixel thresholds, min areas and min components, "
+                             f"got {self}")
         levels(self.pixel_threshold)
-        if min(self.min_area) < 0:
-            raise ValueError(f"PostProcess.min_area must be >= 0, got {self.min_area}")
+        if min(self.min_area) < 0 or min(self.min_component) < 0:
+            raise ValueError(f"PostProcess.min_area and min_component must be >= 0, got {self}")
         if len(self.gate) not in (0, 1, NUM_CLASSES) or not all(0.0 <= t <= 1.0 for t in self.gate):
             raise ValueError(f"PostProcess.gate must be (), one or {NUM_CLASSES} values in 0..1, got {self.gate}")
 
     @classmethod
     def from_dict(cls, d):
-        return cls(**{k: d[k] for k in ("pixel_threshold", "min_area", "gate") if k in d})
+        # Thresholds files from before component filtering have no min_component: none.
+        return cls(**{k: d[k] for k in ("pixel_threshold", "min_area", "gate", "min_component") if k in d})
 
     def to_dict(self):
         return {k: list(v) for k, v in asdict(self).items()}
+
+    @property
+    def filters_components(self):
+        return any(self.min_component)
+
+    def filter(self, masks, *, scale=1):
+        """(bool masks [N, H, W, C] without components under min_component, int64 [N, C] full-resolution areas)
+        of masks at full resolution / `scale` (tune scores OOF maps with scale 4)."""
+        from steel_tpu import components  # scipy only when filtering
+
+        masks = components.remove_small(masks, components.scaled(self.min_component, scale=scale))
+        return masks, masks.sum(axis=(1, 2), dtype=np.int64) * scale ** 2
 
     def keep(self, areas, class_probs=None):
         """bool [N, C]: which thresholded masks (full-resolution pixel counts `areas`) are submitted."""

@@ -136,14 +136,17 @@ def submitted_rles(masks, areas, class_probs, *, pp):
 
 
 def _host_work(batch, outputs, *, pp, assembler, bar, failed):
-    """Min areas, gate, RLE encoding and assembly of one device batch (runs in the worker thread)."""
+    """Component filtering, min areas, gate, RLE encoding and assembly of one device batch (runs in the worker thread)."""
     if failed.is_set():
         return  # an earlier batch failed: its chunk is incomplete, so nothing after it may be committed
     try:
         valid = slice(None) if batch["valid"].all() else batch["valid"]  # no copy of full batches' masks
         probs = outputs["probs"][valid] if "probs" in outputs else None
         ids = [i.decode() for i in batch["image_id"][valid]]
-        assembler.add(ids, submitted_rles(outputs["masks"][valid], outputs["areas"][valid], probs, pp=pp))
+        masks, areas = outputs["masks"][valid], outputs["areas"][valid]
+        if pp.filters_components:
+            masks, areas = pp.filter(masks)
+        assembler.add(ids, submitted_rles(masks, areas, probs, pp=pp))
         bar.update(len(ids))
     except BaseException:
         failed.set()

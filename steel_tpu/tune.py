@@ -219,15 +219,23 @@ def load_plot_data(folder):
     return data
 
 
-def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_grid=GATE_GRID, plots=True):
+def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_grid=GATE_GRID, plots=True,
+         component_grid=(0,)):
     """Write `thresholds.json` and tune/'s plot data (and PNGs with `plots`) into the workdir `out` (default:
-    `workdir`); returns the content of thresholds.json."""
+    `workdir`); returns the content of thresholds.json. `component_grid` (full-resolution pixels, e.g.
+    tune_components.COMPONENT_GRID) adds a second stage choosing a minimum component size per class."""
     target = Workdir(out or workdir)
     stats = collect(workdir)
     tables, kind, gates = search_tables(stats, pixel_grid=pixel_grid, area_grid=area_grid, gate_grid=gate_grid)
     chosen = choose(stats, tables, kind=kind, gates=gates, pixel_grid=pixel_grid, area_grid=area_grid)
     before = dice_of(stats, postprocess.PostProcess())
-    after = dice_of(stats, chosen)
+    if any(component_grid):
+        from steel_tpu import tune_components  # scipy only for this stage
+
+        chosen, after, _ = tune_components.refine(workdir, stats, chosen, component_grid=component_grid,
+                                                  area_grid=area_grid)
+    else:
+        after = dice_of(stats, chosen)
     result = {
         **chosen.to_dict(),
         "gate_head": kind,
@@ -237,7 +245,8 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
         "n_images": int(len(stats.image_ids)),
         "folds": list(stats.folds),
         "oof_scale": stats.scale,
-        "grid": {"pixel_threshold": list(pixel_grid), "min_area": list(area_grid), "gate": list(gates)},
+        "grid": {"pixel_threshold": list(pixel_grid), "min_area": list(area_grid), "gate": list(gates),
+                 "min_component": list(component_grid)},
     }
     target.save_thresholds(result)
     data = plot_data(stats, tables, chosen, kind=kind, gates=gates, pixel_grid=pixel_grid, area_grid=area_grid)
@@ -248,5 +257,5 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
         tune_plots.write_all(target.tune_dir(), data)
     print(f"tune: OOF dice {result['dice_before']['mean']:.4f} -> {result['dice_after']['mean']:.4f} on "
           f"{result['n_images']} images (folds {list(stats.folds)}); pixel {list(chosen.pixel_threshold)}, "
-          f"min area {list(chosen.min_area)}, gate {list(chosen.gate) or 'none'} -> {target.thresholds_path()}")
+          f"min area {list(chosen.min_area)}, min component {list(chosen.min_component)}, gate {list(chosen.gate) or 'none'} -> {target.thresholds_path()}")
     return result

@@ -1,5 +1,6 @@
 """Threshold tuning: the vectorised search against brute force, planted effects, files written, a trained workdir."""
 
+import dataclasses
 import itertools
 import os
 
@@ -215,3 +216,35 @@ def test_tune_on_a_trained_workdir(trained_workdir, tmp_path):
     assert result["n_images"] == 48 and result["folds"] == [0, 1] and result["gate_head"] == "multilabel"
     assert result["dice_after"]["mean"] >= result["dice_before"]["mean"]
     assert Workdir(tmp_path).thresholds() == result
+
+
+def _oof_dice_with_components(oof, pp):
+    """Like _oof_dice_direct, with pp's component filter applied to the OOF masks (sizes scaled by SCALE**2)."""
+    q, truth, probs = oof
+    masks, areas = pp.filter(postprocess.binarize(q, pp.pixel_threshold), scale=SCALE)
+    masks &= pp.keep(areas, probs)[:, None, None, :]
+    return metrics.dice_matrix(masks, truth)
+
+
+@pytest.mark.parametrize("classifier", ["binary", "multilabel", None])
+def test_component_stage_is_the_brute_force_optimum_and_removes_specks_on_defective_images(tmp_path, classifier):
+    from steel_tpu import tune_components
+
+    work = str(tmp_path)
+    _write_workdir(work, n=20, seed=4, speck_prob=0.8, classifier=classifier)
+    sizes, areas = (0, 128, 320, 1024), (0, 300, 3000)
+    result = tune.tune(workdir=work, area_grid=areas, component_grid=sizes, plots=False)
+    pp, oof = postprocess.PostProcess.from_dict(result), _load_oof(work)
+    assert result["grid"]["min_component"] == list(sizes)
+    # Reported Dice == direct post-processing of the OOF maps with the chosen components, areas and gate.
+    direct = _oof_dice_with_components(oof, pp)
+    assert result["dice_after"]["per_class"] == pytest.approx(direct.mean(axis=0).tolist(), abs=1e-12)
+    # Brute force over (component size, area) per class at the chosen thresholds and gate.
+    best = np.max([_oof_dice_with_components(oof, dataclasses.replace(pp, min_component=[s] * 4, min_area=[a] * 4))
+                   .mean(axis=0) for s in sizes for a in areas], axis=0)
+    np.testing.assert_allclose(direct.mean(axis=0), best, atol=1e-12)
+    # Specks (256 px) also sit on defective images, where only a component filter removes them.
+    assert all(256 < s for s in pp.min_component), pp.min_component
+    plain = tune.tune(workdir=work, out=str(tmp_path / "plain"), area_grid=areas, plots=False)
+    assert result["dice_after"]["mean"] > plain["dice_after"]["mean"] + 0.005
+    assert tune_components.COMPONENT_GRID[0] == 0
