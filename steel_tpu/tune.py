@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from steel_tpu import postprocess, storage
+from steel_tpu import postprocess, storage, tune_checks
 from steel_tpu.constants import HEIGHT, NUM_CLASSES
 from steel_tpu.workdir import Workdir
 
@@ -38,6 +38,17 @@ class OofStats:
     class_probs: np.ndarray | None  # float32 [N, heads] out-of-fold classifier probabilities, or None
     scale: int  # OOF maps are full resolution / scale: one OOF pixel stands for scale**2 pixels
     folds: tuple
+    fold_of: np.ndarray  # int [N]: the fold each image was held out in
+
+    def subset(self, rows):
+        """These statistics restricted to the images `rows` (a bool [N] or index array)."""
+        def take(x):
+            return None if x is None else x[rows]
+
+        return OofStats(image_ids=take(self.image_ids), at_least=take(self.at_least),
+                        truth_at_least=take(self.truth_at_least), truth_area=take(self.truth_area),
+                        dice_full=take(self.dice_full), class_probs=take(self.class_probs), scale=self.scale,
+                        folds=tuple(sorted(set(take(self.fold_of).tolist()))), fold_of=take(self.fold_of))
 
     def counts(self, thresholds):
         """(predicted pixels, intersection with truth) [N, C, K] at pixel thresholds [C, K] (or [K] for all)."""
@@ -113,7 +124,8 @@ def collect(work):
         print(f"tune: no classifier gate ({why})")
     return OofStats(image_ids=image_ids, at_least=np.concatenate(at_least),
                     truth_at_least=np.concatenate(truth_at_least), truth_area=np.concatenate(area),
-                    dice_full=np.concatenate(dice), class_probs=class_probs, scale=scales.pop(), folds=tuple(folds))
+                    dice_full=np.concatenate(dice), class_probs=class_probs, scale=scales.pop(), folds=tuple(folds),
+                    fold_of=np.repeat(folds, [len(i) for i in ids]))
 
 
 def _dice(inter, pred, truth):
@@ -226,8 +238,17 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
     tune_components.COMPONENT_GRID) adds a second stage choosing a minimum component size per class."""
     target = Workdir(out or workdir)
     stats = collect(workdir)
-    tables, kind, gates = search_tables(stats, pixel_grid=pixel_grid, area_grid=area_grid, gate_grid=gate_grid)
-    chosen = choose(stats, tables, kind=kind, gates=gates, pixel_grid=pixel_grid, area_grid=area_grid)
+
+    def first_stage(subset, pixels):
+        tables, kind, gates = search_tables(subset, pixel_grid=pixels, area_grid=area_grid, gate_grid=gate_grid)
+        pp = choose(subset, tables, kind=kind, gates=gates, pixel_grid=pixels, area_grid=area_grid)
+        return pp, tables, kind, gates
+
+    chosen, tables, kind, gates = first_stage(stats, pixel_grid)
+    wider = tune_checks.extend_pixel_grid(pixel_grid, chosen.pixel_threshold)
+    if wider != tuple(pixel_grid):  # a threshold on the grid's edge: search again with the grid extended
+        pixel_grid = wider
+        chosen, tables, kind, gates = first_stage(stats, pixel_grid)
     before = dice_of(stats, postprocess.PostProcess())
     if any(component_grid):
         from steel_tpu import tune_components  # scipy only for this stage
@@ -236,6 +257,9 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
                                                   area_grid=area_grid)
     else:
         after = dice_of(stats, chosen)
+    warnings = tune_checks.edge_warnings(chosen, pixel_grid=pixel_grid, area_grid=area_grid, gate_grid=gates,
+                                         component_grid=component_grid)
+    stability = tune_checks.fold_stability(stats, after, choose_on=lambda subset: first_stage(subset, pixel_grid)[0])
     result = {
         **chosen.to_dict(),
         "gate_head": kind,
@@ -247,6 +271,8 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
         "oof_scale": stats.scale,
         "grid": {"pixel_threshold": list(pixel_grid), "min_area": list(area_grid), "gate": list(gates),
                  "min_component": list(component_grid)},
+        "warnings": warnings,
+        "fold_stability": stability,
     }
     target.save_thresholds(result)
     data = plot_data(stats, tables, chosen, kind=kind, gates=gates, pixel_grid=pixel_grid, area_grid=area_grid)
@@ -257,5 +283,10 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
         tune_plots.write_all(target.tune_dir(), data)
     print(f"tune: OOF dice {result['dice_before']['mean']:.4f} -> {result['dice_after']['mean']:.4f} on "
           f"{result['n_images']} images (folds {list(stats.folds)}); pixel {list(chosen.pixel_threshold)}, "
-          f"min area {list(chosen.min_area)}, min component {list(chosen.min_component)}, gate {list(chosen.gate) or 'none'} -> {target.thresholds_path()}")
+          f"min area {list(chosen.min_area)}, min component {list(chosen.min_component)}, "
+          f"gate {list(chosen.gate) or 'none'} -> {target.thresholds_path()}")
+    for line in tune_checks.describe(stability):
+        print(f"tune: {line}")
+    for line in warnings:
+        print(f"tune: WARNING {line}")
     return result

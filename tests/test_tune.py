@@ -248,3 +248,34 @@ def test_component_stage_is_the_brute_force_optimum_and_removes_specks_on_defect
     plain = tune.tune(workdir=work, out=str(tmp_path / "plain"), area_grid=areas, plots=False)
     assert result["dice_after"]["mean"] > plain["dice_after"]["mean"] + 0.005
     assert tune_components.COMPONENT_GRID[0] == 0
+
+
+def test_edge_choices_extend_the_pixel_grid_or_are_warned_about(tmp_path, capsys):
+    work = str(tmp_path)
+    _write_workdir(work, n=20, seed=6, classifier=None)
+    # Truth pixels sit near 0.45..0.9, background near 0.1: the best threshold is above 0.35, and the 256 px
+    # specks survive every area of this grid.
+    result = tune.tune(workdir=work, pixel_grid=(0.3, 0.35), area_grid=(0, 100), plots=False)
+    assert result["grid"]["pixel_threshold"][-1] == 0.95 and result["grid"]["pixel_threshold"][:2] == [0.3, 0.35]
+    assert all(t > 0.35 for t in result["pixel_threshold"]), result["pixel_threshold"]
+    expected = [f"class {c + 1}: pixel_threshold 0.95" for c, t in enumerate(result["pixel_threshold"]) if t == 0.95]
+    expected += [f"class {c + 1}: min_area 100" for c, a in enumerate(result["min_area"]) if a == 100]
+    assert expected and sorted(w.split(" is at")[0] for w in result["warnings"]) == sorted(expected)
+    assert Workdir(work).thresholds()["warnings"] == result["warnings"]
+    assert f"WARNING {result['warnings'][0]}" in capsys.readouterr().out
+
+
+def test_fold_stability_is_each_fold_tuned_alone_and_the_overall_dice_per_fold(tmp_path):
+    both, alone = str(tmp_path / "both"), str(tmp_path / "alone")
+    _write_workdir(both, n=20, seed=7)
+    _write_workdir(alone, n=20, seed=7, folds=(0,))  # the same fold-0 data: it is generated first
+    result, fold0 = tune.tune(workdir=both, plots=False), tune.tune(workdir=alone, plots=False)
+    stability = result["fold_stability"]
+    own = stability["per_fold"]["0"]
+    assert own["pixel_threshold"] == fold0["pixel_threshold"] and own["min_area"] == fold0["min_area"]
+    direct = _oof_dice_direct(_load_oof(both), postprocess.PostProcess.from_dict(result))
+    for k, fold in enumerate(("0", "1")):
+        assert stability["per_fold"][fold]["dice"] == pytest.approx(direct[k * 20:(k + 1) * 20].mean(axis=0), abs=1e-12)
+    dice = np.array([f["dice"] for f in stability["per_fold"].values()])
+    assert stability["spread"]["dice"] == pytest.approx(dice.max(axis=0) - dice.min(axis=0))
+    assert Workdir(both).thresholds()["fold_stability"] == stability
