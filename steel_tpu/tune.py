@@ -193,6 +193,13 @@ def choose(stats, tables, *, kind, gates, pixel_grid=PIXEL_GRID, area_grid=AREA_
         gate=() if not any(gate) else gate)  # a gate of 0 passes everything: predict then skips the classifiers
 
 
+def _hit_rate(stats, dice):
+    """Per class: the share of images with that defect whose submitted mask overlaps it (Dice > 0); None when no
+    image has the class."""
+    has = stats.truth_area > 0
+    return [float((dice[has[:, c], c] > 0).mean()) if has[:, c].any() else None for c in range(NUM_CLASSES)]
+
+
 def _summary(dice):
     return {"mean": float(dice.mean()), "per_class": [float(d) for d in dice.mean(axis=0)]}
 
@@ -266,6 +273,10 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
         "dice_before": _summary(before),
         "dice_after": _summary(after),
         "dice_before_full_resolution": _summary(stats.dice_full),
+        # What a class is worth when never predicted, and how often its defects are found at all: a Dice near the
+        # all-empty one with a hit rate near 0 is a class not learned, however high the Dice.
+        "dice_all_empty": _summary((stats.truth_area == 0).astype(np.float64)),
+        "defect_hit_rate": _hit_rate(stats, after),
         "n_images": int(len(stats.image_ids)),
         "folds": list(stats.folds),
         "oof_scale": stats.scale,

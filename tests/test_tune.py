@@ -279,3 +279,12 @@ def test_fold_stability_is_each_fold_tuned_alone_and_the_overall_dice_per_fold(t
     dice = np.array([f["dice"] for f in stability["per_fold"].values()])
     assert stability["spread"]["dice"] == pytest.approx(dice.max(axis=0) - dice.min(axis=0))
     assert Workdir(both).thresholds()["fold_stability"] == stability
+
+
+def test_class_diagnosis_beside_the_dice(tuned):
+    work, result = tuned
+    truth = _load_oof(work)[1]
+    has = truth.any(axis=(1, 2))
+    assert result["dice_all_empty"]["per_class"] == pytest.approx((~has).mean(axis=0).tolist())
+    direct = _oof_dice_direct(_load_oof(work), postprocess.PostProcess.from_dict(result))
+    assert result["defect_hit_rate"] == pytest.approx([(direct[has[:, c], c] > 0).mean() for c in range(4)])
