@@ -215,7 +215,7 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
     wd = Workdir(workdir)
     cfg = wd.config()
     pp, pp_from = load_thresholds(workdir, thresholds)
-    if pp.gate and not wd.completed_folds("classify"):
+    if pp.needs_classifier and not wd.completed_folds("classify"):
         raise FileNotFoundError(f"{pp_from} gates on a classifier, but {workdir} has no completed classify folds")
     chunks = plan_chunks(images, chunk_size=chunk_size, skip_bad=skip_bad)  # bad input fails before model builds
     device = device or distribute.select_strategy()
@@ -224,13 +224,13 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
     distribute.per_replica_batch_size(device, batch_size)
     # The classifiers only gate: without a gate they would cost device time and change nothing.
     ens = ensemble.load(workdir, strategy=device.strategy, folds=folds,
-                        tasks=("classify", "segment") if pp.gate else ("segment",))
+                        tasks=("classify", "segment") if pp.needs_classifier else ("segment",))
     writer = ChunkedSubmission(out, plan={
         "chunks": [[list(c.inputs), c.image_ids, c.size] for c in chunks], "models": ens.identity,
         "postprocess": pp.to_dict(), "tta": tta, "segment_size": list(ens.segment_size)})
     done = writer.committed()
     pending = [c for c in chunks if c.index not in done]
-    forward = ensemble.make_forward(ens, pixel_threshold=pp.pixel_threshold, tta=tta)
+    forward = ensemble.make_forward(ens, pixel_threshold=pp.pixel_threshold, tta=tta, soft_gate=pp.soft_gate)
     predict_step = step.make_predict_step(forward=forward, strategy=device.strategy,
                                           jit_compile=distribute.use_xla(device, jit_compile))
     _run(_dataset(pending, image_size=ens.segment_size, batch_size=batch_size), predict_step=predict_step, pp=pp,

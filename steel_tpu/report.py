@@ -187,10 +187,10 @@ def _tune_section(work, result):
                          f"mean Dice {before['mean']:.4f} at 0.5 → {after['mean']:.4f} tuned.</p>")
     empty = (result.get("dice_all_empty") or {}).get("per_class", ["-"] * NUM_CLASSES)
     hits = result.get("defect_hit_rate") or ["-"] * NUM_CLASSES
-    section.table(["", "pixel threshold", "min area (px)", "min component (px)", "gate", "Dice at 0.5", "Dice tuned",
+    section.table(["", "pixel threshold", "min area (px)", "min component (px)", "gate", "soft gate k", "Dice at 0.5", "Dice tuned",
                    "Dice all-empty", "defect images hit"],
                   [[f"class {CLASS_IDS[c]}", pp.pixel_threshold[c], pp.min_area[c], pp.min_component[c],
-                    _gate_text(pp.gate, c), before["per_class"][c], after["per_class"][c], empty[c],
+                    _gate_text(pp.gate, c), pp.soft_gate[c] if pp.soft_gate else "-", before["per_class"][c], after["per_class"][c], empty[c],
                     "-" if hits[c] is None else hits[c]] for c in range(NUM_CLASSES)])
     for warning in result.get("warnings", []):
         section.note(f"Warning: {warning}.")

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from steel_tpu import postprocess, storage, tune_checks
+from steel_tpu import postprocess, storage, tune_checks, tune_soft
 from steel_tpu.constants import HEIGHT, NUM_CLASSES
 from steel_tpu.workdir import Workdir
 
@@ -135,7 +135,7 @@ def _dice(inter, pred, truth):
 
 def dice_of(stats, pp):
     """float64 [N, C] OOF Dice of the post-processing `pp` (areas at full resolution = OOF pixels * scale**2)."""
-    pred, inter = (x[:, :, 0] for x in stats.counts(np.asarray(pp.pixel_threshold)[:, None]))
+    pred, inter = tune_soft.counts_at(stats, pp.image_levels(stats.class_probs, n=len(stats.image_ids)))
     kept = pp.keep(pred * stats.scale ** 2, stats.class_probs)
     return _dice(inter * kept, pred * kept, stats.truth)
 
@@ -209,8 +209,8 @@ def plot_data(stats, tables, chosen, *, kind, gates, pixel_grid=PIXEL_GRID, area
     gate = chosen.gate * NUM_CLASSES if len(chosen.gate) == 1 else chosen.gate or (0.0,) * NUM_CLASSES
     chosen_index = [[list(gates).index(g) for g in gate], [list(pixel_grid).index(t) for t in chosen.pixel_threshold],
                     [list(area_grid).index(a) for a in chosen.min_area]]
-    pred, _ = stats.counts(np.asarray(chosen.pixel_threshold)[:, None])
-    raw = pred[:, :, 0] * stats.scale ** 2  # full-resolution areas before min area and gate
+    pred, _ = tune_soft.counts_at(stats, chosen.image_levels(stats.class_probs, n=len(stats.image_ids)))
+    raw = pred * stats.scale ** 2  # full-resolution areas before min area and gate
     return {"dice": tables / len(stats.image_ids), "pixel_grid": np.asarray(pixel_grid, np.float64),
             "area_grid": np.asarray(area_grid, np.int64), "gate_grid": np.asarray(gates, np.float64),
             "chosen": np.asarray(chosen_index, np.int64), "gate_head": np.asarray(kind or "none"),
@@ -239,10 +239,11 @@ def load_plot_data(folder):
 
 
 def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_grid=GATE_GRID, plots=True,
-         component_grid=(0,)):
+         component_grid=(0,), soft_grid=(0.0,)):
     """Write `thresholds.json` and tune/'s plot data (and PNGs with `plots`) into the workdir `out` (default:
     `workdir`); returns the content of thresholds.json. `component_grid` (full-resolution pixels, e.g.
-    tune_components.COMPONENT_GRID) adds a second stage choosing a minimum component size per class."""
+    tune_components.COMPONENT_GRID) adds a stage choosing a minimum component size per class; `soft_grid` (e.g.
+    tune_soft.SOFT_GRID) one choosing a soft gate per class before it."""
     target = Workdir(out or workdir)
     stats = collect(workdir)
 
@@ -257,6 +258,8 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
         pixel_grid = wider
         chosen, tables, kind, gates = first_stage(stats, pixel_grid)
     before = dice_of(stats, postprocess.PostProcess())
+    if any(soft_grid) and stats.class_probs is not None:
+        chosen, _ = tune_soft.refine(stats, chosen, soft_grid=soft_grid, pixel_grid=pixel_grid, area_grid=area_grid)
     if any(component_grid):
         from steel_tpu import tune_components  # scipy only for this stage
 
@@ -265,7 +268,7 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
     else:
         after = dice_of(stats, chosen)
     warnings = tune_checks.edge_warnings(chosen, pixel_grid=pixel_grid, area_grid=area_grid, gate_grid=gates,
-                                         component_grid=component_grid)
+                                         component_grid=component_grid, soft_grid=soft_grid)
     stability = tune_checks.fold_stability(stats, after, choose_on=lambda subset: first_stage(subset, pixel_grid)[0])
     result = {
         **chosen.to_dict(),
@@ -281,7 +284,7 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
         "folds": list(stats.folds),
         "oof_scale": stats.scale,
         "grid": {"pixel_threshold": list(pixel_grid), "min_area": list(area_grid), "gate": list(gates),
-                 "min_component": list(component_grid)},
+                 "min_component": list(component_grid), "soft_gate": list(soft_grid)},
         "warnings": warnings,
         "fold_stability": stability,
     }
@@ -295,7 +298,7 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
     print(f"tune: OOF dice {result['dice_before']['mean']:.4f} -> {result['dice_after']['mean']:.4f} on "
           f"{result['n_images']} images (folds {list(stats.folds)}); pixel {list(chosen.pixel_threshold)}, "
           f"min area {list(chosen.min_area)}, min component {list(chosen.min_component)}, "
-          f"gate {list(chosen.gate) or 'none'} -> {target.thresholds_path()}")
+          f"gate {list(chosen.gate) or 'none'}, soft gate {list(chosen.soft_gate) or 'none'} -> {target.thresholds_path()}")
     for line in tune_checks.describe(stability):
         print(f"tune: {line}")
     for line in warnings:

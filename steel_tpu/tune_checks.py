@@ -16,7 +16,7 @@ def extend_pixel_grid(grid, chosen):
     return tuple(low + grid + high)
 
 
-def edge_warnings(pp, *, pixel_grid, area_grid, gate_grid, component_grid):
+def edge_warnings(pp, *, pixel_grid, area_grid, gate_grid, component_grid, soft_grid=(0.0,)):
     """Lines naming every chosen value on the edge of its grid, where the optimum may lie outside it. The low
     edge of min area, gate and component size is 0, "off", a real choice, not an edge."""
     found = []
@@ -33,6 +33,8 @@ def edge_warnings(pp, *, pixel_grid, area_grid, gate_grid, component_grid):
         check("pixel_threshold", c, pp.pixel_threshold[c], pixel_grid, low_edge=True)
         check("min_area", c, pp.min_area[c], area_grid, low_edge=False)
         check("min_component", c, pp.min_component[c], component_grid, low_edge=False)
+    for c, k in enumerate(pp.soft_gate):
+        check("soft_gate", c, k, soft_grid, low_edge=False)
     for c, gate in enumerate(pp.gate):
         check("gate", c, gate, gate_grid, low_edge=False)
     return found

@@ -11,7 +11,7 @@ import dataclasses
 
 import numpy as np
 
-from steel_tpu import components, postprocess
+from steel_tpu import components, postprocess, tune_soft
 from steel_tpu.constants import NUM_CLASSES
 from steel_tpu.workdir import Workdir
 
@@ -19,26 +19,19 @@ from steel_tpu.workdir import Workdir
 COMPONENT_GRID = (0, 50, 100, 150, 200, 300, 500, 800, 1200, 2000)
 
 
-def counts(workdir, stats, thresholds, size_grid):
+def counts(workdir, stats, pp, size_grid):
     """(predicted pixels, intersection) int64 [N, C, S] at OOF resolution, rows in `stats.image_ids` order, after
-    dropping components under each full-resolution size of `size_grid`."""
+    thresholding as `pp` does (soft gate included) and dropping components under each size of `size_grid`."""
     wd, sizes = Workdir(workdir), components.scaled(size_grid, scale=stats.scale)
-    levels = postprocess.levels(thresholds)
+    levels = pp.image_levels(stats.class_probs, n=len(stats.image_ids))
     preds, inters = [], []
     for fold in stats.folds:
-        oof = wd.oof("segment", fold)
-        per_class = [components.counts_by_size(oof["probs"][..., c] > levels[c], oof["truth"][..., c], sizes)
+        oof, lv = wd.oof("segment", fold), levels[stats.fold_of == fold][:, None, None, :]
+        per_class = [components.counts_by_size(oof["probs"][..., c] > lv[..., c], oof["truth"][..., c], sizes)
                      for c in range(NUM_CLASSES)]
         preds.append(np.stack([p for p, _ in per_class], axis=1))
         inters.append(np.stack([i for _, i in per_class], axis=1))
     return np.concatenate(preds), np.concatenate(inters)
-
-
-def _gate_passes(stats, pp):
-    n = len(stats.image_ids)
-    if not pp.gate:
-        return np.ones((n, NUM_CLASSES), bool)
-    return np.broadcast_to(postprocess.gate_kept(stats.class_probs, pp.gate), (n, NUM_CLASSES))
 
 
 def _dice(inter, pred, truth):
@@ -49,8 +42,8 @@ def _dice(inter, pred, truth):
 def refine(workdir, stats, chosen, *, component_grid=COMPONENT_GRID, area_grid):
     """(PostProcess with min_component and min_area re-chosen per class, float64 [N, C] its OOF Dice, float64
     [C, S, A] mean Dice tables). Size 0 with the first stage's area is in the grid: never worse on OOF data."""
-    pred, inter = counts(workdir, stats, chosen.pixel_threshold, component_grid)
-    truth, passes = stats.truth, _gate_passes(stats, chosen)
+    pred, inter = counts(workdir, stats, chosen, component_grid)
+    truth, passes = stats.truth, tune_soft.gate_passes(stats, chosen)
     area = np.asarray(area_grid)
     tables, picks = [], []
     for c in range(NUM_CLASSES):

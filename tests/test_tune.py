@@ -288,3 +288,54 @@ def test_class_diagnosis_beside_the_dice(tuned):
     assert result["dice_all_empty"]["per_class"] == pytest.approx((~has).mean(axis=0).tolist())
     direct = _oof_dice_direct(_load_oof(work), postprocess.PostProcess.from_dict(result))
     assert result["defect_hit_rate"] == pytest.approx([(direct[has[:, c], c] > 0).mean() for c in range(4)])
+
+
+def _oof_dice_soft(oof, pp):
+    """Dice of `pp` with a soft gate by thresholding every image directly at t + (1 - p) * k, in float64."""
+    q, truth, probs = oof
+    p = np.broadcast_to(probs, (len(q), NUM_CLASSES)).astype(np.float64)
+    effective = np.clip(np.asarray(pp.pixel_threshold) + (1 - p) * np.asarray(pp.soft_gate or [0.0] * 4), 0, 1)
+    # 1e-4: tune computes in float32, whose product can land a hair below an integer float64 reaches.
+    masks = q > np.floor(effective * 255 + 1e-4)[:, None, None, :]
+    masks &= pp.keep(masks.sum(axis=(1, 2)) * SCALE ** 2, probs)[:, None, None, :]
+    return metrics.dice_matrix(masks, truth)
+
+
+@pytest.mark.parametrize("classifier", ["binary", "multilabel"])
+def test_soft_gate_stage_is_the_brute_force_optimum_of_direct_thresholding(tmp_path, classifier):
+    from steel_tpu import tune_soft
+
+    work = str(tmp_path)
+    _write_workdir(work, n=20, seed=8, speck_prob=0.6, classifier=classifier)
+    soft, pixels, areas = (0.0, 0.1, 0.3, 0.6), (0.3, 0.5, 0.7), (0, 300, 3000)
+    result = tune.tune(workdir=work, pixel_grid=pixels, area_grid=areas, soft_grid=soft, plots=False)
+    pp, oof = postprocess.PostProcess.from_dict(result), _load_oof(work)
+    assert result["grid"]["soft_gate"] == list(soft) and len(pp.soft_gate) in (0, 4)
+    direct = _oof_dice_soft(oof, pp)
+    assert result["dice_after"]["per_class"] == pytest.approx(direct.mean(axis=0).tolist(), abs=1e-12)
+    # Every table entry equals direct thresholding: each image's threshold is its own lookup.
+    stats = tune.collect(work)
+    tables = tune_soft.tables(stats, pp, soft_grid=soft, pixel_grid=pixels, area_grid=areas)
+    for (s, k), (t, thr), (a, area) in itertools.product(enumerate(soft), enumerate(pixels), enumerate(areas)):
+        one = dataclasses.replace(pp, soft_gate=[k] * 4, pixel_threshold=[thr] * 4, min_area=[area] * 4)
+        np.testing.assert_allclose(tables[:, s, t, a], _oof_dice_soft(oof, one).mean(axis=0), atol=1e-12)
+    np.testing.assert_allclose(direct.mean(axis=0), tables.max(axis=(1, 2, 3)), atol=1e-12)
+    plain = tune.tune(workdir=work, out=str(tmp_path / "plain"), pixel_grid=pixels, area_grid=areas, plots=False)
+    assert result["dice_after"]["mean"] >= plain["dice_after"]["mean"] - 1e-12 and plain["soft_gate"] == []
+
+
+def test_soft_levels_on_the_device_equal_the_host_rule_and_old_files_load_without_a_soft_gate():
+    rng = np.random.default_rng(3)
+    probs = rng.uniform(0, 1, (64, 4)).astype(np.float32)
+    t, k = (0.3, 0.45, 0.5, 0.75), (0.0, 0.13, 0.5, 1.0)
+    q = rng.integers(0, 256, (64, 3, 5, 4)).astype(np.uint8)
+    for p in (probs, probs[:, :1]):  # per class (multilabel) and one for all (binary)
+        masks, areas = postprocess.to_masks(tf.constant(q), t, soft_gate=k, class_probs=tf.constant(p))
+        want = q > postprocess.soft_levels(t, k, p)[:, None, None, :]
+        np.testing.assert_array_equal(masks.numpy(), want)
+        np.testing.assert_array_equal(areas.numpy(), want.sum(axis=(1, 2)))
+    old = {"pixel_threshold": [0.5] * 4, "min_area": [0] * 4, "gate": []}
+    assert postprocess.PostProcess.from_dict(old).soft_gate == () and not postprocess.PostProcess().needs_classifier
+    assert postprocess.PostProcess(soft_gate=(0,) * 4).soft_gate == ()
+    with pytest.raises(ValueError, match="soft_gate"):
+        postprocess.PostProcess(soft_gate=(0.1, 0.2))
