@@ -101,6 +101,9 @@ class TrainConfig:
     # check that a step compiles for TPU.
     jit_compile: bool | None = None
     eval_threshold: float = 0.5  # pixel / label threshold for validation metrics
+    # Exponential moving average of the weights (e.g. 0.99), updated every step: validation, OOF, the kept best
+    # weights and export use the average (averaging.WeightAverage). None: the weights as trained.
+    ema_decay: float | None = None
 
     def __post_init__(self):
         fields.check(self)
@@ -110,6 +113,8 @@ class TrainConfig:
         require(self.loss and set(self.loss) <= set(choices.LOSS_TERMS)
                  and all(isinstance(w, (int, float)) and w > 0 for w in self.loss.values()),
                  f"loss={self.loss!r}: must map terms from {', '.join(choices.LOSS_TERMS)} to weights > 0")
+        require(self.ema_decay is None or 0.0 < self.ema_decay < 1.0,
+                 f"ema_decay={self.ema_decay!r}: must be in (0, 1) or None")
         require(self.pos_weight is None or (len(self.pos_weight) == NUM_CLASSES
                                              and all(isinstance(w, (int, float)) and w > 0 for w in self.pos_weight)),
                  f"pos_weight={self.pos_weight!r}: must be None or {NUM_CLASSES} numbers > 0")

@@ -1,11 +1,12 @@
 """K-fold training of each task: one loop per fold that resumes, checkpoints, logs and keeps out-of-fold data."""
 
+import contextlib
 import time
 
 import numpy as np
 import tensorflow as tf
 
-from steel_tpu import console, distribute, step
+from steel_tpu import averaging, console, distribute, step
 from steel_tpu import tasks as tasks_lib
 from steel_tpu.data import pipeline
 from steel_tpu.data.shard_folder import ShardFolder
@@ -32,9 +33,11 @@ def _schedule(t, steps_per_epoch):
 class _FoldState(tf.Module):
     """Everything a resumed fold needs besides the data: weights, optimizer slots, epoch, best score."""
 
-    def __init__(self, model, optimizer):
+    def __init__(self, model, optimizer, average=None):
         super().__init__()
         self.model, self.optimizer = model, optimizer
+        if average is not None:  # only then: checkpoints of runs without an average keep their layout
+            self.average = average
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.best = tf.Variable(-np.inf, dtype=tf.float64, trainable=False)
 
@@ -82,7 +85,8 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
         optimizer = distribute.wrap_optimizer(keras.optimizers.Adam(_schedule(t, steps)),
                                               keras.mixed_precision.global_policy())
         optimizer.build(model.trainable_variables)
-        state = _FoldState(model, optimizer)
+        average = averaging.WeightAverage(model, decay=t.ema_decay) if t.ema_decay else None
+        state = _FoldState(model, optimizer, average)
     manager = tf.train.CheckpointManager(tf.train.Checkpoint(state=state), wd.ckpt_dir(task, fold), max_to_keep=1)
     if manager.latest_checkpoint:
         tf.train.Checkpoint(state=state).restore(manager.latest_checkpoint).assert_existing_objects_matched()
@@ -94,7 +98,7 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
     train_step = step.make_train_step(
         model=model, loss_fn=spec.loss(), optimizer=optimizer, global_batch_size=d.batch_size,
         strategy=device.strategy, augment_fn=spec.augment_fn(), steps_per_execution=t.steps_per_execution,
-        jit_compile=jit_compile)
+        jit_compile=jit_compile, average=average)
     predict = step.make_predict_step(forward=spec.forward(model), strategy=device.strategy, jit_compile=jit_compile)
     train_files = folder.files(folds=train_folds)
     eval_ds = pipeline.eval_dataset(files=folder.files(folds=[fold]), image_size=image_size, batch_size=d.batch_size)
@@ -122,7 +126,13 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
             raise _diverged(spec, fold, epoch, "weights hold NaN or inf")
         train_seconds = time.perf_counter() - start
 
-        score, scores, oof = spec.validate(predict, eval_ds)
+        # With an average, validation, OOF and the kept best weights are all the averaged model's.
+        with average.applied(model) if average else contextlib.nullcontext():
+            score, scores, oof = spec.validate(predict, eval_ds)
+            if score > float(state.best.numpy()):
+                state.best.assign(score)
+                wd.save_weights(model, task, fold)
+                wd.save_oof(task, fold, **oof)
         lr = float(optimizer.learning_rate.numpy()) if hasattr(optimizer.learning_rate, "numpy") else t.learning_rate
         row = {"epoch": epoch, "loss": round(loss, 6), "lr": lr, **{k: round(v, 6) for k, v in scores.items()},
                "train_images_per_s": round(steps * d.batch_size / train_seconds, 2),
@@ -130,10 +140,6 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
         rows.append(row)
         print(f"[{task} fold {fold}] " + "  ".join(f"{k} {v}" for k, v in row.items()))
         _log_row(tb, row, epoch)
-        if score > float(state.best.numpy()):
-            state.best.assign(score)
-            wd.save_weights(model, task, fold)
-            wd.save_oof(task, fold, **oof)
         wd.write_log(task, fold, rows)
         state.epoch.assign(epoch + 1)
         manager.save()
