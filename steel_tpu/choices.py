@@ -4,7 +4,7 @@
 ENCODERS = tuple(f"efficientnetb{i}" for i in range(8))
 SEGMENTER_ARCHS = ("unetpp", "unet", "sm-unet", "sm-fpn", "sm-linknet")
 CLASSIFIER_HEADS = ("binary", "multilabel", "both")
-LOSS_TERMS = ("bce", "dice", "focal")
+LOSS_TERMS = ("bce", "dice", "focal", "lovasz")
 WEIGHTS = (None, "imagenet")
 
 # What sm.get_preprocessing(backbone) does to an image, per segmentation-models backbone (checked against it in

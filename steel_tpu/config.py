@@ -94,7 +94,8 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.01  # cosine decay ends at learning_rate * min_lr_ratio
     loss: dict = field(default_factory=lambda: {"bce": 0.75, "dice": 0.25})
-    pos_weight: tuple | None = None  # per-class BCE positive weights
+    # Per-class BCE positive weights, or "auto": from the training folds' class frequencies (losses.auto_pos_weight).
+    pos_weight: tuple | str | None = None
     label_smoothing: float = 0.0
     steps_per_execution: int = 1  # >1 keeps a TPU busy between host round trips
     # None: XLA everywhere but the CPU (distribute.use_xla says why). Tests set True: XLA on CPU is the cheapest
@@ -115,9 +116,10 @@ class TrainConfig:
                  f"loss={self.loss!r}: must map terms from {', '.join(choices.LOSS_TERMS)} to weights > 0")
         require(self.ema_decay is None or 0.0 < self.ema_decay < 1.0,
                  f"ema_decay={self.ema_decay!r}: must be in (0, 1) or None")
-        require(self.pos_weight is None or (len(self.pos_weight) == NUM_CLASSES
-                                             and all(isinstance(w, (int, float)) and w > 0 for w in self.pos_weight)),
-                 f"pos_weight={self.pos_weight!r}: must be None or {NUM_CLASSES} numbers > 0")
+        require(self.pos_weight in (None, "auto") or (
+                    not isinstance(self.pos_weight, str) and len(self.pos_weight) == NUM_CLASSES
+                    and all(isinstance(w, (int, float)) and w > 0 for w in self.pos_weight)),
+                 f"pos_weight={self.pos_weight!r}: must be None, \"auto\" or {NUM_CLASSES} numbers > 0")
 
 
 @dataclass

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from steel_tpu import averaging, console, distribute, step
 from steel_tpu import tasks as tasks_lib
+from steel_tpu.constants import NUM_CLASSES
 from steel_tpu.data import pipeline
 from steel_tpu.data.shard_folder import ShardFolder
 from steel_tpu.keras_api import keras
@@ -63,6 +64,12 @@ def _log_row(tb, row, epoch):
     tb.flush()
 
 
+def _class_counts(folder, folds):
+    """The manifest's images per class in `folds` (pos_weight "auto" derives from them)."""
+    entries = folder.entries_of(folds)
+    return [sum(e["class_counts"][c] for e in entries) for c in range(NUM_CLASSES)]
+
+
 def train_fold(*, folder, wd, cfg, task, fold, device):
     """Train `task` on every fold but `fold`, validate on `fold`; resumes from the fold's latest checkpoint."""
     done = wd.done(task, fold)
@@ -96,7 +103,7 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
     # The compiled steps and the data.
     jit_compile = distribute.use_xla(device, t.jit_compile)
     train_step = step.make_train_step(
-        model=model, loss_fn=spec.loss(), optimizer=optimizer, global_batch_size=d.batch_size,
+        model=model, loss_fn=spec.loss(class_counts=_class_counts(folder, train_folds)), optimizer=optimizer, global_batch_size=d.batch_size,
         strategy=device.strategy, augment_fn=spec.augment_fn(), steps_per_execution=t.steps_per_execution,
         jit_compile=jit_compile, average=average)
     predict = step.make_predict_step(forward=spec.forward(model), strategy=device.strategy, jit_compile=jit_compile)
