@@ -103,7 +103,8 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
     # The compiled steps and the data.
     jit_compile = distribute.use_xla(device, t.jit_compile)
     train_step = step.make_train_step(
-        model=model, loss_fn=spec.loss(class_counts=_class_counts(folder, train_folds)), optimizer=optimizer, global_batch_size=d.batch_size,
+        model=model, loss_fn=spec.loss(class_counts=_class_counts(folder, train_folds)), optimizer=optimizer,
+        global_batch_size=d.batch_size,
         strategy=device.strategy, augment_fn=spec.augment_fn(), steps_per_execution=t.steps_per_execution,
         jit_compile=jit_compile, average=average)
     predict = step.make_predict_step(forward=spec.forward(model), strategy=device.strategy, jit_compile=jit_compile)

@@ -123,6 +123,18 @@ def test_auto_pos_weight_from_class_counts():
         losses.auto_pos_weight([0, 0, 0, 0])
 
 
+def test_pos_weight_auto_in_a_task_loss_is_bce_with_the_counts_weights():
+    from steel_tpu import config, tasks
+
+    cfg = config.apply_overrides(config.preset("tiny"), ["segment.train.pos_weight=auto",
+                                                          "segment.train.loss={'bce': 1.0}"])
+    task = tasks.make("segment", cfg)
+    np.testing.assert_allclose(task.loss(class_counts=[100, 25, 400, 4])(SEG_TRUE, SEG_PRED).numpy(),
+                               losses.bce(SEG_TRUE, SEG_PRED, pos_weight=[2.0, 4.0, 1.0, 10.0]).numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="pos_weight=auto needs"):
+        task.loss()
+
+
 def test_make_loss_specs_and_options():
     bce, dice = losses.bce(SEG_TRUE, SEG_PRED).numpy(), losses.soft_dice(SEG_TRUE, SEG_PRED).numpy()
     np.testing.assert_allclose(losses.make_loss("bce+dice")(SEG_TRUE, SEG_PRED).numpy(), bce + dice, rtol=1e-6)
