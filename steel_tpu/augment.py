@@ -34,7 +34,8 @@ def augment_batch(images, masks, *, seed, config):
     channels = images.shape[-1]
     # One gather per axis over image and mask together: they cannot get different windows or flips.
     both = tf.concat([images, masks], axis=-1)
-    both = _crop_and_flip(both, seed=geometry_seed, crop=(crop_h, crop_w), size=(height, width), config=config)
+    both = _crop_and_flip(both, seed=geometry_seed, crop=(crop_h, crop_w), size=(height, width), config=config,
+                          masks_at=channels)
     both = tf.cast(both, tf.float32)
     out_images, out_masks = both[..., :channels], both[..., channels:]
     out_images = _photometric(out_images, seed=photometric_seed, batch=batch, config=config)
@@ -80,10 +81,13 @@ def _split(seed, *, num):
     return tf.unstack(_canonical(tf.random.experimental.stateless_split(seed, num=num)))
 
 
-def _axis_indices(*, seed, batch, crop, size, flip):
-    """[B, crop] source indices along one axis: a random window start, reversed where the example flips."""
+def _axis_indices(*, seed, batch, crop, size, flip, start=None):
+    """[B, crop] source indices along one axis: a random window start (or `start` [B, 1] where the example's
+    crop is biased toward a defect), reversed where the example flips."""
     start_seed, flip_seed = _split(seed, num=2)
-    start = tf.random.stateless_uniform([batch, 1], seed=start_seed, minval=0, maxval=size - crop + 1, dtype=tf.int32)
+    uniform = tf.random.stateless_uniform([batch, 1], seed=start_seed, minval=0, maxval=size - crop + 1,
+                                          dtype=tf.int32)
+    start = uniform if start is None else tf.where(start >= 0, start, uniform)
     steps = tf.range(crop, dtype=tf.int32)[None, :]
     if flip:
         flipped = tf.random.stateless_uniform([batch, 1], seed=flip_seed, minval=0, maxval=2, dtype=tf.int32) > 0
@@ -91,15 +95,58 @@ def _axis_indices(*, seed, batch, crop, size, flip):
     return start + steps
 
 
-def _crop_and_flip(both, *, seed, crop, size, config):
+def _crop_and_flip(both, *, seed, crop, size, config, masks_at=None):
     """Per-example window + flips as index gathers: static output shape, exact pixels, XLA kernels everywhere
     (unlike ImageProjectiveTransform or crop_and_resize, which interpolates)."""
     batch = both.shape[0]
-    row_seed, col_seed = _split(seed, num=2)
-    rows = _axis_indices(seed=row_seed, batch=batch, crop=crop[0], size=size[0], flip=config.vflip)
-    cols = _axis_indices(seed=col_seed, batch=batch, crop=crop[1], size=size[1], flip=config.hflip)
+    # A prefix of stateless_split's output does not depend on `num`: the row and column streams are those of
+    # an unbiased run, so defect_crop_prob=0 reproduces the crops of before the option existed.
+    row_seed, col_seed, bias_seed = _split(seed, num=3)
+    starts = (None, None)
+    if config.defect_crop_prob > 0 and crop != size:
+        starts = _defect_starts(both[..., masks_at:], seed=bias_seed, crop=crop, size=size, config=config)
+    rows = _axis_indices(seed=row_seed, batch=batch, crop=crop[0], size=size[0], flip=config.vflip, start=starts[0])
+    cols = _axis_indices(seed=col_seed, batch=batch, crop=crop[1], size=size[1], flip=config.hflip, start=starts[1])
     both = tf.gather(both, rows, axis=1, batch_dims=1)
     return tf.gather(both, cols, axis=2, batch_dims=1)
+
+
+def _unit(seed, shape):
+    """float32 draws in [0, 1) from 24-bit integer draws (see _uniform: integer draws agree under XLA)."""
+    bits = tf.random.stateless_uniform(shape, seed=seed, minval=0, maxval=1 << 24, dtype=tf.int32)
+    return tf.cast(bits, tf.float32) * (1.0 / (1 << 24))
+
+
+def _defect_starts(masks, *, seed, crop, size, config):
+    """([B, 1] row starts, [B, 1] col starts) or None per axis: for an example drawn with probability
+    config.defect_crop_prob that has a defect, a window around one pixel of one of its classes (classes drawn
+    in proportion to config.defect_crop_weights among those present, the pixel uniformly among the class's);
+    -1 elsewhere, where _crop_and_flip keeps the uniform start."""
+    batch, height, width, classes = masks.shape
+    use_seed, class_seed, pixel_seed, row_seed, col_seed = _split(seed, num=5)
+    present = tf.reduce_max(tf.cast(masks, tf.float32), axis=[1, 2]) > 0.5  # [B, C]
+    weights = tf.where(present, tf.constant(config.defect_crop_weights, tf.float32)[None, :], 0.0)
+    total = tf.reduce_sum(weights, axis=1, keepdims=True)
+    biased = (_unit(use_seed, [batch, 1]) < config.defect_crop_prob) & (total > 0)
+    # Inverse-CDF draw of the class: the first class whose cumulative weight exceeds u * total.
+    u = _unit(class_seed, [batch, 1]) * total
+    cls = tf.reduce_sum(tf.cast(tf.cumsum(weights, axis=1) <= u, tf.int32), axis=1)
+    cls = tf.minimum(cls, classes - 1)
+    chosen = tf.gather(tf.reshape(tf.cast(masks, tf.float32), [batch, height * width, classes]), cls, axis=2,
+                       batch_dims=1) > 0.5  # [B, H*W]
+    # A uniformly chosen pixel of the class: the argmax of integer noise over its pixels (static shapes, no
+    # where()/nonzero, which XLA cannot size).
+    noise = tf.random.stateless_uniform([batch, height * width], seed=pixel_seed, minval=0, maxval=1 << 24,
+                                        dtype=tf.int32)
+    pixel = tf.argmax(tf.where(chosen, noise, -1), axis=1, output_type=tf.int32)[:, None]
+    starts = []
+    for center, length, window, axis_seed in ((pixel // width, height, crop[0], row_seed),
+                                              (pixel % width, width, crop[1], col_seed)):
+        low = tf.maximum(center - window + 1, 0)
+        span = tf.minimum(center, length - window) - low + 1  # >= 1: every window through `center` fits
+        offset = tf.minimum(tf.cast(_unit(axis_seed, [batch, 1]) * tf.cast(span, tf.float32), tf.int32), span - 1)
+        starts.append(tf.where(biased, low + offset, -1))
+    return starts
 
 
 def _uniform(seed, batch, half_width, center=0.0):

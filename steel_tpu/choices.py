@@ -4,7 +4,7 @@
 ENCODERS = tuple(f"efficientnetb{i}" for i in range(8))
 SEGMENTER_ARCHS = ("unetpp", "unet", "sm-unet", "sm-fpn", "sm-linknet")
 CLASSIFIER_HEADS = ("binary", "multilabel", "both")
-LOSS_TERMS = ("bce", "dice", "focal")
+LOSS_TERMS = ("bce", "dice", "focal", "lovasz")
 WEIGHTS = (None, "imagenet")
 # Where a run goes (config `device`): auto detects; the others are explicit choices (distribute.prefer_for).
 DEVICES = ("auto", "tpu", "gpu", "cpu")

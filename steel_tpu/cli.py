@@ -80,8 +80,11 @@ def _train(args):
 
 def _tune(args):
     from steel_tpu.tune import tune
+    from steel_tpu.tune_components import COMPONENT_GRID
+    from steel_tpu.tune_soft import SOFT_GRID
 
-    tune(workdir=args.workdir, out=args.out)
+    tune(workdir=args.workdir, out=args.out, component_grid=COMPONENT_GRID if args.components else (0,),
+         soft_grid=SOFT_GRID if args.soft_gate else (0.0,))
 
 
 def _predict(args):
@@ -245,6 +248,11 @@ def _add_parsers(sub, common):
     p = _add(sub, "tune", _tune, "choose thresholds and minimum areas on out-of-fold predictions", common)
     p.add_argument("--workdir", required=True, help="a training workdir, local or gs://")
     p.add_argument("--out", default=None, help="where thresholds.json and tune/ go (default: the workdir)")
+    p.add_argument("--components", action="store_true",
+                   help="also choose a minimum connected-component size per class (second stage, slower)")
+    p.add_argument("--soft-gate", action="store_true",
+                   help="also choose a soft gate per class: the classifier's probability p raises the pixel "
+                        "threshold by (1 - p) * k")
 
     p = _add(sub, "predict", _predict, "score images with the workdir's fold ensemble into a Kaggle submission",
              common)

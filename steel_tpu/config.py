@@ -73,6 +73,10 @@ class AugmentConfig:
     cutout: int = 0  # number of zeroed boxes per image; 0 = off
     cutout_size: tuple[int, int] = (32, 32)  # (height, width) of each box
     label_from_crop: bool = True  # classifier labels from the augmented (cropped) mask
+    # Probability that an image with a defect is cropped around one of its defect pixels (0: uniform crops).
+    defect_crop_prob: float = 0.0
+    # Relative chance of each class being the one the crop centres on, among the classes the image has.
+    defect_crop_weights: tuple = (1.0,) * NUM_CLASSES
 
     def __post_init__(self):
         fields.check(self)
@@ -81,6 +85,12 @@ class AugmentConfig:
         require(0.0 <= self.gamma < 1.0, f"gamma={self.gamma!r}: must be in [0, 1) (the exponent must stay > 0)")
         require(self.cutout >= 0, f"cutout={self.cutout!r}: must be >= 0")
         require(min(self.cutout_size) > 0, f"cutout_size={self.cutout_size!r}: must be two positive ints (h, w)")
+        unit(self, "defect_crop_prob")
+        require(len(self.defect_crop_weights) == NUM_CLASSES
+                and all(isinstance(w, (int, float)) and not isinstance(w, bool) and w > 0
+                        for w in self.defect_crop_weights),
+                f"defect_crop_weights={self.defect_crop_weights!r}: must be {NUM_CLASSES} numbers > 0")
+        object.__setattr__(self, "defect_crop_weights", tuple(float(w) for w in self.defect_crop_weights))
 
 
 def _positive_number(w):
@@ -97,13 +107,17 @@ class TrainConfig:
     warmup_epochs: float = 1.0
     min_lr_ratio: float = 0.01  # cosine decay ends at learning_rate * min_lr_ratio
     loss: dict = field(default_factory=lambda: {"bce": 0.75, "dice": 0.25})
-    pos_weight: tuple | None = None  # per-class BCE positive weights
+    # Per-class BCE positive weights, or "auto": from the training folds' class frequencies (losses.auto_pos_weight).
+    pos_weight: tuple | str | None = None
     label_smoothing: float = 0.0
     steps_per_execution: int = 1  # >1 keeps a TPU busy between host round trips
     # None: XLA everywhere but the CPU (distribute.use_xla says why). Tests set True: XLA on CPU is the cheapest
     # check that a step compiles for TPU.
     jit_compile: bool | None = None
     eval_threshold: float = 0.5  # pixel / label threshold for validation metrics
+    # Exponential moving average of the weights (e.g. 0.99), updated every step: validation, OOF, the kept best
+    # weights and export use the average (averaging.WeightAverage). None: the weights as trained.
+    ema_decay: float | None = None
 
     def __post_init__(self):
         fields.check(self)
@@ -113,9 +127,12 @@ class TrainConfig:
         require(self.loss and set(self.loss) <= set(choices.LOSS_TERMS)
                  and all(_positive_number(w) for w in self.loss.values()),
                  f"loss={self.loss!r}: must map terms from {', '.join(choices.LOSS_TERMS)} to finite weights > 0")
-        require(self.pos_weight is None or (len(self.pos_weight) == NUM_CLASSES
-                                             and all(map(_positive_number, self.pos_weight))),
-                 f"pos_weight={self.pos_weight!r}: must be None or {NUM_CLASSES} finite numbers > 0")
+        require(self.ema_decay is None or (_positive_number(self.ema_decay) and self.ema_decay < 1.0),
+                 f"ema_decay={self.ema_decay!r}: must be in (0, 1) or None")
+        require(self.pos_weight in (None, "auto") or (
+                    not isinstance(self.pos_weight, str) and len(self.pos_weight) == NUM_CLASSES
+                    and all(map(_positive_number, self.pos_weight))),
+                 f"pos_weight={self.pos_weight!r}: must be None, \"auto\" or {NUM_CLASSES} finite numbers > 0")
 
 
 @dataclass

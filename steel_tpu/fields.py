@@ -83,8 +83,16 @@ def parse(text, hint_):
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         return text  # a bare word such as efficientnetb3; the type check says whether a string fits
-    # `tpu=1234` names a TPU: a str field keeps the text, whatever it looks like.
-    return text if str in accepts and not isinstance(value, str) else value
+    # `tpu=1234` names a TPU: a str field keeps the text unless another type the field accepts fits the value
+    # (`pos_weight=[2, 1, 1, 3]` beside `pos_weight=auto`).
+    if str in accepts and not isinstance(value, str):
+        for option in accepts - {str}:
+            try:
+                return coerce(value, option, name="")
+            except (ValueError, TypeError):
+                continue
+        return text
+    return value
 
 
 # Multiples of the deepest encoder stride (EfficientNet / U-Net): decoders need exact 2x up-sampling.

@@ -41,6 +41,20 @@ def bce(y_true, y_pred, *, pos_weight=None, label_smoothing=0.0, from_logits=Fal
     return _mean_per_example(-(positive + (1.0 - y_true) * log_not_p))
 
 
+AUTO_POS_WEIGHT_MAX = 10.0
+
+
+def auto_pos_weight(class_counts):
+    """Per-class BCE positive weights from how many training images hold each class (`class_counts`):
+    sqrt(n_max / n_c), clipped to 1..AUTO_POS_WEIGHT_MAX, so the commonest class keeps
+    weight 1 and a class 10x rarer gets ~3.2 (the square root: full inverse frequency over-predicts rare classes)."""
+    counts = [float(c) for c in class_counts]
+    if not counts or max(counts) <= 0:
+        raise ValueError(f"pos_weight auto: no training image holds a defect (class counts {class_counts})")
+    weights = [(max(counts) / c) ** 0.5 if c > 0 else AUTO_POS_WEIGHT_MAX for c in counts]
+    return tuple(min(AUTO_POS_WEIGHT_MAX, max(1.0, w)) for w in weights)
+
+
 def soft_dice(y_true, y_pred, *, smooth=1.0):
     """Mean over classes of 1 - soft Dice, each class summed over the example's pixels (0 when perfect)."""
     y_true, y_pred = _float32(y_true, y_pred)
@@ -62,7 +76,36 @@ def focal(y_true, y_pred, *, gamma=2.0, alpha=0.25):
     return _mean_per_example(positive + negative)
 
 
-TERMS = {"bce": bce, "dice": soft_dice, "focal": focal}
+def _lovasz_gradient(truth_sorted):
+    """[..., P] gradient of the Lovasz extension of the Jaccard loss at pixels sorted by decreasing error
+    (Berman et al. 2018, Alg. 1); the union is >= 1 at every position, so no division by zero."""
+    positives = tf.reduce_sum(truth_sorted, axis=-1, keepdims=True)
+    intersection = positives - tf.cumsum(truth_sorted, axis=-1)
+    union = positives + tf.cumsum(1.0 - truth_sorted, axis=-1)
+    jaccard = 1.0 - intersection / union
+    return tf.concat([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], axis=-1)
+
+
+def lovasz_hinge(y_true, y_pred):
+    """Lovasz hinge (Berman et al. 2018) per example and class over the example's pixels, averaged over classes.
+
+    The models end in a sigmoid: the hinge reads the logit log(p / (1 - p)) of the clipped probability."""
+    y_true, y_pred = _float32(y_true, y_pred)
+    _check_shapes(y_true, y_pred)
+    p = tf.clip_by_value(y_pred, EPS, 1.0 - EPS)
+    logits = tf.math.log(p) - tf.math.log(1.0 - p)
+    classes = y_pred.shape[-1]
+    # [B, C, P]: one Lovasz term per (example, class), so the loss stays per example.
+    to_rows = lambda x: tf.transpose(tf.reshape(x, [tf.shape(x)[0], -1, classes]), [0, 2, 1])  # noqa: E731
+    truth, logits = to_rows(y_true), to_rows(logits)
+    errors = 1.0 - logits * (2.0 * truth - 1.0)
+    order = tf.argsort(errors, axis=-1, direction="DESCENDING")
+    errors_sorted = tf.gather(errors, order, batch_dims=2)
+    grad = tf.stop_gradient(_lovasz_gradient(tf.gather(truth, order, batch_dims=2)))
+    return tf.reduce_mean(tf.reduce_sum(tf.nn.relu(errors_sorted) * grad, axis=-1), axis=-1)
+
+
+TERMS = {"bce": bce, "dice": soft_dice, "focal": focal, "lovasz": lovasz_hinge}
 
 
 def combined(weights, *, options=None):

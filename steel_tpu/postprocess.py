@@ -34,10 +34,29 @@ def binarize(quantized, thresholds):
     return np.asarray(quantized) > levels(thresholds)
 
 
-def to_masks(quantized, thresholds):
-    """In the graph: uint8 maps [B, H, W, C] -> (bool masks, int32 [B, C] pixel counts), the test of `binarize`."""
+def soft_levels(thresholds, soft_gate, class_probs):
+    """uint8 [N, C] per-image levels of soft gating: threshold t + (1 - p) * k (clipped to 0..1) per image and
+    class, p the gating probability ([N, 1] from a binary head applies to every class, [N, C] per class)."""
+    levels(thresholds)  # range check of the base thresholds
+    t, k = np.asarray(thresholds, np.float32), np.asarray(soft_gate, np.float32)
+    p = np.asarray(class_probs, np.float32)
+    # float32 in the same operation order as to_masks' graph version: tune and predict cut at the same level.
+    effective = np.clip(t + (np.float32(1.0) - p) * k, np.float32(0.0), np.float32(1.0))
+    return np.floor(effective * np.float32(QUANT)).astype(np.uint8)
+
+
+def to_masks(quantized, thresholds, *, soft_gate=(), class_probs=None):
+    """In the graph: uint8 maps [B, H, W, C] -> (bool masks, int32 [B, C] pixel counts), the test of `binarize`;
+    with a `soft_gate` the levels are soft_levels' of `class_probs` [B, heads], computed on the device."""
     import tensorflow as tf  # see to_full_resolution
-    masks = quantized > tf.constant(levels(thresholds), tf.uint8)
+    if any(soft_gate):
+        t = tf.constant(np.asarray(thresholds, np.float32))
+        k = tf.constant(np.asarray(soft_gate, np.float32))
+        effective = tf.clip_by_value(t + (1.0 - tf.cast(class_probs, tf.float32)) * k, 0.0, 1.0)
+        level = tf.cast(tf.floor(effective * QUANT), tf.uint8)[:, None, None, :]
+    else:
+        level = tf.constant(levels(thresholds), tf.uint8)
+    masks = quantized > level
     return masks, tf.reduce_sum(tf.cast(masks, tf.int32), axis=[1, 2])
 
 
@@ -62,16 +81,22 @@ def gate_kept(class_probs, gate):
 
 @dataclass(frozen=True)
 class PostProcess:
-    """Probability maps -> submitted masks: per-class pixel threshold, minimum area and classifier gate.
+    """Probability maps -> submitted masks: per-class pixel threshold (raised by the soft gate), minimum component
+    size, minimum area and classifier gate, in that order.
 
     `gate` is () for none, (t,) for a binary head (p_any < t empties the whole image), or one threshold per
     class for a multilabel head. `tune` chooses these on out-of-fold data with the same rules (levels,
-    area_kept, gate_kept) that `predict` applies: `to_masks` on the device, then `keep` on the host.
+    area_kept, gate_kept) that `predict` applies: `to_masks` on the device, then on the host `filter` (only
+    when a min_component is set: 8-connected components under it are dropped, and areas are counted after) and
+    `keep`. `soft_gate` is () for none or one k in 0..1 per class: image i's threshold for class c is
+    t_c + (1 - p_ic) * k_c (soft_levels), p the gating probabilities the hard gate reads.
     """
 
     pixel_threshold: tuple = (0.5,) * NUM_CLASSES
     min_area: tuple = (0,) * NUM_CLASSES
     gate: tuple = ()
+    min_component: tuple = (0,) * NUM_CLASSES  # full-resolution pixels; 0: no component filtering
+    soft_gate: tuple = ()
 
     def __post_init__(self):
         # Strict: a hand-edited "0.5", true or 600.5 would otherwise become some other setting without a word.
@@ -84,20 +109,53 @@ class PostProcess:
         object.__setattr__(self, "pixel_threshold", tuple(float(t) for t in self.pixel_threshold))
         object.__setattr__(self, "min_area", tuple(int(a) for a in self.min_area))
         object.__setattr__(self, "gate", tuple(float(t) for t in self.gate))
-        if len(self.pixel_threshold) != NUM_CLASSES or len(self.min_area) != NUM_CLASSES:
-            raise ValueError(f"PostProcess needs {NUM_CLASSES} pixel thresholds and min areas, got {self}")
+        object.__setattr__(self, "min_component", tuple(int(a) for a in self.min_component))
+        # All zeros is no soft gate: stored as () so predict need not load the classifiers for it.
+        object.__setattr__(self, "soft_gate", tuple(float(k) for k in self.soft_gate) if any(self.soft_gate) else ())
+        if NUM_CLASSES != len(self.pixel_threshold) or {len(self.min_area), len(self.min_component)} != {NUM_CLASSES}:
+            raise ValueError(f"PostProcess needs {NUM_CLASSES} pixel thresholds, min areas and min components, "
+                             f"got {self}")
         levels(self.pixel_threshold)
-        if min(self.min_area) < 0:
-            raise ValueError(f"PostProcess.min_area must be >= 0, got {self.min_area}")
+        if min(self.min_area) < 0 or min(self.min_component) < 0:
+            raise ValueError(f"PostProcess.min_area and min_component must be >= 0, got {self}")
         if len(self.gate) not in (0, 1, NUM_CLASSES) or not all(0.0 <= t <= 1.0 for t in self.gate):
             raise ValueError(f"PostProcess.gate must be (), one or {NUM_CLASSES} values in 0..1, got {self.gate}")
+        if len(self.soft_gate) not in (0, NUM_CLASSES) or not all(0.0 <= k <= 1.0 for k in self.soft_gate):
+            raise ValueError(f"PostProcess.soft_gate must be () or {NUM_CLASSES} values in 0..1, got {self.soft_gate}")
 
     @classmethod
     def from_dict(cls, d):
-        return cls(**{k: d[k] for k in ("pixel_threshold", "min_area", "gate") if k in d})
+        # Thresholds files from before component filtering or soft gating have no min_component / soft_gate: none.
+        keys = ("pixel_threshold", "min_area", "gate", "min_component", "soft_gate")
+        return cls(**{k: d[k] for k in keys if k in d})
 
     def to_dict(self):
         return {k: list(v) for k, v in asdict(self).items()}
+
+    @property
+    def filters_components(self):
+        return any(self.min_component)
+
+    @property
+    def needs_classifier(self):
+        return bool(self.gate or self.soft_gate)
+
+    def image_levels(self, class_probs, *, n):
+        """uint8 [n, C]: the level each image's class is thresholded at (`q > level`), soft gate included."""
+        if not self.soft_gate:
+            return np.broadcast_to(levels(self.pixel_threshold), (n, NUM_CLASSES))
+        if class_probs is None:
+            raise ValueError("this post-processing soft-gates on a classifier, but no classifier probabilities "
+                             "were given")
+        return soft_levels(self.pixel_threshold, self.soft_gate, class_probs)
+
+    def filter(self, masks, *, scale=1):
+        """(bool masks [N, H, W, C] without components under min_component, int64 [N, C] full-resolution areas)
+        of masks at full resolution / `scale` (tune scores OOF maps with scale 4)."""
+        from steel_tpu import components  # scipy only when filtering
+
+        masks = components.remove_small(masks, components.scaled(self.min_component, scale=scale))
+        return masks, masks.sum(axis=(1, 2), dtype=np.int64) * scale ** 2
 
     def keep(self, areas, class_probs=None):
         """bool [N, C]: which thresholded masks (full-resolution pixel counts `areas`) are submitted."""

@@ -136,14 +136,17 @@ def submitted_rles(masks, areas, class_probs, *, pp):
 
 
 def _host_work(batch, outputs, *, pp, assembler, bar, failed):
-    """Min areas, gate, RLE encoding and assembly of one device batch (runs in the worker thread)."""
+    """Component filtering, min areas, gate, RLE encoding and assembly of one device batch (runs in the worker thread)."""
     if failed.is_set():
         return  # an earlier batch failed: its chunk is incomplete, so nothing after it may be committed
     try:
         valid = slice(None) if batch["valid"].all() else batch["valid"]  # no copy of full batches' masks
         probs = outputs["probs"][valid] if "probs" in outputs else None
         ids = [i.decode() for i in batch["image_id"][valid]]
-        assembler.add(ids, submitted_rles(outputs["masks"][valid], outputs["areas"][valid], probs, pp=pp))
+        masks, areas = outputs["masks"][valid], outputs["areas"][valid]
+        if pp.filters_components:
+            masks, areas = pp.filter(masks)
+        assembler.add(ids, submitted_rles(masks, areas, probs, pp=pp))
         bar.update(len(ids))
     except BaseException:
         failed.set()
@@ -220,7 +223,7 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
     wd = kit.open_models(workdir)  # a training workdir or an exported kit (steel-tpu export)
     cfg = wd.config()
     pp, pp_from = load_thresholds(workdir, thresholds)
-    if pp.gate and not wd.completed_folds("classify"):
+    if pp.needs_classifier and not wd.completed_folds("classify"):
         raise FileNotFoundError(f"{pp_from} gates on a classifier, but {workdir} has no completed classify folds")
     chunks = plan_chunks(images, chunk_size=chunk_size, skip_bad=skip_bad)  # bad input fails before model builds
     device = device or distribute.select_strategy()
@@ -229,13 +232,13 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
     distribute.per_replica_batch_size(device, batch_size)
     # The classifiers only gate: without a gate they would cost device time and change nothing.
     ens = ensemble.load(workdir, strategy=device.strategy, folds=folds,
-                        tasks=("classify", "segment") if pp.gate else ("segment",))
+                        tasks=("classify", "segment") if pp.needs_classifier else ("segment",))
     writer = ChunkedSubmission(out, plan={
         "chunks": [[list(c.inputs), c.image_ids, c.size] for c in chunks], "models": ens.identity,
         "postprocess": pp.to_dict(), "tta": tta, "segment_size": list(ens.segment_size)})
     done = writer.committed()
     pending = [c for c in chunks if c.index not in done]
-    forward = ensemble.make_forward(ens, pixel_threshold=pp.pixel_threshold, tta=tta)
+    forward = ensemble.make_forward(ens, pixel_threshold=pp.pixel_threshold, tta=tta, soft_gate=pp.soft_gate)
     predict_step = step.make_predict_step(forward=forward, strategy=device.strategy,
                                           jit_compile=distribute.use_xla(device, jit_compile))
     _run(_dataset(pending, image_size=ens.segment_size, batch_size=batch_size), predict_step=predict_step, pp=pp,

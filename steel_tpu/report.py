@@ -188,9 +188,23 @@ def _tune_section(work, result):
     pp, before, after = result["postprocess"], result["dice_before"], result["dice_after"]
     section.parts.append(f"<p>{result['n_images']} OOF images of folds {html.escape(str(result['folds']))}: "
                          f"mean Dice {before['mean']:.4f} at 0.5 → {after['mean']:.4f} tuned.</p>")
-    section.table(["", "pixel threshold", "min area (px)", "gate", "Dice at 0.5", "Dice tuned"],
-                  [[f"class {CLASS_IDS[c]}", pp.pixel_threshold[c], pp.min_area[c], _gate_text(pp.gate, c),
-                    before["per_class"][c], after["per_class"][c]] for c in range(NUM_CLASSES)])
+    empty = (result.get("dice_all_empty") or {}).get("per_class", ["-"] * NUM_CLASSES)
+    hits = result.get("defect_hit_rate") or ["-"] * NUM_CLASSES
+    section.table(["", "pixel threshold", "min area (px)", "min component (px)", "gate", "soft gate k", "Dice at 0.5", "Dice tuned",
+                   "Dice all-empty", "defect images hit"],
+                  [[f"class {CLASS_IDS[c]}", pp.pixel_threshold[c], pp.min_area[c], pp.min_component[c],
+                    _gate_text(pp.gate, c), pp.soft_gate[c] if pp.soft_gate else "-", before["per_class"][c], after["per_class"][c], empty[c],
+                    "-" if hits[c] is None else hits[c]] for c in range(NUM_CLASSES)])
+    for warning in result.get("warnings", []):
+        section.note(f"Warning: {warning}.")
+    stability = result.get("fold_stability")
+    if stability and len(stability["per_fold"]) > 1:
+        section.note("Per fold: the pixel threshold tune chooses on that fold alone / the Dice of the overall "
+                     "choice on it. Thresholds that move between folds, or Dice that does, are fragile.")
+        section.table(["fold", "images", *(f"class {i}: threshold / Dice" for i in CLASS_IDS)],
+                      [[fold, f["n_images"], *(f"{f['pixel_threshold'][c]:g} / {f['dice'][c]:.4f}"
+                                               for c in range(NUM_CLASSES))]
+                       for fold, f in stability["per_fold"].items()])
     data = tune.load_plot_data(Workdir(work).tune_dir())
     if data is None:
         section.note(f"No tune/{tune.PLOT_DATA} (tuned by an older version): run `steel-tpu tune --workdir "

@@ -62,11 +62,12 @@ def _grad_fn(*, model, loss_fn, optimizer, global_batch_size, replicas, augment_
 
 
 def make_train_step(*, model, loss_fn, optimizer, global_batch_size, strategy, augment_fn=None,
-                    steps_per_execution=1, jit_compile=True):
+                    steps_per_execution=1, jit_compile=True, average=None):
     """A function `(iterator, *, step, seed) -> mean loss` running `steps_per_execution` steps in one call.
 
     Batches are `(images, targets)`; step `step + i` of a call augments replica r with
-    `augment_fn(images, targets, seed=replica_seed(seed, step + i, r))`.
+    `augment_fn(images, targets, seed=replica_seed(seed, step + i, r))`. An `average` (averaging.WeightAverage)
+    takes one update after each optimizer step.
     """
     replicas = strategy.num_replicas_in_sync
     _check_optimizer(optimizer, strategy)
@@ -82,6 +83,8 @@ def make_train_step(*, model, loss_fn, optimizer, global_batch_size, strategy, a
         replica_id = tf.distribute.get_replica_context().replica_id_in_sync_group
         loss, grads = grads_fn(images, targets, replica_seed(seed, step, replica_id))
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        if average is not None:
+            average.update(model)
         return loss
 
     @tf.function

@@ -1,5 +1,6 @@
 """K-fold training of each task: one loop per fold that resumes, checkpoints, logs and keeps out-of-fold data."""
 
+import contextlib
 import datetime
 import socket
 import time
@@ -7,8 +8,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from steel_tpu import console, distribute, memory, outputs, resolve, step
+from steel_tpu import averaging, console, distribute, memory, outputs, resolve, step
 from steel_tpu import tasks as tasks_lib
+from steel_tpu.constants import NUM_CLASSES
 from steel_tpu.data import pipeline, tfrecord
 from steel_tpu.data.shard_folder import ShardFolder
 from steel_tpu.keras_api import keras
@@ -34,9 +36,11 @@ def _schedule(t, steps_per_epoch):
 class _FoldState(tf.Module):
     """Everything a resumed fold needs besides the data: weights, optimizer slots, epoch, best score."""
 
-    def __init__(self, model, optimizer):
+    def __init__(self, model, optimizer, average=None):
         super().__init__()
         self.model, self.optimizer = model, optimizer
+        if average is not None:  # only then: checkpoints of runs without an average keep their layout
+            self.average = average
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.best = tf.Variable(-np.inf, dtype=tf.float64, trainable=False)
 
@@ -62,6 +66,12 @@ def _log_row(tb, row, epoch):
     tb.flush()
 
 
+def _class_counts(folder, folds):
+    """The manifest's images per class in `folds` (pos_weight "auto" derives from them)."""
+    entries = folder.entries_of(folds)
+    return [sum(e["class_counts"][c] for e in entries) for c in range(NUM_CLASSES)]
+
+
 def train_fold(*, folder, wd, cfg, task, fold, device):
     """Train `task` on every fold but `fold`, validate on `fold`; resumes from the fold's latest checkpoint."""
     done = wd.done(task, fold)
@@ -84,7 +94,8 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
         optimizer = distribute.wrap_optimizer(keras.optimizers.Adam(_schedule(t, steps)),
                                               keras.mixed_precision.global_policy())
         optimizer.build(model.trainable_variables)
-        state = _FoldState(model, optimizer)
+        average = averaging.WeightAverage(model, decay=t.ema_decay) if t.ema_decay else None
+        state = _FoldState(model, optimizer, average)
     manager = wd.checkpoint_manager(tf.train.Checkpoint(state=state), task, fold)
     if manager.latest_checkpoint:
         tf.train.Checkpoint(state=state).restore(manager.latest_checkpoint).assert_existing_objects_matched()
@@ -94,9 +105,10 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
     # The compiled steps and the data.
     jit_compile = distribute.use_xla(device, t.jit_compile)
     train_step = step.make_train_step(
-        model=model, loss_fn=spec.loss(), optimizer=optimizer, global_batch_size=d.batch_size,
+        model=model, loss_fn=spec.loss(class_counts=_class_counts(folder, train_folds)), optimizer=optimizer,
+        global_batch_size=d.batch_size,
         strategy=device.strategy, augment_fn=spec.augment_fn(), steps_per_execution=t.steps_per_execution,
-        jit_compile=jit_compile)
+        jit_compile=jit_compile, average=average)
     predict = step.make_predict_step(forward=spec.forward(model), strategy=device.strategy, jit_compile=jit_compile)
     train_files = folder.files(folds=train_folds)
     eval_ds = pipeline.eval_dataset(files=folder.files(folds=[fold]), image_size=image_size, batch_size=d.batch_size)
@@ -124,7 +136,13 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
             raise _diverged(spec, fold, epoch, "weights hold NaN or inf")
         train_seconds = time.perf_counter() - start
 
-        score, scores, oof = spec.validate(predict, eval_ds)
+        # With an average, validation, OOF and the kept best weights are all the averaged model's.
+        with average.applied(model) if average else contextlib.nullcontext():
+            score, scores, oof = spec.validate(predict, eval_ds)
+            if score > float(state.best.numpy()):
+                state.best.assign(score)
+                wd.save_weights(model, task, fold)
+                wd.save_oof(task, fold, **oof)
         lr = float(optimizer.learning_rate.numpy()) if hasattr(optimizer.learning_rate, "numpy") else t.learning_rate
         row = {"epoch": epoch, "loss": round(loss, 6), "lr": lr, **{k: round(v, 6) for k, v in scores.items()},
                "train_images_per_s": round(steps * d.batch_size / train_seconds, 2),
@@ -134,10 +152,6 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
         rows.append(row)
         print(f"[{task} fold {fold}] " + "  ".join(f"{k} {v}" for k, v in row.items()))
         _log_row(tb, row, epoch)
-        if score > float(state.best.numpy()):
-            state.best.assign(score)
-            wd.save_weights(model, task, fold)
-            wd.save_oof(task, fold, **oof)
         wd.write_log(task, fold, rows)
         state.epoch.assign(epoch + 1)
         wd.prune_checkpoints(task, fold, latest=manager.save())

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from steel_tpu import outputs, postprocess, storage
+from steel_tpu import outputs, postprocess, storage, tune_checks, tune_soft
 from steel_tpu.constants import HEIGHT, NUM_CLASSES
 from steel_tpu.workdir import Workdir
 
@@ -39,6 +39,17 @@ class OofStats:
     class_probs: np.ndarray | None  # float32 [N, heads] out-of-fold classifier probabilities, or None
     scale: int  # OOF maps are full resolution / scale: one OOF pixel stands for scale**2 pixels
     folds: tuple
+    fold_of: np.ndarray  # int [N]: the fold each image was held out in
+
+    def subset(self, rows):
+        """These statistics restricted to the images `rows` (a bool [N] or index array)."""
+        def take(x):
+            return None if x is None else x[rows]
+
+        return OofStats(image_ids=take(self.image_ids), at_least=take(self.at_least),
+                        truth_at_least=take(self.truth_at_least), truth_area=take(self.truth_area),
+                        dice_full=take(self.dice_full), class_probs=take(self.class_probs), scale=self.scale,
+                        folds=tuple(sorted(set(take(self.fold_of).tolist()))), fold_of=take(self.fold_of))
 
     def counts(self, thresholds):
         """(predicted pixels, intersection with truth) [N, C, K] at pixel thresholds [C, K] (or [K] for all)."""
@@ -126,7 +137,8 @@ def collect(work):
         print(f"tune: no classifier gate ({why})")
     return OofStats(image_ids=image_ids, at_least=np.concatenate(at_least),
                     truth_at_least=np.concatenate(truth_at_least), truth_area=np.concatenate(area),
-                    dice_full=np.concatenate(dice), class_probs=class_probs, scale=scales.pop(), folds=tuple(folds))
+                    dice_full=np.concatenate(dice), class_probs=class_probs, scale=scales.pop(), folds=tuple(folds),
+                    fold_of=np.repeat(folds, [len(i) for i in ids]))
 
 
 def _dice(inter, pred, truth):
@@ -136,7 +148,7 @@ def _dice(inter, pred, truth):
 
 def dice_of(stats, pp):
     """float64 [N, C] OOF Dice of the post-processing `pp` (areas at full resolution = OOF pixels * scale**2)."""
-    pred, inter = (x[:, :, 0] for x in stats.counts(np.asarray(pp.pixel_threshold)[:, None]))
+    pred, inter = tune_soft.counts_at(stats, pp.image_levels(stats.class_probs, n=len(stats.image_ids)))
     kept = pp.keep(pred * stats.scale ** 2, stats.class_probs)
     return _dice(inter * kept, pred * kept, stats.truth)
 
@@ -194,6 +206,13 @@ def choose(stats, tables, *, kind, gates, pixel_grid=PIXEL_GRID, area_grid=AREA_
         gate=() if not any(gate) else gate)  # a gate of 0 passes everything: predict then skips the classifiers
 
 
+def _hit_rate(stats, dice):
+    """Per class: the share of images with that defect whose submitted mask overlaps it (Dice > 0); None when no
+    image has the class."""
+    has = stats.truth_area > 0
+    return [float((dice[has[:, c], c] > 0).mean()) if has[:, c].any() else None for c in range(NUM_CLASSES)]
+
+
 def _summary(dice):
     return {"mean": float(dice.mean()), "per_class": [float(d) for d in dice.mean(axis=0)]}
 
@@ -203,8 +222,8 @@ def plot_data(stats, tables, chosen, *, kind, gates, pixel_grid=PIXEL_GRID, area
     gate = chosen.gate * NUM_CLASSES if len(chosen.gate) == 1 else chosen.gate or (0.0,) * NUM_CLASSES
     chosen_index = [[list(gates).index(g) for g in gate], [list(pixel_grid).index(t) for t in chosen.pixel_threshold],
                     [list(area_grid).index(a) for a in chosen.min_area]]
-    pred, _ = stats.counts(np.asarray(chosen.pixel_threshold)[:, None])
-    raw = pred[:, :, 0] * stats.scale ** 2  # full-resolution areas before min area and gate
+    pred, _ = tune_soft.counts_at(stats, chosen.image_levels(stats.class_probs, n=len(stats.image_ids)))
+    raw = pred * stats.scale ** 2  # full-resolution areas before min area and gate
     return {"dice": tables / len(stats.image_ids), "pixel_grid": np.asarray(pixel_grid, np.float64),
             "area_grid": np.asarray(area_grid, np.int64), "gate_grid": np.asarray(gates, np.float64),
             "chosen": np.asarray(chosen_index, np.int64), "gate_head": np.asarray(kind or "none"),
@@ -235,9 +254,12 @@ def load_plot_data(folder):
     return data
 
 
-def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_grid=GATE_GRID, plots=True):
+def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_grid=GATE_GRID, plots=True,
+         component_grid=(0,), soft_grid=(0.0,)):
     """Write `thresholds.json` and tune/'s plot data (and PNGs with `plots`) into the workdir `out` (default:
-    `workdir`); returns the content of thresholds.json.
+    `workdir`); returns the content of thresholds.json. `component_grid` (full-resolution pixels, e.g.
+    tune_components.COMPONENT_GRID) adds a stage choosing a minimum component size per class; `soft_grid` (e.g.
+    tune_soft.SOFT_GRID) one choosing a soft gate per class before it.
 
     These files, by exact name, are all tune writes or deletes: the previous ones go first, so a run that fails
     leaves no old thresholds.json looking like its result, and thresholds.json is written last.
@@ -247,20 +269,47 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
     for path in [target.thresholds_path()] + [storage.join(target.tune_dir(), n) for n in (PLOT_DATA, *PLOT_FILES)]:
         storage.remove(path)
     stats = collect(workdir)
-    tables, kind, gates = search_tables(stats, pixel_grid=pixel_grid, area_grid=area_grid, gate_grid=gate_grid)
-    chosen = choose(stats, tables, kind=kind, gates=gates, pixel_grid=pixel_grid, area_grid=area_grid)
+
+    def first_stage(subset, pixels):
+        tables, kind, gates = search_tables(subset, pixel_grid=pixels, area_grid=area_grid, gate_grid=gate_grid)
+        pp = choose(subset, tables, kind=kind, gates=gates, pixel_grid=pixels, area_grid=area_grid)
+        return pp, tables, kind, gates
+
+    chosen, tables, kind, gates = first_stage(stats, pixel_grid)
+    wider = tune_checks.extend_pixel_grid(pixel_grid, chosen.pixel_threshold)
+    if wider != tuple(pixel_grid):  # a threshold on the grid's edge: search again with the grid extended
+        pixel_grid = wider
+        chosen, tables, kind, gates = first_stage(stats, pixel_grid)
     before = dice_of(stats, postprocess.PostProcess())
-    after = dice_of(stats, chosen)
+    if any(soft_grid) and stats.class_probs is not None:
+        chosen, _ = tune_soft.refine(stats, chosen, soft_grid=soft_grid, pixel_grid=pixel_grid, area_grid=area_grid)
+    if any(component_grid):
+        from steel_tpu import tune_components  # scipy only for this stage
+
+        chosen, after, _ = tune_components.refine(workdir, stats, chosen, component_grid=component_grid,
+                                                  area_grid=area_grid)
+    else:
+        after = dice_of(stats, chosen)
+    warnings = tune_checks.edge_warnings(chosen, pixel_grid=pixel_grid, area_grid=area_grid, gate_grid=gates,
+                                         component_grid=component_grid, soft_grid=soft_grid)
+    stability = tune_checks.fold_stability(stats, after, choose_on=lambda subset: first_stage(subset, pixel_grid)[0])
     result = {
         **chosen.to_dict(),
         "gate_head": kind,
         "dice_before": _summary(before),
         "dice_after": _summary(after),
         "dice_before_full_resolution": _summary(stats.dice_full),
+        # What a class is worth when never predicted, and how often its defects are found at all: a Dice near the
+        # all-empty one with a hit rate near 0 is a class not learned, however high the Dice.
+        "dice_all_empty": _summary((stats.truth_area == 0).astype(np.float64)),
+        "defect_hit_rate": _hit_rate(stats, after),
         "n_images": int(len(stats.image_ids)),
         "folds": list(stats.folds),
         "oof_scale": stats.scale,
-        "grid": {"pixel_threshold": list(pixel_grid), "min_area": list(area_grid), "gate": list(gates)},
+        "grid": {"pixel_threshold": list(pixel_grid), "min_area": list(area_grid), "gate": list(gates),
+                 "min_component": list(component_grid), "soft_gate": list(soft_grid)},
+        "warnings": warnings,
+        "fold_stability": stability,
     }
     data = plot_data(stats, tables, chosen, kind=kind, gates=gates, pixel_grid=pixel_grid, area_grid=area_grid)
     save_plot_data(target.tune_dir(), data)
@@ -271,5 +320,10 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
     target.save_thresholds(result)
     print(f"tune: OOF dice {result['dice_before']['mean']:.4f} -> {result['dice_after']['mean']:.4f} on "
           f"{result['n_images']} images (folds {list(stats.folds)}); pixel {list(chosen.pixel_threshold)}, "
-          f"min area {list(chosen.min_area)}, gate {list(chosen.gate) or 'none'} -> {target.thresholds_path()}")
+          f"min area {list(chosen.min_area)}, min component {list(chosen.min_component)}, "
+          f"gate {list(chosen.gate) or 'none'}, soft gate {list(chosen.soft_gate) or 'none'} -> {target.thresholds_path()}")
+    for line in tune_checks.describe(stability):
+        print(f"tune: {line}")
+    for line in warnings:
+        print(f"tune: WARNING {line}")
     return result

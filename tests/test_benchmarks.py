@@ -11,14 +11,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "benchmarks", "bench_*.py")))
 # Seconds each (no TensorFlow): cheap enough for every run; the others build shards or models (a minute or more).
 FAST = {"bench_rle.py"}
+# These check more than "it runs" in their own test, at their smoke size: not run twice.
+OWN_TEST = {"bench_beam.py": "tests/test_beam.py", "bench_learning.py": "tests/test_bench_learning.py"}
 
 
 def test_every_benchmark_is_listed():
     assert {"bench_pipeline.py", "bench_predict.py", "bench_rle.py", "bench_shards.py", "bench_train.py"} <= set(
         BENCHMARKS)
+    for name, test in OWN_TEST.items():
+        assert name in BENCHMARKS and f"{name}\"" in open(os.path.join(ROOT, test)).read().replace("'", '"')
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in FAST else pytest.mark.slow) for n in BENCHMARKS])
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in FAST else pytest.mark.slow)
+                                  for n in BENCHMARKS if n not in OWN_TEST])
 def test_benchmark_smoke_size_runs_and_prints_its_figures(name, tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(tmp_path)}
     done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", name), "--smoke"], cwd=tmp_path, env=env,

@@ -59,7 +59,9 @@ def test_unknown_preset_names_the_choices():
     ("segment.train.learning_rate=0", "learning_rate"), ("segment.data.image_width=1000", "image_width"),
     ("segment.augment.crop_width=100", "crop_width"), ("segment.augment.crop_height=512", "crop_height"),
     ("segment.model.arch=fpn", "arch"), ("classify.model.heads=three", "heads"),
-    ("classify.train.loss={'bce': 1, 'lovasz': 1}", "loss"), ("segment.data.clean_keep=1.5", "clean_keep"),
+    ("classify.train.loss={'bce': 1, 'tversky': 1}", "loss"), ("segment.train.ema_decay=1", "ema_decay"),
+    ("segment.train.pos_weight=often", "pos_weight"), ("segment.train.pos_weight=[1, 2]", "pos_weight"),
+    ("segment.data.clean_keep=1.5", "clean_keep"),
     ("segment.data.oversample={1: 0}", "oversample"), ("segment.train.eval_threshold=2", "eval_threshold"),
     ("folds=[0, 0]", "folds"), ("folds=[-1]", "folds"), ("classify.model.encoder=resnet34", "encoder"),
     ("segment.model.weights=noisy", "weights"), ("oof_scale=3", "oof_scale"),
@@ -76,6 +78,10 @@ def test_override_values_are_coerced_to_the_field_type():
     assert cfg.gpu_float16 is True and cfg.segment.train.learning_rate == 1.0
     assert isinstance(cfg.segment.train.learning_rate, float) and cfg.tpu == "local"
     assert cfg.segment.train.jit_compile is None
+    # A field taking a string or numbers: the numbers parse as numbers, the word stays a word.
+    for text, want in (("[2, 1, 1, 3]", (2.0, 1.0, 1.0, 3.0)), ("auto", "auto"), ("None", None)):
+        cfg = config.apply_overrides(config.preset("tiny"), [f"segment.train.pos_weight={text}"])
+        assert cfg.segment.train.pos_weight == want
 
 
 def test_overrides_apply_together_in_any_order():

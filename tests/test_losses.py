@@ -22,6 +22,7 @@ ALL = {
     "bce_smoothed": lambda t, p: losses.bce(t, p, label_smoothing=0.1),
     "dice": losses.soft_dice,
     "focal": losses.focal,
+    "lovasz": losses.lovasz_hinge,
     "bce+dice": losses.make_loss("bce+dice"),
 }
 
@@ -83,6 +84,57 @@ def test_focal_reduces_to_half_bce_and_down_weights_easy_pixels():
     np.testing.assert_allclose(hard.numpy(), [-0.25 * 0.81 * math.log(0.1)], rtol=1e-5)
 
 
+def _lovasz_reference(truth, logits):
+    """Berman et al.'s lovasz_hinge_flat, in float64 numpy, for one example and class."""
+    signs = 2.0 * truth - 1.0
+    errors = 1.0 - logits * signs
+    order = np.argsort(-errors, kind="stable")
+    gt = truth[order]
+    intersection = gt.sum() - np.cumsum(gt)
+    union = gt.sum() + np.cumsum(1.0 - gt)
+    jaccard = 1.0 - intersection / union
+    jaccard[1:] = jaccard[1:] - jaccard[:-1]
+    return float(np.dot(np.maximum(errors[order], 0.0), jaccard))
+
+
+def test_lovasz_hinge_is_the_reference_per_example_and_the_jaccard_loss_at_unit_margins():
+    probs = SEG_PRED.astype(np.float64)
+    logits = np.log(probs) - np.log1p(-probs)
+    want = [np.mean([_lovasz_reference(SEG_TRUE[b, ..., c].ravel(), logits[b, ..., c].ravel()) for c in range(4)])
+            for b in range(len(SEG_TRUE))]
+    np.testing.assert_allclose(losses.lovasz_hinge(SEG_TRUE, SEG_PRED).numpy(), want, rtol=1e-4)
+    # At hinge errors of exactly 0 (logit +-1 on the right side) and 1 (logit 0: wrong), the Lovasz extension
+    # equals the Jaccard loss of the wrong pixels M: |M| / |truth | M|.
+    rng = np.random.default_rng(5)
+    truth = (rng.uniform(size=(2, 6, 8, 1)) > 0.5).astype(np.float32)
+    wrong = rng.uniform(size=truth.shape) > 0.7
+    logit = np.where(wrong, 0.0, 2.0 * truth - 1.0)
+    p = (1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
+    jaccard = [wrong[b].sum() / np.logical_or(truth[b] > 0, wrong[b]).sum() for b in range(2)]
+    np.testing.assert_allclose(losses.lovasz_hinge(truth, p).numpy(), jaccard, rtol=1e-4)
+    confident = np.where(truth > 0, 0.99, 0.01).astype(np.float32)  # every margin above 1: no loss
+    np.testing.assert_allclose(losses.lovasz_hinge(truth, confident).numpy(), [0.0, 0.0], atol=1e-7)
+
+
+def test_auto_pos_weight_from_class_counts():
+    assert losses.auto_pos_weight([100, 25, 400, 4]) == pytest.approx((2.0, 4.0, 1.0, 10.0))
+    assert losses.auto_pos_weight([7, 0, 7, 7]) == pytest.approx((1.0, losses.AUTO_POS_WEIGHT_MAX, 1.0, 1.0))
+    with pytest.raises(ValueError, match="no training image"):
+        losses.auto_pos_weight([0, 0, 0, 0])
+
+
+def test_pos_weight_auto_in_a_task_loss_is_bce_with_the_counts_weights():
+    from steel_tpu import config, tasks
+
+    cfg = config.apply_overrides(config.preset("tiny"), ["segment.train.pos_weight=auto",
+                                                          "segment.train.loss={'bce': 1.0}"])
+    task = tasks.make("segment", cfg)
+    np.testing.assert_allclose(task.loss(class_counts=[100, 25, 400, 4])(SEG_TRUE, SEG_PRED).numpy(),
+                               losses.bce(SEG_TRUE, SEG_PRED, pos_weight=[2.0, 4.0, 1.0, 10.0]).numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="pos_weight=auto needs"):
+        task.loss()
+
+
 def test_make_loss_specs_and_options():
     bce, dice = losses.bce(SEG_TRUE, SEG_PRED).numpy(), losses.soft_dice(SEG_TRUE, SEG_PRED).numpy()
     np.testing.assert_allclose(losses.make_loss("bce+dice")(SEG_TRUE, SEG_PRED).numpy(), bce + dice, rtol=1e-6)
@@ -97,7 +149,7 @@ def test_make_loss_specs_and_options():
 
 
 @pytest.mark.parametrize("spec,options,match", [
-    ("bce+lovasz", None, "lovasz"),
+    ("bce+tversky", None, "tversky"),
     ("bce*0.5", None, "cannot parse"),
     ({}, None, "none"),
     ("bce", {"dice": {"smooth": 2.0}}, "dice"),

@@ -86,8 +86,11 @@ def _reference_masks(work, ids, folder, *, pp, tta, folds=(0, 1)):
             for f in flips:
                 p = np.asarray(model(f(x), training=False))
                 out.append(f(p) if task == "segment" else p)
-    masks = postprocess.binarize(postprocess.to_full_resolution(np.mean(seg, axis=0)).numpy(), pp.pixel_threshold)
-    kept = pp.keep(masks.sum(axis=(1, 2)), np.mean(cls, axis=0) if pp.gate else None)
+    probs = np.mean(cls, axis=0) if pp.needs_classifier else None
+    q = postprocess.to_full_resolution(np.mean(seg, axis=0)).numpy()
+    masks = q > pp.image_levels(probs, n=len(q))[:, None, None, :]  # the soft gate: one level per image and class
+    masks, areas = pp.filter(masks)  # components: brute-force tested in test_components
+    kept = pp.keep(areas, probs)
     return masks & kept[:, None, None, :]
 
 
@@ -112,10 +115,11 @@ def _run(work, images, out, **options):
 
 @pytest.fixture(scope="module")
 def ensemble_run(work, images, tmp_path_factory):
-    """A run with a gate, min areas, per-class thresholds and flip TTA: every option at once."""
+    """A run with a gate, min areas and components, per-class thresholds and flip TTA (the soft gate: test_tune)."""
     out = tmp_path_factory.mktemp("ensemble") / "sub.csv"
     pp = postprocess.PostProcess(pixel_threshold=(0.5, 0.45, 0.5, 0.55), min_area=(0, 300, 0, 0),
-                                 gate=(0.3, 0.5, 0.3, 0.4))  # the tiny classifier is multilabel: a gate per class
+                                 gate=(0.3, 0.5, 0.3, 0.4),  # the tiny classifier is multilabel: a gate per class
+                                 min_component=(0, 0, 150, 40))
     summary = _run(work, images, out, thresholds=pp, tta=True, batch_size=8)
     return out, pp, summary
 

@@ -23,6 +23,7 @@ LOSSES = {
     "bce_smoothed": functools.partial(losses.bce, label_smoothing=0.1),
     "dice": losses.soft_dice,
     "focal": losses.focal,
+    "lovasz": losses.lovasz_hinge,
     "bce+dice": losses.make_loss("bce+dice"),
 }
 

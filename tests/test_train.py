@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu import config, distribute, tasks, train
+from steel_tpu import averaging, config, distribute, tasks, train
 from steel_tpu.data import example
 from steel_tpu.data.shard_folder import ShardFolder
 from steel_tpu.tasks.classify import classifier_scores
@@ -79,7 +79,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_data, tmp_path):
     args = [sys.executable, "-m", "steel_tpu.cli", "train", "--shards", tiny_data["shards"], "--workdir", work,
             "--task", "segment", "--folds", "0", "--config", "tiny",
             "--set", "segment.train.epochs=3", "--set", "segment.train.steps_per_epoch=1",
-            "--set", "segment.train.jit_compile=False"]
+            "--set", "segment.train.jit_compile=False", "--set", "segment.train.ema_decay=0.9"]
     wd = Workdir(work)
     ckpt_index = os.path.join(wd.ckpt_dir("segment", 0), "checkpoint")
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -105,10 +105,13 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_data, tmp_path):
     assert reader.get_tensor("state/epoch/.ATTRIBUTES/VARIABLE_VALUE") == 3
     # One optimizer step per training step of all three epochs: none repeated, none lost.
     assert reader.get_tensor("state/optimizer/_iterations/.ATTRIBUTES/VARIABLE_VALUE") == 3
+    # The weight average resumed with the fold: one update per optimizer step.
+    assert reader.get_tensor("state/average/count/.ATTRIBUTES/VARIABLE_VALUE") == 3
 
 
-def test_training_under_eight_replicas(tiny_data, tiny_config, tmp_path, logical_cpus):
-    cfg = config.apply_overrides(tiny_config, ["segment.train.jit_compile=False", "segment.train.steps_per_epoch=1"])
+def test_training_under_eight_replicas_keeps_the_weight_average(tiny_data, tiny_config, tmp_path, logical_cpus):
+    cfg = config.apply_overrides(tiny_config, ["segment.train.jit_compile=False", "segment.train.steps_per_epoch=1",
+                                               "segment.train.ema_decay=0.9"])
     device = distribute.select_strategy(prefer="mirrored")
     assert device.replicas == len(logical_cpus)
     work = str(tmp_path / "work")
@@ -116,6 +119,19 @@ def test_training_under_eight_replicas(tiny_data, tiny_config, tmp_path, logical
                           device=device)
     assert result["fold"] == 1 and 0.0 <= result["best"] <= 1.0
     assert len(Workdir(work).oof("segment", 1)["image_ids"]) == len(_fold_ids(tiny_data["shards"], 1))
+    # The kept weights (what OOF was scored with and predict loads) are the average, not the trained weights.
+    wd = Workdir(work)
+    task = tasks.make("segment", cfg)
+    model = task.build_model(pretrained=False)
+    wd.load_weights(model, "segment", 1)
+    reader = tf.train.load_checkpoint(wd.ckpt_dir("segment", 1))
+    shadow = [reader.get_tensor(f"state/average/shadow/{i}/.ATTRIBUTES/VARIABLE_VALUE")
+              for i in range(len(averaging.averaged_weights(model)))]
+    for w, s in zip(averaging.averaged_weights(model), shadow):
+        np.testing.assert_array_equal(np.asarray(w), s)
+    trained = [reader.get_tensor(k) for k in reader.get_variable_to_shape_map() if k.startswith("state/model/")
+               and k.endswith("VARIABLE_VALUE")]
+    assert trained and not all(any(np.array_equal(t, s) for t in trained) for s in shadow)
 
 
 def test_cli_names_a_missing_shard_folder(tmp_path):

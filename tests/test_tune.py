@@ -1,5 +1,6 @@
 """Threshold tuning: the vectorised search against brute force, planted effects, files written, a trained workdir."""
 
+import dataclasses
 import itertools
 import os
 
@@ -215,3 +216,126 @@ def test_tune_on_a_trained_workdir(trained_workdir, tmp_path):
     assert result["n_images"] == 48 and result["folds"] == [0, 1] and result["gate_head"] == "multilabel"
     assert result["dice_after"]["mean"] >= result["dice_before"]["mean"]
     assert Workdir(tmp_path).thresholds() == result
+
+
+def _oof_dice_with_components(oof, pp):
+    """Like _oof_dice_direct, with pp's component filter applied to the OOF masks (sizes scaled by SCALE**2)."""
+    q, truth, probs = oof
+    masks, areas = pp.filter(postprocess.binarize(q, pp.pixel_threshold), scale=SCALE)
+    masks &= pp.keep(areas, probs)[:, None, None, :]
+    return metrics.dice_matrix(masks, truth)
+
+
+@pytest.mark.parametrize("classifier", ["binary", "multilabel", None])
+def test_component_stage_is_the_brute_force_optimum_and_removes_specks_on_defective_images(tmp_path, classifier):
+    from steel_tpu import tune_components
+
+    work = str(tmp_path)
+    _write_workdir(work, n=20, seed=4, speck_prob=0.8, classifier=classifier)
+    sizes, areas = (0, 128, 320, 1024), (0, 300, 3000)
+    result = tune.tune(workdir=work, area_grid=areas, component_grid=sizes, plots=False)
+    pp, oof = postprocess.PostProcess.from_dict(result), _load_oof(work)
+    assert result["grid"]["min_component"] == list(sizes)
+    # Reported Dice == direct post-processing of the OOF maps with the chosen components, areas and gate.
+    direct = _oof_dice_with_components(oof, pp)
+    assert result["dice_after"]["per_class"] == pytest.approx(direct.mean(axis=0).tolist(), abs=1e-12)
+    # Brute force over (component size, area) per class at the chosen thresholds and gate.
+    best = np.max([_oof_dice_with_components(oof, dataclasses.replace(pp, min_component=[s] * 4, min_area=[a] * 4))
+                   .mean(axis=0) for s in sizes for a in areas], axis=0)
+    np.testing.assert_allclose(direct.mean(axis=0), best, atol=1e-12)
+    # Specks (256 px) also sit on defective images, where only a component filter removes them.
+    assert all(256 < s for s in pp.min_component), pp.min_component
+    plain = tune.tune(workdir=work, out=str(tmp_path / "plain"), area_grid=areas, plots=False)
+    assert result["dice_after"]["mean"] > plain["dice_after"]["mean"] + 0.005
+    assert tune_components.COMPONENT_GRID[0] == 0
+
+
+def test_edge_choices_extend_the_pixel_grid_or_are_warned_about(tmp_path, capsys):
+    work = str(tmp_path)
+    _write_workdir(work, n=20, seed=6, classifier=None)
+    # Truth pixels sit near 0.45..0.9, background near 0.1: the best threshold is above 0.35, and the 256 px
+    # specks survive every area of this grid.
+    result = tune.tune(workdir=work, pixel_grid=(0.3, 0.35), area_grid=(0, 100), plots=False)
+    assert result["grid"]["pixel_threshold"][-1] == 0.95 and result["grid"]["pixel_threshold"][:2] == [0.3, 0.35]
+    assert all(t > 0.35 for t in result["pixel_threshold"]), result["pixel_threshold"]
+    expected = [f"class {c + 1}: pixel_threshold 0.95" for c, t in enumerate(result["pixel_threshold"]) if t == 0.95]
+    expected += [f"class {c + 1}: min_area 100" for c, a in enumerate(result["min_area"]) if a == 100]
+    assert expected and sorted(w.split(" is at")[0] for w in result["warnings"]) == sorted(expected)
+    assert Workdir(work).thresholds()["warnings"] == result["warnings"]
+    assert f"WARNING {result['warnings'][0]}" in capsys.readouterr().out
+
+
+def test_fold_stability_is_each_fold_tuned_alone_and_the_overall_dice_per_fold(tmp_path):
+    both, alone = str(tmp_path / "both"), str(tmp_path / "alone")
+    _write_workdir(both, n=20, seed=7)
+    _write_workdir(alone, n=20, seed=7, folds=(0,))  # the same fold-0 data: it is generated first
+    result, fold0 = tune.tune(workdir=both, plots=False), tune.tune(workdir=alone, plots=False)
+    stability = result["fold_stability"]
+    own = stability["per_fold"]["0"]
+    assert own["pixel_threshold"] == fold0["pixel_threshold"] and own["min_area"] == fold0["min_area"]
+    direct = _oof_dice_direct(_load_oof(both), postprocess.PostProcess.from_dict(result))
+    for k, fold in enumerate(("0", "1")):
+        assert stability["per_fold"][fold]["dice"] == pytest.approx(direct[k * 20:(k + 1) * 20].mean(axis=0), abs=1e-12)
+    dice = np.array([f["dice"] for f in stability["per_fold"].values()])
+    assert stability["spread"]["dice"] == pytest.approx(dice.max(axis=0) - dice.min(axis=0))
+    assert Workdir(both).thresholds()["fold_stability"] == stability
+
+
+def test_class_diagnosis_beside_the_dice(tuned):
+    work, result = tuned
+    truth = _load_oof(work)[1]
+    has = truth.any(axis=(1, 2))
+    assert result["dice_all_empty"]["per_class"] == pytest.approx((~has).mean(axis=0).tolist())
+    direct = _oof_dice_direct(_load_oof(work), postprocess.PostProcess.from_dict(result))
+    assert result["defect_hit_rate"] == pytest.approx([(direct[has[:, c], c] > 0).mean() for c in range(4)])
+
+
+def _oof_dice_soft(oof, pp):
+    """Dice of `pp` with a soft gate by thresholding every image directly at t + (1 - p) * k, in float64."""
+    q, truth, probs = oof
+    p = np.broadcast_to(probs, (len(q), NUM_CLASSES)).astype(np.float64)
+    effective = np.clip(np.asarray(pp.pixel_threshold) + (1 - p) * np.asarray(pp.soft_gate or [0.0] * 4), 0, 1)
+    # 1e-4: tune computes in float32, whose product can land a hair below an integer float64 reaches.
+    masks = q > np.floor(effective * 255 + 1e-4)[:, None, None, :]
+    masks &= pp.keep(masks.sum(axis=(1, 2)) * SCALE ** 2, probs)[:, None, None, :]
+    return metrics.dice_matrix(masks, truth)
+
+
+@pytest.mark.parametrize("classifier", ["binary", "multilabel"])
+def test_soft_gate_stage_is_the_brute_force_optimum_of_direct_thresholding(tmp_path, classifier):
+    from steel_tpu import tune_soft
+
+    work = str(tmp_path)
+    _write_workdir(work, n=20, seed=8, speck_prob=0.6, classifier=classifier)
+    soft, pixels, areas = (0.0, 0.1, 0.3, 0.6), (0.3, 0.5, 0.7), (0, 300, 3000)
+    result = tune.tune(workdir=work, pixel_grid=pixels, area_grid=areas, soft_grid=soft, plots=False)
+    pp, oof = postprocess.PostProcess.from_dict(result), _load_oof(work)
+    assert result["grid"]["soft_gate"] == list(soft) and len(pp.soft_gate) in (0, 4)
+    direct = _oof_dice_soft(oof, pp)
+    assert result["dice_after"]["per_class"] == pytest.approx(direct.mean(axis=0).tolist(), abs=1e-12)
+    # Every table entry equals direct thresholding: each image's threshold is its own lookup.
+    stats = tune.collect(work)
+    tables = tune_soft.tables(stats, pp, soft_grid=soft, pixel_grid=pixels, area_grid=areas)
+    for (s, k), (t, thr), (a, area) in itertools.product(enumerate(soft), enumerate(pixels), enumerate(areas)):
+        one = dataclasses.replace(pp, soft_gate=[k] * 4, pixel_threshold=[thr] * 4, min_area=[area] * 4)
+        np.testing.assert_allclose(tables[:, s, t, a], _oof_dice_soft(oof, one).mean(axis=0), atol=1e-12)
+    np.testing.assert_allclose(direct.mean(axis=0), tables.max(axis=(1, 2, 3)), atol=1e-12)
+    plain = tune.tune(workdir=work, out=str(tmp_path / "plain"), pixel_grid=pixels, area_grid=areas, plots=False)
+    assert result["dice_after"]["mean"] >= plain["dice_after"]["mean"] - 1e-12 and plain["soft_gate"] == []
+
+
+def test_soft_levels_on_the_device_equal_the_host_rule_and_old_files_load_without_a_soft_gate():
+    rng = np.random.default_rng(3)
+    probs = rng.uniform(0, 1, (64, 4)).astype(np.float32)
+    t, k = (0.3, 0.45, 0.5, 0.75), (0.0, 0.13, 0.5, 1.0)
+    q = rng.integers(0, 256, (64, 3, 5, 4)).astype(np.uint8)
+    for p in (probs, probs[:, :1]):  # per class (multilabel) and one for all (binary)
+        masks, areas = postprocess.to_masks(tf.constant(q), t, soft_gate=k, class_probs=tf.constant(p))
+        want = q > postprocess.soft_levels(t, k, p)[:, None, None, :]
+        np.testing.assert_array_equal(masks.numpy(), want)
+        np.testing.assert_array_equal(areas.numpy(), want.sum(axis=(1, 2)))
+    old = {"pixel_threshold": [0.5] * 4, "min_area": [0] * 4, "gate": []}
+    assert postprocess.PostProcess.from_dict(old).soft_gate == () and not postprocess.PostProcess().needs_classifier
+    assert postprocess.PostProcess(soft_gate=(0,) * 4).soft_gate == ()
+    with pytest.raises(ValueError, match="soft_gate"):
+        postprocess.PostProcess(soft_gate=(0.1, 0.2))

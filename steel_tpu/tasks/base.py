@@ -37,13 +37,18 @@ class Task:
         """What the model learns to predict, from the original and the augmented uint8 masks [B, h, w, 4]."""
         raise NotImplementedError
 
-    def loss(self):
-        """The per-example loss of the config's spec (BCE options: label smoothing, positive weights)."""
+    def loss(self, *, class_counts=None):
+        """The per-example loss of the config's spec (BCE options: label smoothing, positive weights);
+        pos_weight "auto" needs the training images' per-class counts (the shard manifest's)."""
         t = self.config.train
         options = {}
         if "bce" in losses.parse_spec(t.loss):
             options["bce"] = dict(label_smoothing=t.label_smoothing)
-            if t.pos_weight is not None:
+            if t.pos_weight == "auto":
+                if class_counts is None:
+                    raise ValueError(f"{self.name}.train.pos_weight=auto needs the training data's class counts")
+                options["bce"]["pos_weight"] = losses.auto_pos_weight(class_counts)
+            elif t.pos_weight is not None:
                 options["bce"]["pos_weight"] = tuple(t.pos_weight)
         return losses.make_loss(t.loss, options=options)
 

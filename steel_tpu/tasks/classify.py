@@ -21,8 +21,8 @@ class Classify(Task):
         return {"binary": binary, "multilabel": labels, "both": {"binary": binary, "multilabel": labels}}[
             self.config.model.heads]
 
-    def loss(self):
-        loss = super().loss()
+    def loss(self, *, class_counts=None):
+        loss = super().loss(class_counts=class_counts)
         if self.config.model.heads == "both":
             return lambda y, p: loss(y["binary"], p["binary"]) + loss(y["multilabel"], p["multilabel"])
         return loss

@@ -1,0 +1,64 @@
+"""Tune's second stage: a minimum connected-component size per class, searched with the minimum area at the pixel
+thresholds and gate the first stage chose.
+
+Components cannot be read off tune's histograms, so this stage labels the OOF maps once per class at the chosen
+threshold. The OOF maps are full resolution / oof_scale: a full-resolution size s is judged as ceil(s / scale**2)
+OOF pixels, and components touching only diagonally or through thin necks at full resolution may join or split
+when block-averaged, so the chosen sizes are approximate at full resolution.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from steel_tpu import components, postprocess, tune_soft
+from steel_tpu.constants import NUM_CLASSES
+from steel_tpu.workdir import Workdir
+
+# Full-resolution pixels; the 1st Severstal place dropped components under 150 px.
+COMPONENT_GRID = (0, 50, 100, 150, 200, 300, 500, 800, 1200, 2000)
+
+
+def counts(workdir, stats, pp, size_grid):
+    """(predicted pixels, intersection) int64 [N, C, S] at OOF resolution, rows in `stats.image_ids` order, after
+    thresholding as `pp` does (soft gate included) and dropping components under each size of `size_grid`."""
+    wd, sizes = Workdir(workdir), components.scaled(size_grid, scale=stats.scale)
+    levels = pp.image_levels(stats.class_probs, n=len(stats.image_ids))
+    preds, inters = [], []
+    for fold in stats.folds:
+        oof, lv = wd.oof("segment", fold), levels[stats.fold_of == fold][:, None, None, :]
+        per_class = [components.counts_by_size(oof["probs"][..., c] > lv[..., c], oof["truth"][..., c], sizes)
+                     for c in range(NUM_CLASSES)]
+        preds.append(np.stack([p for p, _ in per_class], axis=1))
+        inters.append(np.stack([i for _, i in per_class], axis=1))
+    return np.concatenate(preds), np.concatenate(inters)
+
+
+def _dice(inter, pred, truth):
+    total = pred + truth
+    return np.divide(2.0 * inter, total, out=np.ones(total.shape), where=total > 0)
+
+
+def refine(workdir, stats, chosen, *, component_grid=COMPONENT_GRID, area_grid):
+    """(PostProcess with min_component and min_area re-chosen per class, float64 [N, C] its OOF Dice, float64
+    [C, S, A] mean Dice tables). Size 0 with the first stage's area is in the grid: never worse on OOF data."""
+    pred, inter = counts(workdir, stats, chosen, component_grid)
+    truth, passes = stats.truth, tune_soft.gate_passes(stats, chosen)
+    area = np.asarray(area_grid)
+    tables, picks = [], []
+    for c in range(NUM_CLASSES):
+        empty = (truth[:, c] == 0).astype(np.float64)
+        dice = _dice(inter[:, c], pred[:, c], truth[:, c, None])  # [N, S]
+        kept = postprocess.area_kept(pred[:, c, :, None] * stats.scale ** 2, area[None, None])  # [N, S, A]
+        kept &= passes[:, c, None, None]
+        table = np.where(kept, dice[:, :, None], empty[:, None, None]).mean(axis=0)
+        # Ties prefer no component filtering, then a small area: the simplest setting that scores as well.
+        ties = np.flatnonzero(table.ravel() >= table.max() - 1e-12)
+        picks.append(np.unravel_index(ties[0], table.shape))
+        tables.append(table)
+    pp = dataclasses.replace(chosen, min_component=[component_grid[s] for s, _ in picks],
+                             min_area=[area_grid[a] for _, a in picks])
+    at = np.array([s for s, _ in picks])
+    pred_at, inter_at = (np.take_along_axis(x, at[None, :, None], axis=2)[:, :, 0] for x in (pred, inter))
+    kept = pp.keep(pred_at * stats.scale ** 2, stats.class_probs)
+    return pp, _dice(inter_at * kept, pred_at * kept, truth), np.stack(tables)
