@@ -17,7 +17,7 @@ from steel_tpu.beam.options import pipeline_options
 from steel_tpu.data import decode, source
 from steel_tpu.kaggle import EMPTY
 from steel_tpu.predict import load_thresholds, submitted_rles, write_errors
-from steel_tpu.submission_writer import HEADER, rows_text
+from steel_tpu.submission_writer import HEADER, claim, rows_text
 from steel_tpu.workdir import Workdir
 
 _METRICS = "steel_tpu.predict"
@@ -60,7 +60,7 @@ class EnsembleHandler(ModelHandler):
 
 
 def _list_images(images):
-    """(image id, path) of every .jpg in the folder, as single-machine predict finds them (a literal listing)."""
+    """(image id, path) of every JPEG in the folder, by the one listing rule single-machine predict uses."""
     _, _, found, _ = source.locate(images, split="test")
     return sorted(found.items())
 
@@ -89,7 +89,7 @@ def _write(rows, *, bad, images, out, skip_bad):
         raise source.SourceError(source.describe_bad(dict(bad), images))
     if not rows:
         images_dir = source.locate(images, split="test")[0]
-        raise source.SourceError(f"{images}: empty source, no .jpg files in {images_dir}")
+        raise source.SourceError(f"{images}: empty source, no JPEG files (.jpg, .jpeg) in {images_dir}")
     write_errors(out, bad)
     with storage.atomic_write(out, "wb") as f:
         f.write((HEADER + rows_text(sorted(rows))).encode())
@@ -102,6 +102,7 @@ def predict(*, workdir, images, out, runner, pipeline_flags=(), batch_size=None,
     """`steel-tpu predict` on `runner`: the same submission CSV and errors file; returns a summary dict."""
     start = time.perf_counter()
     options = pipeline_options(runner, pipeline_flags)
+    claim(out)  # as single-machine predict: an unusable --out fails now, and the previous OUT goes before the work
     wd = Workdir(workdir)
     cfg = wd.config()
     pp, pp_from = load_thresholds(workdir, thresholds)
