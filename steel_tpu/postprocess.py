@@ -100,11 +100,11 @@ class PostProcess:
 
     def __post_init__(self):
         # Strict: a hand-edited "0.5", true or 600.5 would otherwise become some other setting without a word.
-        for name in ("pixel_threshold", "min_area", "gate"):
+        for name in ("pixel_threshold", "min_area", "gate", "min_component", "soft_gate"):
             values = getattr(self, name)
             if not isinstance(values, (list, tuple, np.ndarray)) or not all(_finite_number(v) for v in values):
                 raise ValueError(f"PostProcess.{name} must be a list of finite numbers, got {values!r}")
-            if name == "min_area" and not all(float(v).is_integer() for v in values):
+            if name in ("min_area", "min_component") and not all(float(v).is_integer() for v in values):
                 raise ValueError(f"PostProcess.min_area must be whole pixel counts, got {values!r}")
         object.__setattr__(self, "pixel_threshold", tuple(float(t) for t in self.pixel_threshold))
         object.__setattr__(self, "min_area", tuple(int(a) for a in self.min_area))

@@ -34,8 +34,10 @@ CKPT, TB, WEIGHTS, LOG, OOF, DONE = "ckpt", "tb", "best.weights.h5", "log.csv", 
 _FOLD = re.compile(r"fold(\d+)")
 # thresholds.json: what predict applies (postprocess.PostProcess's fields), and tune's record of how it chose them.
 THRESHOLDS_KEYS = ("pixel_threshold", "min_area", "gate")
+# Rules added later: a file from before them (no key) means the rule is off.
+OPTIONAL_RULE_KEYS = ("min_component", "soft_gate")
 TUNE_RECORD_KEYS = ("gate_head", "dice_before", "dice_after", "dice_before_full_resolution", "n_images", "folds",
-                    "oof_scale", "grid")
+                    "oof_scale", "grid", "dice_all_empty", "defect_hit_rate", "fold_stability", "warnings")
 # What each task's oof.npz holds (save_oof says what each array is); a file missing one is named, not a KeyError.
 OOF_KEYS = {"classify": ("image_ids", "labels", "probs"),
             "segment": ("image_ids", "labels", "probs", "truth", "truth_area", "dice")}
@@ -66,11 +68,11 @@ def read_thresholds(path):
     if not isinstance(doc, dict):
         raise WorkdirError(f"{path}: not a valid thresholds file (a JSON object expected, got {type(doc).__name__})")
     missing = [k for k in THRESHOLDS_KEYS if k not in doc]
-    unknown = sorted(k for k in doc if k not in THRESHOLDS_KEYS + TUNE_RECORD_KEYS)
+    unknown = sorted(k for k in doc if k not in THRESHOLDS_KEYS + OPTIONAL_RULE_KEYS + TUNE_RECORD_KEYS)
     if missing or unknown:
         raise WorkdirError(f"{path}: not a valid thresholds file: missing key(s) {missing or 'none'}, unknown key(s) "
-                           f"{unknown or 'none'} (expected {list(THRESHOLDS_KEYS)}, optionally tune's "
-                           f"{list(TUNE_RECORD_KEYS)})")
+                           f"{unknown or 'none'} (expected {list(THRESHOLDS_KEYS)}, optionally "
+                           f"{list(OPTIONAL_RULE_KEYS)} and tune's {list(TUNE_RECORD_KEYS)})")
     return doc
 
 

@@ -80,7 +80,7 @@ def test_train_over_other_shards_stops_before_any_fold(tiny_data, tiny_config, t
 @pytest.mark.parametrize("item, message", [
     ("segment.train.learning_rate=1e999", "learning_rate must be a finite number"),
     ("segment.train.warmup_epochs=1e999", "warmup_epochs must be a finite number"),
-    ("classify.train.pos_weight=[1.0, 1.0, 1.0, 1e999]", "pos_weight=.*: must be None or 4 finite numbers > 0"),
+    ("classify.train.pos_weight=[1.0, 1.0, 1.0, 1e999]", "pos_weight=.*: must be None, \"auto\" or 4 finite numbers > 0"),
     ("seed=-1", "seed=-1: must be >= 0"),
 ])
 def test_non_finite_or_negative_settings_are_refused(item, message):
