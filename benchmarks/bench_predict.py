@@ -65,7 +65,8 @@ def _workdir(work, *, size, sample_paths):
     cfg = config_lib.tiny()
     h, w = size
     for task in (cfg.classify, cfg.segment):
-        task.data = dataclasses.replace(task.data, image_height=h, image_width=w, batch_size=8)
+        task.data = dataclasses.replace(task.data, image_height=h, image_width=w, batch_size=None,
+                                        batch_per_replica=8)
     cfg.segment.model = dataclasses.replace(cfg.segment.model, decoder_filters=(256, 128, 64, 32, 16))
     # Seed 000's classifier is binary (one p_any gating the whole image), so the baseline's gate is the same rule.
     cfg.classify.model = dataclasses.replace(cfg.classify.model, heads="binary")

@@ -69,7 +69,8 @@ def main(argv=None):
              f"segment.augment.crop_width={min(args.width, 384)}"]
     cfg = config.apply_overrides(config.preset("tiny"), size + crops + [
         f"classify.train.epochs={args.classify_epochs}", f"segment.train.epochs={args.segment_epochs}",
-        f"classify.model.heads={args.heads}", "classify.data.batch_size=16", "segment.data.batch_size=8", *steps,
+        f"classify.model.heads={args.heads}", "classify.data.batch_per_replica=16",
+        "segment.data.batch_per_replica=8", *steps,
     ])
     start = time.perf_counter()
     train.run(shards=shards, workdir=work, cfg=cfg, folds=folds)

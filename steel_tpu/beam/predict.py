@@ -12,7 +12,7 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
-from steel_tpu import distribute, ensemble, step, storage
+from steel_tpu import distribute, ensemble, resolve, step, storage
 from steel_tpu.beam.options import pipeline_options
 from steel_tpu.data import decode, source
 from steel_tpu.kaggle import EMPTY
@@ -112,8 +112,11 @@ def predict(*, workdir, images, out, runner, pipeline_flags=(), batch_size=None,
         raise FileNotFoundError(f"{workdir}: no completed segment folds (segment/fold*/done.json): "
                                 "nothing to predict with")
     size = (cfg.segment.data.image_height, cfg.segment.data.image_width)
+    # Beam batches are sized when the pipeline is built, before any worker's device is known: one replica's batch
+    # (a CPU or one-GPU worker); give --batch-size for workers with more replicas. Scores do not depend on it.
+    launch_batch = resolve.global_batch(cfg.segment.data, replicas=1)
     handler = EnsembleHandler(workdir=str(workdir), folds=folds, gate=bool(pp.gate), tta=tta,
-                              pixel_threshold=pp.pixel_threshold, batch_size=batch_size or cfg.segment.data.batch_size,
+                              pixel_threshold=pp.pixel_threshold, batch_size=batch_size or launch_batch,
                               image_size=size, jit_compile=jit_compile)
     p = beam.Pipeline(options=options)
     checked = (p
