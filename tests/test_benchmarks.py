@@ -12,7 +12,8 @@ BENCHMARKS = sorted(os.path.basename(p) for p in glob.glob(os.path.join(ROOT, "b
 # Seconds each (no TensorFlow): cheap enough for every run; the others build shards or models (a minute or more).
 FAST = {"bench_rle.py"}
 # These check more than "it runs" in their own test, at their smoke size: not run twice.
-OWN_TEST = {"bench_beam.py": "tests/test_beam.py", "bench_learning.py": "tests/test_bench_learning.py"}
+OWN_TEST = {"bench_beam.py": "tests/test_beam.py", "bench_kit.py": "tests/test_export.py",
+            "bench_learning.py": "tests/test_bench_learning.py"}
 
 
 def test_every_benchmark_is_listed():
