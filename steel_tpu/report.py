@@ -29,7 +29,7 @@ FILES = frozenset({INDEX, "dice_per_class.png", "confusion.png", "examples.png",
                    *(f"curves_{task}.png" for task in CURVE_METRICS), *(f"tune_{name}" for name in _TUNE_CAPTIONS)})
 _STYLE = ("body{font-family:sans-serif;max-width:1300px;margin:auto;padding:0 1em}"
           "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
-          "th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5em 0}.note{color:#777}")
+          "th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5em 0}.note{color:#777}.warning{color:#a40}")
 
 
 @dataclass
@@ -39,7 +39,11 @@ class Section:
     files: dict = field(default_factory=dict)  # PNG name -> bytes
 
     def note(self, text):
+        """A missing input, said in grey (a complete workdir's page has none)."""
         self.parts.append(f'<p class="note">{html.escape(text)}</p>')
+
+    def paragraph(self, text, *, warning=False):
+        self.parts.append(f'<p class="warning">{html.escape(text)}</p>' if warning else f"<p>{html.escape(text)}</p>")
 
     def figure(self, name, png, caption):
         self.files[name] = png
@@ -196,10 +200,10 @@ def _tune_section(work, result):
                     _gate_text(pp.gate, c), pp.soft_gate[c] if pp.soft_gate else "-", before["per_class"][c], after["per_class"][c], empty[c],
                     "-" if hits[c] is None else hits[c]] for c in range(NUM_CLASSES)])
     for warning in result.get("warnings", []):
-        section.note(f"Warning: {warning}.")
+        section.paragraph(f"Warning: {warning}.", warning=True)
     stability = result.get("fold_stability")
     if stability and len(stability["per_fold"]) > 1:
-        section.note("Per fold: the pixel threshold tune chooses on that fold alone / the Dice of the overall "
+        section.paragraph("Per fold: the pixel threshold tune chooses on that fold alone / the Dice of the overall "
                      "choice on it. Thresholds that move between folds, or Dice that does, are fragile.")
         section.table(["fold", "images", *(f"class {i}: threshold / Dice" for i in CLASS_IDS)],
                       [[fold, f["n_images"], *(f"{f['pixel_threshold'][c]:g} / {f['dice'][c]:.4f}"

@@ -1,6 +1,7 @@
 """The install decision on simulated hosts, and pip's own resolver on what it decides for a TPU host."""
 
 import json
+import os
 import tempfile
 from pathlib import Path
 import subprocess
@@ -105,6 +106,10 @@ def test_dry_run_prints_the_commands_and_installs_nothing(capsys, monkeypatch, t
 
 # --- pip's own resolver (metadata only) -------------------------------------------------------------------------
 
+# The environment as the suite started: pip must not see what another test's fixtures left in os.environ.
+_ENV = dict(os.environ)
+
+
 def _resolve(tmp_path, requirements, *, no_deps=False):
     report = tmp_path / f"report{len(list(tmp_path.glob('report*')))}.json"
     args = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
@@ -112,7 +117,7 @@ def _resolve(tmp_path, requirements, *, no_deps=False):
             "--platform", "manylinux_2_31_x86_64", "--platform", "manylinux_2_17_x86_64",
             "--platform", "manylinux2014_x86_64", "--target", str(tmp_path / "target"), "--report", str(report),
             *(["--no-deps"] if no_deps else []), *requirements]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=_ENV)
     offline = ("NewConnectionError", "Could not fetch", "ProxyError", "Network is unreachable", "Temporary failure")
     if done.returncode != 0 and any(s in done.stderr for s in offline):
         pytest.skip(f"PyPI is unreachable: {done.stderr.strip().splitlines()[-1]}")
