@@ -20,7 +20,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench_predict import _data, _workdir  # noqa: E402  (benchmarks/ is this script's own folder)
+from bench_predict import scoring_inputs  # noqa: E402  (benchmarks/ is this script's own folder)
 
 from steel_tpu import postprocess, predict  # noqa: E402
 from steel_tpu.beam import predict as beam_predict  # noqa: E402
@@ -46,11 +46,7 @@ def main(argv=None):
     if args.smoke:
         args.images, args.data = 8, tempfile.mkdtemp(prefix="bench_beam_")
     size = tuple(int(v) for v in args.size.split("x"))
-    images = _data(args.data, args.images)
-    paths = sorted(os.path.join(images, f) for f in os.listdir(images))
-    work = os.path.join(args.data, f"work_{size[0]}x{size[1]}")
-    shutil.rmtree(work, ignore_errors=True)
-    _workdir(work, size=size, sample_paths=paths[:8])
+    images, paths, work = scoring_inputs(args.data, n_images=args.images, size=size)
     n, pp = len(paths), postprocess.PostProcess()  # no gate: the classifier only gates
     single_csv, beam_csv = os.path.join(args.data, "single.csv"), os.path.join(args.data, "beam.csv")
 

@@ -188,6 +188,17 @@ def predict_stages(work, paths, *, size, batch_size):
     return stages
 
 
+def scoring_inputs(data, *, n_images, size):
+    """(image folder, its sorted paths, a fresh random-init workdir at `size`) under `data`: what the scoring
+    benchmarks score."""
+    images = _data(data, n_images)
+    paths = sorted(os.path.join(images, f) for f in os.listdir(images))
+    work = os.path.join(data, f"work_{size[0]}x{size[1]}")
+    shutil.rmtree(work, ignore_errors=True)
+    _workdir(work, size=size, sample_paths=paths[:8])
+    return images, paths, work
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=200)
@@ -201,11 +212,7 @@ def main(argv=None):
         args.images, args.repeat = 8, 1
         args.data = args.data.rstrip("/") + "_smoke"
     size = tuple(int(v) for v in args.size.split("x"))
-    images = _data(args.data, args.images)
-    paths = sorted(os.path.join(images, f) for f in os.listdir(images))
-    work = os.path.join(args.data, f"work_{size[0]}x{size[1]}")
-    shutil.rmtree(work, ignore_errors=True)
-    _workdir(work, size=size, sample_paths=paths[:8])
+    images, paths, work = scoring_inputs(args.data, n_images=args.images, size=size)
     n = len(paths)
     ours_csv, seed_csv = os.path.join(args.data, "ours.csv"), os.path.join(args.data, "seed.csv")
     seed_runs = []

@@ -29,6 +29,22 @@ def logical_cpus():
     return [d.name for d in devices]
 
 
+@pytest.fixture(scope="module")
+def mirrored(logical_cpus):
+    """The 8-replica strategy (tests that need it for other things define their own)."""
+    from steel_tpu import distribute
+
+    return distribute.select_strategy(prefer="mirrored", verbose=False)
+
+
+@pytest.fixture(scope="module")
+def single():
+    """One CPU device, the reference the replicated runs are compared with."""
+    from steel_tpu import distribute
+
+    return distribute.select_strategy(prefer="cpu", verbose=False)
+
+
 @pytest.fixture(scope="session")
 def gcs_server():
     """A loopback GCS for the session: gcsfs and TensorFlow's gs:// in this process (and in subprocesses

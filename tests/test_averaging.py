@@ -5,21 +5,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu import averaging, distribute, step
+from steel_tpu import averaging, step
 from steel_tpu.keras_api import keras
 from tests.test_step import BATCH, LOSSES, MASKS, iterator, segmenter, setup
 
 DECAY = 0.9
-
-
-@pytest.fixture(scope="module")
-def mirrored(logical_cpus):
-    return distribute.select_strategy(prefer="mirrored", verbose=False)
-
-
-@pytest.fixture(scope="module")
-def single():
-    return distribute.select_strategy(prefer="cpu", verbose=False)
 
 
 def _train(device, *, steps=4):

@@ -21,7 +21,7 @@ from steel_tpu.data.shards import build_shards
 from steel_tpu.data.source import SourceError
 from steel_tpu.data.verify import verify
 from steel_tpu.synth import synthesize
-from test_predict import N_TEST, data, images, work  # noqa: F401  (the random-init fold workdir, its images)
+from test_predict import N_TEST, data, images, upload_inputs, work  # noqa: F401  (the random-init fold workdir, its images)
 
 RUNNER = ["--runner", "DirectRunner", "--direct_num_workers=1"]
 K = 3
@@ -134,13 +134,7 @@ def test_beam_predict_bad_images_follow_the_same_rules(work, images, tmp_path, c
 
 @pytest.mark.slow
 def test_beam_predict_on_gcs(work, images, gcs_bucket, tmp_path):  # noqa: F811
-    remote_images, remote_work = f"{gcs_bucket}/test_images", f"{gcs_bucket}/work"
-    for name in os.listdir(images):
-        storage.write_bytes(f"{remote_images}/{name}", storage.read_bytes(os.path.join(images, name)))
-    for root, _, files in os.walk(work):
-        for name in files:
-            rel = os.path.relpath(os.path.join(root, name), work)
-            storage.write_bytes(f"{remote_work}/{rel}", storage.read_bytes(os.path.join(root, name)))
+    remote_images, remote_work = upload_inputs(images=images, work=work, bucket=gcs_bucket)
     local = tmp_path / "single.csv"
     predict.predict(workdir=work, images=images, out=str(local), batch_size=4, progress=False)
     remote = f"{gcs_bucket}/out/sub.csv"

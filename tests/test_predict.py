@@ -246,15 +246,21 @@ def test_thresholds_come_from_the_workdir_and_gate_needs_a_classifier(work, imag
         _run(str(own), images, tmp_path / "x.csv", batch_size=8)
 
 
-@pytest.mark.slow
-def test_gcs_end_to_end(plain, work, images, gcs_bucket):
-    remote_images, remote_work = f"{gcs_bucket}/test_images", f"{gcs_bucket}/work"
+def upload_inputs(*, images, work, bucket):
+    """Copy the test images and the workdir into `bucket`; returns their gs:// paths (images, workdir)."""
+    remote_images, remote_work = f"{bucket}/test_images", f"{bucket}/work"
     for name in os.listdir(images):
         storage.write_bytes(f"{remote_images}/{name}", storage.read_bytes(os.path.join(images, name)))
     for root, _, files in os.walk(work):
         for name in files:
             rel = os.path.relpath(os.path.join(root, name), work)
             storage.write_bytes(f"{remote_work}/{rel}", storage.read_bytes(os.path.join(root, name)))
+    return remote_images, remote_work
+
+
+@pytest.mark.slow
+def test_gcs_end_to_end(plain, work, images, gcs_bucket):
+    remote_images, remote_work = upload_inputs(images=images, work=work, bucket=gcs_bucket)
     remote_out = f"{gcs_bucket}/out/sub.csv"
     summary = _run(remote_work, remote_images, remote_out, batch_size=8, chunk_size=5)
     assert summary["images"] == N_TEST

@@ -53,16 +53,6 @@ def classifier_loss(y, p):
 INITIAL = {build: build().get_weights() for build in (segmenter, classifier)}
 
 
-@pytest.fixture(scope="module")
-def mirrored(logical_cpus):
-    return distribute.select_strategy(prefer="mirrored", verbose=False)
-
-
-@pytest.fixture(scope="module")
-def single():
-    return distribute.select_strategy(prefer="cpu", verbose=False)
-
-
 def flip_augment(images, targets, *, seed):
     """A trivial XLA-safe augmentation: flip the whole replica batch left-right with probability 1/2."""
     flip = tf.random.stateless_uniform([], seed=seed) < 0.5
