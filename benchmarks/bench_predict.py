@@ -40,6 +40,9 @@ from steel_tpu.workdir import Workdir  # noqa: E402
 
 FOLDS = (0, 1)
 DEFECT_FRACTION = 0.05
+# The same gate as the baseline's (keeps everything); 150 px: the 1st place's minimum component size.
+HOST_PP = {"plain": postprocess.PostProcess(gate=(0.0,)),
+           "components": postprocess.PostProcess(gate=(0.0,), min_component=(150,) * 4)}
 
 
 def _data(folder, n):
@@ -147,7 +150,7 @@ def seed_post(paths, seg, p_any, *, out):
     long[["ImageId", "EncodedPixels", "ClassId"]].to_csv(out, index=False)
 
 
-def host_path(paths, seg, p_any, *, size, batch_size, out):
+def host_path(paths, seg, p_any, *, size, batch_size, out, pp):
     """({"decode": s, "post": s}) that `predict` spends outside the device on these images: tf.data decoding, then
     min area / gate, RLE and committed CSV chunks of the device's full-resolution masks, made here from the same
     probabilities (the device's share, upsampling and thresholding, is done before the clock starts)."""
@@ -155,7 +158,6 @@ def host_path(paths, seg, p_any, *, size, batch_size, out):
     for _ in pipeline.predict_dataset(source=list(paths), image_size=size, batch_size=batch_size):
         pass
     decode = time.perf_counter() - start
-    pp = postprocess.PostProcess(gate=(0.0,))
     device = []
     for i in range(0, len(paths), batch_size):
         maps = postprocess.to_full_resolution(seg[i:i + batch_size])
@@ -163,6 +165,8 @@ def host_path(paths, seg, p_any, *, size, batch_size, out):
     start = time.perf_counter()
     writer = ChunkedSubmission(out, plan={"bench": len(paths)})
     for (masks, areas), i in zip(device, range(0, len(paths), batch_size)):
+        if pp.filters_components:  # as predict's _host_work: components dropped, areas counted after
+            masks, areas = pp.filter(masks)
         rles = predict.submitted_rles(masks, areas, p_any[i:i + batch_size, None], pp=pp)
         writer.commit(i // batch_size, list(zip([os.path.basename(p) for p in paths[i:i + batch_size]], rles)))
     writer.finish((len(paths) + batch_size - 1) // batch_size)
@@ -234,19 +238,23 @@ def main(argv=None):
     seed_stages = {k: float(np.median([r[0][k] for r in seed_runs])) for k in seed_runs[0][0]}
     _, seg, p_any = seed_runs[-1]
     host_csv = os.path.join(args.data, "host.csv")
-    host_runs = []
+    host_runs = {"plain": [], "components": []}
 
-    def ours_host():
-        shutil.rmtree(host_csv, ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(host_csv)
-        host_runs.append(host_path(paths, seg, p_any, size=size, batch_size=args.batch_size, out=host_csv))
+    def ours_host(kind):
+        def run():
+            shutil.rmtree(host_csv, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(host_csv)
+            host_runs[kind].append(host_path(paths, seg, p_any, size=size, batch_size=args.batch_size, out=host_csv,
+                                             pp=HOST_PP[kind]))
+        return run
 
-    # Host paths alone: seed's image loading + post-processing vs predict's decoding + post-processing.
+    # Host paths alone: seed's image loading + post-processing vs predict's decoding + post-processing, and
+    # predict's with component filtering on (what `tune --components` can choose), for its cost per image.
     host_times = timing.interleaved({
         "seed-000": lambda: (_load_images(paths, size).astype(np.float32), seed_post(paths, seg, p_any, out=seed_csv)),
-        "predict": ours_host}, repeats=max(3, args.repeat))
-    ours_host_stages = {k: float(np.median([r[k] for r in host_runs])) for k in host_runs[0]}
+        "predict": ours_host("plain"), "predict+components": ours_host("components")}, repeats=max(3, args.repeat))
+    ours_host_stages = {k: float(np.median([r[k] for r in host_runs["plain"]])) for k in host_runs["plain"][0]}
     ours_stages = {**predict_stages(work, paths, size=size, batch_size=args.batch_size), **ours_host_stages}
 
     agree = metrics.score_labels(kaggle.read_labels(ours_csv), kaggle.read_labels(seed_csv),
@@ -268,6 +276,12 @@ def main(argv=None):
         print(f"  {name:9s} {median:7.2f} s  {n / median:6.1f} images/s")
     print(timing.ratio_line("host_path predict/seed-000", timing.speedups(host_times, baseline="seed-000",
                                                                           contender="predict")))
+    post = {k: np.array([r["post"] for r in runs]) for k, runs in host_runs.items()}
+    extra = (post["components"] - post["plain"]) / n * 1e3  # paired repeats: the same load on both
+    print(f"component filtering at full resolution (min {HOST_PP['components'].min_component[0]} px a class, "
+          f"8-connected, every class): {np.median(extra):.2f} ms per image more host time "
+          f"({extra.min():.2f}..{extra.max():.2f} over {extra.size}); post-processing "
+          f"{np.median(post['plain']) / n * 1e3:.2f} ms per image without it")
     print(f"agreement of the two submissions (Dice of predict's masks vs seed's): {agree.format()}")
 
 
