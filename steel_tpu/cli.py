@@ -12,6 +12,7 @@ EXAMPLES = {
     "synth": "steel-tpu synth --out data --train 400 --test 100",
     "evaluate": "steel-tpu evaluate --pred submission.csv --truth data/test_truth.csv --images data/test_images",
     "shards": "steel-tpu shards --data data --out shards --folds 5",
+    "import-seed004": "steel-tpu import-seed004 --src gs://bucket/tfrecs --out shards --folds 5",
     "verify": "steel-tpu verify --shards shards --data data",
     "train": "steel-tpu train --shards shards --workdir work --config tiny --folds 0,1",
     "tune": "steel-tpu tune --workdir work",
@@ -60,6 +61,13 @@ def _shards(args):
 
     print(build_shards(data=args.data, out=args.out, folds=args.folds, seed=args.seed, shard_mb=args.shard_mb,
                        split=args.split, workers=args.workers, overwrite=args.overwrite, skip_bad=args.skip_bad))
+
+
+def _import_seed004(args):
+    from steel_tpu.data.seed004 import import_seed004
+
+    print(import_seed004(src=args.src, out=args.out, folds=args.folds, seed=args.seed, shard_mb=args.shard_mb,
+                         workers=args.workers, overwrite=args.overwrite))
 
 
 def _verify(args):
@@ -227,6 +235,18 @@ def _add_parsers(sub, common):
     p.add_argument("--overwrite", action="store_true", help="rebuild every shard instead of resuming")
     p.add_argument("--skip-bad", action="store_true", help="record bad images in the manifest and go on")
     _add_runner(p)
+
+    p = _add(sub, "import-seed004", _import_seed004,
+             "write a shard folder from seed 004's TFRecords (img_id, image, rle, label; *train-defect*-N.tfrec and "
+             "*train-no-defect*-N.tfrec), JPEGs copied as they are, folds stratified as `shards` assigns them",
+             common)
+    p.add_argument("--src", required=True, help="the seed's folder of .tfrec files, local or gs://")
+    p.add_argument("--out", required=True, help="the shard folder to write, local or gs://")
+    p.add_argument("--folds", type=_bounded(int, 2), default=5, help="number of stratified folds K")
+    p.add_argument("--seed", type=_COUNT, default=0, help="seed of the fold assignment")
+    p.add_argument("--shard-mb", type=_bounded(float, 0, strict=True), default=100.0, help="target shard size in MB")
+    p.add_argument("--workers", type=_WORKERS, default=None, help="parallel workers (default: CPU cores)")
+    p.add_argument("--overwrite", action="store_true", help="rebuild every shard instead of resuming")
 
     p = _add(sub, "verify", _verify, "re-read shards and check them against the manifest (and the source)", common)
     p.add_argument("--shards", required=True, help="the shard folder, local or gs://")

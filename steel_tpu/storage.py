@@ -99,6 +99,12 @@ def read_bytes(path):
     return fs.cat_file(p)
 
 
+def read_range(path, *, start, length):
+    """`length` bytes of a file from byte `start`: one ranged read (on GCS one request, not a whole object)."""
+    fs, p = _fs(path)
+    return fs.cat_file(p, start=start, end=start + length)
+
+
 def read_text(path):
     return read_bytes(path).decode("utf-8")
 

@@ -42,6 +42,8 @@ def _header_problem(data):
     try:
         image = Image.open(io.BytesIO(data))
         kind, mode, (width, height) = image.format, image.mode, image.size
+    except Image.DecompressionBombError as error:  # a header claiming billions of pixels: e.g. bytes read as a GIF
+        return f"not a {WIDTH}x{HEIGHT} JPEG ({error})"
     except UnidentifiedImageError:
         if data.startswith(_SOI):  # a JPEG PIL cannot read (e.g. 12-bit samples): libjpeg says why
             return _decoder_reason(data) or "unreadable JPEG"

@@ -103,13 +103,17 @@ class Build:
 
 
 def plan_build(*, data, out, folds=5, seed=0, shard_mb=100.0, split="train", workers=None, overwrite=False,
-               skip_bad=False):
-    """Scan and plan `data`, claim `out` (refusing foreign files) and record the plan there before any shard."""
+               skip_bad=False, read_source=None):
+    """Scan and plan `data`, claim `out` (refusing foreign files) and record the plan there before any shard.
+
+    `read_source`: a function returning the checked Source to shard, for a source that is not a Kaggle layout
+    (steel_tpu.data.seed004); by default `data` is scanned as one.
+    """
     if not (math.isfinite(shard_mb) and shard_mb > 0) or (split == "train" and folds < 2):
         raise ValueError(f"need a finite shard_mb > 0 and folds >= 2, got shard_mb={shard_mb}, folds={folds}")
     outputs.check_folder(out)  # a file (or a path under one) as --out fails before the images are scanned
     workers = workers or os.cpu_count()
-    source = scan(data, split=split, workers=workers, skip_bad=skip_bad)
+    source = read_source() if read_source else scan(data, split=split, workers=workers, skip_bad=skip_bad)
     specs = plan_shards(source, folds=folds, seed=seed, shard_mb=shard_mb)
     plan_sha256 = _plan_digest(source, specs, folds=folds, seed=seed, shard_mb=shard_mb)
     found = storage.list_files(out)
@@ -155,15 +159,16 @@ def summarize(build, manifest, *, seconds):
 
 
 def build_shards(*, data, out, folds=5, seed=0, shard_mb=100.0, split="train", workers=None, overwrite=False,
-                 skip_bad=False, progress=True, _after_shard=None):
+                 skip_bad=False, progress=True, read_source=None, _after_shard=None):
     """Write the shards of `data` under `out` (local or gs://) and the manifest last; resume unless overwrite.
 
-    `_after_shard(n_written)` is a test hook run after each finished shard (to interrupt a build).
+    `read_source`: as in plan_build. `_after_shard(n_written)` is a test hook run after each finished shard (to
+    interrupt a build).
     """
     start = time.perf_counter()
     workers = workers or os.cpu_count()
     build = plan_build(data=data, out=out, folds=folds, seed=seed, shard_mb=shard_mb, split=split,
-                       workers=workers, overwrite=overwrite, skip_bad=skip_bad)
+                       workers=workers, overwrite=overwrite, skip_bad=skip_bad, read_source=read_source)
     done = dict(build.done)
     _write_all(build.todo, done, source=build.source, out=build.out, plan=build.plan, workers=workers,
                progress=progress, after_shard=_after_shard)
@@ -211,7 +216,7 @@ def _write_shard(spec, *, source, out, on_image, stop):
             rles = source.labels.rles[image_id] if source.labels else kaggle.EMPTY
             record = example.serialize(
                 image_id=image_id,
-                jpeg_bytes=storage.read_bytes(source.paths[image_id]),
+                jpeg_bytes=source.read_image(image_id),
                 height=HEIGHT,
                 width=WIDTH,
                 rles=rles,
@@ -238,6 +243,7 @@ def _plan_digest(source, specs, *, folds, seed, shard_mb):
         "seed": seed,
         "shard_mb": shard_mb,
         "shards": [[s.name, [[i, source.sizes[i]] for i in s.image_ids]] for s in specs],
+        **source.manifest_extra(),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -337,4 +343,5 @@ def _manifest(source, specs, done, *, data, folds, seed, shard_mb, plan_sha256):
         "fold_totals": [fold_totals(shards, f) for f in fold_ids],
         "shards": shards,
         "skipped": [{"image_id": i, "reason": reason} for i, reason in source.skipped],
+        **source.manifest_extra(),
     }

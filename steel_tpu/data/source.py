@@ -29,6 +29,14 @@ class Source:
     csv_sha256: str | None
     skipped: tuple[tuple[str, str], ...]  # (image id, reason), sorted by id
 
+    def read_image(self, image_id):
+        """The image's JPEG bytes as stored (the shard writer's one way in to a source, of any kind)."""
+        return storage.read_bytes(self.paths[image_id])
+
+    def manifest_extra(self):
+        """Keys this kind of source adds to the manifest and the plan digest: none for a Kaggle layout."""
+        return {}
+
 
 def scan(data, *, split, workers, skip_bad):
     """Find and validate every image of the source; raise one SourceError naming all problems unless skip_bad."""

@@ -1,5 +1,6 @@
 """TFRecord framing in plain Python: shards stream through any file object (local or gs://), hashed as written."""
 
+import hashlib
 import re
 import struct
 
@@ -23,6 +24,29 @@ def frame(record):
     """The bytes of one record as a TFRecord file stores them: length, its CRC, the data, its CRC."""
     length = _LENGTH.pack(len(record))
     return b"".join((length, _CRC.pack(_masked_crc(length)), record, _CRC.pack(_masked_crc(record))))
+
+
+def framed_size(length):
+    """Bytes a record of `length` data bytes takes in a TFRecord file (length, CRC, data, CRC)."""
+    return _LENGTH.size + 2 * _CRC.size + length
+
+
+class HashingReader:
+    """A read-only view of a binary file that hashes and counts every byte read through it."""
+
+    def __init__(self, f):
+        self._f, self.sha256, self.bytes = f, hashlib.sha256(), 0
+
+    def read(self, n):
+        block = self._f.read(n)
+        self.sha256.update(block)
+        self.bytes += len(block)
+        return block
+
+    def drain(self, *, chunk=1 << 20):
+        """Read (and hash) the rest of the file: after a broken record the checksum still covers every byte."""
+        while self.read(chunk):
+            pass
 
 
 def read_records(f):

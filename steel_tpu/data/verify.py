@@ -1,13 +1,12 @@
 """Re-read a shard folder and check it against its manifest and, given the source, image by image."""
 
-import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from steel_tpu import kaggle, rle, storage
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
-from steel_tpu.data import example, jpeg_check
+from steel_tpu.data import example, jpeg_check, tfrecord
 from steel_tpu.data.shard_folder import (MANIFEST, ShardFolderError, join_problems, manifest_problems,
                                          parse_shard_name, read_manifest, records_in)
 from steel_tpu.data.source import locate
@@ -79,24 +78,11 @@ def _expected(data, manifest):
     return _Expected(paths={i: found.get(i) for i in ids}, rles=rles)
 
 
-class _HashingReader:
-    """A read-only view of a binary file that hashes and counts every byte read through it."""
-
-    def __init__(self, f):
-        self._f, self.sha256, self.bytes = f, hashlib.sha256(), 0
-
-    def read(self, n):
-        block = self._f.read(n)
-        self.sha256.update(block)
-        self.bytes += len(block)
-        return block
-
-
 def _check_shard(shards, entry, expected):
     """(image ids in record order, problems) of one shard against its manifest entry and the source."""
     name, ids, problems, class_counts = entry["name"], [], [], [0] * NUM_CLASSES
     with storage.open(storage.join(shards, name), "rb") as raw:
-        reader = _HashingReader(raw)
+        reader = tfrecord.HashingReader(raw)
         try:
             for index, record in enumerate(records_in(reader, name)):
                 ids.append(record[example.IMAGE_ID])
@@ -105,8 +91,7 @@ def _check_shard(shards, entry, expected):
                 class_counts = [n + bool(p) for n, p in zip(class_counts, record[example.PRESENT])]
         except ShardFolderError as e:
             problems.append(str(e))
-        while reader.read(1 << 20):  # after a broken record: hash the rest, so the checksum is checked too
-            pass
+        reader.drain()  # after a broken record: hash the rest, so the checksum is checked too
     found = {"records": len(ids), "class_counts": class_counts, "bytes": reader.bytes,
              "sha256": reader.sha256.hexdigest()}
     problems += [f"{name}: {key} {value} != {entry[key]} in {MANIFEST}" for key, value in found.items()
