@@ -1,5 +1,7 @@
 """Shared test set-up: 8 logical CPU devices (an 8-core TPU stand-in) configured before TensorFlow starts."""
 
+import contextlib
+import io
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -103,3 +105,41 @@ def trained_workdir(tiny_data, tiny_config, tmp_path_factory):
     work = str(tmp_path_factory.mktemp("trained") / "work")
     train.run(shards=tiny_data["shards"], workdir=work, cfg=tiny_config, folds=(0, 1))
     return work
+
+
+@pytest.fixture(scope="session")
+def slice_runs(tiny_data, tiny_config, tmp_path_factory, logical_cpus):
+    """One segmenter workdir trained on fold 0 with 1 replica, then resumed on fold 1 with 8: what the step saw each
+    time (test_slices), and the 8-replica fold's weight average (test_train), one run serving both."""
+    from steel_tpu import config, distribute, step, train
+
+    cfg = config.apply_overrides(tiny_config, ["segment.train.jit_compile=False", "segment.train.steps_per_epoch=1",
+                                               "segment.train.ema_decay=0.9"])
+    work = str(tmp_path_factory.mktemp("slices") / "work")
+    seen, real = {}, step.make_train_step
+    patch = pytest.MonkeyPatch()
+
+    def spy(**kwargs):
+        # Observes, changes nothing: the per-replica batch shape each replica's traced step receives.
+        augment, shapes = kwargs["augment_fn"], seen.setdefault(kwargs["strategy"].num_replicas_in_sync, [])
+
+        def observed(images, masks, *, seed):
+            shapes.append((tuple(images.shape), kwargs["global_batch_size"], kwargs["steps_per_execution"]))
+            return augment(images, masks, seed=seed)
+
+        return real(**{**kwargs, "augment_fn": observed})
+
+    patch.setattr(step, "make_train_step", spy)
+    outputs = {}
+    try:
+        for replicas, fold, prefer in ((1, 0, "cpu"), (8, 1, "mirrored")):
+            device = distribute.select_strategy(prefer=prefer, verbose=False)
+            assert device.replicas == replicas
+            buf = io.StringIO()
+            with contextlib.redirect_stdout(buf):
+                train.run(shards=tiny_data["shards"], workdir=work, cfg=cfg, tasks=("segment",), folds=(fold,),
+                          device=device)
+            outputs[replicas] = buf.getvalue()
+    finally:
+        patch.undo()
+    return {"work": work, "seen": seen, "out": outputs, "cfg": cfg}

@@ -1,14 +1,12 @@
 """One preset on any slice: per-replica batches, the resolved global batch / learning rate / steps per execution,
 what a train run records, and `steel-tpu env` (1 replica: the default strategy; 8: the logical CPUs mirrored)."""
 
-import contextlib
-import io
 import json
 import math
 
 import pytest
 
-from steel_tpu import cli, config, distribute, resolve, step, train
+from steel_tpu import cli, config, distribute, resolve, train
 from steel_tpu.workdir import Workdir
 
 
@@ -69,40 +67,6 @@ def test_a_workdir_written_before_per_replica_batches_loads_as_it_meant(tmp_path
     half_upgraded["device"] = "auto"  # some new keys but not all: a hand-edited file, named
     with pytest.raises(ValueError, match="missing keys"):
         config.from_dict(half_upgraded)
-
-
-@pytest.fixture(scope="module")
-def slice_runs(tiny_data, tiny_config, tmp_path_factory, logical_cpus):
-    """One workdir trained on fold 0 with 1 replica, then resumed on fold 1 with 8: what the step saw each time."""
-    cfg = config.apply_overrides(tiny_config, ["segment.train.jit_compile=False", "segment.train.steps_per_epoch=1"])
-    work = str(tmp_path_factory.mktemp("slices") / "work")
-    seen, real = {}, step.make_train_step
-    patch = pytest.MonkeyPatch()
-
-    def spy(**kwargs):
-        # Observes, changes nothing: the per-replica batch shape each replica's traced step receives.
-        augment, shapes = kwargs["augment_fn"], seen.setdefault(kwargs["strategy"].num_replicas_in_sync, [])
-
-        def observed(images, masks, *, seed):
-            shapes.append((tuple(images.shape), kwargs["global_batch_size"], kwargs["steps_per_execution"]))
-            return augment(images, masks, seed=seed)
-
-        return real(**{**kwargs, "augment_fn": observed})
-
-    patch.setattr(step, "make_train_step", spy)
-    outputs = {}
-    try:
-        for replicas, fold, prefer in ((1, 0, "cpu"), (8, 1, "mirrored")):
-            device = distribute.select_strategy(prefer=prefer, verbose=False)
-            assert device.replicas == replicas
-            buf = io.StringIO()
-            with contextlib.redirect_stdout(buf):
-                train.run(shards=tiny_data["shards"], workdir=work, cfg=cfg, tasks=("segment",), folds=(fold,),
-                          device=device)
-            outputs[replicas] = buf.getvalue()
-    finally:
-        patch.undo()
-    return {"work": work, "seen": seen, "out": outputs}
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu import averaging, config, distribute, tasks, train
+from steel_tpu import averaging, config, tasks, train
 from steel_tpu.data import example
 from steel_tpu.data.shard_folder import ShardFolder
 from steel_tpu.tasks.classify import classifier_scores
@@ -109,18 +109,12 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(tiny_data, tmp_path):
     assert reader.get_tensor("state/average/count/.ATTRIBUTES/VARIABLE_VALUE") == 3
 
 
-def test_training_under_eight_replicas_keeps_the_weight_average(tiny_data, tiny_config, tmp_path, logical_cpus):
-    cfg = config.apply_overrides(tiny_config, ["segment.train.jit_compile=False", "segment.train.steps_per_epoch=1",
-                                               "segment.train.ema_decay=0.9"])
-    device = distribute.select_strategy(prefer="mirrored")
-    assert device.replicas == len(logical_cpus)
-    work = str(tmp_path / "work")
-    (result,) = train.run(shards=tiny_data["shards"], workdir=work, cfg=cfg, tasks=("segment",), folds=(1,),
-                          device=device)
-    assert result["fold"] == 1 and 0.0 <= result["best"] <= 1.0
-    assert len(Workdir(work).oof("segment", 1)["image_ids"]) == len(_fold_ids(tiny_data["shards"], 1))
+def test_training_under_eight_replicas_keeps_the_weight_average(slice_runs, tiny_data):
+    # conftest's slice_runs trained fold 1 of its segmenter on the 8 logical CPUs with ema_decay 0.9.
+    wd, cfg = Workdir(slice_runs["work"]), slice_runs["cfg"]
+    assert cfg.segment.train.ema_decay == 0.9 and 0.0 <= wd.done("segment", 1)["best"] <= 1.0
+    assert len(wd.oof("segment", 1)["image_ids"]) == len(_fold_ids(tiny_data["shards"], 1))
     # The kept weights (what OOF was scored with and predict loads) are the average, not the trained weights.
-    wd = Workdir(work)
     task = tasks.make("segment", cfg)
     model = task.build_model(pretrained=False)
     wd.load_weights(model, "segment", 1)
