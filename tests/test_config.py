@@ -166,6 +166,7 @@ def test_known_names_match_the_builders():
 
     assert choices.ENCODERS == encoders.encoder_names() and choices.WEIGHTS == encoders.WEIGHT_CHOICES
     assert choices.SEGMENTER_ARCHS == models.SEGMENTER_ARCHS and choices.CLASSIFIER_HEADS == classifier.HEAD_CHOICES
+    assert choices.SEGMENTER_HEADS == models.SEGMENTER_HEADS == tuple(choices.HEAD_LOSS_TERMS)
     assert set(choices.LOSS_TERMS) == set(losses.TERMS)
 
 
