@@ -196,6 +196,10 @@ class Config:
             require(not wrong, f"{task}.train.loss={tcfg.train.loss!r}: model.head={head} trains with "
                     f"{', '.join(usable)} only; {' and '.join(wrong)} need{'s' * (len(wrong) == 1)} model.head="
                     f"{'softmax' if head == 'sigmoid' else 'sigmoid'}")
+            require(head == "sigmoid" or (tcfg.train.pos_weight is None and tcfg.train.label_smoothing == 0),
+                    f"{task}.train: pos_weight={tcfg.train.pos_weight!r}, label_smoothing="
+                    f"{tcfg.train.label_smoothing!r}: bce options, and model.head=softmax trains without bce "
+                    "(class_weights weight its cce)")
 
 
 def check_folds(folds, *, name="--folds"):

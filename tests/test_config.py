@@ -95,6 +95,8 @@ def test_softmax_head_with_cce_and_class_weights():
      r"cce needs model\.head=softmax$"),
     (["segment.train.class_weights=[1, 1, 1, 1, 1]"], r"class_weights=.*weights the cce loss term, which loss="),
     (["classify.model.head=softmax"], r"classify\.model\.head='softmax': the softmax head is the segmenter's"),
+    ([*SOFTMAX, "segment.train.pos_weight=auto"], r"segment\.train: pos_weight='auto', label_smoothing=0\.0: bce "),
+    ([*SOFTMAX, "segment.train.label_smoothing=0.1"], r"label_smoothing=0\.1: bce options"),
 ])
 def test_head_and_loss_terms_must_agree(overrides, message):
     with pytest.raises(ValueError, match=message) as error:
