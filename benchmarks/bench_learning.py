@@ -37,6 +37,8 @@ OPTIONS = {
     "ema": ["segment.train.ema_decay=0.98"],
     "pos_weight": ["segment.train.pos_weight=auto"],
     "lovasz": ["segment.train.loss={'bce': 0.5, 'lovasz': 0.5}"],
+    # Seed 002's head: one softmax over background + the classes, cross-entropy + Dice.
+    "softmax": ["segment.model.head=softmax", "segment.train.loss={'cce': 0.5, 'dice': 0.5}"],
 }
 
 

@@ -3,8 +3,13 @@
 # keras.applications' EfficientNetB0..B7 (models/encoders.py builds exactly these).
 ENCODERS = tuple(f"efficientnetb{i}" for i in range(8))
 SEGMENTER_ARCHS = ("unetpp", "unet", "sm-unet", "sm-fpn", "sm-linknet")
+# sigmoid: a probability per class; softmax: one distribution per pixel over background + the classes (models/heads.py).
+SEGMENTER_HEADS = ("sigmoid", "softmax")
 CLASSIFIER_HEADS = ("binary", "multilabel", "both")
-LOSS_TERMS = ("bce", "dice", "focal", "lovasz")
+LOSS_TERMS = ("bce", "cce", "dice", "focal", "lovasz")
+# The terms each segmenter head can train with: cce needs one distribution per pixel, the others score each class
+# as an independent sigmoid probability (dice works on either).
+HEAD_LOSS_TERMS = {"sigmoid": ("bce", "dice", "focal", "lovasz"), "softmax": ("cce", "dice")}
 WEIGHTS = (None, "imagenet")
 # Where a run goes (config `device`): auto detects; the others are explicit choices (distribute.prefer_for).
 DEVICES = ("auto", "tpu", "gpu", "cpu")

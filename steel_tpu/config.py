@@ -1,5 +1,6 @@
 """Dataclass configs, validated when built; the named presets (tiny, colab-tpu, full); `--set key=value` overrides."""
 
+import copy
 import dataclasses
 import json
 import math
@@ -40,6 +41,9 @@ class ModelConfig:
     encoder: str = "efficientnetb0"  # sm-* archs: a segmentation-models backbone (choices.SM_BACKBONES)
     decoder_filters: tuple = (256, 128, 64, 32, 16)
     deep_supervision: bool = False
+    # segmenter: sigmoid (a probability per class) | softmax (background + the classes, background first; its task
+    # trains on one-hot targets and hands the class channels on, so OOF, tune and predict are unchanged)
+    head: str = "sigmoid"
     heads: str = "binary"  # classifier: binary | multilabel | both
     dropout: float = 0.3
     weights: str | None = "imagenet"
@@ -50,6 +54,7 @@ class ModelConfig:
         fields.check(self)
         one_of("arch", self.arch, choices.SEGMENTER_ARCHS)
         one_of("encoder", self.encoder, choices.encoders_for(self.arch))
+        one_of("head", self.head, choices.SEGMENTER_HEADS)
         one_of("heads", self.heads, choices.CLASSIFIER_HEADS)
         one_of("weights", self.weights, choices.WEIGHTS)
         require(len(self.decoder_filters) == 5 and all(isinstance(n, int) and n > 0 for n in self.decoder_filters),
@@ -109,6 +114,8 @@ class TrainConfig:
     loss: dict = field(default_factory=lambda: {"bce": 0.75, "dice": 0.25})
     # Per-class BCE positive weights, or "auto": from the training folds' class frequencies (losses.auto_pos_weight).
     pos_weight: tuple | str | None = None
+    # Per-class cce weights, background first (NUM_CLASSES + 1 numbers); None: all 1.
+    class_weights: tuple | None = None
     label_smoothing: float = 0.0
     steps_per_execution: int = 1  # >1 keeps a TPU busy between host round trips
     # None: XLA everywhere but the CPU (distribute.use_xla says why). Tests set True: XLA on CPU is the cheapest
@@ -133,6 +140,12 @@ class TrainConfig:
                     not isinstance(self.pos_weight, str) and len(self.pos_weight) == NUM_CLASSES
                     and all(map(_positive_number, self.pos_weight))),
                  f"pos_weight={self.pos_weight!r}: must be None, \"auto\" or {NUM_CLASSES} finite numbers > 0")
+        require(self.class_weights is None or (len(self.class_weights) == NUM_CLASSES + 1
+                                               and all(map(_positive_number, self.class_weights))),
+                f"class_weights={self.class_weights!r}: must be None or {NUM_CLASSES + 1} finite numbers > 0 "
+                "(background first)")
+        require(self.class_weights is None or "cce" in self.loss,
+                f"class_weights={self.class_weights!r}: weights the cce loss term, which loss={self.loss!r} lacks")
 
 
 @dataclass
@@ -173,6 +186,20 @@ class Config:
         # The classifier builds on the keras.applications encoders whatever its (ignored) arch says.
         require(self.classify.model.encoder in choices.ENCODERS,
                  f"classify.model.encoder={self.classify.model.encoder!r}: choose one of {', '.join(choices.ENCODERS)}")
+        require(self.classify.model.head == "sigmoid",
+                f"classify.model.head={self.classify.model.head!r}: the softmax head is the segmenter's "
+                "(segment.model.head); the classifier's outputs are chosen by classify.model.heads")
+        for task in ("classify", "segment"):
+            tcfg = getattr(self, task)
+            head, usable = tcfg.model.head, choices.HEAD_LOSS_TERMS[tcfg.model.head]
+            wrong = sorted(set(tcfg.train.loss) - set(usable))
+            require(not wrong, f"{task}.train.loss={tcfg.train.loss!r}: model.head={head} trains with "
+                    f"{', '.join(usable)} only; {' and '.join(wrong)} need{'s' * (len(wrong) == 1)} model.head="
+                    f"{'softmax' if head == 'sigmoid' else 'sigmoid'}")
+            require(head == "sigmoid" or (tcfg.train.pos_weight is None and tcfg.train.label_smoothing == 0),
+                    f"{task}.train: pos_weight={tcfg.train.pos_weight!r}, label_smoothing="
+                    f"{tcfg.train.label_smoothing!r}: bce options, and model.head=softmax trains without bce "
+                    "(class_weights weight its cce)")
 
 
 def check_folds(folds, *, name="--folds"):
@@ -341,31 +368,38 @@ def _build(cls, values, *, where):
         raise ValueError(f"{where}{error}") from None
 
 
-# Keys added with per-replica batches, and the values under which a config.json written before them means what it
-# meant: a fixed global batch, the learning rate as given, the device detected.
-_ADDED = {(): {"device": "auto"},
-          **{(task, "data"): {"batch_per_replica": None} for task in ("classify", "segment")},
-          **{(task, "train"): {"reference_batch": None} for task in ("classify", "segment")}}
+# Keys added since config.json files were first written, one group per change, each with the values under which a
+# file written before that change means what it meant. Per-replica batches: a fixed global batch, the learning rate
+# as given, the device detected. The segmenter head: per-class sigmoids, unweighted losses.
+_ADDED = (
+    {(): {"device": "auto"},
+     **{(task, "data"): {"batch_per_replica": None} for task in ("classify", "segment")},
+     **{(task, "train"): {"reference_batch": None} for task in ("classify", "segment")}},
+    {**{(task, "model"): {"head": "sigmoid"} for task in ("classify", "segment")},
+     **{(task, "train"): {"class_weights": None} for task in ("classify", "segment")}},
+)
+
+
+def _section(values, path):
+    for key in path:
+        values = values.get(key) if isinstance(values, dict) else None
+    return values if isinstance(values, dict) else None
 
 
 def _upgrade(d):
-    """`d` with the _ADDED keys filled in when it holds none of them (a file from before them); else `d` as is,
-    so a file missing only some of them is still an error naming them."""
-    def section(values, path):
-        for key in path:
-            values = values.get(key) if isinstance(values, dict) else None
-        return values if isinstance(values, dict) else None
-
-    sections = {path: section(d, path) for path in _ADDED}
-    if any(s is None for s in sections.values()) or any(k in sections[p] for p, keys in _ADDED.items() for k in keys):
-        return d
-    d = json.loads(json.dumps(d))
-    for path, keys in _ADDED.items():
-        section(d, path).update(keys)
+    """`d` with each _ADDED group's keys filled in when it holds none of that group (a file from before it); a file
+    holding only some keys of a group is left as is, so loading it is an error naming the missing ones."""
+    d = copy.deepcopy(d)
+    for added in _ADDED:
+        sections = {path: _section(d, path) for path in added}
+        if all(s is not None for s in sections.values()) and not any(
+                key in sections[path] for path, keys in added.items() for key in keys):
+            for path, keys in added.items():
+                sections[path].update(keys)
     return d
 
 
 def from_dict(d):
     """A validated Config from `to_dict` output (JSON turns tuples into lists and int keys into strings); unknown
-    or missing keys are errors naming them. A config.json from before per-replica batches loads as it meant."""
+    or missing keys are errors naming them. A config.json from before a change that added keys loads as it meant."""
     return _build(Config, _upgrade(d), where="")

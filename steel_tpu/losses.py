@@ -41,6 +41,17 @@ def bce(y_true, y_pred, *, pos_weight=None, label_smoothing=0.0, from_logits=Fal
     return _mean_per_example(-(positive + (1.0 - y_true) * log_not_p))
 
 
+def cce(y_true, y_pred, *, class_weights=None):
+    """Categorical cross-entropy of softmax maps over one-hot targets, averaged over pixels; `class_weights` ([C])
+    scale each pixel's term by the weight of its true class (as Keras' class_weight does per sample)."""
+    y_true, y_pred = _float32(y_true, y_pred)
+    _check_shapes(y_true, y_pred)
+    per_channel = y_true * tf.math.log(tf.clip_by_value(y_pred, EPS, 1.0))
+    if class_weights is not None:
+        per_channel = per_channel * tf.constant(class_weights, tf.float32)
+    return _mean_per_example(-tf.reduce_sum(per_channel, axis=-1))
+
+
 AUTO_POS_WEIGHT_MAX = 10.0
 
 
@@ -105,7 +116,7 @@ def lovasz_hinge(y_true, y_pred):
     return tf.reduce_mean(tf.reduce_sum(tf.nn.relu(errors_sorted) * grad, axis=-1), axis=-1)
 
 
-TERMS = {"bce": bce, "dice": soft_dice, "focal": focal, "lovasz": lovasz_hinge}
+TERMS = {"bce": bce, "cce": cce, "dice": soft_dice, "focal": focal, "lovasz": lovasz_hinge}
 
 
 def combined(weights, *, options=None):

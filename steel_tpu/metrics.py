@@ -183,6 +183,36 @@ def pixel_confusion(probs, truth, thresholds):
     return counts
 
 
+def class_labels(masks):
+    """int [...] one label per pixel from bool or 0/1 masks [..., C]: 0 background, else the class id claiming it; a
+    pixel two classes claim goes to the higher id (the softmax head's targets use the same rule, tasks/segment.py)."""
+    masks = np.asarray(masks) > 0
+    ids = np.arange(1, masks.shape[-1] + 1, dtype=np.int64)
+    return (masks * ids).max(axis=-1)
+
+
+def predicted_labels(quantized, threshold):
+    """int [...] one label per pixel from uint8 maps [..., C]: the class of the highest map among those over
+    `threshold` (ties to the higher id, as class_labels), 0 (background) where none is over it."""
+    q = np.asarray(quantized).astype(np.int64)
+    classes = q.shape[-1]
+    # q * C + c orders by the map first, then by the class index: argmax breaks ties towards the higher id.
+    score = np.where(q > postprocess.levels(threshold), q * classes + np.arange(classes), -1)
+    best = score.argmax(axis=-1)
+    return np.where(score.max(axis=-1) >= 0, best + 1, 0)
+
+
+def class_confusion(probs, truth, threshold):
+    """int64 [C + 1, C + 1] pixel counts, rows truth and columns prediction, background first: class_labels of the
+    truth against predicted_labels of the uint8 maps at one pixel `threshold`."""
+    n = NUM_CLASSES + 1
+    counts = np.zeros((n, n), np.int64)
+    for i in range(0, len(probs), _BATCH):
+        pairs = class_labels(truth[i:i + _BATCH]) * n + predicted_labels(probs[i:i + _BATCH], threshold)
+        counts += np.bincount(pairs.ravel(), minlength=n * n).reshape(n, n)
+    return counts
+
+
 def confusion_rates(counts):
     """float64 [C, 6] from pixel_confusion counts: TP, FP, FN, TN shares of all pixels, precision, recall."""
     (tn, fp), (fn, tp) = np.moveaxis(np.asarray(counts, np.float64), 0, -1)
@@ -212,8 +242,10 @@ class OofSummary:
 
     thresholds: tuple  # per-class pixel thresholds of the confusion counts
     k: int  # best and worst images kept
+    eval_threshold: float = 0.5  # the one pixel threshold of the background + classes confusion
     dice: dict = field(default_factory=dict)  # fold -> float32 [N, C]
     counts: np.ndarray = field(default_factory=lambda: np.zeros((NUM_CLASSES, 2, 2), np.int64))
+    class_counts: np.ndarray = field(default_factory=lambda: np.zeros((NUM_CLASSES + 1,) * 2, np.int64))
     candidates: list = field(default_factory=list)  # dicts: fold, image_id, dice [C], has_defect, probs, truth
 
     @property
@@ -224,6 +256,7 @@ class OofSummary:
         """Add one fold's segment oof arrays (image_ids, probs, truth, truth_area, dice); keeps only a few maps."""
         self.dice[fold] = oof["dice"]
         self.counts += pixel_confusion(oof["probs"], oof["truth"], self.thresholds)
+        self.class_counts += class_confusion(oof["probs"], oof["truth"], self.eval_threshold)
         has_defect = oof["truth_area"].sum(axis=1) > 0
         # The global best/worst k are among each fold's best/worst k, so only those maps are kept.
         best, worst = pick_examples(oof["dice"], has_defect, k=self.k)

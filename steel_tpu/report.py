@@ -104,9 +104,9 @@ def read_images(data, wanted):
     return images
 
 
-def _summarize_segment(work, folds, thresholds, *, k):
+def _summarize_segment(work, folds, thresholds, *, k, eval_threshold):
     """One pass over each fold's oof.npz, one fold in memory at a time."""
-    summary = metrics.OofSummary(thresholds=thresholds, k=k)
+    summary = metrics.OofSummary(thresholds=thresholds, k=k, eval_threshold=eval_threshold)
     for fold in folds:
         summary.add_fold(fold, _load_segment_oof(Workdir(work), fold))
     return summary
@@ -174,6 +174,15 @@ def _confusion_section(seg, thresholds, tuned):
     rows = [[f"class {CLASS_IDS[c]}", thresholds[c], *map(float, rates)]
             for c, rates in enumerate(metrics.confusion_rates(seg.counts))]
     section.table(["", "pixel threshold", "TP rate", "FP rate", "FN rate", "TN rate", "precision", "recall"], rows)
+    section.paragraph(
+        f"All classes at once (seed 002's evaluation): out-of-fold pixels, rows truth and columns prediction, with "
+        f"the share of each truth row. A pixel is predicted as the class of its highest map over the eval threshold "
+        f"{seg.eval_threshold:g}, else background; a truth pixel two classes claim counts as the higher class id.")
+    names = ["background", *(f"class {c}" for c in CLASS_IDS)]
+    totals = np.maximum(seg.class_counts.sum(axis=1), 1)
+    section.table(["truth \\ predicted", *names],
+                  [[name, *(f"{n:,} ({n / total:.1%})" for n in row)]
+                   for name, row, total in zip(names, seg.class_counts.tolist(), totals.tolist())])
     return section
 
 
@@ -283,7 +292,8 @@ def report(*, workdir, out, shards=None, examples=EXAMPLES_PER_SIDE):
     result = _load_thresholds(workdir)
     thresholds = result["postprocess"].pixel_threshold if result else (0.5,) * NUM_CLASSES
     folds = Workdir(workdir).completed_folds("segment")
-    seg = _summarize_segment(workdir, folds, thresholds, k=examples) if folds else None
+    seg = (_summarize_segment(workdir, folds, thresholds, k=examples,
+                              eval_threshold=cfg.segment.train.eval_threshold) if folds else None)
     sections = [_curves_section(workdir), _dice_section(workdir, seg, cfg),
                 _confusion_section(seg, thresholds, result is not None), _tune_section(workdir, result),
                 _examples_section(seg, shards)]

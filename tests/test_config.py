@@ -65,11 +65,55 @@ def test_unknown_preset_names_the_choices():
     ("segment.data.oversample={1: 0}", "oversample"), ("segment.train.eval_threshold=2", "eval_threshold"),
     ("folds=[0, 0]", "folds"), ("folds=[-1]", "folds"), ("classify.model.encoder=resnet34", "encoder"),
     ("segment.model.weights=noisy", "weights"), ("oof_scale=3", "oof_scale"),
+    ("segment.model.head=argmax", "head"), ("segment.train.class_weights=[1, 2, 3, 4]", "class_weights"),
+    ("segment.train.class_weights=[1, 2, 3, 4, -5]", "class_weights"),
 ])
 def test_bad_values_fail_naming_the_key(bad, key):
     with pytest.raises(ValueError, match=f"--set .*{key}") as error:
         config.apply_overrides(config.preset("tiny"), [bad])
     assert "\n" not in str(error.value)
+
+
+SOFTMAX = ["segment.model.head=softmax", "segment.train.loss={'cce': 1.0, 'dice': 0.5}"]
+
+
+def test_softmax_head_with_cce_and_class_weights():
+    cfg = config.apply_overrides(config.preset("tiny"), [*SOFTMAX, "segment.train.class_weights=[0.5, 2, 4, 1, 2]"])
+    assert cfg.segment.model.head == "softmax" and cfg.segment.train.class_weights == (0.5, 2.0, 4.0, 1.0, 2.0)
+    assert config.from_dict(json.loads(config.to_json(cfg))) == cfg
+    assert config.preset("tiny").segment.model.head == "sigmoid"  # the default everywhere
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["segment.model.head=softmax"],  # the preset's bce + dice
+     r"--set segment\.train\.loss=\{'bce': 0\.5, 'dice': 0\.5\}: model\.head=softmax trains with cce, dice only; "
+     r"bce needs model\.head=sigmoid$"),
+    (["segment.model.head=softmax", "segment.train.loss={'focal': 1, 'lovasz': 1, 'cce': 1}"],
+     r"focal and lovasz need model\.head=sigmoid$"),
+    (["segment.train.loss={'cce': 1}"],
+     r"segment\.train\.loss=\{'cce': 1\}: model\.head=sigmoid trains with bce, dice, focal, lovasz only; "
+     r"cce needs model\.head=softmax$"),
+    (["segment.train.class_weights=[1, 1, 1, 1, 1]"], r"class_weights=.*weights the cce loss term, which loss="),
+    (["classify.model.head=softmax"], r"classify\.model\.head='softmax': the softmax head is the segmenter's"),
+    ([*SOFTMAX, "segment.train.pos_weight=auto"], r"segment\.train: pos_weight='auto', label_smoothing=0\.0: bce "),
+    ([*SOFTMAX, "segment.train.label_smoothing=0.1"], r"label_smoothing=0\.1: bce options"),
+])
+def test_head_and_loss_terms_must_agree(overrides, message):
+    with pytest.raises(ValueError, match=message) as error:
+        config.apply_overrides(config.preset("tiny"), overrides)
+    assert "\n" not in str(error.value)
+
+
+def test_a_config_json_written_before_the_head_key_loads_as_sigmoid():
+    d = config.to_dict(config.preset("tiny"))
+    for task in ("classify", "segment"):
+        del d[task]["model"]["head"], d[task]["train"]["class_weights"]
+    cfg = config.from_dict(json.loads(json.dumps(d)))
+    assert cfg == config.preset("tiny")
+    half = json.loads(json.dumps(d))
+    half["segment"]["model"]["head"] = "sigmoid"  # some keys of the change but not all: named, not guessed
+    with pytest.raises(ValueError, match=r"classify\.model\.: missing keys \['head'\]"):
+        config.from_dict(half)
 
 
 def test_override_values_are_coerced_to_the_field_type():
@@ -124,6 +168,7 @@ def test_known_names_match_the_builders():
 
     assert choices.ENCODERS == encoders.encoder_names() and choices.WEIGHTS == encoders.WEIGHT_CHOICES
     assert choices.SEGMENTER_ARCHS == models.SEGMENTER_ARCHS and choices.CLASSIFIER_HEADS == classifier.HEAD_CHOICES
+    assert choices.SEGMENTER_HEADS == models.SEGMENTER_HEADS == tuple(choices.HEAD_LOSS_TERMS)
     assert set(choices.LOSS_TERMS) == set(losses.TERMS)
 
 

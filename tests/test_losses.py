@@ -24,6 +24,8 @@ ALL = {
     "focal": losses.focal,
     "lovasz": losses.lovasz_hinge,
     "bce+dice": losses.make_loss("bce+dice"),
+    "cce": losses.cce,
+    "cce_weighted": lambda t, p: losses.cce(t, p, class_weights=[2.0, 1.0, 1.0, 3.0]),
 }
 
 
@@ -73,6 +75,22 @@ def test_soft_dice_by_hand():
     p[0, 1:3] = 1.0  # 8 pixels, 4 shared
     expected = 1.0 - (2 * 4 + 1.0) / (16 + 1.0)
     np.testing.assert_allclose(losses.soft_dice(y, p).numpy(), [expected], rtol=1e-6)
+
+
+def test_cce_by_hand_per_example_with_class_weights():
+    # Two examples of 2 pixels over background + 2 classes: one-hot targets, softmax-like rows.
+    y = np.array([[[1, 0, 0], [0, 0, 1]], [[0, 1, 0], [0, 1, 0]]], np.float32)
+    p = np.array([[[0.7, 0.2, 0.1], [0.1, 0.3, 0.6]], [[0.5, 0.4, 0.1], [0.2, 0.2, 0.6]]], np.float32)
+    np.testing.assert_allclose(losses.cce(y, p).numpy(), [-(math.log(0.7) + math.log(0.6)) / 2,
+                                                         -(math.log(0.4) + math.log(0.2)) / 2], rtol=1e-6)
+    # Each pixel's term is scaled by its true class's weight; example 2 alone changes only with class 1's.
+    weighted = losses.cce(y, p, class_weights=[0.5, 3.0, 2.0]).numpy()
+    np.testing.assert_allclose(weighted, [-(0.5 * math.log(0.7) + 2.0 * math.log(0.6)) / 2,
+                                          -3.0 * (math.log(0.4) + math.log(0.2)) / 2], rtol=1e-6)
+    hopeless = losses.cce(np.array([[0.0, 1.0]], np.float32), np.array([[1.0, 0.0]], np.float32)).numpy()
+    np.testing.assert_allclose(hopeless, [-math.log(losses.EPS)], rtol=1e-3)  # finite, not inf
+    spec = losses.make_loss({"cce": 1.0, "dice": 0.5}, options={"cce": {"class_weights": [0.5, 3.0, 2.0]}})
+    np.testing.assert_allclose(spec(y, p).numpy(), weighted + 0.5 * losses.soft_dice(y, p).numpy(), rtol=1e-6)
 
 
 def test_focal_reduces_to_half_bce_and_down_weights_easy_pixels():
@@ -133,6 +151,18 @@ def test_pos_weight_auto_in_a_task_loss_is_bce_with_the_counts_weights():
                                losses.bce(SEG_TRUE, SEG_PRED, pos_weight=[2.0, 4.0, 1.0, 10.0]).numpy(), rtol=1e-6)
     with pytest.raises(ValueError, match="pos_weight=auto needs"):
         task.loss()
+
+
+def test_class_weights_in_a_task_loss_are_cce_with_those_weights():
+    from steel_tpu import config, tasks
+
+    cfg = config.apply_overrides(config.preset("tiny"), [
+        "segment.model.head=softmax", "segment.train.loss={'cce': 1.0, 'dice': 0.25}",
+        "segment.train.class_weights=[0.5, 2, 3, 1, 4]"])
+    y = np.eye(5, dtype=np.float32)[RNG.integers(0, 5, size=(2, 8, 16))]
+    p = RNG.dirichlet(np.ones(5), size=(2, 8, 16)).astype(np.float32)
+    want = (losses.cce(y, p, class_weights=[0.5, 2.0, 3.0, 1.0, 4.0]) + 0.25 * losses.soft_dice(y, p)).numpy()
+    np.testing.assert_allclose(tasks.make("segment", cfg).loss()(y, p).numpy(), want, rtol=1e-6)
 
 
 def test_make_loss_specs_and_options():

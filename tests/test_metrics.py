@@ -9,8 +9,8 @@ from hypothesis.extra import numpy as hnp
 from steel_tpu import cli, rle, storage
 from steel_tpu.kaggle import EMPTY, CsvError, Labels, read_labels, write_submission, write_train_csv
 from steel_tpu.constants import NUM_CLASSES
-from steel_tpu.metrics import (OofSummary, Scores, confusion_rates, dice_matrix, evaluate, pick_examples,
-                               pixel_confusion, read_image_set, roc_auc, score_labels)
+from steel_tpu.metrics import (OofSummary, Scores, class_confusion, class_labels, confusion_rates, dice_matrix, evaluate,
+                               pick_examples, pixel_confusion, predicted_labels, read_image_set, roc_auc, score_labels)
 
 H, W = 32, 64
 
@@ -277,12 +277,13 @@ def test_oof_summary_one_fold_at_a_time_equals_all_folds_at_once():
     rng = np.random.default_rng(4)
     folds = {0: _oof_fold(rng, 0, 30), 3: _oof_fold(rng, 3, 17)}
     thresholds = (0.4, 0.5, 0.6, 0.7)
-    summary = OofSummary(thresholds=thresholds, k=3)
+    summary = OofSummary(thresholds=thresholds, k=3, eval_threshold=0.3)
     for fold, oof in folds.items():
         summary.add_fold(fold, oof)
     joined = {key: np.concatenate([oof[key] for oof in folds.values()]) for key in folds[0]}
     assert summary.folds == [0, 3]
     np.testing.assert_array_equal(summary.counts, pixel_confusion(joined["probs"], joined["truth"], thresholds))
+    np.testing.assert_array_equal(summary.class_counts, class_confusion(joined["probs"], joined["truth"], 0.3))
     # Keeping each fold's best and worst k is enough to find the best and worst k over all folds.
     best, worst = pick_examples(joined["dice"], joined["truth_area"].sum(axis=1) > 0, k=3)
     chosen = summary.examples()
@@ -295,3 +296,43 @@ def test_oof_summary_one_fold_at_a_time_equals_all_folds_at_once():
     labels, values = zip(*summary.per_class_dice())
     assert labels == ("fold 0 (30 images)", "fold 3 (17 images)", "all (47 images)")
     np.testing.assert_allclose(values[-1], joined["dice"].mean(axis=0), rtol=1e-6)
+
+
+def _brute_force_class_confusion(probs, truth, threshold):
+    """Pixel by pixel, as the report describes it: truth is the highest class id claiming the pixel (0: none),
+    prediction the class of the highest map over the threshold (ties: the higher id), else background."""
+    counts = np.zeros((NUM_CLASSES + 1, NUM_CLASSES + 1), np.int64)
+    for index in np.ndindex(*truth.shape[:-1]):
+        t = max([c + 1 for c in range(NUM_CLASSES) if truth[index][c]], default=0)
+        over = [(int(probs[index][c]), c + 1) for c in range(NUM_CLASSES) if probs[index][c] / 255.0 > threshold]
+        counts[t, max(over)[1] if over else 0] += 1
+    return counts
+
+
+def test_class_confusion_against_a_pixel_by_pixel_count():
+    # A hand-made 1 x 2 x 4 OOF: background kept, a class won over another, a tie, an overlap in the truth.
+    truth = np.zeros((1, 2, 4, NUM_CLASSES), bool)
+    probs = np.zeros((1, 2, 4, NUM_CLASSES), np.uint8)
+    truth[0, 0, 1, 2] = True                      # class 3 found by class 3
+    probs[0, 0, 1] = (200, 0, 230, 0)
+    truth[0, 0, 2, 0] = True                      # class 1 missed: its map is under the threshold
+    probs[0, 0, 2, 0] = 100
+    probs[0, 0, 3] = (0, 180, 0, 180)             # clean pixel, tie between 2 and 4 -> 4
+    truth[0, 1, 0, [0, 3]] = True                 # truth overlap 1 + 4 -> 4, predicted 2
+    probs[0, 1, 0, 1] = 255
+    truth[0, 1, 1, 1] = True                      # class 2 predicted as 1
+    probs[0, 1, 1] = (250, 240, 0, 0)
+    counts = class_confusion(probs, truth, 0.5)
+    expected = np.zeros((5, 5), np.int64)
+    expected[0, 0] = 3  # (0,0), (1,2), (1,3)
+    expected[3, 3] = expected[1, 0] = expected[0, 4] = expected[4, 2] = expected[2, 1] = 1
+    np.testing.assert_array_equal(counts, expected)
+    np.testing.assert_array_equal(class_labels(truth)[0], [[0, 3, 1, 0], [4, 2, 0, 0]])
+    np.testing.assert_array_equal(predicted_labels(probs, 0.5)[0], [[0, 3, 0, 4], [2, 1, 0, 0]])
+    rng = np.random.default_rng(11)
+    truth = rng.random((3, 4, 6, NUM_CLASSES)) > 0.8
+    probs = rng.integers(0, 256, truth.shape, dtype=np.uint8)
+    for threshold in (0.0, 0.5, 0.9):
+        counts = class_confusion(probs, truth, threshold)
+        np.testing.assert_array_equal(counts, _brute_force_class_confusion(probs, truth, threshold))
+        assert counts.sum() == 3 * 4 * 6

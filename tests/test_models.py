@@ -107,6 +107,38 @@ def test_outputs_float32_under_mixed_bfloat16(bf16_models, name):
     assert keras.mixed_precision.global_policy().name == "float32"
 
 
+def test_softmax_head_outputs_float32_distributions_under_mixed_bfloat16_and_compiles_with_xla():
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        # Deep supervision: the mean of four softmax heads must still be one distribution per pixel.
+        model = build_segmenter(arch="unetpp", encoder="efficientnetb0", input_shape=(None, None, 3),
+                                decoder_filters=TINY, deep_supervision=True, head="softmax")
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    computes = {layer.compute_dtype for layer in model.get_layer("efficientnetb0_encoder").layers}
+    assert "bfloat16" in computes
+    images = tf.constant(np.random.default_rng(5).uniform(0, 255, (BATCH, 32, 160, 3)).astype("float32"))
+    out = model(images, training=False)
+    assert out.shape == (BATCH, 32, 160, 5) and out.dtype == tf.float32  # background + 4 classes
+    assert all(model.get_layer(f"masks_x0{j}").compute_dtype == "float32" for j in range(1, 5))
+    np.testing.assert_allclose(tf.reduce_sum(out, axis=-1).numpy(), 1.0, atol=1e-5)
+    compiled = tf.function(lambda x: model(x, training=False), jit_compile=True)(images)
+    assert compiled.dtype == tf.float32
+    # bfloat16 inside: XLA and the eager kernels may round the bulk differently, not the float32 softmax.
+    np.testing.assert_allclose(compiled.numpy(), out.numpy(), atol=2e-2)
+    with pytest.raises(ValueError, match="segmenter head must be one of"):
+        build_unet(encoder="efficientnetb0", input_shape=SHAPE, decoder_filters=TINY, head="argmax")
+
+
+@needs_sm
+def test_sm_softmax_head_outputs_background_and_classes():
+    model = build_sm(arch="linknet", backbone="resnet18", input_shape=SHAPE, head="softmax")
+    out = model(_images(), training=False)
+    assert out.shape == (BATCH, *SHAPE[:2], 5) and out.dtype == tf.float32
+    np.testing.assert_allclose(tf.reduce_sum(out, axis=-1).numpy(), 1.0, atol=1e-5)
+
+
 @pytest.mark.parametrize("builder", [build_unetpp, build_unet])
 def test_input_size_must_be_multiple_of_32(builder):
     with pytest.raises(ValueError, match=r"multiples of 32.*60x128"):

@@ -43,11 +43,12 @@ def test_a_fixed_global_batch_keeps_its_meaning_and_must_split():
 
 
 def _legacy_dict(batch_size):
-    """A config.json as written before per-replica batches and the device key."""
+    """A config.json as written before per-replica batches and the device key (and so before the segmenter head)."""
     d = config.to_dict(config.preset("tiny"))
     del d["device"]
     for task in ("classify", "segment"):
         del d[task]["data"]["batch_per_replica"], d[task]["train"]["reference_batch"]
+        del d[task]["model"]["head"], d[task]["train"]["class_weights"]
         d[task]["data"]["batch_size"] = batch_size
     return d
 

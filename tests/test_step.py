@@ -36,6 +36,21 @@ def segmenter():
     return keras.Model(inputs, keras.layers.Conv2D(C, 3, padding="same", activation="sigmoid")(x))
 
 
+def softmax_segmenter():
+    inputs = keras.Input((H, W, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu")(x)
+    return keras.Model(inputs, keras.layers.Conv2D(C + 1, 3, padding="same", activation="softmax")(x))
+
+
+# The softmax head's targets: one-hot over background + the classes (tasks/segment.py's rule for overlaps).
+ONE_HOT = np.eye(C + 1, dtype=np.float32)[(MASKS * np.arange(1, C + 1)).max(axis=-1)]
+SOFTMAX_LOSSES = {
+    "cce_weighted": functools.partial(losses.cce, class_weights=[0.5, 2.0, 4.0, 1.0, 3.0]),
+    "cce+dice": losses.make_loss("cce+dice"),
+}
+
+
 def classifier():
     inputs = keras.Input((H, W, 3))
     x = keras.layers.Rescaling(1 / 255)(inputs)
@@ -50,7 +65,7 @@ def classifier_loss(y, p):
                                                                              p["binary"])
 
 
-INITIAL = {build: build().get_weights() for build in (segmenter, classifier)}
+INITIAL = {build: build().get_weights() for build in (segmenter, softmax_segmenter, classifier)}
 
 
 def flip_augment(images, targets, *, seed):
@@ -94,6 +109,12 @@ def assert_same_step(a, b):
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_eight_replicas_equal_one_device(mirrored, single, name):
     runs = [one_step(d, segmenter, LOSSES[name], MASKS, jit_compile=False) for d in (mirrored, single)]
+    assert_same_step(*runs)
+
+
+@pytest.mark.parametrize("name", sorted(SOFTMAX_LOSSES))
+def test_eight_replicas_equal_one_device_for_a_softmax_head(mirrored, single, name):
+    runs = [one_step(d, softmax_segmenter, SOFTMAX_LOSSES[name], ONE_HOT, jit_compile=False) for d in (mirrored, single)]
     assert_same_step(*runs)
 
 

@@ -160,3 +160,31 @@ def test_a_diverging_run_stops_in_one_line_and_is_not_done(tiny_data, tiny_confi
     assert message.startswith("segment fold 0 epoch 1: ") and "segment.train.learning_rate=1e+12" in message
     wd = Workdir(work)
     assert wd.done("segment", 0) is None and wd.completed_folds("segment") == []
+
+
+def test_a_softmax_segmenter_trains_tunes_predicts_exports_and_reports(tiny_data, tiny_config, tmp_path):
+    from steel_tpu import export, predict, report, tune
+
+    cfg = config.apply_overrides(tiny_config, [
+        "segment.model.head=softmax", "segment.train.loss={'cce': 1.0, 'dice': 1.0}",
+        "segment.train.class_weights=[0.5, 2, 4, 1, 2]", "segment.train.steps_per_epoch=1"])
+    work = str(tmp_path / "work")
+    (result,) = train.run(shards=tiny_data["shards"], workdir=work, cfg=cfg, tasks=("segment",), folds=(0,))
+    assert np.isfinite(result["best"])
+    wd = Workdir(work)
+    assert wd.config().segment.model.head == "softmax"
+    # The model learns 5 channels; everything after the task sees the 4 class maps.
+    model = tasks.make("segment", cfg).build_model(pretrained=False)
+    assert model.output_shape[-1] == 5
+    oof = wd.oof("segment", 0)
+    assert oof["probs"].shape == (len(_fold_ids(tiny_data["shards"], 0)), 64, 400, 4)
+    tune.tune(workdir=work, plots=False)
+    images = os.path.join(tiny_data["data"], "test_images")
+    submission, from_kit = str(tmp_path / "submission.csv"), str(tmp_path / "kit.csv")
+    summary = predict.predict(workdir=work, images=images, out=submission, progress=False)
+    assert summary["images"] == 8
+    export.export(workdir=work, out=str(tmp_path / "kit"))
+    predict.predict(workdir=str(tmp_path / "kit"), images=images, out=from_kit, progress=False)
+    assert open(from_kit).read() == open(submission).read()
+    page = open(report.report(workdir=work, out=str(tmp_path / "report"))).read()
+    assert "truth \\ predicted" in page and page.count("<td>background</td>") == 1

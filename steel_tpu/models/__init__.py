@@ -4,6 +4,7 @@ from collections.abc import Sequence
 
 from steel_tpu.keras_api import keras
 from steel_tpu.models.classifier import build_classifier
+from steel_tpu.models.heads import HEADS as SEGMENTER_HEADS
 from steel_tpu.models.sm import build_sm
 from steel_tpu.models.unetpp import build_unet, build_unetpp
 
@@ -11,6 +12,7 @@ SEGMENTER_ARCHS = ("unetpp", "unet", "sm-unet", "sm-fpn", "sm-linknet")
 
 __all__ = [
     "SEGMENTER_ARCHS",
+    "SEGMENTER_HEADS",
     "build_classifier",
     "build_segmenter",
     "build_sm",

@@ -10,6 +10,7 @@ import tensorflow as tf
 from steel_tpu.choices import SM_PREPROCESSING
 from steel_tpu.constants import NUM_CLASSES
 from steel_tpu.keras_api import keras
+from steel_tpu.models import heads
 from steel_tpu.models.encoders import check_input_shape, resolve_weights
 
 ARCHS = {"unet": "Unet", "fpn": "FPN", "linknet": "Linknet"}
@@ -75,24 +76,27 @@ def build_sm(
     backbone: str,
     input_shape: Sequence[int],
     num_classes: int = NUM_CLASSES,
+    head: str = "sigmoid",
     weights: str | None = None,
     allow_random: bool = True,
 ) -> keras.Model:
-    """sm.Unet / sm.FPN / sm.Linknet: images [B, H, W, C] in 0..255 -> float32 probabilities [B, H, W, C']."""
+    """sm.Unet / sm.FPN / sm.Linknet: images [B, H, W, C] in 0..255 -> float32 probabilities
+    [B, H, W, heads.channels(head, num_classes)]."""
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {tuple(ARCHS)}, got {arch!r}")
+    heads.check_head(head)
     check_input_shape(input_shape)
     mode = preprocessing_mode(backbone)
     sm = import_sm()
 
     def build(resolved: str | None) -> keras.Model:
-        # Linear head: the sigmoid runs below in float32 (a bfloat16 sigmoid keeps ~3 significant digits).
-        return getattr(sm, ARCHS[arch])(
-            backbone, input_shape=tuple(input_shape), classes=num_classes, activation="linear", encoder_weights=resolved
-        )
+        # Linear head: the activation runs below in float32 (a bfloat16 sigmoid keeps ~3 significant digits).
+        return getattr(sm, ARCHS[arch])(backbone, input_shape=tuple(input_shape),
+                                        classes=heads.channels(head, num_classes), activation="linear",
+                                        encoder_weights=resolved)
 
     network = resolve_weights(weights, name=f"sm-{arch}/{backbone}", build=build, allow_random=allow_random)
     images = keras.Input(tuple(input_shape), name="images")
     logits = network(SmPreprocess(mode, name="preprocess")(images))
-    output = keras.layers.Activation("sigmoid", dtype="float32", name="masks")(logits)
+    output = heads.activate(logits, head, name="masks")
     return keras.Model(images, output, name=f"sm_{arch}_{backbone}")

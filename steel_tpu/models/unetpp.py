@@ -1,4 +1,4 @@
-"""UNet++ (Zhou et al. 2018) and plain U-Net decoders over an encoder's 5 skip levels, sigmoid masks in float32.
+"""UNet++ (Zhou et al. 2018) and plain U-Net decoders over an encoder's 5 skip levels, float32 masks (heads.py).
 
 Levels i = 0..4 are the encoder features at strides 2, 4, 8, 16, 32 (X^{i,0}). decoder_filters[k] is the
 width of the decoder at stride 16 / 2^k: levels 3, 2, 1, 0, then one last block at full resolution
@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from steel_tpu.constants import NUM_CLASSES
 from steel_tpu.keras_api import keras
+from steel_tpu.models import heads
 from steel_tpu.models.encoders import build_encoder, check_input_shape
 
 DEFAULT_DECODER_FILTERS = (256, 128, 64, 32, 16)
@@ -52,12 +53,12 @@ def _up(x: keras.KerasTensor, *, name: str) -> keras.KerasTensor:
     return Upsample2x(name=name)(x)
 
 
-def _mask_head(x: keras.KerasTensor, *, filters: int, num_classes: int, name: str) -> keras.KerasTensor:
-    """Stride-2 decoder node -> full-resolution block -> 1x1 conv -> float32 sigmoid."""
+def _mask_head(x: keras.KerasTensor, *, filters: int, num_classes: int, head: str, name: str) -> keras.KerasTensor:
+    """Stride-2 decoder node -> full-resolution block -> 1x1 conv -> float32 sigmoid or softmax."""
     x = _conv_block(_up(x, name=f"{name}_up"), filters, name=f"{name}_block")
     # float32 logits: bfloat16 would round probabilities near the pixel threshold tune.py searches.
-    logits = keras.layers.Conv2D(num_classes, 1, dtype="float32", name=f"{name}_logits")(x)
-    return keras.layers.Activation("sigmoid", dtype="float32", name=name)(logits)
+    logits = keras.layers.Conv2D(heads.channels(head, num_classes), 1, dtype="float32", name=f"{name}_logits")(x)
+    return heads.activate(logits, head, name=name)
 
 
 def _check_filters(decoder_filters: Sequence[int]) -> None:
@@ -81,18 +82,21 @@ def build_unetpp(
     num_classes: int = NUM_CLASSES,
     decoder_filters: Sequence[int] = DEFAULT_DECODER_FILTERS,
     deep_supervision: bool = False,
+    head: str = "sigmoid",
     weights: str | None = None,
     allow_random: bool = True,
 ) -> keras.Model:
-    """UNet++: images [B, H, W, C] in 0..255 -> float32 probabilities [B, H, W, num_classes].
+    """UNet++: images [B, H, W, C] in 0..255 -> float32 probabilities [B, H, W, heads.channels(head, num_classes)].
 
     Node X^{i,j} (j >= 1) = conv block over concat(X^{i,0}, ..., X^{i,j-1}, up(X^{i+1,j-1})).
     deep_supervision=True puts a full-resolution head on each of X^{0,1..4} and outputs the MEAN of the
     four probability maps (the paper's "accurate mode"): one output keeps the per-example loss and train
-    step unchanged, and each head still gets its own gradient through the mean. The heads are the layers
+    step unchanged, and each head still gets its own gradient through the mean (a mean of softmax maps is still a
+    distribution over the channels). The heads are the layers
     named "masks_x01".."masks_x04"; False uses only X^{0,4}. The output layer is "masks" either way.
     """
     _check_filters(decoder_filters)
+    heads.check_head(head)
     images, features = _encode(encoder, input_shape, weights, allow_random)
     nodes = {(i, 0): x for i, x in enumerate(features)}
     for j in range(1, _LEVELS):
@@ -100,12 +104,12 @@ def build_unetpp(
             inputs = [nodes[i, k] for k in range(j)] + [_up(nodes[i + 1, j - 1], name=f"x{i}{j}_up")]
             merged = keras.layers.Concatenate(name=f"x{i}{j}_concat")(inputs)
             nodes[i, j] = _conv_block(merged, decoder_filters[_LEVELS - 2 - i], name=f"x{i}{j}")
-    head = dict(filters=decoder_filters[-1], num_classes=num_classes)
+    options = dict(filters=decoder_filters[-1], num_classes=num_classes, head=head)
     if deep_supervision:
-        heads = [_mask_head(nodes[0, j], **head, name=f"masks_x0{j}") for j in range(1, _LEVELS)]
-        output = keras.layers.Average(dtype="float32", name="masks")(heads)
+        maps = [_mask_head(nodes[0, j], **options, name=f"masks_x0{j}") for j in range(1, _LEVELS)]
+        output = keras.layers.Average(dtype="float32", name="masks")(maps)
     else:
-        output = _mask_head(nodes[0, _LEVELS - 1], **head, name="masks")
+        output = _mask_head(nodes[0, _LEVELS - 1], **options, name="masks")
     return keras.Model(images, output, name=f"unetpp_{encoder}")
 
 
@@ -115,15 +119,17 @@ def build_unet(
     input_shape: Sequence[int],
     num_classes: int = NUM_CLASSES,
     decoder_filters: Sequence[int] = DEFAULT_DECODER_FILTERS,
+    head: str = "sigmoid",
     weights: str | None = None,
     allow_random: bool = True,
 ) -> keras.Model:
-    """Plain U-Net decoder on the same encoder: images in 0..255 -> float32 probabilities [B, H, W, C]."""
+    """Plain U-Net decoder on the same encoder: images in 0..255 -> float32 probabilities [B, H, W, C']."""
     _check_filters(decoder_filters)
+    heads.check_head(head)
     images, features = _encode(encoder, input_shape, weights, allow_random)
     x = features[-1]
     for i in reversed(range(_LEVELS - 1)):
         merged = keras.layers.Concatenate(name=f"d{i}_concat")([_up(x, name=f"d{i}_up"), features[i]])
         x = _conv_block(merged, decoder_filters[_LEVELS - 2 - i], name=f"d{i}")
-    output = _mask_head(x, filters=decoder_filters[-1], num_classes=num_classes, name="masks")
+    output = _mask_head(x, filters=decoder_filters[-1], num_classes=num_classes, head=head, name="masks")
     return keras.Model(images, output, name=f"unet_{encoder}")

@@ -38,10 +38,12 @@ class Task:
         raise NotImplementedError
 
     def loss(self, *, class_counts=None):
-        """The per-example loss of the config's spec (BCE options: label smoothing, positive weights);
-        pos_weight "auto" needs the training images' per-class counts (the shard manifest's)."""
+        """The per-example loss of the config's spec (BCE options: label smoothing, positive weights; CCE: class
+        weights); pos_weight "auto" needs the training images' per-class counts (the shard manifest's)."""
         t = self.config.train
         options = {}
+        if t.class_weights is not None:
+            options["cce"] = dict(class_weights=tuple(t.class_weights))
         if "bce" in losses.parse_spec(t.loss):
             options["bce"] = dict(label_smoothing=t.label_smoothing)
             if t.pos_weight == "auto":
