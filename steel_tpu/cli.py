@@ -258,7 +258,8 @@ def _add_parsers(sub, common):
     p.add_argument("--workdir", required=True, help="checkpoints, logs and out-of-fold data (local or gs://)")
     p.add_argument("--config", required=True, choices=tuple(config.PRESETS),
                    help="preset (always explicit: a TPU run must never fall back to the demo model): tiny = laptops, "
-                        "tests, make demo; colab-tpu = one TPU v2-8/v3-8/v5e-8; full = the seed solution's scale")
+                        "tests, make demo; colab-tpu = one TPU v2-8/v3-8/v5e-8; full = the seed solution's scale; "
+                        "seed001..seed004 = the seed write-ups' systems")
     p.add_argument("--task", choices=("classify", "segment", "both"), default="both", help="which models to train")
     p.add_argument("--folds", type=fold_list, default=None, help="comma-separated fold numbers (default: the config's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -290,7 +290,102 @@ def full():
     return cfg
 
 
-PRESETS = {"tiny": tiny, "colab-tpu": colab_tpu, "full": full}
+# The seed write-ups (../shared/seeds, README "Seed systems as presets") as presets: what each trained, in this tool's
+# options; what differs from the seed is said in each docstring. Their train commands name the seed's tasks.
+
+
+def seed001():
+    """steel-tpu train --shards S --workdir W --config seed001 --task segment
+
+    Seed 001: a U-Net with a ResNet34 encoder (segmentation-models, the [sm] extra), one sigmoid per class, BCE +
+    Dice, 128x800 inputs, no classifier. Its hand-set rule "a mask under 250 px at 128x800 (1,000 at full size) is
+    empty" is what `steel-tpu tune` chooses per class here (min area), on out-of-fold data.
+    """
+    return Config(
+        name="seed001",
+        segment=_task(
+            model=ModelConfig(arch="sm-unet", encoder="resnet34"),
+            data=DataConfig(image_height=128, image_width=800, batch_per_replica=8),
+            train=TrainConfig(epochs=30, learning_rate=1e-3, reference_batch=8, loss={"bce": 1.0, "dice": 1.0}),
+        ),
+    )
+
+
+def seed002():
+    """steel-tpu train --shards S --workdir W --config seed002 --task segment
+
+    Seed 002: a residual U-Net with one softmax over background + the 4 classes, categorical cross-entropy + Dice
+    with class weights, Adam. Here the residual U-Net is segmentation-models' U-Net on a ResNet34 encoder (residual
+    blocks, as the seed's encoder had) and its per-pixel confusion matrix is in `steel-tpu report`. Class weights:
+    background 0.5, then about the inverse square root of each class' share of Severstal's defect images.
+    """
+    return Config(
+        name="seed002",
+        segment=_task(
+            model=ModelConfig(arch="sm-unet", encoder="resnet34", head="softmax"),
+            data=DataConfig(image_height=128, image_width=800, batch_per_replica=8),
+            train=TrainConfig(epochs=30, learning_rate=1e-3, reference_batch=8, loss={"cce": 1.0, "dice": 1.0},
+                              class_weights=(0.5, 2.0, 4.0, 1.0, 2.0)),
+        ),
+    )
+
+
+def seed003():
+    """steel-tpu train --shards S --workdir W --config seed003
+
+    Seed 003: U-Net + ResNet (ResNet34 here), BCE + Dice, with the two improvements its slides list done: flips and
+    photometric augmentation, and "a pipeline to reject defect-free images" — a binary classifier gates each image
+    (`tune` chooses the gate), and the segmenter trains on defect images only (clean_keep=0).
+    """
+    return Config(
+        name="seed003",
+        classify=_task(
+            model=ModelConfig(encoder="efficientnetb0", heads="binary"),
+            data=DataConfig(image_height=128, image_width=800, batch_per_replica=16),
+            train=TrainConfig(epochs=15, learning_rate=1e-3, reference_batch=16, loss={"bce": 1.0}),
+        ),
+        segment=_task(
+            model=ModelConfig(arch="sm-unet", encoder="resnet34"),
+            data=DataConfig(image_height=128, image_width=800, batch_per_replica=8, clean_keep=0.0),
+            train=TrainConfig(epochs=30, learning_rate=1e-3, reference_batch=8, loss={"bce": 1.0, "dice": 1.0}),
+        ),
+    )
+
+
+def seed004():
+    """steel-tpu train --shards gs://BUCKET/shards --workdir gs://BUCKET/seed004-b0 --config seed004 --set segment.model.encoder=efficientnetb0
+
+    Seed 004 (reyvaz's TPU solution): EfficientNet binary classifiers and UNet++ segmenters with EfficientNet
+    encoders, 5 folds, 128x800, on a TPU from GCS, rare classes oversampled x4 / x3 / x2 (classes 2 / 1 / 4). The
+    seed ensembled B0..B5: one workdir per encoder (--set classify.model.encoder=... segment.model.encoder=...).
+    Its 0.55 binary gate is what `tune` chooses on out-of-fold data here. Elsewhere than a TPU: --set device=cpu|gpu.
+    """
+    return Config(
+        name="seed004",
+        device="tpu",
+        classify=_task(
+            model=ModelConfig(encoder="efficientnetb0", heads="binary"),
+            data=DataConfig(image_height=128, image_width=800, batch_per_replica=16, shuffle_buffer=2048),
+            train=TrainConfig(epochs=20, learning_rate=1e-3, reference_batch=128, steps_per_execution=8,
+                              loss={"bce": 1.0}),
+        ),
+        segment=_task(
+            model=ModelConfig(arch="unetpp", encoder="efficientnetb0"),
+            data=DataConfig(image_height=128, image_width=800, batch_per_replica=16, shuffle_buffer=2048,
+                            oversample={2: 4, 1: 3, 4: 2}),
+            train=TrainConfig(epochs=30, learning_rate=1e-3, reference_batch=128, steps_per_execution=8),
+        ),
+    )
+
+
+PRESETS = {"tiny": tiny, "colab-tpu": colab_tpu, "full": full,
+           "seed001": seed001, "seed002": seed002, "seed003": seed003, "seed004": seed004}
+
+# Any preset at a size a CPU trains in seconds (tests; a first look at a preset on a laptop): small inputs, one
+# step, no pretrained weights, the CPU. `steel-tpu train --config NAME --set KEY=VALUE ...` with these does the same.
+TINY_SCALE = tuple(f"{task}.{key}" for task in ("classify", "segment") for key in (
+    "data.image_height=64", "data.image_width=320", "data.batch_per_replica=4", "train.epochs=1",
+    "train.steps_per_epoch=1", "train.steps_per_execution=1", "model.weights=None")) + ("device=cpu",)
 
 
 def preset(name):
