@@ -9,8 +9,8 @@ import tensorflow as tf
 from steel_tpu import config, custom_gradients, memory, train
 from steel_tpu.workdir import Workdir
 
-# Growth left behind per fold before the fix: ~200 MB (classifier at 32x160, 1 step a fold); after it, 5-27 MB
-# from fold 1 to fold 3 in three runs (the rest does not show as Python objects: allocator and TF runtime caches).
+# Growth left behind per fold before the fix: ~200 MB (classifier at 32x160, 1 step a fold); after it, 27-43 MB
+# from fold 1 to fold 3 in four runs (no Python object grows: the rest is the allocator and TF's runtime).
 MARGIN_MB = 80
 
 
