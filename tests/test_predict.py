@@ -1,6 +1,7 @@
 """Batch scoring: a valid submission, the ensemble it claims, resume, bad images, shards, GCS, and agreement with
 training's validation Dice."""
 
+import json
 import os
 import re
 import shutil
@@ -72,8 +73,9 @@ def _decoded(ids, folder):
     return next(ds.as_numpy_iterator())["image"]
 
 
-def _reference_masks(work, ids, folder, *, pp, tta, folds=(0, 1)):
-    """What the submission must hold, computed eagerly model by model (no XLA, no strategy, no threads)."""
+def _reference_maps(work, ids, folder, *, tta, folds=(0, 1), classifier=True):
+    """(full-resolution uint8 maps, gating probabilities or None) computed eagerly model by model (no XLA, no
+    strategy, no threads)."""
     wd = Workdir(work)
     cfg = wd.config()
     x = _decoded(ids, folder).astype(np.float32)
@@ -83,13 +85,21 @@ def _reference_masks(work, ids, folder, *, pp, tta, folds=(0, 1)):
         for fold in folds if task == "segment" else wd.completed_folds("classify"):
             model = tasks.make(task, cfg).build_model()
             wd.load_weights(model, task, fold)
+            if task == "classify" and not classifier:
+                continue
             for f in flips:
                 p = np.asarray(model(f(x), training=False))
                 out.append(f(p) if task == "segment" else p)
-    probs = np.mean(cls, axis=0) if pp.needs_classifier else None
-    q = postprocess.to_full_resolution(np.mean(seg, axis=0)).numpy()
-    masks = q > pp.image_levels(probs, n=len(q))[:, None, None, :]  # the soft gate: one level per image and class
-    masks, areas = pp.filter(masks)  # components: brute-force tested in test_components
+    probs = np.mean(cls, axis=0) if classifier else None
+    return postprocess.to_full_resolution(np.mean(seg, axis=0)).numpy(), probs
+
+
+def _reference_masks(work, ids, folder, *, pp, tta, folds=(0, 1)):
+    """What the submission must hold: _reference_maps post-processed on the host with numpy."""
+    q, probs = _reference_maps(work, ids, folder, tta=tta, folds=folds, classifier=pp.needs_classifier)
+    masks, areas = postprocess.threshold_maps(q, pp, probs)  # soft gate and double threshold: per image and class
+    if pp.filters_components:
+        masks, areas = pp.filter(masks)  # components: brute-force tested in test_components
     kept = pp.keep(areas, probs)
     return masks & kept[:, None, None, :]
 
@@ -293,3 +303,33 @@ def test_predict_reproduces_the_validation_dice_of_training(trained, tmp_path):
     scores = metrics.score_labels(kaggle.read_labels(str(out)), truth, image_ids=ids)
     assert scores.mean == pytest.approx(float(oof["dice"].mean()), abs=1e-3)
     assert scores.per_class == pytest.approx(oof["dice"].mean(axis=0).tolist(), abs=1e-3)
+
+
+@pytest.mark.slow
+def test_predict_applies_a_double_threshold_file_as_the_numpy_reference(trained, tmp_path):
+    data, work = trained
+    images = os.path.join(data, "test_images")
+    ids = sorted(os.listdir(images))
+    q, _ = _reference_maps(work, ids, images, tta=False, classifier=False)
+    # Thresholds from the trained model's own maps, so that both rules bite: the lower one draws pixels the upper
+    # one would not, and the presence count (above the upper one) drops masks the lower area alone would keep.
+    flat = q.reshape(-1, q.shape[-1]).astype(np.float64) / 255
+    upper = np.round(np.quantile(flat, 0.995, axis=0), 2)
+    lower = np.minimum(np.round(np.quantile(flat, 0.95, axis=0), 2), upper - 0.01)
+    single = postprocess.PostProcess(pixel_threshold=upper.tolist())
+    presence = postprocess.threshold_maps(q, single)[1]  # pixels above the upper threshold
+    min_area = np.maximum(np.median(presence, axis=0), 1).astype(int)
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps({"pixel_threshold": upper.tolist(), "mask_threshold": lower.tolist(),
+                                "min_area": min_area.tolist(), "gate": []}))
+    pp = predict.load_thresholds(work, str(path))[0]
+    assert pp.mask_threshold == tuple(lower)
+    out = tmp_path / "sub.csv"
+    summary = _run(work, images, out, thresholds=str(path), batch_size=8)
+    assert summary["thresholds"] == str(path)
+    want = _reference_masks(work, ids, images, pp=pp, tta=False)
+    np.testing.assert_array_equal(_masks(str(out), ids), want)
+    drawn, counted = postprocess.threshold_maps(q, pp)
+    assert (want & ~postprocess.binarize(q, upper)).any()  # pixels between the thresholds are submitted
+    dropped = (counted < min_area) & (drawn.sum(axis=(1, 2)) >= min_area)
+    assert dropped.any() and want.any()  # presence, not the drawn area, decided some classes
