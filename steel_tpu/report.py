@@ -194,8 +194,8 @@ def _tune_section(work, result):
                          f"mean Dice {before['mean']:.4f} at 0.5 → {after['mean']:.4f} tuned.</p>")
     empty = (result.get("dice_all_empty") or {}).get("per_class", ["-"] * NUM_CLASSES)
     hits = result.get("defect_hit_rate") or ["-"] * NUM_CLASSES
-    section.table(["", "pixel threshold", "mask threshold", "min area (px)", "min component (px)", "gate", "soft gate k",
-                   "Dice at 0.5", "Dice tuned",
+    section.table(["", "pixel threshold", "mask threshold", "min area (px)", "min component (px)", "gate",
+                   "soft gate k", "Dice at 0.5", "Dice tuned",
                    "Dice all-empty", "defect images hit"],
                   [[f"class {CLASS_IDS[c]}", pp.pixel_threshold[c], pp.mask_threshold[c] if pp.mask_threshold else "-",
                     pp.min_area[c], pp.min_component[c],
