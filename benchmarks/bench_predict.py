@@ -161,7 +161,7 @@ def host_path(paths, seg, p_any, *, size, batch_size, out, pp):
     device = []
     for i in range(0, len(paths), batch_size):
         maps = postprocess.to_full_resolution(seg[i:i + batch_size])
-        device.append([t.numpy() for t in postprocess.to_masks(maps, pp.pixel_threshold)])
+        device.append([t.numpy() for t in postprocess.to_masks(maps, pp)])
     start = time.perf_counter()
     writer = ChunkedSubmission(out, plan={"bench": len(paths)})
     for (masks, areas), i in zip(device, range(0, len(paths), batch_size)):
@@ -179,7 +179,7 @@ def predict_stages(work, paths, *, size, batch_size):
     less than the sum.)"""
     start = time.perf_counter()
     ens = ensemble.load(work, strategy=tf.distribute.get_strategy(), tasks=("classify", "segment"))
-    forward = ensemble.make_forward(ens, pixel_threshold=0.5)
+    forward = ensemble.make_forward(ens, pp=postprocess.PostProcess())
     predict_step = step.make_predict_step(forward=forward, strategy=tf.distribute.get_strategy(), jit_compile=False)
     batches = [b["image"] for b in pipeline.predict_dataset(source=list(paths), image_size=size,
                                                             batch_size=batch_size).as_numpy_iterator()]

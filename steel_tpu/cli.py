@@ -92,7 +92,7 @@ def _tune(args):
     from steel_tpu.tune_soft import SOFT_GRID
 
     tune(workdir=args.workdir, out=args.out, component_grid=COMPONENT_GRID if args.components else (0,),
-         soft_grid=SOFT_GRID if args.soft_gate else (0.0,))
+         soft_grid=SOFT_GRID if args.soft_gate else (0.0,), double=args.double)
 
 
 def _predict(args):
@@ -274,6 +274,10 @@ def _add_parsers(sub, common):
     p.add_argument("--soft-gate", action="store_true",
                    help="also choose a soft gate per class: the classifier's probability p raises the pixel "
                         "threshold by (1 - p) * k")
+    p.add_argument("--double", action="store_true",
+                   help="also try seed 004's double threshold per class: pixels above an upper threshold, counted "
+                        "against the min area, decide presence; a lower one draws the mask (kept single unless "
+                        "better; not with --components)")
 
     p = _add(sub, "predict", _predict, "score images with the workdir's fold ensemble into a Kaggle submission",
              common)

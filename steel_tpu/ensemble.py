@@ -73,14 +73,16 @@ def _mean(outputs):
     return tf.add_n(outputs) / float(len(outputs))
 
 
-def make_forward(ensemble, *, pixel_threshold, tta=False, soft_gate=()):
+def make_forward(ensemble, *, pp, tta=False):
     """uint8 images [B, h, w, 3] at segment_size -> {"masks": bool [B, 256, 1600, 4], "areas": int32 [B, 4],
     "probs": float32 [B, heads]} ("probs" only with classifiers), all on the device in one program.
 
-    Thresholding on the device leaves the host only RLE encoding; min areas and the gate act on "areas" and
-    "probs" on the host (PostProcess.keep). A `soft_gate` raises each image's levels from "probs" on the device.
+    Thresholding by the PostProcess `pp` on the device (postprocess.to_masks: "areas" are the pixels counted
+    against min_area, above the upper threshold under a double threshold) leaves the host only RLE encoding; min
+    areas and the gate act on "areas" and "probs" on the host (PostProcess.keep). A soft gate raises each image's
+    levels from "probs" on the device.
     """
-    if any(soft_gate) and not ensemble.classifiers:
+    if pp.soft_gate and not ensemble.classifiers:
         raise ValueError("a soft gate needs the classifiers: load the ensemble with the classify task")
 
     def forward(images):
@@ -95,8 +97,8 @@ def make_forward(ensemble, *, pixel_threshold, tta=False, soft_gate=()):
                 cx = tf.round(tf.image.resize(x, ensemble.classify_size, method="area"))
             out["probs"] = _mean([_view_mean(classify.probs(m, cx), tta) for m in ensemble.classifiers])
         seg = [_unflip_mean(segment.probs(m, x), tta) for m in ensemble.segmenters]
-        out["masks"], out["areas"] = postprocess.to_masks(postprocess.to_full_resolution(_mean(seg)), pixel_threshold,
-                                                          soft_gate=soft_gate, class_probs=out.get("probs"))
+        out["masks"], out["areas"] = postprocess.to_masks(postprocess.to_full_resolution(_mean(seg)), pp,
+                                                          class_probs=out.get("probs"))
         return out
 
     return forward

@@ -4,7 +4,7 @@ Validation, out-of-fold predictions, tuning and scoring all go through these fun
 out-of-fold predictions means the same thing when `predict` applies it.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
@@ -34,30 +34,47 @@ def binarize(quantized, thresholds):
     return np.asarray(quantized) > levels(thresholds)
 
 
+def _level_rule(thresholds, soft_gate, class_probs, *, clip, floor):
+    """floor(clip(t + (1 - p) * k, 0, 1) * 255): the level of soft gating, written once for numpy and TensorFlow
+    (float32 in the same operation order on both), so tune and predict cut at the same level."""
+    return floor(clip(thresholds + (1.0 - class_probs) * soft_gate, 0.0, 1.0) * QUANT)
+
+
 def soft_levels(thresholds, soft_gate, class_probs):
     """uint8 [N, C] per-image levels of soft gating: threshold t + (1 - p) * k (clipped to 0..1) per image and
     class, p the gating probability ([N, 1] from a binary head applies to every class, [N, C] per class)."""
     levels(thresholds)  # range check of the base thresholds
     t, k = np.asarray(thresholds, np.float32), np.asarray(soft_gate, np.float32)
-    p = np.asarray(class_probs, np.float32)
-    # float32 in the same operation order as to_masks' graph version: tune and predict cut at the same level.
-    effective = np.clip(t + (np.float32(1.0) - p) * k, np.float32(0.0), np.float32(1.0))
-    return np.floor(effective * np.float32(QUANT)).astype(np.uint8)
+    return _level_rule(t, k, np.asarray(class_probs, np.float32), clip=np.clip, floor=np.floor).astype(np.uint8)
 
 
-def to_masks(quantized, thresholds, *, soft_gate=(), class_probs=None):
-    """In the graph: uint8 maps [B, H, W, C] -> (bool masks, int32 [B, C] pixel counts), the test of `binarize`;
-    with a `soft_gate` the levels are soft_levels' of `class_probs` [B, heads], computed on the device."""
+def threshold_maps(quantized, pp, class_probs=None):
+    """Host twin of to_masks: uint8 maps [N, H, W, C] -> (bool masks drawn at `pp`'s mask levels, int64 [N, C]
+    pixels above its presence levels), at the maps' resolution."""
+    n, q = len(quantized), np.asarray(quantized)
+    lower = pp.mask_levels(class_probs, n=n)[:, None, None, :]
+    upper = pp.image_levels(class_probs, n=n)[:, None, None, :]
+    return q > lower, (q > upper).sum(axis=(1, 2), dtype=np.int64)
+
+
+def to_masks(quantized, pp, *, class_probs=None):
+    """In the graph: uint8 maps [B, H, W, C] -> (bool masks, int32 [B, C] pixel counts), threshold_maps' rule: masks
+    drawn at `pp`'s mask (lower) levels, counts above its presence (upper) levels; soft-gate levels are computed on
+    the device from `class_probs` [B, heads]. A single-threshold `pp` draws and counts at one level."""
     import tensorflow as tf  # see to_full_resolution
-    if any(soft_gate):
+
+    def level(thresholds):
+        if not pp.soft_gate:
+            return tf.constant(levels(thresholds), tf.uint8)
         t = tf.constant(np.asarray(thresholds, np.float32))
-        k = tf.constant(np.asarray(soft_gate, np.float32))
-        effective = tf.clip_by_value(t + (1.0 - tf.cast(class_probs, tf.float32)) * k, 0.0, 1.0)
-        level = tf.cast(tf.floor(effective * QUANT), tf.uint8)[:, None, None, :]
-    else:
-        level = tf.constant(levels(thresholds), tf.uint8)
-    masks = quantized > level
-    return masks, tf.reduce_sum(tf.cast(masks, tf.int32), axis=[1, 2])
+        k = tf.constant(np.asarray(pp.soft_gate, np.float32))
+        rule = _level_rule(t, k, tf.cast(class_probs, tf.float32), clip=tf.clip_by_value, floor=tf.floor)
+        return tf.cast(rule, tf.uint8)[:, None, None, :]
+
+    upper = level(pp.pixel_threshold)
+    masks = quantized > (level(pp.mask_threshold) if pp.mask_threshold else upper)
+    above = masks if not pp.mask_threshold else quantized > upper
+    return masks, tf.reduce_sum(tf.cast(above, tf.int32), axis=[1, 2])
 
 
 def downsample(quantized, *, scale):
@@ -84,6 +101,12 @@ class PostProcess:
     """Probability maps -> submitted masks: per-class pixel threshold (raised by the soft gate), minimum component
     size, minimum area and classifier gate, in that order.
 
+    `mask_threshold` is () for one threshold, or seed 004's double threshold: one lower threshold per class, each
+    <= its pixel_threshold. Then the pixels above pixel_threshold (the upper one) are counted against min_area
+    to decide whether the class is present, and a present class's mask is the pixels above mask_threshold. A
+    lower threshold equal to the upper one IS the single threshold: such a mask_threshold is stored as (). A
+    soft gate raises both thresholds by the same (1 - p) * k.
+
     `gate` is () for none, (t,) for a binary head (p_any < t empties the whole image), or one threshold per
     class for a multilabel head. `tune` chooses these on out-of-fold data with the same rules (levels,
     area_kept, gate_kept) that `predict` applies: `to_masks` on the device, then on the host `filter` (only
@@ -97,10 +120,11 @@ class PostProcess:
     gate: tuple = ()
     min_component: tuple = (0,) * NUM_CLASSES  # full-resolution pixels; 0: no component filtering
     soft_gate: tuple = ()
+    mask_threshold: tuple = ()
 
     def __post_init__(self):
         # Strict: a hand-edited "0.5", true or 600.5 would otherwise become some other setting without a word.
-        for name in ("pixel_threshold", "min_area", "gate", "min_component", "soft_gate"):
+        for name in _FIELDS:
             values = getattr(self, name)
             if not isinstance(values, (list, tuple, np.ndarray)) or not all(_finite_number(v) for v in values):
                 raise ValueError(f"PostProcess.{name} must be a list of finite numbers, got {values!r}")
@@ -112,6 +136,9 @@ class PostProcess:
         object.__setattr__(self, "min_component", tuple(int(a) for a in self.min_component))
         # All zeros is no soft gate: stored as () so predict need not load the classifiers for it.
         object.__setattr__(self, "soft_gate", tuple(float(k) for k in self.soft_gate) if any(self.soft_gate) else ())
+        # The identity: a lower threshold equal to the upper one is the single threshold, stored as such.
+        lower = tuple(float(t) for t in self.mask_threshold)
+        object.__setattr__(self, "mask_threshold", () if lower == self.pixel_threshold else lower)
         if NUM_CLASSES != len(self.pixel_threshold) or {len(self.min_area), len(self.min_component)} != {NUM_CLASSES}:
             raise ValueError(f"PostProcess needs {NUM_CLASSES} pixel thresholds, min areas and min components, "
                              f"got {self}")
@@ -122,12 +149,22 @@ class PostProcess:
             raise ValueError(f"PostProcess.gate must be (), one or {NUM_CLASSES} values in 0..1, got {self.gate}")
         if len(self.soft_gate) not in (0, NUM_CLASSES) or not all(0.0 <= k <= 1.0 for k in self.soft_gate):
             raise ValueError(f"PostProcess.soft_gate must be () or {NUM_CLASSES} values in 0..1, got {self.soft_gate}")
+        if self.mask_threshold:
+            if len(self.mask_threshold) != NUM_CLASSES or not all(
+                    0.0 <= low <= up for low, up in zip(self.mask_threshold, self.pixel_threshold)):
+                raise ValueError(f"PostProcess.mask_threshold must be () or {NUM_CLASSES} values in 0..1, each <= its "
+                                 f"pixel_threshold {list(self.pixel_threshold)}, got {list(self.mask_threshold)}")
+            if self.filters_components:
+                # Component filtering recounts areas from the drawn masks; under a double threshold presence is
+                # counted above the upper threshold, so the two rules would disagree on what min_area reads.
+                raise ValueError("PostProcess.mask_threshold (double threshold) cannot be combined with "
+                                 f"min_component, got min_component {list(self.min_component)}")
 
     @classmethod
     def from_dict(cls, d):
-        # Thresholds files from before component filtering or soft gating have no min_component / soft_gate: none.
-        keys = ("pixel_threshold", "min_area", "gate", "min_component", "soft_gate")
-        return cls(**{k: d[k] for k in keys if k in d})
+        # Thresholds files from before component filtering, soft gating or the double threshold have no
+        # min_component / soft_gate / mask_threshold: none.
+        return cls(**{k: d[k] for k in _FIELDS if k in d})
 
     def to_dict(self):
         return {k: list(v) for k, v in asdict(self).items()}
@@ -140,8 +177,21 @@ class PostProcess:
     def needs_classifier(self):
         return bool(self.gate or self.soft_gate)
 
+    @property
+    def lower(self):
+        """The per-class threshold masks are drawn at: mask_threshold under a double threshold, else pixel_threshold."""
+        return self.mask_threshold or self.pixel_threshold
+
+    def mask_levels(self, class_probs, *, n):
+        """uint8 [n, C]: the level each image's class mask is drawn at (`q > level`), soft gate included."""
+        if not self.mask_threshold:
+            return self.image_levels(class_probs, n=n)
+        single = PostProcess(pixel_threshold=self.mask_threshold, soft_gate=self.soft_gate)
+        return single.image_levels(class_probs, n=n)
+
     def image_levels(self, class_probs, *, n):
-        """uint8 [n, C]: the level each image's class is thresholded at (`q > level`), soft gate included."""
+        """uint8 [n, C]: the level above which each image's class pixels are counted against min_area (`q >
+        level`), soft gate included; with one threshold also the level its mask is drawn at."""
         if not self.soft_gate:
             return np.broadcast_to(levels(self.pixel_threshold), (n, NUM_CLASSES))
         if class_probs is None:
@@ -170,6 +220,9 @@ class PostProcess:
                                  f"{probs.shape[-1]} probabilities per image")
             kept = kept & gate_kept(probs, self.gate)
         return kept
+
+
+_FIELDS = tuple(f.name for f in fields(PostProcess))
 
 
 def _finite_number(value):

@@ -238,7 +238,7 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
         "postprocess": pp.to_dict(), "tta": tta, "segment_size": list(ens.segment_size)})
     done = writer.committed()
     pending = [c for c in chunks if c.index not in done]
-    forward = ensemble.make_forward(ens, pixel_threshold=pp.pixel_threshold, tta=tta, soft_gate=pp.soft_gate)
+    forward = ensemble.make_forward(ens, pp=pp, tta=tta)
     predict_step = step.make_predict_step(forward=forward, strategy=device.strategy,
                                           jit_compile=distribute.use_xla(device, jit_compile))
     _run(_dataset(pending, image_size=ens.segment_size, batch_size=batch_size), predict_step=predict_step, pp=pp,

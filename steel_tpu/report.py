@@ -203,9 +203,11 @@ def _tune_section(work, result):
                          f"mean Dice {before['mean']:.4f} at 0.5 → {after['mean']:.4f} tuned.</p>")
     empty = (result.get("dice_all_empty") or {}).get("per_class", ["-"] * NUM_CLASSES)
     hits = result.get("defect_hit_rate") or ["-"] * NUM_CLASSES
-    section.table(["", "pixel threshold", "min area (px)", "min component (px)", "gate", "soft gate k", "Dice at 0.5", "Dice tuned",
+    section.table(["", "pixel threshold", "mask threshold", "min area (px)", "min component (px)", "gate",
+                   "soft gate k", "Dice at 0.5", "Dice tuned",
                    "Dice all-empty", "defect images hit"],
-                  [[f"class {CLASS_IDS[c]}", pp.pixel_threshold[c], pp.min_area[c], pp.min_component[c],
+                  [[f"class {CLASS_IDS[c]}", pp.pixel_threshold[c], pp.mask_threshold[c] if pp.mask_threshold else "-",
+                    pp.min_area[c], pp.min_component[c],
                     _gate_text(pp.gate, c), pp.soft_gate[c] if pp.soft_gate else "-", before["per_class"][c], after["per_class"][c], empty[c],
                     "-" if hits[c] is None else hits[c]] for c in range(NUM_CLASSES)])
     for warning in result.get("warnings", []):
@@ -290,7 +292,7 @@ def report(*, workdir, out, shards=None, examples=EXAMPLES_PER_SIDE):
     cfg = Workdir(workdir).config()
     storage.makedirs(out)
     result = _load_thresholds(workdir)
-    thresholds = result["postprocess"].pixel_threshold if result else (0.5,) * NUM_CLASSES
+    thresholds = result["postprocess"].lower if result else (0.5,) * NUM_CLASSES  # where masks are drawn
     folds = Workdir(workdir).completed_folds("segment")
     seg = (_summarize_segment(workdir, folds, thresholds, k=examples,
                               eval_threshold=cfg.segment.train.eval_threshold) if folds else None)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from steel_tpu import outputs, postprocess, storage, tune_checks, tune_soft
+from steel_tpu import outputs, postprocess, storage, tune_checks, tune_double, tune_soft
 from steel_tpu.constants import HEIGHT, NUM_CLASSES
 from steel_tpu.workdir import Workdir
 
@@ -147,9 +147,12 @@ def _dice(inter, pred, truth):
 
 
 def dice_of(stats, pp):
-    """float64 [N, C] OOF Dice of the post-processing `pp` (areas at full resolution = OOF pixels * scale**2)."""
-    pred, inter = tune_soft.counts_at(stats, pp.image_levels(stats.class_probs, n=len(stats.image_ids)))
-    kept = pp.keep(pred * stats.scale ** 2, stats.class_probs)
+    """float64 [N, C] OOF Dice of the post-processing `pp` (areas at full resolution = OOF pixels * scale**2):
+    presence counted at its image_levels, masks drawn at its mask_levels (the same level under one threshold)."""
+    n = len(stats.image_ids)
+    presence, _ = tune_soft.counts_at(stats, pp.image_levels(stats.class_probs, n=n))
+    pred, inter = tune_soft.counts_at(stats, pp.mask_levels(stats.class_probs, n=n))
+    kept = pp.keep(presence * stats.scale ** 2, stats.class_probs)
     return _dice(inter * kept, pred * kept, stats.truth)
 
 
@@ -222,13 +225,15 @@ def plot_data(stats, tables, chosen, *, kind, gates, pixel_grid=PIXEL_GRID, area
     gate = chosen.gate * NUM_CLASSES if len(chosen.gate) == 1 else chosen.gate or (0.0,) * NUM_CLASSES
     chosen_index = [[list(gates).index(g) for g in gate], [list(pixel_grid).index(t) for t in chosen.pixel_threshold],
                     [list(area_grid).index(a) for a in chosen.min_area]]
-    pred, _ = tune_soft.counts_at(stats, chosen.image_levels(stats.class_probs, n=len(stats.image_ids)))
-    raw = pred * stats.scale ** 2  # full-resolution areas before min area and gate
+    n = len(stats.image_ids)
+    presence, _ = tune_soft.counts_at(stats, chosen.image_levels(stats.class_probs, n=n))
+    drawn, _ = tune_soft.counts_at(stats, chosen.mask_levels(stats.class_probs, n=n))
+    raw = presence * stats.scale ** 2  # full-resolution areas min area reads, before min area and gate
     return {"dice": tables / len(stats.image_ids), "pixel_grid": np.asarray(pixel_grid, np.float64),
             "area_grid": np.asarray(area_grid, np.int64), "gate_grid": np.asarray(gates, np.float64),
             "chosen": np.asarray(chosen_index, np.int64), "gate_head": np.asarray(kind or "none"),
             "truth_area": stats.truth_area, "raw_area": raw,
-            "submitted_area": raw * chosen.keep(raw, stats.class_probs)}
+            "submitted_area": drawn * stats.scale ** 2 * chosen.keep(raw, stats.class_probs)}
 
 
 def save_plot_data(folder, data):
@@ -254,16 +259,33 @@ def load_plot_data(folder):
     return data
 
 
+def _double_stage(stats, chosen, *, pixel_grid, area_grid):
+    """(`chosen` with the double-threshold stage's choice, the lower grid searched): the pixel grid, extended
+    downward while a chosen lower threshold sits on its bottom edge."""
+    lower_grid = tuple(pixel_grid)
+    while True:
+        pp, _ = tune_double.refine(stats, chosen, pixel_grid=pixel_grid, lower_grid=lower_grid, area_grid=area_grid)
+        doubled = [low for low, up in zip(pp.lower, pp.pixel_threshold) if low < up]
+        wider = tune_checks.extend_pixel_grid(lower_grid, doubled) if doubled else lower_grid
+        if wider[0] == lower_grid[0]:
+            return pp, lower_grid
+        lower_grid = wider[:wider.index(lower_grid[-1]) + 1]  # downward only: a lower threshold is below an upper
+
+
 def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_grid=GATE_GRID, plots=True,
-         component_grid=(0,), soft_grid=(0.0,)):
+         component_grid=(0,), soft_grid=(0.0,), double=False):
     """Write `thresholds.json` and tune/'s plot data (and PNGs with `plots`) into the workdir `out` (default:
     `workdir`); returns the content of thresholds.json. `component_grid` (full-resolution pixels, e.g.
     tune_components.COMPONENT_GRID) adds a stage choosing a minimum component size per class; `soft_grid` (e.g.
-    tune_soft.SOFT_GRID) one choosing a soft gate per class before it.
+    tune_soft.SOFT_GRID) one choosing a soft gate per class before it; `double` one choosing per class seed 004's
+    double threshold (upper, min area, lower) on the pixel grid after them, not combinable with components.
 
     These files, by exact name, are all tune writes or deletes: the previous ones go first, so a run that fails
     leaves no old thresholds.json looking like its result, and thresholds.json is written last.
     """
+    if double and any(component_grid):
+        raise ValueError("tune: --double and --components cannot be combined (component filtering recounts areas "
+                         "from the drawn mask; a double threshold counts them above the upper threshold)")
     target = Workdir(out or workdir)
     outputs.check_folder(target.path, flag="--out" if out else "--workdir")
     for path in [target.thresholds_path()] + [storage.join(target.tune_dir(), n) for n in (PLOT_DATA, *PLOT_FILES)]:
@@ -283,6 +305,9 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
     before = dice_of(stats, postprocess.PostProcess())
     if any(soft_grid) and stats.class_probs is not None:
         chosen, _ = tune_soft.refine(stats, chosen, soft_grid=soft_grid, pixel_grid=pixel_grid, area_grid=area_grid)
+    lower_grid = ()
+    if double:
+        chosen, lower_grid = _double_stage(stats, chosen, pixel_grid=pixel_grid, area_grid=area_grid)
     if any(component_grid):
         from steel_tpu import tune_components  # scipy only for this stage
 
@@ -291,8 +316,13 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
     else:
         after = dice_of(stats, chosen)
     warnings = tune_checks.edge_warnings(chosen, pixel_grid=pixel_grid, area_grid=area_grid, gate_grid=gates,
-                                         component_grid=component_grid, soft_grid=soft_grid)
-    stability = tune_checks.fold_stability(stats, after, choose_on=lambda subset: first_stage(subset, pixel_grid)[0])
+                                         component_grid=component_grid, soft_grid=soft_grid, lower_grid=lower_grid)
+
+    def choose_on(subset):
+        own = first_stage(subset, pixel_grid)[0]
+        return _double_stage(subset, own, pixel_grid=pixel_grid, area_grid=area_grid)[0] if double else own
+
+    stability = tune_checks.fold_stability(stats, after, choose_on=choose_on)
     result = {
         **chosen.to_dict(),
         "gate_head": kind,
@@ -307,7 +337,8 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
         "folds": list(stats.folds),
         "oof_scale": stats.scale,
         "grid": {"pixel_threshold": list(pixel_grid), "min_area": list(area_grid), "gate": list(gates),
-                 "min_component": list(component_grid), "soft_gate": list(soft_grid)},
+                 "min_component": list(component_grid), "soft_gate": list(soft_grid),
+                 "mask_threshold": list(lower_grid)},
         "warnings": warnings,
         "fold_stability": stability,
     }
@@ -321,7 +352,8 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
     print(f"tune: OOF dice {result['dice_before']['mean']:.4f} -> {result['dice_after']['mean']:.4f} on "
           f"{result['n_images']} images (folds {list(stats.folds)}); pixel {list(chosen.pixel_threshold)}, "
           f"min area {list(chosen.min_area)}, min component {list(chosen.min_component)}, "
-          f"gate {list(chosen.gate) or 'none'}, soft gate {list(chosen.soft_gate) or 'none'} -> {target.thresholds_path()}")
+          f"gate {list(chosen.gate) or 'none'}, soft gate {list(chosen.soft_gate) or 'none'}, "
+          f"mask threshold {list(chosen.mask_threshold) or 'single'} -> {target.thresholds_path()}")
     for line in tune_checks.describe(stability):
         print(f"tune: {line}")
     for line in warnings:

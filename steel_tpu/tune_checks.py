@@ -16,7 +16,7 @@ def extend_pixel_grid(grid, chosen):
     return tuple(low + grid + high)
 
 
-def edge_warnings(pp, *, pixel_grid, area_grid, gate_grid, component_grid, soft_grid=(0.0,)):
+def edge_warnings(pp, *, pixel_grid, area_grid, gate_grid, component_grid, soft_grid=(0.0,), lower_grid=()):
     """Lines naming every chosen value on the edge of its grid, where the optimum may lie outside it. The low
     edge of min area, gate and component size is 0, "off", a real choice, not an edge."""
     found = []
@@ -33,6 +33,9 @@ def edge_warnings(pp, *, pixel_grid, area_grid, gate_grid, component_grid, soft_
         check("pixel_threshold", c, pp.pixel_threshold[c], pixel_grid, low_edge=True)
         check("min_area", c, pp.min_area[c], area_grid, low_edge=False)
         check("min_component", c, pp.min_component[c], component_grid, low_edge=False)
+    for c, (low, up) in enumerate(zip(pp.lower, pp.pixel_threshold)):
+        if low < up:  # a class under the double threshold: its lower threshold is a choice of its own
+            check("mask_threshold", c, low, lower_grid, low_edge=True)
     for c, k in enumerate(pp.soft_gate):
         check("soft_gate", c, k, soft_grid, low_edge=False)
     for c, gate in enumerate(pp.gate):
@@ -43,16 +46,18 @@ def edge_warnings(pp, *, pixel_grid, area_grid, gate_grid, component_grid, soft_
 def fold_stability(stats, dice, *, choose_on):
     """{"per_fold": {fold: what tune would choose on that fold alone and the Dice of the overall choice there},
     "spread": per class, max - min over folds of those values}; `dice` is the overall choice's [N, C] OOF Dice
-    and `choose_on(stats)` the first-stage search (thresholds, areas, gate) on a subset."""
+    and `choose_on(stats)` the first-stage search (thresholds, areas, gate; with the double threshold's stage, the
+    lower threshold too: "mask_threshold" is the per-class threshold masks are drawn at) on a subset."""
     per_fold = {}
     for fold in stats.folds:
         rows = stats.fold_of == fold
         own = choose_on(stats.subset(rows))
         per_fold[str(fold)] = {"n_images": int(rows.sum()), "pixel_threshold": list(own.pixel_threshold),
                                "min_area": list(own.min_area), "gate": list(own.gate),
+                               "mask_threshold": list(own.lower),
                                "dice": [float(d) for d in dice[rows].mean(axis=0)]}
     spread = {}
-    for key in ("pixel_threshold", "min_area", "dice"):
+    for key in ("pixel_threshold", "mask_threshold", "min_area", "dice"):
         values = np.array([f[key] for f in per_fold.values()], np.float64)  # [folds, C]
         spread[key] = [float(v) for v in values.max(axis=0) - values.min(axis=0)]
     return {"per_fold": per_fold, "spread": spread}
@@ -65,6 +70,8 @@ def describe(stability):
     for c in range(NUM_CLASSES):
         t = [f["pixel_threshold"][c] for f in folds]
         d = [f["dice"][c] for f in folds]
-        lines.append(f"class {c + 1} over {len(t)} fold(s): threshold chosen per fold {min(t):g}..{max(t):g}, "
+        low = [f.get("mask_threshold", f["pixel_threshold"])[c] for f in folds]  # absent before the double threshold
+        lower = f", lower {min(low):g}..{max(low):g}" if low != t else ""
+        lines.append(f"class {c + 1} over {len(t)} fold(s): threshold chosen per fold {min(t):g}..{max(t):g}{lower}, "
                      f"Dice of the overall choice per fold {min(d):.4f}..{max(d):.4f}")
     return lines

@@ -35,7 +35,7 @@ _FOLD = re.compile(r"fold(\d+)")
 # thresholds.json: what predict applies (postprocess.PostProcess's fields), and tune's record of how it chose them.
 THRESHOLDS_KEYS = ("pixel_threshold", "min_area", "gate")
 # Rules added later: a file from before them (no key) means the rule is off.
-OPTIONAL_RULE_KEYS = ("min_component", "soft_gate")
+OPTIONAL_RULE_KEYS = ("min_component", "soft_gate", "mask_threshold")
 TUNE_RECORD_KEYS = ("gate_head", "dice_before", "dice_after", "dice_before_full_resolution", "n_images", "folds",
                     "oof_scale", "grid", "dice_all_empty", "defect_hit_rate", "fold_stability", "warnings")
 # What each task's oof.npz holds (save_oof says what each array is); a file missing one is named, not a KeyError.

@@ -25,9 +25,11 @@ from test_predict import N_TEST, data, images, upload_inputs, work  # noqa: F401
 
 RUNNER = ["--runner", "DirectRunner", "--direct_num_workers=1"]
 K = 3
-# Every post-processing option at once: per-class thresholds, a min area, a classifier gate, flip TTA.
+# Every post-processing option at once: per-class thresholds, a min area, a classifier gate, a soft gate, the
+# double threshold (lower mask thresholds) and flip TTA.
 PP = postprocess.PostProcess(pixel_threshold=(0.5, 0.45, 0.5, 0.55), min_area=(0, 300, 0, 0),
-                             gate=(0.3, 0.5, 0.3, 0.4))
+                             gate=(0.3, 0.5, 0.3, 0.4), soft_gate=(0.0, 0.1, 0.0, 0.05),
+                             mask_threshold=(0.45, 0.45, 0.4, 0.5))
 
 
 @pytest.fixture(scope="module")

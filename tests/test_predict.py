@@ -1,6 +1,7 @@
 """Batch scoring: a valid submission, the ensemble it claims, resume, bad images, shards, GCS, and agreement with
 training's validation Dice."""
 
+import json
 import os
 import re
 import shutil
@@ -72,8 +73,9 @@ def _decoded(ids, folder):
     return next(ds.as_numpy_iterator())["image"]
 
 
-def _reference_masks(work, ids, folder, *, pp, tta, folds=(0, 1)):
-    """What the submission must hold, computed eagerly model by model (no XLA, no strategy, no threads)."""
+def _reference_maps(work, ids, folder, *, tta, folds=(0, 1), classifier=True):
+    """(mean segmenter probabilities at the model's resolution, gating probabilities or None) computed eagerly
+    model by model (no XLA, no strategy, no threads)."""
     wd = Workdir(work)
     cfg = wd.config()
     x = _decoded(ids, folder).astype(np.float32)
@@ -83,13 +85,22 @@ def _reference_masks(work, ids, folder, *, pp, tta, folds=(0, 1)):
         for fold in folds if task == "segment" else wd.completed_folds("classify"):
             model = tasks.make(task, cfg).build_model()
             wd.load_weights(model, task, fold)
+            if task == "classify" and not classifier:
+                continue
             for f in flips:
                 p = np.asarray(model(f(x), training=False))
                 out.append(f(p) if task == "segment" else p)
-    probs = np.mean(cls, axis=0) if pp.needs_classifier else None
-    q = postprocess.to_full_resolution(np.mean(seg, axis=0)).numpy()
-    masks = q > pp.image_levels(probs, n=len(q))[:, None, None, :]  # the soft gate: one level per image and class
-    masks, areas = pp.filter(masks)  # components: brute-force tested in test_components
+    probs = np.mean(cls, axis=0) if classifier else None
+    return np.mean(seg, axis=0), probs
+
+
+def _reference_masks(work, ids, folder, *, pp, tta, folds=(0, 1)):
+    """What the submission must hold: _reference_maps post-processed on the host with numpy."""
+    seg, probs = _reference_maps(work, ids, folder, tta=tta, folds=folds, classifier=pp.needs_classifier)
+    q = postprocess.to_full_resolution(seg).numpy()
+    masks, areas = postprocess.threshold_maps(q, pp, probs)  # soft gate and double threshold: per image and class
+    if pp.filters_components:
+        masks, areas = pp.filter(masks)  # components: brute-force tested in test_components
     kept = pp.keep(areas, probs)
     return masks & kept[:, None, None, :]
 
@@ -293,3 +304,42 @@ def test_predict_reproduces_the_validation_dice_of_training(trained, tmp_path):
     scores = metrics.score_labels(kaggle.read_labels(str(out)), truth, image_ids=ids)
     assert scores.mean == pytest.approx(float(oof["dice"].mean()), abs=1e-3)
     assert scores.per_class == pytest.approx(oof["dice"].mean(axis=0).tolist(), abs=1e-3)
+
+
+@pytest.mark.slow
+def test_predict_applies_a_double_threshold_file_as_the_numpy_reference(trained, tmp_path):
+    data, work = trained
+    images = os.path.join(data, "test_images")
+    ids = sorted(os.listdir(images))
+    seg, _ = _reference_maps(work, ids, images, tta=False, classifier=False)
+    q = postprocess.to_full_resolution(seg).numpy()
+    # Thresholds from the trained model's own maps, so that both rules bite: the lower one draws pixels the upper
+    # one would not, and the presence count (above the upper one) drops masks the lower area alone would keep.
+    flat = q.reshape(-1, q.shape[-1]).astype(np.float64) / 255
+    upper = np.round(np.quantile(flat, 0.995, axis=0), 2)
+    lower = np.minimum(np.round(np.quantile(flat, 0.95, axis=0), 2), upper - 0.01)
+    presence = postprocess.threshold_maps(q, postprocess.PostProcess(pixel_threshold=upper.tolist()))[1]
+    # Min areas in the middle of the widest gap between presence counts: a count cannot drift across one.
+    counts = np.sort(presence, axis=0)
+    gap = np.argmax(np.diff(counts, axis=0), axis=0)
+    min_area = ((counts[gap, range(4)] + counts[gap + 1, range(4)]) // 2 + 1).astype(int)
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps({"pixel_threshold": upper.tolist(), "mask_threshold": lower.tolist(),
+                                "min_area": min_area.tolist(), "gate": []}))
+    pp = predict.load_thresholds(work, str(path))[0]
+    assert pp.mask_threshold == tuple(lower)
+    out = tmp_path / "sub.csv"
+    summary = _run(work, images, out, thresholds=str(path), batch_size=8)
+    assert summary["thresholds"] == str(path)
+    want, got = _reference_masks(work, ids, images, pp=pp, tta=False), _masks(str(out), ids)
+    # The device computes the maps in a graph, the reference eagerly: a pixel whose probability * 255 lies within
+    # 1e-3 of a rounding edge may land on either side. Only such pixels may differ, and none decides presence.
+    p255 = tf.image.resize(seg, (HEIGHT, WIDTH), method="bilinear").numpy() * 255
+    edges = [postprocess.levels(t).astype(np.float64) + 0.5 for t in (lower, upper)]
+    on_edge = np.any([np.abs(p255 - e) < 1e-3 for e in edges], axis=0)
+    assert (got != want).sum() <= on_edge.sum() < 0.01 * got.size and not (got != want)[~on_edge].any()
+    drawn, counted = postprocess.threshold_maps(q, pp)
+    kept = counted >= min_area
+    np.testing.assert_array_equal(got.any(axis=(1, 2)), kept & drawn.any(axis=(1, 2)))
+    assert (want & ~postprocess.binarize(q, upper)).any()  # pixels between the thresholds are submitted
+    assert (~kept & (drawn.sum(axis=(1, 2)) >= min_area)).any() and kept.any()  # presence, not the drawn area

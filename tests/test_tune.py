@@ -2,6 +2,7 @@
 
 import dataclasses
 import itertools
+import json
 import os
 
 import numpy as np
@@ -33,7 +34,7 @@ def _image(rng, *, speck_prob, clean_specks_only):
 
 
 def _write_workdir(work, *, n=40, folds=(0, 1), seed=0, speck_prob=0.3, clean_specks_only=False,
-                   classifier="binary"):
+                   classifier="binary", make_image=_image):
     """A workdir with real oof.npz / done.json files for each fold (no models: tune needs none)."""
     rng = np.random.default_rng(seed)
     cfg = config_lib.tiny()
@@ -41,7 +42,8 @@ def _write_workdir(work, *, n=40, folds=(0, 1), seed=0, speck_prob=0.3, clean_sp
     wd = Workdir(work)
     wd.save_config(cfg)
     for fold in folds:
-        q, truth = map(np.stack, zip(*[_image(rng, speck_prob=speck_prob, clean_specks_only=clean_specks_only) for _ in range(n)]))
+        q, truth = map(np.stack, zip(*[make_image(rng, speck_prob=speck_prob, clean_specks_only=clean_specks_only)
+                                       for _ in range(n)]))
         ids = np.array([f"f{fold}_{i:03d}.jpg" for i in range(n)])
         full_pred = np.repeat(np.repeat(postprocess.binarize(q, 0.5), SCALE, 1), SCALE, 2)
         full_truth = np.repeat(np.repeat(truth, SCALE, 1), SCALE, 2)
@@ -205,7 +207,7 @@ def test_post_process_rules():
     for t in (0.0, 0.3, 0.35, 0.5, 0.55, 0.8, 1.0):
         want = q.astype(np.float32) > np.float32(t) * 255
         np.testing.assert_array_equal(postprocess.binarize(q, t), want)
-        masks, areas = postprocess.to_masks(tf.constant(q), [t, t, t, t])
+        masks, areas = postprocess.to_masks(tf.constant(q), postprocess.PostProcess(pixel_threshold=[t] * 4))
         np.testing.assert_array_equal(masks.numpy(), want)
         np.testing.assert_array_equal(areas.numpy(), want.sum(axis=(1, 2)))
 
@@ -330,7 +332,8 @@ def test_soft_levels_on_the_device_equal_the_host_rule_and_old_files_load_withou
     t, k = (0.3, 0.45, 0.5, 0.75), (0.0, 0.13, 0.5, 1.0)
     q = rng.integers(0, 256, (64, 3, 5, 4)).astype(np.uint8)
     for p in (probs, probs[:, :1]):  # per class (multilabel) and one for all (binary)
-        masks, areas = postprocess.to_masks(tf.constant(q), t, soft_gate=k, class_probs=tf.constant(p))
+        pp = postprocess.PostProcess(pixel_threshold=t, soft_gate=k)
+        masks, areas = postprocess.to_masks(tf.constant(q), pp, class_probs=tf.constant(p))
         want = q > postprocess.soft_levels(t, k, p)[:, None, None, :]
         np.testing.assert_array_equal(masks.numpy(), want)
         np.testing.assert_array_equal(areas.numpy(), want.sum(axis=(1, 2)))
@@ -339,3 +342,156 @@ def test_soft_levels_on_the_device_equal_the_host_rule_and_old_files_load_withou
     assert postprocess.PostProcess(soft_gate=(0,) * 4).soft_gate == ()
     with pytest.raises(ValueError, match="soft_gate"):
         postprocess.PostProcess(soft_gate=(0.1, 0.2))
+
+
+# --- seed 004's double threshold: an upper threshold + min area decide presence, a lower one draws the mask ---
+
+
+def _halo_image(rng, **_):
+    """One OOF image where only a double threshold does well: a defect is a bright core inside a dim halo (both
+    truth), and a clean image may hold a dim blob as large as a halo. Below the dim level a single threshold draws
+    the blobs (no min area tells them from halos); above it, only the cores."""
+    truth = np.zeros((H, W, NUM_CLASSES), bool)
+    p = rng.normal(0.08, 0.04, truth.shape)
+    for c in range(NUM_CLASSES):
+        y, x, h, w = rng.integers(0, H - 9), rng.integers(0, W - 40), rng.integers(6, 9), rng.integers(24, 40)
+        if rng.random() < 0.5:
+            truth[y:y + h, x:x + w, c] = True
+            p[y:y + h, x:x + w, c] += 0.35
+            p[y + 2:y + h - 2, x + 6:x + w - 6, c] = rng.uniform(0.75, 0.95)
+        elif rng.random() < 0.7:
+            p[y:y + h, x:x + w, c] += 0.35
+    return np.round(np.clip(p, 0, 1) * 255).astype(np.uint8), truth
+
+
+def _oof_dice_rule(oof, pp):
+    """Dice of `pp` on the OOF maps by postprocess' own thresholding (threshold_maps, keep): no histograms."""
+    q, truth, probs = oof
+    masks, presence = postprocess.threshold_maps(q, pp, probs)
+    masks &= pp.keep(presence * SCALE ** 2, probs)[:, None, None, :]
+    return metrics.dice_matrix(masks, truth)
+
+
+def test_double_threshold_rule_identity_device_and_refusals():
+    rng = np.random.default_rng(5)
+    q = rng.integers(0, 256, (32, 3, 5, 4)).astype(np.uint8)
+    probs = rng.uniform(0, 1, (32, 4)).astype(np.float32)
+    upper, lower = (0.6, 0.5, 0.55, 0.8), (0.3, 0.5, 0.2, 0.79)
+    # The identity: a lower threshold equal to the upper one is the single threshold, the same object and masks.
+    same = postprocess.PostProcess(pixel_threshold=upper, mask_threshold=upper)
+    assert same == postprocess.PostProcess(pixel_threshold=upper) and same.mask_threshold == ()
+    masks, presence = postprocess.threshold_maps(q, same)
+    np.testing.assert_array_equal(masks, postprocess.binarize(q, upper))
+    np.testing.assert_array_equal(presence, masks.sum(axis=(1, 2)))
+    # Double: masks above the lower threshold, presence counted above the upper one (q > t * 255, as binarize).
+    for soft, p in (((), None), ((0.0, 0.2, 0.1, 0.05), probs), ((0.0, 0.2, 0.1, 0.05), probs[:, :1])):
+        pp = postprocess.PostProcess(pixel_threshold=upper, mask_threshold=lower, soft_gate=soft)
+        assert pp.mask_threshold == lower and pp.lower == lower
+        masks, presence = postprocess.threshold_maps(q, pp, p)
+        k = np.asarray(soft or (0.0,) * 4, np.float32)
+        shift = (1 - (np.zeros((32, 1), np.float32) if p is None else p)) * k
+        want_upper = q > np.floor(np.clip(np.float32(upper) + shift, 0, 1) * 255)[:, None, None, :]
+        want_lower = q > np.floor(np.clip(np.float32(lower) + shift, 0, 1) * 255)[:, None, None, :]
+        np.testing.assert_array_equal(masks, want_lower)
+        np.testing.assert_array_equal(presence, want_upper.sum(axis=(1, 2)))
+        assert (masks != postprocess.binarize(q, upper)).any()
+        # The device applies the same rule.
+        device = postprocess.to_masks(tf.constant(q), pp, class_probs=None if p is None else tf.constant(p))
+        np.testing.assert_array_equal(device[0].numpy(), masks)
+        np.testing.assert_array_equal(device[1].numpy(), presence)
+    for bad, match in ((dict(mask_threshold=(0.7, 0.5, 0.5, 0.5)), "each <= its pixel_threshold"),
+                       (dict(mask_threshold=(0.3,)), "4 values"),
+                       (dict(mask_threshold=(0.3,) * 4, min_component=(0, 0, 0, 150)), "min_component")):
+        with pytest.raises(ValueError, match=match):
+            postprocess.PostProcess(pixel_threshold=(0.6,) * 4, **bad)
+
+
+def test_thresholds_files_from_before_the_double_threshold_load_as_before(tuned, tmp_path):
+    from steel_tpu import predict
+
+    work, result = tuned
+    old = {k: v for k, v in result.items() if k != "mask_threshold"}  # tune's file as written before this option
+    old["grid"] = {k: v for k, v in old["grid"].items() if k != "mask_threshold"}
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps(old))
+    pp, where = predict.load_thresholds(work, str(path))
+    assert where == str(path) and pp.mask_threshold == () and pp.lower == pp.pixel_threshold
+    assert {k: v for k, v in pp.to_dict().items() if k != "mask_threshold"} == {
+        k: old.get(k, []) if k == "soft_gate" else old[k] for k in pp.to_dict() if k != "mask_threshold"}
+    oof = _load_oof(work)
+    np.testing.assert_allclose(_oof_dice_rule(oof, pp), _oof_dice_direct(oof, pp), atol=0)
+
+
+# A binary head barely gates here (most images have some defect); a multilabel one would separate the halos.
+@pytest.mark.parametrize("classifier, soft", [(None, (0.0,)), ("binary", (0.0, 0.1, 0.3))])
+def test_double_threshold_stage_is_the_brute_force_optimum_of_postprocess_rule(tmp_path, classifier, soft):
+    from steel_tpu import tune_double
+
+    work = str(tmp_path)
+    _write_workdir(work, n=16, seed=9, classifier=classifier, make_image=_halo_image)
+    pixels, areas = (0.3, 0.4, 0.5, 0.6, 0.7), (0, 300, 3000)
+    result = tune.tune(workdir=work, pixel_grid=pixels, area_grid=areas, soft_grid=soft, double=True, plots=False)
+    plain = tune.tune(workdir=work, out=str(tmp_path / "plain"), pixel_grid=pixels, area_grid=areas, soft_grid=soft,
+                      plots=False)
+    pp, oof = postprocess.PostProcess.from_dict(result), _load_oof(work)
+    assert Workdir(work).thresholds() == result and plain["mask_threshold"] == []
+    # Tune's OOF Dice for the chosen values == the Dice of postprocess' own rule applied to the same maps.
+    direct = _oof_dice_rule(oof, pp)
+    assert result["dice_after"]["per_class"] == pytest.approx(direct.mean(axis=0).tolist(), abs=1e-12)
+    # Every table entry == brute force with that (upper, lower, min area); lower > upper is never chosen.
+    uppers, lowers = result["grid"]["pixel_threshold"], result["grid"]["mask_threshold"]
+    assert lowers[0] < pixels[0] and lowers[-1] == uppers[-1]  # a lower threshold at 0.3 extended its grid down
+    stats = tune.collect(work)
+    table = tune_double.tables(stats, pp, upper_grid=uppers, lower_grid=lowers, area_grid=areas)
+    for (i, up), (j, low), (a, area) in itertools.product(enumerate(uppers), enumerate(lowers), enumerate(areas)):
+        if low > up:
+            assert np.all(table[:, i, j, a] == -np.inf)
+            continue
+        one = dataclasses.replace(pp, pixel_threshold=[up] * 4, mask_threshold=[low] * 4, min_area=[area] * 4)
+        np.testing.assert_allclose(table[:, i, j, a], _oof_dice_rule(oof, one).mean(axis=0), atol=1e-12)
+    np.testing.assert_allclose(direct.mean(axis=0), table.max(axis=(1, 2, 3)), atol=1e-12)
+    # lower == upper is the single threshold: the diagonal is the first stage's table at the chosen gate.
+    if classifier is None and len(soft) == 1:
+        single, _, _ = tune.search_tables(stats, pixel_grid=uppers, area_grid=areas)
+        diagonal = np.stack([table[:, i, lowers.index(up)] for i, up in enumerate(uppers)], axis=1)
+        np.testing.assert_allclose(diagonal, single[:, 0] / len(stats.image_ids), atol=1e-12)
+    # On halos every class is better doubled, and a class is never worse than with the single threshold.
+    assert pp.mask_threshold and all(low < up for low, up in zip(pp.mask_threshold, pp.pixel_threshold)), pp
+    assert all(d > s + 0.05 for d, s in zip(result["dice_after"]["per_class"], plain["dice_after"]["per_class"]))
+
+
+def test_double_threshold_stays_single_where_it_is_no_better(tuned, tmp_path):
+    work, result = tuned
+    double = tune.tune(workdir=work, out=str(tmp_path), double=True, plots=False)
+    pp = postprocess.PostProcess.from_dict(double)
+    assert double["dice_after"]["mean"] >= result["dice_after"]["mean"] - 1e-12
+    for c in range(NUM_CLASSES):
+        if pp.lower[c] == pp.pixel_threshold[c]:  # kept single: the first stage's choice, unchanged
+            assert (pp.pixel_threshold[c], pp.min_area[c]) == (result["pixel_threshold"][c], result["min_area"][c])
+        else:
+            assert double["dice_after"]["per_class"][c] > result["dice_after"]["per_class"][c] + 1e-12
+    with pytest.raises(ValueError, match="--double and --components"):
+        tune.tune(workdir=work, out=str(tmp_path), double=True, component_grid=(0, 100), plots=False)
+
+
+def test_double_threshold_edges_and_fold_stability(tmp_path):
+    from steel_tpu import tune_checks
+
+    both, alone = str(tmp_path / "both"), str(tmp_path / "alone")
+    _write_workdir(both, n=16, seed=10, classifier=None, make_image=_halo_image)
+    _write_workdir(alone, n=16, seed=10, classifier=None, make_image=_halo_image, folds=(0,))
+    grids = dict(pixel_grid=(0.4, 0.5, 0.6, 0.7), area_grid=(0, 300, 3000), plots=False, double=True)
+    result, fold0 = tune.tune(workdir=both, **grids), tune.tune(workdir=alone, **grids)
+    own = result["fold_stability"]["per_fold"]["0"]
+    for key in ("pixel_threshold", "mask_threshold", "min_area"):
+        assert own[key] == fold0[key], key
+    spread = result["fold_stability"]["spread"]["mask_threshold"]
+    lows = np.array([f["mask_threshold"] for f in result["fold_stability"]["per_fold"].values()])
+    assert spread == pytest.approx(lows.max(axis=0) - lows.min(axis=0))
+    assert any(", lower " in line for line in tune_checks.describe(result["fold_stability"]))
+    # A lower threshold on the bottom of its grid is warned about; a single-threshold class has none to warn of.
+    pp = postprocess.PostProcess(pixel_threshold=(0.6, 0.5, 0.5, 0.5), mask_threshold=(0.05, 0.5, 0.3, 0.5))
+    warnings = tune_checks.edge_warnings(pp, pixel_grid=(0.3, 0.6, 0.9), area_grid=(0, 100), gate_grid=(0.0,),
+                                         component_grid=(0,), lower_grid=(0.05, 0.3, 0.6))
+    assert warnings == ["class 1: mask_threshold 0.05 is at the bottom of its grid [0.05..0.6]; the best value "
+                        "may lie beyond it"]

@@ -30,10 +30,10 @@ class EnsembleHandler(ModelHandler):
     padded to `batch_size` as the single-machine input pipeline pads them, so each worker compiles one shape.
     """
 
-    def __init__(self, *, workdir, folds, gate, pixel_threshold, tta, batch_size, image_size, jit_compile):
+    def __init__(self, *, workdir, folds, pp, tta, batch_size, image_size, jit_compile):
         super().__init__()
-        self.workdir, self.folds, self.gate, self.tta = workdir, folds, gate, tta
-        self.pixel_threshold, self.batch_size, self.image_size = pixel_threshold, batch_size, image_size
+        self.workdir, self.folds, self.pp, self.tta = workdir, folds, pp, tta
+        self.batch_size, self.image_size = batch_size, image_size
         self.jit_compile = jit_compile
 
     def load_model(self):
@@ -41,8 +41,9 @@ class EnsembleHandler(ModelHandler):
         distribute.set_precision(device.kind, gpu_float16=Workdir(self.workdir).config().gpu_float16)
         distribute.per_replica_batch_size(device, self.batch_size)
         ens = ensemble.load(self.workdir, strategy=device.strategy, folds=self.folds,
-                            tasks=("classify", "segment") if self.gate else ("segment",))
-        forward = ensemble.make_forward(ens, pixel_threshold=self.pixel_threshold, tta=self.tta)
+                            tasks=("classify", "segment") if self.pp.needs_classifier else ("segment",))
+        # The single-machine forward with the whole PostProcess: soft gate and double threshold act on the device.
+        forward = ensemble.make_forward(ens, pp=self.pp, tta=self.tta)
         return step.make_predict_step(forward=forward, strategy=device.strategy,
                                       jit_compile=distribute.use_xla(device, self.jit_compile))
 
@@ -106,7 +107,7 @@ def predict(*, workdir, images, out, runner, pipeline_flags=(), batch_size=None,
     wd = Workdir(workdir)
     cfg = wd.config()
     pp, pp_from = load_thresholds(workdir, thresholds)
-    if pp.gate and not wd.completed_folds("classify"):
+    if pp.needs_classifier and not wd.completed_folds("classify"):
         raise FileNotFoundError(f"{pp_from} gates on a classifier, but {workdir} has no completed classify folds")
     if not wd.completed_folds("segment"):
         raise FileNotFoundError(f"{workdir}: no completed segment folds (segment/fold*/done.json): "
@@ -115,8 +116,7 @@ def predict(*, workdir, images, out, runner, pipeline_flags=(), batch_size=None,
     # Beam batches are sized when the pipeline is built, before any worker's device is known: one replica's batch
     # (a CPU or one-GPU worker); give --batch-size for workers with more replicas. Scores do not depend on it.
     launch_batch = resolve.global_batch(cfg.segment.data, replicas=1)
-    handler = EnsembleHandler(workdir=str(workdir), folds=folds, gate=bool(pp.gate), tta=tta,
-                              pixel_threshold=pp.pixel_threshold, batch_size=batch_size or launch_batch,
+    handler = EnsembleHandler(workdir=str(workdir), folds=folds, pp=pp, tta=tta, batch_size=batch_size or launch_batch,
                               image_size=size, jit_compile=jit_compile)
     p = beam.Pipeline(options=options)
     checked = (p
