@@ -359,8 +359,8 @@ def seed004():
     encoders, 5 folds, 128x800, on a TPU from GCS, rare classes oversampled x4 / x3 / x2 (classes 2 / 1 / 4). The
     seed ensembled B0..B5: one workdir per encoder (--set classify.model.encoder=... segment.model.encoder=...).
     Its 0.55 binary gate is what `tune` chooses on out-of-fold data here, and its double threshold (an upper pixel
-    threshold with min areas decides presence, a lower one draws the mask) what `tune --double` can choose. ImageNet weights required, as on
-    colab-tpu. Elsewhere than a TPU: --set device=cpu|gpu.
+    threshold with min areas decides presence, a lower one draws the mask) what `tune --double` can choose.
+    ImageNet weights required, as on colab-tpu. Elsewhere than a TPU: --set device=cpu|gpu.
     """
     return Config(
         name="seed004",
