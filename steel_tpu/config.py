@@ -20,6 +20,9 @@ class DataConfig:
     shuffle_buffer: int = 256  # encoded records, not decoded images: host memory stays small
     oversample: dict = field(default_factory=dict)  # class id -> repeat factor for images with that class
     clean_keep: float = 1.0  # fraction of defect-free images kept each epoch
+    # Share of every training batch taken from pseudo-labelled shards (`train --pseudo`): floor(share x the
+    # per-replica batch) rows of each batch (pipeline.pseudo_rows). 0: none.
+    pseudo_share: float = 0.0
 
     def __post_init__(self):
         fields.check(self)
@@ -29,6 +32,7 @@ class DataConfig:
                  f"batch_per_replica={self.batch_per_replica!r}, batch_size={self.batch_size!r}: set exactly one "
                  "(per replica: the global batch follows the slice; batch_size: a fixed global batch)")
         unit(self, "clean_keep")
+        require(0.0 <= self.pseudo_share < 1.0, f"pseudo_share={self.pseudo_share!r}: must be in [0, 1) (0: off)")
         for class_id, factor in self.oversample.items():
             require(class_id in CLASS_IDS and isinstance(factor, int) and factor >= 1,
                      f"oversample={self.oversample!r}: keys must be class ids {CLASS_IDS}, factors integers >= 1")
