@@ -274,7 +274,7 @@ def _add_parsers(sub, common):
                         "is written)")
     p.add_argument("--pseudo", default=None, metavar="PSEUDO_SHARDS",
                    help="a pseudo-label shard folder (steel-tpu pseudo) mixed into each training batch at "
-                        "TASK.data.pseudo_share (e.g. --set segment.data.pseudo_share=0.12); never validated on")
+                        "TASK.data.pseudo_share (e.g. --set segment.data.pseudo_share=0.125); never validated on")
 
     p = _add(sub, "tune", _tune, "choose thresholds and minimum areas on out-of-fold predictions", common)
     p.add_argument("--workdir", required=True, help="a training workdir, local or gs://")

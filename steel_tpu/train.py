@@ -179,7 +179,7 @@ def _open_pseudo(pseudo, *, cfg, tasks):
         return None
     if not any(shares.values()):
         raise ValueError(f"--pseudo {pseudo}: pseudo_share is 0 for {', '.join(tasks)}: set e.g. "
-                         "segment.data.pseudo_share=0.12, or leave out --pseudo")
+                         "segment.data.pseudo_share=0.125, or leave out --pseudo")
     # split="pseudo": a labelled (train) folder is refused here, so it can never enter a batch as pseudo-labels.
     return ShardFolder.open(pseudo, split="pseudo").check()
 
