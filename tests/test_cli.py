@@ -13,7 +13,7 @@ from steel_tpu import cli
 from steel_tpu.cli_errors import user_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COMMANDS = ("synth", "evaluate", "shards", "verify", "train", "tune", "predict", "report", "env", "export")
+COMMANDS = ("synth", "evaluate", "shards", "verify", "train", "tune", "predict", "report", "env", "export", "pseudo")
 # Lines TensorFlow / absl write from C++ (and absl's pre-init notice): none may reach a user's log.
 NATIVE = re.compile(r"cuInit|oneDNN|cpu_feature_guard|I tensorflow|W tensorflow|absl::InitializeLog|"
                     r"^[IWE]\d{4} \d\d:\d\d:", re.M)
