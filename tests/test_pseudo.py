@@ -261,34 +261,47 @@ def _fails_argparse(capsys, *argv):
 
 
 @pytest.mark.slow
-def test_pseudo_command_writes_the_confident_images_with_their_masks(trained_workdir, tiny_data, tmp_path):
+def test_pseudo_command_keeps_exactly_the_confident_images_with_their_masks(trained_workdir, tiny_data, tmp_path):
+    from steel_tpu.predict import predict
+
     images = os.path.join(tiny_data["data"], "test_images")
-    pp = postprocess.PostProcess()  # pixel threshold 0.5, no min area, no gate
+    # Class 2's threshold at 0 gives every image a mask of each class, so agreement turns on the min areas below.
+    pp = postprocess.PostProcess(pixel_threshold=(0.5, 0.0, 0.5, 0.5))
     thresholds = tmp_path / "thresholds.json"
     thresholds.write_text(json.dumps(pp.to_dict()))
-    out = str(tmp_path / "pseudo")
-    # lo = hi = 0.5 is refused (a probability must be confident one way); these are the loosest rules that are not.
-    manifest = pseudo_label(workdir=trained_workdir, images=images, out=out, hi=0.5, lo=0.4999, min_area=(0,) * 4,
-                            thresholds=str(thresholds), folds=[0], progress=False)
-    folder = ShardFolder.open(out, split="pseudo").check()
-    assert "OK" in str(verify(out))
-    p = folder.provenance
-    assert p["workdir"] == trained_workdir and p["images"] == images and p["thresholds"]["from"] == str(thresholds)
-    assert p["rule"] == {"hi": 0.5, "lo": 0.4999, "min_area": [0, 0, 0, 0]}
-    assert p["folds"] == {"classify": [0], "segment": [0]} and len(p["models"]["segment"]) == 1
-    assert p["scored"] == 8 and p["kept"] == folder.records == 8 - len(p["dropped"]) == manifest["records"]
-    records = {r["image_id"]: r for r in read_records(folder.files())}
-    assert p["labels_sha256"] == hashlib.sha256(
-        json.dumps(sorted((i, list(r["rle"])) for i, r in records.items())).encode()).hexdigest()
-    assert not set(records) & {d["image_id"] for d in p["dropped"]}
-    for image_id, record in records.items():
-        assert record["image"] == storage.read_bytes(os.path.join(images, image_id))  # the bytes, as they are
-    # The labels are the ensemble's masks: predict with the same thresholds submits exactly these RLEs.
-    from steel_tpu.predict import predict
+    # The ensemble's masks, by predict (no min area, no gate: every mask as thresholded).
     sub = str(tmp_path / "sub.csv")
     predict(workdir=trained_workdir, images=images, out=sub, thresholds=pp, folds=[0], progress=False)
     submitted = kaggle.read_labels(sub).rles
-    assert {i: tuple(r["rle"]) for i, r in records.items()} == {i: submitted[i] for i in records}
+    areas = {i: [rle.area(r) for r in rles] for i, rles in submitted.items()}
+    # hi near 0: every class the classifier scores counts as present, so an image is kept when every mask reaches
+    # its min area; class 1's min area is the median of its areas, so the rule must drop some images.
+    candidates = sorted(a[0] for a in areas.values() if min(a) > 0)
+    assert len(set(candidates)) >= 2, areas
+    min_area = (candidates[len(candidates) // 2], 1, 1, 1)
+    expected = {i for i, a in areas.items() if all(x >= max(m, 1) for x, m in zip(a, min_area))}
+    assert 0 < len(expected) < len(areas)
+    out = str(tmp_path / "pseudo")
+    manifest = pseudo_label(workdir=trained_workdir, images=images, out=out, hi=1e-6, lo=0.0, min_area=min_area,
+                            thresholds=str(thresholds), folds=[0], progress=False)
+    folder = ShardFolder.open(out, split="pseudo").check()
+    assert "OK" in str(verify(out)) and manifest == folder.manifest
+    records = {r["image_id"]: r for r in read_records(folder.files())}
+    assert set(records) == expected
+    # The labels are the ensemble's masks, exactly as predict submits them; the image bytes are the files'.
+    assert {i: tuple(r["rle"]) for i, r in records.items()} == {i: submitted[i] for i in expected}
+    assert all(r["image"] == storage.read_bytes(os.path.join(images, i)) for i, r in records.items())
+    p = folder.provenance
+    assert p["workdir"] == trained_workdir and p["images"] == images and p["thresholds"]["from"] == str(thresholds)
+    assert p["thresholds"]["pixel_threshold"] == [0.5, 0.0, 0.5, 0.5] and p["tta"] is False
+    assert p["rule"] == {"hi": 1e-6, "lo": 0.0, "min_area": list(min_area)}
+    assert p["folds"] == {"classify": [0], "segment": [0]} and len(p["models"]["segment"]) == 1
+    assert p["scored"] == 8 and p["kept"] == len(expected) and p["created"].endswith("+00:00")
+    assert {d["image_id"] for d in p["dropped"]} == set(areas) - expected
+    assert all("class 1" in d["reason"] and f"< {min_area[0]}" in d["reason"] for d in p["dropped"]
+               if min(areas[d["image_id"]]) > 0)
+    assert p["labels_sha256"] == hashlib.sha256(
+        json.dumps(sorted((i, list(r["rle"])) for i, r in records.items())).encode()).hexdigest()
     # A rule nothing passes writes nothing and says so.
     strict = str(tmp_path / "strict")
     with pytest.raises(PseudoError, match="none of 8 images passed the confidence rule"):
