@@ -12,6 +12,8 @@ import json
 import os
 import time
 
+import numpy as np
+
 from steel_tpu import distribute, ensemble, kit, outputs, predict, rle, step, storage
 from steel_tpu.data import pipeline
 from steel_tpu.data import shards as shards_lib
@@ -26,10 +28,11 @@ class PseudoError(ValueError):
 
 
 class Selection:
-    """The rule's verdict on every scored image: the kept images' RLE labels, and why each other was dropped."""
+    """The rule's verdict on every scored image: the kept images' RLE labels, why each other was dropped, and what
+    the rule saw of each (its gating probabilities and mask areas)."""
 
     def __init__(self, rule):
-        self.rule, self.labels, self.dropped, self.scored = rule, {}, [], 0
+        self.rule, self.labels, self.dropped, self.scores = rule, {}, [], []
 
     def add(self, ids, masks, areas, probs):
         """Judge one batch (ids, bool masks [N, H, W, C], areas [N, C], gating probabilities [N, heads])."""
@@ -40,7 +43,8 @@ class Selection:
             for image_id, rles in zip([i for i, k in zip(ids, kept) if k], rle.encode_batch(masks[kept])):
                 self.labels[image_id] = tuple(rles)
         self.dropped += [(i, r) for i, k, r in zip(ids, kept, reasons) if not k]
-        self.scored += len(ids)
+        self.scores += [{"image_id": i, "probs": p, "areas": a}
+                        for i, p, a in zip(ids, np.asarray(probs).tolist(), np.asarray(areas).tolist())]
         return len(ids)
 
 
@@ -74,10 +78,11 @@ def _provenance(*, workdir, images, ens, pp, pp_from, rule, tta, selection):
         "tta": tta,
         "images": str(images),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "scored": selection.scored,
+        "scored": len(selection.scores),
         "kept": len(selection.labels),
         "labels_sha256": hashlib.sha256(labels).hexdigest(),
         "dropped": [{"image_id": i, "reason": r} for i, r in sorted(selection.dropped)],
+        "scores": sorted(selection.scores, key=lambda s: s["image_id"]),
     }
 
 
@@ -100,7 +105,9 @@ def pseudo_label(*, workdir, images, out, hi=0.9, lo=0.1, min_area=None, thresho
     manifest.
 
     `hi`, `lo`, `min_area` (per class; None: the thresholds' min areas): the ConfidenceRule. `thresholds`: a
-    thresholds.json (default: the workdir's; a workdir without one is refused). `folds`: only these fold models.
+    thresholds.json (default: the workdir's; a workdir without one is refused) whose pixel thresholds, soft gate and
+    min components make the masks; its hard gate is not applied: hi and lo judge the classifier instead.
+    `folds`: only these fold models.
     """
     start = time.perf_counter()
     _claim_empty(out)
@@ -108,7 +115,7 @@ def pseudo_label(*, workdir, images, out, hi=0.9, lo=0.1, min_area=None, thresho
     if holds_shards(images):
         raise PseudoError(f"--images {images}: a shard folder; pseudo-labelling reads a folder of JPEG files "
                           "(their bytes go into the pseudo shards as they are)")
-    if not storage.isdir(images) or not source_lib.list_jpegs(images):
+    if not source_lib.locate(images, split="test")[2]:
         raise PseudoError(f"--images {images}: no JPEG files (.jpg, .jpeg) there: nothing to pseudo-label")
     models = kit.open_models(workdir)
     cfg = models.config()
@@ -126,20 +133,20 @@ def pseudo_label(*, workdir, images, out, hi=0.9, lo=0.1, min_area=None, thresho
                                           jit_compile=distribute.use_xla(device, jit_compile))
     selection = Selection(rule)
     dataset = pipeline.predict_dataset(source=[found.paths[i] for i in ids], image_size=ens.segment_size,
-                                               batch_size=batch_size)
+                                       batch_size=batch_size)
     predict.run_batches(dataset, predict_step=predict_step, pending=lambda: [], total=len(ids), progress=progress,
                         desc="pseudo", host_work=lambda batch, outputs: selection.add(
                             *predict.scored_rows(batch, outputs, pp=pp)))
     if not selection.labels:
         first = selection.dropped[0] if selection.dropped else ("-", "-")
-        raise PseudoError(f"{images}: none of {selection.scored} images passed the confidence rule (hi {rule.hi:g}, "
+        raise PseudoError(f"{images}: none of {len(selection.scores)} images passed the confidence rule (hi {rule.hi:g}, "
                           f"lo {rule.lo:g}, min area {list(rule.min_area)}; e.g. {first[0]}: {first[1]}); nothing "
                           "was written")
     provenance = _provenance(workdir=workdir, images=images, ens=ens, pp=pp, pp_from=pp_from, rule=rule, tta=tta,
                              selection=selection)
     manifest = write_pseudo_shards(out=out, found=found, labels=selection.labels, provenance=provenance,
                                    shard_mb=shard_mb, workers=workers, progress=progress)
-    print(f"pseudo: kept {len(selection.labels)} of {selection.scored} images ({len(selection.dropped)} not confident, reasons "
-          f"in {storage.join(out, 'manifest.json')}), class counts {manifest['class_counts']}, "
+    print(f"pseudo: kept {len(selection.labels)} of {len(selection.scores)} images ({len(selection.dropped)} not "
+          f"confident, reasons in {storage.join(out, 'manifest.json')}), class counts {manifest['class_counts']}, "
           f"{time.perf_counter() - start:.1f}s -> {out}")
     return manifest

@@ -12,7 +12,7 @@ from steel_tpu import cli, config, kaggle, postprocess, rle, storage, train
 from steel_tpu.data import pipeline, source
 from steel_tpu.data.shard_folder import PSEUDO_KEYS, ShardFolder, ShardFolderError, read_records
 from steel_tpu.data.verify import verify
-from steel_tpu.pseudo import PseudoError, pseudo_label, write_pseudo_shards
+from steel_tpu.pseudo import PseudoError, Selection, pseudo_label, write_pseudo_shards
 from steel_tpu.pseudo_rule import ConfidenceRule
 from steel_tpu.workdir import Workdir, WorkdirError
 
@@ -68,6 +68,20 @@ def test_rule_refuses_settings_that_mean_nothing(kwargs):
         ConfidenceRule(**kwargs)
 
 
+def test_selection_labels_kept_images_with_their_masks(tiny_data):
+    truth = kaggle.read_labels(os.path.join(tiny_data["data"], "test_truth.csv"))
+    ids = sorted(truth.image_ids)[:4]
+    masks = np.stack([truth.masks(i) for i in ids])
+    areas = masks.sum(axis=(1, 2))
+    # The classifier agrees with the masks on the first two images only.
+    probs = np.where(areas > 0, 0.95, 0.05)
+    probs[2:] = 0.5
+    selection = Selection(ConfidenceRule(hi=0.9, lo=0.1, min_area=(1,) * 4))
+    assert selection.add(ids, masks, areas, probs) == 4
+    assert selection.labels == {i: truth.rles[i] for i in ids[:2]}  # the masks, as RLE labels
+    assert [i for i, _ in selection.dropped] == ids[2:] and [s["image_id"] for s in selection.scores] == ids
+
+
 def test_rule_refuses_arrays_of_the_wrong_shape():
     with pytest.raises(ValueError, match="must be"):
         ConfidenceRule().judge(np.zeros((3, 2)), np.zeros((3, 4)))
@@ -94,7 +108,7 @@ def test_pseudo_rows_refuses_a_share_outside_the_range_or_below_one_row(batch, s
 
 def _provenance(**extra):
     return {"workdir": "W", "models": {}, "thresholds": {}, "rule": ConfidenceRule().to_dict(), "images": "I",
-            "created": "2026-01-01T00:00:00+00:00", "scored": 0, "kept": 0, "dropped": [], **extra}
+            "created": "2026-01-01T00:00:00+00:00", "scored": 0, "kept": 0, "dropped": [], "scores": [], **extra}
 
 
 def _write_truth_as_pseudo(tiny_data, out, *, n=None):
@@ -174,6 +188,25 @@ def test_training_batches_hold_exactly_the_capped_pseudo_rows(truth_pseudo, tiny
     again, other = batches(0), batches(1)
     assert all(np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(first, again))
     assert not all(np.array_equal(a[0], b[0]) for a, b in zip(first, other))
+
+
+def test_every_replica_gets_its_capped_pseudo_rows(truth_pseudo, tiny_data, mirrored):
+    from steel_tpu import distribute
+
+    pseudo_files = ShardFolder.open(truth_pseudo[0], split="pseudo").files()
+    labelled_files = ShardFolder.open(tiny_data["shards"], split="train").files(folds=[1])
+    pseudo_rows = _decoded(pseudo_files)
+    dist = distribute.distribute_dataset(mirrored, lambda context: pipeline.train_dataset(
+        files=labelled_files, image_size=SIZE, batch_size=64, seed=0, steps=1, input_context=context,
+        pseudo_files=pseudo_files, pseudo_share=0.25), global_batch_size=64)
+    images, masks = next(iter(dist))
+    per_replica = list(zip(mirrored.strategy.experimental_local_results(images),
+                           mirrored.strategy.experimental_local_results(masks)))
+    assert len(per_replica) == 8
+    for i, m in per_replica:  # 2 of each replica's 8 rows, 16 of the global 64: the share holds on every replica
+        rows = [(a.tobytes(), b.tobytes()) for a, b in zip(i.numpy(), m.numpy())]
+        assert len(rows) == 8 and all(r in pseudo_rows for r in rows[6:]) and not any(r in pseudo_rows
+                                                                                         for r in rows[:6])
 
 
 def test_train_dataset_refuses_a_share_without_pseudo_files_and_the_reverse(truth_pseudo, tiny_data):
@@ -261,53 +294,49 @@ def _fails_argparse(capsys, *argv):
 
 
 @pytest.mark.slow
-def test_pseudo_command_keeps_exactly_the_confident_images_with_their_masks(trained_workdir, tiny_data, tmp_path):
-    from steel_tpu.predict import predict
-
+def test_pseudo_command_keeps_exactly_the_confident_images(trained_workdir, tiny_data, tmp_path):
     images = os.path.join(tiny_data["data"], "test_images")
-    # Class 2's threshold at 0 gives every image a mask of each class, so agreement turns on the min areas below.
-    pp = postprocess.PostProcess(pixel_threshold=(0.5, 0.0, 0.5, 0.5))
+    # Pixel thresholds of 1 draw no mask (q > 255 never holds), whatever this briefly trained model outputs: an
+    # image is then confident when every class probability is at most lo.
     thresholds = tmp_path / "thresholds.json"
-    thresholds.write_text(json.dumps(pp.to_dict()))
-    # The ensemble's masks, by predict (no min area, no gate: every mask as thresholded).
-    sub = str(tmp_path / "sub.csv")
-    predict(workdir=trained_workdir, images=images, out=sub, thresholds=pp, folds=[0], progress=False)
-    submitted = kaggle.read_labels(sub).rles
-    areas = {i: [rle.area(r) for r in rles] for i, rles in submitted.items()}
-    # hi near 0: every class the classifier scores counts as present, so an image is kept when every mask reaches
-    # its min area; class 1's min area is the median of its areas, so the rule must drop some images.
-    candidates = sorted(a[0] for a in areas.values() if min(a) > 0)
-    assert len(set(candidates)) >= 2, areas
-    min_area = (candidates[len(candidates) // 2], 1, 1, 1)
-    expected = {i for i, a in areas.items() if all(x >= max(m, 1) for x, m in zip(a, min_area))}
-    assert 0 < len(expected) < len(areas)
-    out = str(tmp_path / "pseudo")
-    manifest = pseudo_label(workdir=trained_workdir, images=images, out=out, hi=1e-6, lo=0.0, min_area=min_area,
-                            thresholds=str(thresholds), folds=[0], progress=False)
+    thresholds.write_text(json.dumps(postprocess.PostProcess(pixel_threshold=(1.0,) * 4).to_dict()))
+
+    def run(name, **rule):
+        out = str(tmp_path / name)
+        return out, pseudo_label(workdir=trained_workdir, images=images, out=out, thresholds=str(thresholds),
+                                 folds=[0], progress=False, **rule)
+
+    # A lo of 0.999999 keeps every image: the manifest records what the rule saw of each.
+    out, manifest = run("all", hi=1.0, lo=0.999999, min_area=(0,) * 4)
+    scores = {s["image_id"]: s for s in manifest["pseudo"]["scores"]}
+    assert sorted(scores) == sorted(source.list_jpegs(images)) and manifest["records"] == 8
+    assert all(s["areas"] == [0] * 4 and len(s["probs"]) == 4 for s in scores.values())  # the multilabel head
+    # lo between the images' largest probabilities: the rule must drop the images above it.
+    largest = {i: max(s["probs"]) for i, s in scores.items()}
+    lo = sorted(largest.values())[3]
+    expected = {i for i, p in largest.items() if p <= lo}
+    assert 0 < len(expected) < 8
+    out, manifest = run("half", hi=1.0, lo=lo, min_area=(0,) * 4)
     folder = ShardFolder.open(out, split="pseudo").check()
     assert "OK" in str(verify(out)) and manifest == folder.manifest
     records = {r["image_id"]: r for r in read_records(folder.files())}
-    assert set(records) == expected
-    # The labels are the ensemble's masks, exactly as predict submits them; the image bytes are the files'.
-    assert {i: tuple(r["rle"]) for i, r in records.items()} == {i: submitted[i] for i in expected}
+    assert set(records) == expected and all(r["rle"] == [""] * 4 for r in records.values())
     assert all(r["image"] == storage.read_bytes(os.path.join(images, i)) for i, r in records.items())
     p = folder.provenance
+    assert {s["image_id"]: s["probs"] for s in p["scores"]} == {i: s["probs"] for i, s in scores.items()}
+    assert {d["image_id"] for d in p["dropped"]} == set(scores) - expected
+    assert all(f"<= lo {lo:g}" not in d["reason"] and "between lo" in d["reason"] for d in p["dropped"])
     assert p["workdir"] == trained_workdir and p["images"] == images and p["thresholds"]["from"] == str(thresholds)
-    assert p["thresholds"]["pixel_threshold"] == [0.5, 0.0, 0.5, 0.5] and p["tta"] is False
-    assert p["rule"] == {"hi": 1e-6, "lo": 0.0, "min_area": list(min_area)}
-    assert p["folds"] == {"classify": [0], "segment": [0]} and len(p["models"]["segment"]) == 1
-    assert p["scored"] == 8 and p["kept"] == len(expected) and p["created"].endswith("+00:00")
-    assert {d["image_id"] for d in p["dropped"]} == set(areas) - expected
-    assert all("class 1" in d["reason"] and f"< {min_area[0]}" in d["reason"] for d in p["dropped"]
-               if min(areas[d["image_id"]]) > 0)
+    assert p["thresholds"]["pixel_threshold"] == [1.0] * 4 and p["tta"] is False
+    assert p["rule"] == {"hi": 1.0, "lo": lo, "min_area": [0, 0, 0, 0]}
+    assert p["folds"] == {"classify": [0], "segment": [0]} and len(p["models"]["classify"]) == 1
+    assert p["scored"] == 8 and p["kept"] == len(expected) == folder.records and p["created"].endswith("+00:00")
     assert p["labels_sha256"] == hashlib.sha256(
         json.dumps(sorted((i, list(r["rle"])) for i, r in records.items())).encode()).hexdigest()
     # A rule nothing passes writes nothing and says so.
-    strict = str(tmp_path / "strict")
     with pytest.raises(PseudoError, match="none of 8 images passed the confidence rule"):
-        pseudo_label(workdir=trained_workdir, images=images, out=strict, hi=1.0, lo=0.0, min_area=(10**7,) * 4,
-                     thresholds=str(thresholds), folds=[0], progress=False)
-    assert not os.path.exists(strict)
+        run("none", hi=1.0, lo=min(largest.values()) / 2, min_area=(0,) * 4)
+    assert not os.path.exists(tmp_path / "none")
 
 
 @pytest.mark.slow

@@ -21,8 +21,9 @@ _NAMES = {"train": re.compile(r"train-f(\d+)-(\d{5})-of-(\d{5})\.tfrec"),
           "test": re.compile(r"test-()(\d{5})-of-(\d{5})\.tfrec"),
           "pseudo": re.compile(r"pseudo-()(\d{5})-of-(\d{5})\.tfrec")}
 _KEYS = ("split", "folds", "records", "class_counts", "bytes", "fold_totals", "shards", "skipped")
-# A pseudo manifest's provenance ("pseudo"): what made the labels, from which images, and what the rule dropped.
-PSEUDO_KEYS = ("workdir", "models", "thresholds", "rule", "images", "created", "scored", "kept", "dropped")
+# A pseudo manifest's provenance ("pseudo"): what made the labels, from which images, what the rule saw of each
+# image (scores: gating probabilities and mask areas) and why it dropped the others.
+PSEUDO_KEYS = ("workdir", "models", "thresholds", "rule", "images", "created", "scored", "kept", "dropped", "scores")
 _ENTRY_KEYS = ("name", "fold", "records", "class_counts", "bytes", "sha256")
 _SHOWN = 10  # problems spelled out in one error line; the rest are counted
 
