@@ -17,6 +17,7 @@ EXAMPLES = {
     "train": "steel-tpu train --shards shards --workdir work --config tiny --folds 0,1",
     "tune": "steel-tpu tune --workdir work",
     "predict": "steel-tpu predict --workdir work --images data/test_images --out submission.csv",
+    "pseudo": "steel-tpu pseudo --workdir work --images data/test_images --out pseudo_shards --min-confidence 0.9",
     "report": "steel-tpu report --workdir work --out report --shards shards",
     "env": "steel-tpu env --device auto",
     "export": "steel-tpu export --workdir work --out kit",
@@ -83,7 +84,7 @@ def _train(args):
     from steel_tpu import train
 
     tasks = ("classify", "segment") if args.task == "both" else (args.task,)
-    train.run(shards=args.shards, workdir=args.workdir, cfg=cfg, tasks=tasks, folds=args.folds)
+    train.run(shards=args.shards, workdir=args.workdir, cfg=cfg, tasks=tasks, folds=args.folds, pseudo=args.pseudo)
 
 
 def _tune(args):
@@ -117,6 +118,33 @@ def _predict(args):
     predict(workdir=args.workdir, images=args.images, out=args.out, batch_size=args.batch_size, tta=args.tta,
             skip_bad=args.skip_bad, thresholds=args.thresholds, folds=args.folds, chunk_size=args.chunk_size,
             device=device)
+
+
+def _pseudo(args):
+    from steel_tpu.pseudo import pseudo_label
+
+    device = None
+    if args.device != "auto":
+        from steel_tpu import distribute
+
+        device = distribute.select_strategy(prefer=args.device)
+    pseudo_label(workdir=args.workdir, images=args.images, out=args.out, hi=args.min_confidence,
+                 lo=1.0 - args.min_confidence if args.max_absent is None else args.max_absent,
+                 min_area=args.min_area, thresholds=args.thresholds, folds=args.folds, batch_size=args.batch_size,
+                 tta=args.tta, shard_mb=args.shard_mb, device=device)
+
+
+def min_areas(text):
+    """`600` (every class) or `600,600,900,2000` (one per class) -> 4 pixel counts >= 0."""
+    try:
+        areas = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        areas = ()
+    if len(areas) == 1:
+        areas *= 4
+    if len(areas) != 4 or min(areas) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected one pixel count or 4 comma-separated ones, each >= 0")
+    return areas
 
 
 def _report(args):
@@ -265,6 +293,9 @@ def _add_parsers(sub, common):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. segment.train.epochs=5 (repeatable; checked before anything "
                         "is written)")
+    p.add_argument("--pseudo", default=None, metavar="PSEUDO_SHARDS",
+                   help="a pseudo-label shard folder (steel-tpu pseudo) mixed into each training batch at "
+                        "TASK.data.pseudo_share (e.g. --set segment.data.pseudo_share=0.125); never validated on")
 
     p = _add(sub, "tune", _tune, "choose thresholds and minimum areas on out-of-fold predictions", common)
     p.add_argument("--workdir", required=True, help="a training workdir, local or gs://")
@@ -294,6 +325,29 @@ def _add_parsers(sub, common):
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto: a TPU when the host shows one, else local GPUs, else the CPU")
     _add_runner(p)
+
+    p = _add(sub, "pseudo", _pseudo, "pseudo-label unlabelled JPEGs with the workdir's ensemble: keep the images "
+                                     "whose classifier and segmenter confidently agree, as pseudo shards", common)
+    p.add_argument("--workdir", required=True, help="a trained and tuned workdir (or kit), local or gs://")
+    p.add_argument("--images", required=True, help="a folder of unlabelled JPEGs (e.g. test_images), local or gs://")
+    p.add_argument("--out", required=True, help="the pseudo shard folder to write: new or empty")
+    p.add_argument("--min-confidence", type=_bounded(float, 0.5, strict=True, high=1.0), default=0.9,
+                   help="a class is confidently present at classifier probability >= this (with a mask of at least "
+                        "its min area), absent at <= 1 - this (with no mask pixel); an image is kept when every "
+                        "class is one or the other")
+    p.add_argument("--max-absent", type=_bounded(float, 0.0, high=1.0), default=None,
+                   help="the probability at or below which a class is confidently absent (default: 1 - "
+                        "--min-confidence)")
+    p.add_argument("--min-area", type=min_areas, default=None,
+                   help="pixels a confidently present mask needs: one count or 4 (default: the thresholds' min areas)")
+    p.add_argument("--thresholds", default=None, help="a thresholds.json (default: the workdir's; without one the "
+                                                      "command stops: run tune first)")
+    p.add_argument("--folds", type=fold_list, default=None, help="comma-separated fold models to use (default: all)")
+    p.add_argument("--batch-size", type=_POSITIVE_INT, default=None, help="global batch (default: the segmenter's)")
+    p.add_argument("--tta", action="store_true", help="average over horizontal and vertical flips")
+    p.add_argument("--shard-mb", type=_bounded(float, 0, strict=True), default=100.0, help="target shard size in MB")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="auto: a TPU when the host shows one, else local GPUs, else the CPU")
 
     p = _add(sub, "env", _env, "what this host has: TensorFlow, Keras, libtpu, devices, strategy, credentials, "
                                "presets that fit, problems", common)

@@ -21,6 +21,9 @@ class DataConfig:
     shuffle_buffer: int = 256  # encoded records, not decoded images: host memory stays small
     oversample: dict = field(default_factory=dict)  # class id -> repeat factor for images with that class
     clean_keep: float = 1.0  # fraction of defect-free images kept each epoch
+    # Share of every training batch taken from pseudo-labelled shards (`train --pseudo`): floor(share x the
+    # per-replica batch) rows of each batch (pipeline.pseudo_rows). 0: none.
+    pseudo_share: float = 0.0
 
     def __post_init__(self):
         fields.check(self)
@@ -30,6 +33,7 @@ class DataConfig:
                  f"batch_per_replica={self.batch_per_replica!r}, batch_size={self.batch_size!r}: set exactly one "
                  "(per replica: the global batch follows the slice; batch_size: a fixed global batch)")
         unit(self, "clean_keep")
+        require(0.0 <= self.pseudo_share < 1.0, f"pseudo_share={self.pseudo_share!r}: must be in [0, 1) (0: off)")
         for class_id, factor in self.oversample.items():
             require(class_id in CLASS_IDS and isinstance(factor, int) and factor >= 1,
                      f"oversample={self.oversample!r}: keys must be class ids {CLASS_IDS}, factors integers >= 1")
@@ -467,13 +471,18 @@ def _build(cls, values, *, where):
 
 # Keys added since config.json files were first written, one group per change, each with the values under which a
 # file written before that change means what it meant. Per-replica batches: a fixed global batch, the learning rate
-# as given, the device detected. The segmenter head: per-class sigmoids, unweighted losses.
+# as given, the device detected. The learning options: uniform crops, no weight average. The segmenter head:
+# per-class sigmoids, unweighted losses. Pseudo-labels: none.
+_TASKS = ("classify", "segment")
 _ADDED = (
     {(): {"device": "auto"},
-     **{(task, "data"): {"batch_per_replica": None} for task in ("classify", "segment")},
-     **{(task, "train"): {"reference_batch": None} for task in ("classify", "segment")}},
-    {**{(task, "model"): {"head": "sigmoid"} for task in ("classify", "segment")},
-     **{(task, "train"): {"class_weights": None} for task in ("classify", "segment")}},
+     **{(task, "data"): {"batch_per_replica": None} for task in _TASKS},
+     **{(task, "train"): {"reference_batch": None} for task in _TASKS}},
+    {**{(task, "augment"): {"defect_crop_prob": 0.0, "defect_crop_weights": [1.0] * NUM_CLASSES} for task in _TASKS},
+     **{(task, "train"): {"ema_decay": None} for task in _TASKS}},
+    {**{(task, "model"): {"head": "sigmoid"} for task in _TASKS},
+     **{(task, "train"): {"class_weights": None} for task in _TASKS}},
+    {(task, "data"): {"pseudo_share": 0.0} for task in _TASKS},
 )
 
 

@@ -82,6 +82,16 @@ def load_thresholds(work, thresholds=None):
     return postprocess.PostProcess(), "defaults"
 
 
+def device_and_batch(cfg, *, device=None, batch_size=None):
+    """(device, global batch) scoring runs with: the detected device (precision set) and the segmenter's batch
+    unless given; a batch that does not split over the replicas is refused."""
+    device = device or distribute.select_strategy()
+    distribute.set_precision(device.kind, gpu_float16=cfg.gpu_float16)
+    batch_size = batch_size or resolve.global_batch(cfg.segment.data, replicas=device.replicas)
+    distribute.per_replica_batch_size(device, batch_size)
+    return device, batch_size
+
+
 def _dataset(chunks, *, image_size, batch_size):
     """One stream over the chunks' inputs (JPEG paths, or shard paths), in chunk order; None if nothing to read."""
     inputs = [p for c in chunks for p in c.inputs]
@@ -135,26 +145,26 @@ def submitted_rles(masks, areas, class_probs, *, pp):
     return [[r if k else "" for r, k in zip(row, keep)] for row, keep in zip(rle.encode_batch(masks), kept)]
 
 
-def _host_work(batch, outputs, *, pp, assembler, bar, failed):
-    """Component filtering, min areas, gate, RLE encoding and assembly of one device batch (runs in the worker thread)."""
-    if failed.is_set():
-        return  # an earlier batch failed: its chunk is incomplete, so nothing after it may be committed
-    try:
-        valid = slice(None) if batch["valid"].all() else batch["valid"]  # no copy of full batches' masks
-        probs = outputs["probs"][valid] if "probs" in outputs else None
-        ids = [i.decode() for i in batch["image_id"][valid]]
-        masks, areas = outputs["masks"][valid], outputs["areas"][valid]
-        if pp.filters_components:
-            masks, areas = pp.filter(masks)
-        assembler.add(ids, submitted_rles(masks, areas, probs, pp=pp))
-        bar.update(len(ids))
-    except BaseException:
-        failed.set()
-        raise
+def scored_rows(batch, outputs, *, pp):
+    """(image ids, masks, areas, gating probabilities or None) of a device batch's valid rows, components filtered."""
+    valid = slice(None) if batch["valid"].all() else batch["valid"]  # no copy of full batches' masks
+    probs = outputs["probs"][valid] if "probs" in outputs else None
+    ids = [i.decode() for i in batch["image_id"][valid]]
+    masks, areas = outputs["masks"][valid], outputs["areas"][valid]
+    if pp.filters_components:
+        masks, areas = pp.filter(masks)
+    return ids, masks, areas, probs
 
 
-def _batches(dataset, assembler):
-    """The dataset's numpy batches; a decoding failure names the chunk being read."""
+def _host_work(batch, outputs, *, pp, assembler):
+    """Component filtering, min areas, gate, RLE encoding and assembly of one device batch; returns its images."""
+    ids, masks, areas, probs = scored_rows(batch, outputs, pp=pp)
+    assembler.add(ids, submitted_rles(masks, areas, probs, pp=pp))
+    return len(ids)
+
+
+def _batches(dataset, pending):
+    """The dataset's numpy batches; a decoding failure names the chunk being read (`pending()`: chunks not done)."""
     iterator = dataset.as_numpy_iterator() if dataset is not None else iter(())
     while True:
         try:
@@ -162,28 +172,38 @@ def _batches(dataset, assembler):
         except StopIteration:
             return
         except tf.errors.DataLossError as error:
-            named = tfrecord.name_damaged(error, [p for c in assembler.pending for p in c.inputs
+            named = tfrecord.name_damaged(error, [p for c in pending() for p in c.inputs
                                                   if str(p).endswith(".tfrec")])
             if named is error:
                 raise
             raise named from None
         except tf.errors.OpError as error:
-            chunk = assembler.pending[0] if assembler.pending else None
+            chunk = pending()[0] if pending() else None
             where = f"chunk {chunk.index} ({', '.join(map(str, chunk.inputs[:3]))}...)" if chunk else "the input"
             raise RuntimeError(f"input pipeline failed around {where}: {error.message}") from None
 
 
-def _run(dataset, *, predict_step, pp, assembler, total, progress):
-    """Device batches in the main thread, host work in one worker, at most _IN_FLIGHT batches apart."""
-    bar = console.Progress(total, desc="predict", unit="img", enabled=progress)
+def run_batches(dataset, *, predict_step, host_work, pending, total, progress, desc="predict"):
+    """Device batches in the main thread, `host_work(batch, outputs) -> images done` in one worker, at most
+    _IN_FLIGHT batches apart: the one scoring loop of predict and pseudo-labelling."""
+    bar = console.Progress(total, desc=desc, unit="img", enabled=progress)
     in_flight, failed = collections.deque(), threading.Event()
+
+    def work(batch, outputs):
+        if failed.is_set():
+            return  # an earlier batch failed: its chunk is incomplete, so nothing after it may be committed
+        try:
+            bar.update(host_work(batch, outputs))
+        except BaseException:
+            failed.set()
+            raise
+
     try:
         with ThreadPoolExecutor(max_workers=1) as worker:
             try:
-                for batch in _batches(dataset, assembler):
+                for batch in _batches(dataset, pending):
                     outputs = predict_step(batch["image"])
-                    in_flight.append(worker.submit(_host_work, batch, outputs, pp=pp, assembler=assembler,
-                                                   bar=bar, failed=failed))
+                    in_flight.append(worker.submit(work, batch, outputs))
                     while len(in_flight) > _IN_FLIGHT or (in_flight and in_flight[0].done()):
                         in_flight.popleft().result()
                 while in_flight:
@@ -193,6 +213,12 @@ def _run(dataset, *, predict_step, pp, assembler, total, progress):
                 raise
     finally:
         bar.close()
+
+
+def _run(dataset, *, predict_step, pp, assembler, total, progress):
+    run_batches(dataset, predict_step=predict_step, pending=lambda: assembler.pending, total=total,
+                progress=progress, host_work=lambda batch, outputs: _host_work(batch, outputs, pp=pp,
+                                                                                assembler=assembler))
     assembler.close()
 
 
@@ -226,10 +252,7 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
     if pp.needs_classifier and not wd.completed_folds("classify"):
         raise FileNotFoundError(f"{pp_from} gates on a classifier, but {workdir} has no completed classify folds")
     chunks = plan_chunks(images, chunk_size=chunk_size, skip_bad=skip_bad)  # bad input fails before model builds
-    device = device or distribute.select_strategy()
-    distribute.set_precision(device.kind, gpu_float16=cfg.gpu_float16)
-    batch_size = batch_size or resolve.global_batch(cfg.segment.data, replicas=device.replicas)
-    distribute.per_replica_batch_size(device, batch_size)
+    device, batch_size = device_and_batch(cfg, device=device, batch_size=batch_size)
     # The classifiers only gate: without a gate they would cost device time and change nothing.
     ens = ensemble.load(workdir, strategy=device.strategy, folds=folds,
                         tasks=("classify", "segment") if pp.needs_classifier else ("segment",))

@@ -72,8 +72,9 @@ def _class_counts(folder, folds):
     return [sum(e["class_counts"][c] for e in entries) for c in range(NUM_CLASSES)]
 
 
-def train_fold(*, folder, wd, cfg, task, fold, device):
-    """Train `task` on every fold but `fold`, validate on `fold`; resumes from the fold's latest checkpoint."""
+def train_fold(*, folder, wd, cfg, task, fold, device, pseudo=None):
+    """Train `task` on every fold but `fold` (and, at its data.pseudo_share of each batch, the pseudo-label
+    ShardFolder `pseudo`), validate on `fold`; resumes from the fold's latest checkpoint."""
     done = wd.done(task, fold)
     if done is not None:
         print(f"[{task} fold {fold}] already complete: skipping")
@@ -83,8 +84,12 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
     image_size = (d.image_height, d.image_width)
     train_folds = [f for f in range(folder.num_folds) if f != fold]
     seed = cfg.seed * 1009 + fold * 2 + tasks_lib.NAMES.index(task)
+    share = d.pseudo_share if pseudo is not None else 0.0
+    pseudo_files = pseudo.files() if share else []
+    # An epoch is one pass over the labelled folds: pseudo rows take batch places, so it takes more steps.
+    labelled_rows = d.batch_size - pipeline.pseudo_rows(d.batch_size // device.replicas, share) * device.replicas
     steps = t.steps_per_epoch or pipeline.steps_per_epoch(
-        folder, batch_size=d.batch_size, folds=train_folds, oversample=d.oversample, clean_keep=d.clean_keep)
+        folder, batch_size=labelled_rows, folds=train_folds, oversample=d.oversample, clean_keep=d.clean_keep)
     # Whole calls of steps_per_execution steps: the compiled loop has a static trip count.
     steps = max(t.steps_per_execution, steps - steps % t.steps_per_execution)
 
@@ -111,6 +116,7 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
         jit_compile=jit_compile, average=average)
     predict = step.make_predict_step(forward=spec.forward(model), strategy=device.strategy, jit_compile=jit_compile)
     train_files = folder.files(folds=train_folds)
+    # Validation (hence OOF and tune) reads the held-out labelled fold only: never a pseudo-label.
     eval_ds = pipeline.eval_dataset(files=folder.files(folds=[fold]), image_size=image_size, batch_size=d.batch_size)
     rows = [r for r in wd.read_log(task, fold) if r["epoch"] < first]
     tb = tf.summary.create_file_writer(wd.tb_dir(task, fold))
@@ -122,7 +128,7 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
             lambda input_context, epoch=epoch: pipeline.train_dataset(
                 files=train_files, image_size=image_size, batch_size=d.batch_size, seed=seed, epoch=epoch,
                 steps=steps, oversample=d.oversample, clean_keep=d.clean_keep, shuffle_buffer=d.shuffle_buffer,
-                input_context=input_context),
+                input_context=input_context, pseudo_files=pseudo_files, pseudo_share=share),
             global_batch_size=d.batch_size)
         iterator = iter(dist)
         with console.Progress(steps, desc=f"[{task} fold {fold}] epoch {epoch + 1}/{t.epochs}", unit="step",
@@ -161,8 +167,26 @@ def train_fold(*, folder, wd, cfg, task, fold, device):
                                      "best": float(state.best.numpy()), "metric": spec.metric})
 
 
-def run(*, shards, workdir, cfg, tasks=tasks_lib.NAMES, folds=None, device=None):
-    """Train `tasks` over `folds` (default: the config's) from the shard folder `shards` into `workdir`."""
+def _open_pseudo(pseudo, *, cfg, tasks):
+    """The pseudo-label ShardFolder `pseudo` (or None), refused unless a trained task mixes it in, and a share
+    set without one refused too."""
+    shares = {task: getattr(cfg, task).data.pseudo_share for task in tasks}
+    if pseudo is None:
+        wanting = [f"{task}.data.pseudo_share={share:g}" for task, share in shares.items() if share]
+        if wanting:
+            raise ValueError(f"{', '.join(wanting)} but no --pseudo: give the pseudo shard folder "
+                             "(`steel-tpu pseudo`) or set the share to 0")
+        return None
+    if not any(shares.values()):
+        raise ValueError(f"--pseudo {pseudo}: pseudo_share is 0 for {', '.join(tasks)}: set e.g. "
+                         "segment.data.pseudo_share=0.125, or leave out --pseudo")
+    # split="pseudo": a labelled (train) folder is refused here, so it can never enter a batch as pseudo-labels.
+    return ShardFolder.open(pseudo, split="pseudo").check()
+
+
+def run(*, shards, workdir, cfg, tasks=tasks_lib.NAMES, folds=None, device=None, pseudo=None):
+    """Train `tasks` over `folds` (default: the config's) from the shard folder `shards` into `workdir`, mixing
+    the pseudo-label folder `pseudo` (steel-tpu pseudo) into each task's batches at its data.pseudo_share."""
     # A workdir path that is a file (or under one) or cannot be written fails here, not after the device starts.
     outputs.check_folder(workdir, flag="--workdir")
     # The manifest is the truth: exactly its shards, their sizes checked, nothing unlisted beside them.
@@ -173,39 +197,46 @@ def run(*, shards, workdir, cfg, tasks=tasks_lib.NAMES, folds=None, device=None)
         raise ValueError(f"folds {bad} outside the {folder.num_folds} folds of {shards}")
     for task in tasks:
         tasks_lib.make(task, cfg)  # an unknown task name fails before anything is written
+    pseudo_folder = _open_pseudo(pseudo, cfg=cfg, tasks=tasks)
     device = device or distribute.select_strategy(tpu=cfg.tpu, prefer=distribute.prefer_for(cfg.device),
                                                   verbose=False)
     distribute.set_precision(device.kind, gpu_float16=cfg.gpu_float16)
     print(distribute.summary(device))
     resolved = resolve.resolve_for(cfg, replicas=device.replicas)  # a batch that cannot split fails before writing
+    for task in tasks:  # a share too small for one row of this slice's per-replica batch fails before writing too
+        data = getattr(resolved, task).data
+        pipeline.pseudo_rows(data.batch_size // device.replicas, data.pseudo_share)
     wd = Workdir(workdir)
     wd.save_config(cfg)  # the user's config: the same on every slice, so a resume on another one is not refused
-    wd.bind_shards(folder)
-    _record_run(wd, device=device, resolved=resolved, tasks=tasks, folds=folds)
+    wd.bind_shards(folder, pseudo=pseudo_folder)
+    _record_run(wd, device=device, resolved=resolved, tasks=tasks, folds=folds, pseudo=pseudo_folder)
     results = []
     try:
         for fold in folds:
             for task in tasks:
                 with _released(device, cfg):
                     results.append(train_fold(folder=folder, wd=wd, cfg=resolved, task=task, fold=fold,
-                                              device=device))
+                                              device=device, pseudo=pseudo_folder))
                 print(f"[{task} fold {fold}] host memory after release: {memory.rss_mb():.0f} MB resident, "
                       f"peak {memory.peak_rss_mb():.0f} MB")
     except tf.errors.DataLossError as error:
         # TensorFlow names no file; outside the hot loop, the shards are re-read to say which one is damaged.
-        raise tfrecord.name_damaged(error, folder.files()) from None
+        raise tfrecord.name_damaged(error, folder.files() + (pseudo_folder.files() if pseudo_folder else [])) from None
     return results
 
 
-def _record_run(wd, *, device, resolved, tasks, folds):
+def _record_run(wd, *, device, resolved, tasks, folds, pseudo):
     """Append this invocation to the workdir's runs.jsonl; say so when the slice changed the global batch."""
     summary = resolve.summary(resolved, replicas=device.replicas)
     previous = wd.runs()
     for line in resolve.changes(previous[-1].get("resolved", {}), summary) if previous else ():
         print(f"train: this run's slice differs from the last run's: {line}")
     started = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    used = None if pseudo is None else {
+        "path": pseudo.path, "fingerprint": pseudo.fingerprint, "manifest_sha256": pseudo.manifest_sha256,
+        "records": pseudo.records, "share": {task: getattr(resolved, task).data.pseudo_share for task in tasks}}
     wd.add_run({"command": "train", "started": started, "host": socket.gethostname(), "tasks": list(tasks),
-                "folds": list(folds), **distribute.describe(device), "resolved": summary})
+                "folds": list(folds), **distribute.describe(device), "resolved": summary, "pseudo": used})
 
 
 @contextlib.contextmanager

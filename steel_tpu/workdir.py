@@ -2,7 +2,8 @@
 
 ```
 W/config.json                      the user's config (per-replica batches: the same file on any slice)
-W/shards.json                      which shard folder (path and fingerprint) every fold was trained on
+W/shards.json                      which shard folder (path and fingerprint) every fold was trained on, and
+                                   which pseudo-label folder (path, fingerprint, manifest sha256) if any
 W/runs.jsonl                       one line per train invocation: host, device, versions, resolved batches/LRs
 W/thresholds.json, W/tune/         tune's choice (its content is tune's) and its plots
 W/{classify,segment}/fold{k}/
@@ -76,6 +77,11 @@ def read_thresholds(path):
     return doc
 
 
+def _identity(record):
+    """A pseudo-label record without its path: the same folder moved (to gs://, renamed) is the same data."""
+    return None if not isinstance(record, dict) else (record.get("fingerprint"), record.get("manifest_sha256"))
+
+
 def check_weights(path, data):
     """Refuse weights bytes that are not HDF5 (garbage, truncated) or hold a non-finite number, naming `path`."""
     bad = []
@@ -137,18 +143,28 @@ class Workdir:
 
     # --- shards.json ---
 
-    def bind_shards(self, folder):
-        """Record the shard folder this workdir trains on; resuming (or skipping done folds) over different shards is
-        refused: folds trained on other data would be mixed into one ensemble and one out-of-fold file."""
+    def bind_shards(self, folder, pseudo=None):
+        """Record the shard folder this workdir trains on, and the pseudo-label folder (or none) its batches mix in;
+        resuming (or skipping done folds) over different shards or pseudo-labels is refused: folds trained on other
+        data would be mixed into one ensemble and one out-of-fold file."""
         path = self._file(SHARDS)
+        mine = None if pseudo is None else {"path": pseudo.path, "fingerprint": pseudo.fingerprint,
+                                            "manifest_sha256": pseudo.manifest_sha256}
         if storage.exists(path):
             old = read_json(path, what="shards record")
             if not isinstance(old, dict) or old.get("fingerprint") != folder.fingerprint:
                 where = old.get("path") if isinstance(old, dict) else None
                 raise WorkdirError(f"{path}: this workdir was trained on other shards ({where}), not {folder.path}; "
                                    "use a new --workdir (or the same shards) so folds are not mixed")
+            before = old.get("pseudo")  # a record from before pseudo-labels has none: it trained without
+            if _identity(before) != _identity(mine):
+                was = f"pseudo-labels {before['path']}" if before else "no pseudo-labels"
+                now = f"pseudo-labels {pseudo.path}" if pseudo else "none"
+                raise WorkdirError(f"{path}: this workdir was trained with {was}, not {now}; use a new --workdir "
+                                   "(or the same --pseudo) so folds are not mixed")
             return
-        storage.write_text(path, json.dumps({"path": folder.path, "fingerprint": folder.fingerprint}, indent=2))
+        storage.write_text(path, json.dumps({"path": folder.path, "fingerprint": folder.fingerprint, "pseudo": mine},
+                                            indent=2))
 
     # --- runs.jsonl ---
 

@@ -8,7 +8,8 @@ import pytest
 from test_tune import _write_workdir
 
 HOST_ONLY_MODULES = ["steel_tpu.metrics", "steel_tpu.synth", "steel_tpu.kaggle", "steel_tpu.rle",
-                     "steel_tpu.postprocess", "steel_tpu.storage", "steel_tpu.submission_writer"]
+                     "steel_tpu.postprocess", "steel_tpu.storage", "steel_tpu.submission_writer",
+                     "steel_tpu.pseudo_rule"]
 
 
 def _without_tensorflow(code):
@@ -43,7 +44,7 @@ def test_the_check_can_fail():
         _without_tensorflow("import steel_tpu.augment")
 
 
-@pytest.mark.parametrize("command", ["evaluate", "tune", "synth", "report", "train"])
+@pytest.mark.parametrize("command", ["evaluate", "tune", "synth", "report", "train", "pseudo"])
 def test_help_without_tensorflow(command):
     assert "usage:" in _without_tensorflow(_cli(command, "--help"))
 

@@ -43,12 +43,16 @@ def test_a_fixed_global_batch_keeps_its_meaning_and_must_split():
 
 
 def _legacy_dict(batch_size):
-    """A config.json as written before per-replica batches and the device key (and so before the segmenter head)."""
+    """A config.json as written before per-replica batches and the device key (and so before every key added since:
+    the learning options, the segmenter head, pseudo-labels)."""
     d = config.to_dict(config.preset("tiny"))
     del d["device"]
     for task in ("classify", "segment"):
         del d[task]["data"]["batch_per_replica"], d[task]["train"]["reference_batch"]
+        del d[task]["augment"]["defect_crop_prob"], d[task]["augment"]["defect_crop_weights"]
+        del d[task]["train"]["ema_decay"]
         del d[task]["model"]["head"], d[task]["train"]["class_weights"]
+        del d[task]["data"]["pseudo_share"]
         d[task]["data"]["batch_size"] = batch_size
     return d
 

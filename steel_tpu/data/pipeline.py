@@ -1,6 +1,7 @@
 """tf.data pipelines over TFRecord shards: sampled training batches, and padded, ordered evaluation and prediction."""
 
 import collections
+import math
 import posixpath
 
 import numpy as np
@@ -18,6 +19,19 @@ _CYCLE_LENGTH = 8
 # Big sequential reads: a GCS request costs a round trip, so a small buffer starves the decoders.
 _READ_BUFFER = 8 << 20
 _HASH_BUCKETS = 1 << 24  # resolution of clean_keep
+_PSEUDO_STREAM = 1  # the pseudo-label stream's seeds: (seed, epoch, this), apart from the labelled stream's
+
+
+def pseudo_rows(batch_size, share):
+    """Pseudo-labelled rows in every batch of `batch_size` rows at `share` of it: floor(share x batch), so never
+    more than the share; refused when the share is outside [0, 1), or > 0 but too small for one row."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"pseudo_share={share!r}: must be in [0, 1) (0: no pseudo-labels)")
+    rows = math.floor(round(share * batch_size, 9))  # 0.3 x 10 is 2.9999999999999996 in floats
+    if share > 0 and rows == 0:
+        raise ValueError(f"pseudo_share={share:g} of a per-replica batch of {batch_size} is less than one row: "
+                         f"set it to at least {1 / batch_size:.4g}, or 0 for no pseudo-labels")
+    return rows
 
 
 def steps_per_epoch(folder, *, batch_size, folds=None, oversample=None, clean_keep=1.0):
@@ -37,28 +51,58 @@ def steps_per_epoch(folder, *, batch_size, folds=None, oversample=None, clean_ke
 
 
 def train_dataset(*, files, image_size, batch_size, seed, epoch=0, steps=None, oversample=None, clean_keep=1.0,
-                  shuffle_buffer=1024, input_context=None):
+                  shuffle_buffer=1024, input_context=None, pseudo_files=(), pseudo_share=0.0):
     """Endless (or `steps`) batches of (images uint8 [B,h,w,3], masks uint8 [B,h,w,4]) for one epoch.
 
     The order, the oversampling ({class id: integer repeat factor}, an image taking its classes' largest) and
     the kept fraction of clean images are functions of (seed, epoch) only, so a resumed run sees the same data.
     With `input_context` each input pipeline reads its own files and yields per-replica batches.
+    With `pseudo_files` (pseudo shards) and `pseudo_share` > 0, the last pseudo_rows(B, share) rows of every
+    (per-replica) batch come from them, shuffled from (seed, epoch) too, never oversampled; the rest from `files`.
     """
     size = check_image_size(image_size)
-    factors = _factors(oversample)
-    _check_clean_keep(clean_keep)
-    files = list(files)
+    files, pseudo_files = list(files), list(pseudo_files)
     if not files:
         raise ValueError("train_dataset: no shard files")
-    file_seed, record_seed, *hash_key = (int(v) for v in np.random.SeedSequence([seed, epoch]).generate_state(4))
-    batch = batch_size
+    if (pseudo_share > 0) != bool(pseudo_files):
+        raise ValueError(f"train_dataset: pseudo_share={pseudo_share} with {len(pseudo_files)} pseudo shard files: "
+                         "give both or neither")
+    batch = batch_size if input_context is None else input_context.get_per_replica_batch_size(batch_size)
+    pseudo = pseudo_rows(batch, pseudo_share)
+    ds = _records(files, seed=[seed, epoch], input_context=input_context, oversample=oversample,
+                  clean_keep=clean_keep, shuffle_buffer=shuffle_buffer, what="shard files")
+    ds = ds.map(lambda record: _parse_image(record, size), num_parallel_calls=AUTOTUNE)
+    # Static batch shapes for XLA / TPU: a partial batch would compile a second program.
+    ds = ds.batch(batch - pseudo, drop_remainder=True)
+    if pseudo:
+        # A fixed number of pseudo rows in every batch, not a sampled share: the batch shape stays static and the
+        # cap holds in each batch, not only on average. Their own stream: the labelled order is what it was.
+        extra = _records(pseudo_files, seed=[seed, epoch, _PSEUDO_STREAM], input_context=input_context,
+                         shuffle_buffer=shuffle_buffer, what="pseudo shard files")
+        extra = extra.map(lambda record: _parse_image(record, size), num_parallel_calls=AUTOTUNE)
+        ds = tf.data.Dataset.zip(ds, extra.batch(pseudo, drop_remainder=True)).map(
+            lambda labelled, more: tuple(tf.concat([a, b], axis=0) for a, b in zip(labelled, more)),
+            num_parallel_calls=AUTOTUNE)
+    ds = ds.map(lambda gray, rles: (to_images(gray, image_size=size), decode_masks(rles, image_size=size)),
+                num_parallel_calls=AUTOTUNE)
+    if steps is not None:
+        # A global step takes one per-replica batch from a pipeline for each replica that pipeline feeds.
+        per_step = 1 if input_context is None else input_context.num_replicas_in_sync // input_context.num_input_pipelines
+        ds = ds.take(steps * per_step)
+    return ds.prefetch(AUTOTUNE)
+
+
+def _records(files, *, seed, input_context, oversample=None, clean_keep=1.0, shuffle_buffer, what):
+    """Endless serialized records of `files` (this input pipeline's share), sampled and shuffled from `seed`."""
+    factors = _factors(oversample)
+    _check_clean_keep(clean_keep)
+    file_seed, record_seed, *hash_key = (int(v) for v in np.random.SeedSequence(seed).generate_state(4))
     ds = tf.data.Dataset.from_tensor_slices(files)
     if input_context is not None:
         pipelines = input_context.num_input_pipelines
         if len(files) < pipelines:
-            raise ValueError(f"train_dataset: {len(files)} shard files cannot feed {pipelines} input pipelines")
+            raise ValueError(f"train_dataset: {len(files)} {what} cannot feed {pipelines} input pipelines")
         ds = ds.shard(pipelines, input_context.input_pipeline_id)
-        batch = input_context.get_per_replica_batch_size(batch_size)
     ds = ds.shuffle(len(files), seed=file_seed, reshuffle_each_iteration=True).repeat()
     ds = ds.interleave(_read, cycle_length=min(_CYCLE_LENGTH, len(files)), num_parallel_calls=AUTOTUNE,
                        deterministic=True)
@@ -68,17 +112,7 @@ def train_dataset(*, files, image_size, batch_size, seed, epoch=0, steps=None, o
         ds = ds.map(lambda record: (record, copies(record)), num_parallel_calls=AUTOTUNE)
         ds = ds.flat_map(lambda record, n: tf.data.Dataset.from_tensors(record).repeat(n))
     # The buffer holds serialized records (~100 KB), not decoded images (1.2 MB at 256x1600): host memory stays small.
-    ds = ds.shuffle(shuffle_buffer, seed=record_seed)
-    ds = ds.map(lambda record: _parse_image(record, size), num_parallel_calls=AUTOTUNE)
-    # Static batch shapes for XLA / TPU: a partial batch would compile a second program.
-    ds = ds.batch(batch, drop_remainder=True)
-    ds = ds.map(lambda gray, rles: (to_images(gray, image_size=size), decode_masks(rles, image_size=size)),
-                num_parallel_calls=AUTOTUNE)
-    if steps is not None:
-        # A global step takes one per-replica batch from a pipeline for each replica that pipeline feeds.
-        per_step = 1 if input_context is None else input_context.num_replicas_in_sync // input_context.num_input_pipelines
-        ds = ds.take(steps * per_step)
-    return ds.prefetch(AUTOTUNE)
+    return ds.shuffle(shuffle_buffer, seed=record_seed)
 
 
 def eval_dataset(*, files, image_size, batch_size, full_res_masks=True):

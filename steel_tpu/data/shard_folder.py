@@ -13,11 +13,17 @@ from steel_tpu.data import example, tfrecord
 
 MANIFEST = "manifest.json"  # written last by the shard builder: a folder without it is unfinished
 PLAN = "_plan.json"  # the builder's plan and finished shards; exists only while a build is unfinished
-SPLITS = ("train", "test")
+# pseudo: labels a workdir's ensemble predicted for unlabelled images (steel_tpu.pseudo); no folds, so they can
+# never be validated or scored on, and a split of their own, so no reader of train or test shards opens them.
+SPLITS = ("train", "test", "pseudo")
 MAX_SHARDS = 99_999  # per fold: the five digits of a shard name's index and count
 _NAMES = {"train": re.compile(r"train-f(\d+)-(\d{5})-of-(\d{5})\.tfrec"),
-          "test": re.compile(r"test-()(\d{5})-of-(\d{5})\.tfrec")}
+          "test": re.compile(r"test-()(\d{5})-of-(\d{5})\.tfrec"),
+          "pseudo": re.compile(r"pseudo-()(\d{5})-of-(\d{5})\.tfrec")}
 _KEYS = ("split", "folds", "records", "class_counts", "bytes", "fold_totals", "shards", "skipped")
+# A pseudo manifest's provenance ("pseudo"): what made the labels, from which images, what the rule saw of each
+# image (scores: gating probabilities and mask areas) and why it dropped the others.
+PSEUDO_KEYS = ("workdir", "models", "thresholds", "rule", "images", "created", "scored", "kept", "dropped", "scores")
 _ENTRY_KEYS = ("name", "fold", "records", "class_counts", "bytes", "sha256")
 _SHOWN = 10  # problems spelled out in one error line; the rest are counted
 
@@ -29,11 +35,11 @@ class ShardFolderError(ValueError):
 def shard_name(*, split, fold, index, count):
     if split == "train":
         return f"train-f{fold}-{index:05d}-of-{count:05d}.tfrec"
-    return f"test-{index:05d}-of-{count:05d}.tfrec"
+    return f"{split}-{index:05d}-of-{count:05d}.tfrec"
 
 
 def parse_shard_name(name):
-    """(split, fold, index, count) of a shard file name (fold -1 for test), or None if it is not one."""
+    """(split, fold, index, count) of a shard file name (fold -1 for test and pseudo), or None if it is not one."""
     for split, pattern in _NAMES.items():
         if m := pattern.fullmatch(name):
             fold, index, count = int(m[1] or -1), int(m[2]), int(m[3])
@@ -90,6 +96,12 @@ def _structure_problem(doc):
         return f"split {doc['split']!r}, expected one of {', '.join(SPLITS)}"
     if not isinstance(doc["shards"], list) or not doc["shards"]:
         return "lists no shards"
+    if (doc["split"] == "pseudo") != ("pseudo" in doc):
+        return ("a pseudo manifest without its provenance (\"pseudo\")" if doc["split"] == "pseudo"
+                else f"a {doc['split']} manifest with a \"pseudo\" provenance block")
+    if doc["split"] == "pseudo" and (not isinstance(doc["pseudo"], dict)
+                                     or any(k not in doc["pseudo"] for k in PSEUDO_KEYS)):
+        return f"\"pseudo\" provenance must hold {', '.join(PSEUDO_KEYS)}"
     names = set()
     for i, e in enumerate(doc["shards"]):
         if not isinstance(e, dict) or any(k not in e for k in _ENTRY_KEYS):
@@ -131,12 +143,12 @@ def manifest_problems(doc):
         if len(doc["fold_totals"]) != folds:
             problems.append(f"{len(doc['fold_totals'])} fold_totals for {folds} folds")
     elif folds is not None or doc["fold_totals"]:
-        problems.append("folds or fold_totals in a test manifest (test shards have no folds)")
+        problems.append(f"folds or fold_totals in a {doc['split']} manifest ({doc['split']} shards have no folds)")
     # Each shard name carries its fold's shard count: a dropped or added entry shows here.
     for fold in sorted({e["fold"] for e in entries}):
         got = sorted(parse_shard_name(e["name"])[2:] for e in entries if e["fold"] == fold)
         if got != [(i, len(got)) for i in range(len(got))]:
-            where = f"fold {fold}" if fold >= 0 else "test"
+            where = f"fold {fold}" if fold >= 0 else doc["split"]
             problems.append(f"{where}: {len(got)} shard entries whose names do not count 0..{len(got) - 1} "
                             f"of {len(got)}")
     return problems
@@ -166,7 +178,7 @@ class ShardFolder:
 
     @classmethod
     def open(cls, shards, *, split=None):
-        """Read and validate `shards`/manifest.json; `split` ("train"/"test"): refuse the other kind."""
+        """Read and validate `shards`/manifest.json; `split` ("train"/"test"/"pseudo"): refuse the other kinds."""
         path, doc = read_manifest(shards)
         problems = manifest_problems(doc)
         if problems:
@@ -182,6 +194,11 @@ class ShardFolder:
     @property
     def split(self):
         return self.manifest["split"]
+
+    @property
+    def provenance(self):
+        """A pseudo folder's "pseudo" block (what made its labels); None for train and test shards."""
+        return self.manifest.get("pseudo")
 
     @property
     def num_folds(self):
@@ -202,6 +219,11 @@ class ShardFolder:
         folder lives (moved to gs:// or renamed), different as soon as any shard or fold assignment differs."""
         listed = sorted((e["fold"], e["name"], e["sha256"]) for e in self.entries)
         return hashlib.sha256(json.dumps([self.num_folds, listed]).encode()).hexdigest()
+
+    @property
+    def manifest_sha256(self):
+        """sha256 of the manifest's content (canonical JSON): the shards and, for pseudo shards, their provenance."""
+        return hashlib.sha256(json.dumps(self.manifest, sort_keys=True).encode()).hexdigest()
 
     def entries_of(self, folds=None):
         """The manifest entries of `folds` (None: every shard), in manifest order."""

@@ -100,6 +100,7 @@ class Build:
     folds: int
     seed: int
     shard_mb: float
+    pseudo: dict | None = None  # a pseudo-label build's provenance, the manifest's "pseudo" block
 
 
 def plan_build(*, data, out, folds=5, seed=0, shard_mb=100.0, split="train", workers=None, overwrite=False,
@@ -114,8 +115,14 @@ def plan_build(*, data, out, folds=5, seed=0, shard_mb=100.0, split="train", wor
     outputs.check_folder(out)  # a file (or a path under one) as --out fails before the images are scanned
     workers = workers or os.cpu_count()
     source = read_source() if read_source else scan(data, split=split, workers=workers, skip_bad=skip_bad)
+    return plan_source(source, data=data, out=out, folds=folds, seed=seed, shard_mb=shard_mb, overwrite=overwrite)
+
+
+def plan_source(source, *, data, out, folds, seed, shard_mb, overwrite=False, pseudo=None):
+    """plan_build's planning and claiming of `out` for a scanned (or assembled: pseudo-labels) Source."""
+    split = source.split
     specs = plan_shards(source, folds=folds, seed=seed, shard_mb=shard_mb)
-    plan_sha256 = _plan_digest(source, specs, folds=folds, seed=seed, shard_mb=shard_mb)
+    plan_sha256 = _plan_digest(source, specs, folds=folds, seed=seed, shard_mb=shard_mb, pseudo=pseudo)
     found = storage.list_files(out)
     docs = _claim(out, found, split=split, overwrite=overwrite)  # refuses foreign files before any write
     previous = {} if overwrite else _previous(docs, plan_sha256)
@@ -131,7 +138,7 @@ def plan_build(*, data, out, folds=5, seed=0, shard_mb=100.0, split="train", wor
             if s.name in previous and _intact(storage.join(out, s.name), previous[s.name])}
     return Build(source=source, specs=tuple(specs), plan=plan, done=done,
                  todo=tuple(s for s in specs if s.name not in done), data=str(data), out=str(out), folds=folds,
-                 seed=seed, shard_mb=shard_mb)
+                 seed=seed, shard_mb=shard_mb, pseudo=pseudo)
 
 
 def write_shard(spec, *, build):
@@ -146,7 +153,7 @@ def finish_build(build, written):
     if missing:
         raise RuntimeError(f"{build.out}: {len(missing)} planned shard(s) were not written, e.g. {missing[0]}")
     manifest = _manifest(build.source, build.specs, done, data=build.data, folds=build.folds, seed=build.seed,
-                         shard_mb=build.shard_mb, plan_sha256=build.plan["plan_sha256"])
+                         shard_mb=build.shard_mb, plan_sha256=build.plan["plan_sha256"], pseudo=build.pseudo)
     _write_json(storage.join(build.out, MANIFEST), manifest)
     storage.remove(storage.join(build.out, PLAN))
     return manifest
@@ -169,11 +176,16 @@ def build_shards(*, data, out, folds=5, seed=0, shard_mb=100.0, split="train", w
     workers = workers or os.cpu_count()
     build = plan_build(data=data, out=out, folds=folds, seed=seed, shard_mb=shard_mb, split=split,
                        workers=workers, overwrite=overwrite, skip_bad=skip_bad, read_source=read_source)
-    done = dict(build.done)
-    _write_all(build.todo, done, source=build.source, out=build.out, plan=build.plan, workers=workers,
-               progress=progress, after_shard=_after_shard)
-    manifest = finish_build(build, list(done.values()))
+    manifest = write_build(build, workers=workers, progress=progress, _after_shard=_after_shard)
     return summarize(build, manifest, seconds=time.perf_counter() - start)
+
+
+def write_build(build, *, workers=None, progress=True, _after_shard=None):
+    """Write the shards `build` still needs, in parallel threads, then its manifest (last); returns the manifest."""
+    done = dict(build.done)
+    _write_all(build.todo, done, source=build.source, out=build.out, plan=build.plan,
+               workers=workers or os.cpu_count(), progress=progress, after_shard=_after_shard)
+    return finish_build(build, list(done.values()))
 
 
 def _write_all(todo, done, *, source, out, plan, workers, progress, after_shard):
@@ -233,9 +245,11 @@ def _write_shard(spec, *, source, out, on_image, stop):
             "bytes": size, "sha256": digest.hexdigest()}
 
 
-def _plan_digest(source, specs, *, folds, seed, shard_mb):
-    # Image sizes stand in for their bytes: a replaced image of another size makes a new plan.
+def _plan_digest(source, specs, *, folds, seed, shard_mb, pseudo=None):
+    # Image sizes stand in for their bytes: a replaced image of another size makes a new plan. Pseudo-labels have
+    # no CSV: their provenance (which holds the labels' digest) stands in for it.
     doc = {
+        **({"pseudo": pseudo} if pseudo is not None else {}),
         "schema_version": example.SCHEMA_VERSION,
         "split": source.split,
         "csv_sha256": source.csv_sha256,
@@ -327,7 +341,7 @@ def _write_json(path, doc):
     storage.write_text(path, json.dumps(doc, indent=1) + "\n")
 
 
-def _manifest(source, specs, done, *, data, folds, seed, shard_mb, plan_sha256):
+def _manifest(source, specs, done, *, data, folds, seed, shard_mb, plan_sha256, pseudo=None):
     shards = [done[s.name] for s in specs]
     fold_ids = sorted({s.fold for s in specs if s.fold >= 0})
     return {
@@ -344,4 +358,5 @@ def _manifest(source, specs, done, *, data, folds, seed, shard_mb, plan_sha256):
         "shards": shards,
         "skipped": [{"image_id": i, "reason": reason} for i, reason in source.skipped],
         **source.manifest_extra(),
+        **({"pseudo": pseudo} if pseudo is not None else {}),
     }
