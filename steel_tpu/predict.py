@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from steel_tpu import console, distribute, ensemble, kit, postprocess, resolve, rle, step, storage
+from steel_tpu import console, custom_gradients, distribute, ensemble, kit, postprocess, resolve, rle, step, storage
 from steel_tpu.data import pipeline, source, tfrecord
 from steel_tpu.data.shard_folder import ShardFolder, holds_shards
 from steel_tpu.kaggle import EMPTY
@@ -253,20 +253,23 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
         raise FileNotFoundError(f"{pp_from} gates on a classifier, but {workdir} has no completed classify folds")
     chunks = plan_chunks(images, chunk_size=chunk_size, skip_bad=skip_bad)  # bad input fails before model builds
     device, batch_size = device_and_batch(cfg, device=device, batch_size=batch_size)
-    # The classifiers only gate: without a gate they would cost device time and change nothing.
-    ens = ensemble.load(workdir, strategy=device.strategy, folds=folds,
-                        tasks=("classify", "segment") if pp.needs_classifier else ("segment",))
-    writer = ChunkedSubmission(out, plan={
-        "chunks": [[list(c.inputs), c.image_ids, c.size] for c in chunks], "models": ens.identity,
-        "postprocess": pp.to_dict(), "tta": tta, "segment_size": list(ens.segment_size)})
-    done = writer.committed()
-    pending = [c for c in chunks if c.index not in done]
-    forward = ensemble.make_forward(ens, pp=pp, tta=tta)
-    predict_step = step.make_predict_step(forward=forward, strategy=device.strategy,
-                                          jit_compile=distribute.use_xla(device, jit_compile))
-    _run(_dataset(pending, image_size=ens.segment_size, batch_size=batch_size), predict_step=predict_step, pp=pp,
-         assembler=_Assembler(pending, writer=writer, after_chunk=_after_chunk),
-         total=sum(c.size for c in pending), progress=progress)
+    # The traced ensemble dies with this call: its custom gradients must not keep it alive (~100 MB a model) in a
+    # notebook that predicts again and again.
+    with custom_gradients.forgotten_after():
+        # The classifiers only gate: without a gate they would cost device time and change nothing.
+        ens = ensemble.load(workdir, strategy=device.strategy, folds=folds,
+                            tasks=("classify", "segment") if pp.needs_classifier else ("segment",))
+        writer = ChunkedSubmission(out, plan={
+            "chunks": [[list(c.inputs), c.image_ids, c.size] for c in chunks], "models": ens.identity,
+            "postprocess": pp.to_dict(), "tta": tta, "segment_size": list(ens.segment_size)})
+        done = writer.committed()
+        pending = [c for c in chunks if c.index not in done]
+        forward = ensemble.make_forward(ens, pp=pp, tta=tta)
+        predict_step = step.make_predict_step(forward=forward, strategy=device.strategy,
+                                              jit_compile=distribute.use_xla(device, jit_compile))
+        _run(_dataset(pending, image_size=ens.segment_size, batch_size=batch_size), predict_step=predict_step,
+             pp=pp, assembler=_Assembler(pending, writer=writer, after_chunk=_after_chunk),
+             total=sum(c.size for c in pending), progress=progress)
     bad = [b for c in chunks for b in c.bad]
     errors = write_errors(out, bad)
     n_images = writer.finish(len(chunks))
