@@ -19,6 +19,7 @@ EXAMPLES = {
     "predict": "steel-tpu predict --workdir work --images data/test_images --out submission.csv",
     "pseudo": "steel-tpu pseudo --workdir work --images data/test_images --out pseudo_shards --min-confidence 0.9",
     "report": "steel-tpu report --workdir work --out report --shards shards",
+    "compare": "steel-tpu compare --shards shards --configs seed001,seed004 --folds 0 --out comparison",
     "env": "steel-tpu env --device auto",
     "export": "steel-tpu export --workdir work --out kit",
 }
@@ -151,6 +152,24 @@ def _report(args):
     from steel_tpu.report import report
 
     print(report(workdir=args.workdir, out=args.out, shards=args.shards, examples=args.examples))
+
+
+def _compare(args):
+    for name in args.configs:  # a bad --set fails before TensorFlow loads (compare's report and train import it)
+        config.apply_overrides(config.preset(name), args.set)
+    from steel_tpu.compare import compare
+
+    tasks = ("classify", "segment") if args.task == "both" else (args.task,)
+    compare(shards=args.shards, configs=args.configs, folds=args.folds, out=args.out, tasks=tasks,
+            overrides=args.set)
+
+
+def config_list(text):
+    """`seed001,seed004` -> ('seed001', 'seed004'): two or more distinct presets (compare's --configs)."""
+    try:
+        return config.check_presets(text.split(","), name=repr(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error))
 
 
 def _env(args):
@@ -348,6 +367,22 @@ def _add_parsers(sub, common):
     p.add_argument("--shard-mb", type=_bounded(float, 0, strict=True), default=100.0, help="target shard size in MB")
     p.add_argument("--device", choices=DEVICES, default="auto",
                    help="auto: a TPU when the host shows one, else local GPUs, else the CPU")
+
+    p = _add(sub, "compare", _compare, "train two or more presets on the same folds (OUT/<preset>/, resumes), tune "
+                                       "each, and write OUT/compare.html and compare.json comparing them per class",
+             common)
+    p.add_argument("--shards", required=True, help="the shard folder, local or gs://")
+    p.add_argument("--configs", required=True, type=config_list, metavar="PRESET,PRESET[,...]",
+                   help=f"comma-separated presets, two or more, each once: {', '.join(config.PRESETS)}")
+    p.add_argument("--folds", required=True, type=fold_list, help="comma-separated fold numbers, the same for all")
+    p.add_argument("--out", required=True,
+                   help="a folder for compare.html, compare.json and one workdir per preset: new, empty, or an "
+                        "earlier comparison of the same presets (its training resumes)")
+    p.add_argument("--task", choices=("segment", "both"), default="both",
+                   help="which models every preset trains (segment: no classifier gate to tune)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value of every preset, e.g. segment.train.epochs=5 (repeatable; "
+                        "config.TINY_SCALE's keys shrink any preset for a CPU)")
 
     p = _add(sub, "env", _env, "what this host has: TensorFlow, Keras, libtpu, devices, strategy, credentials, "
                                "presets that fit, problems", common)

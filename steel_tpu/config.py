@@ -394,6 +394,17 @@ TINY_SCALE = tuple(f"{task}.{key}" for task in ("classify", "segment") for key i
     "train.steps_per_epoch=1", "train.steps_per_execution=1", "model.weights=None")) + ("device=cpu",)
 
 
+def check_presets(names, *, name="--configs"):
+    """`names` as a tuple, refused unless two or more distinct presets (what `steel-tpu compare` trains)."""
+    names = tuple(names)
+    require(len(names) >= 2, f"{name}: give two or more comma-separated presets to compare, e.g. seed001,seed004")
+    unknown = [n for n in names if n not in PRESETS]
+    require(not unknown, f"{name}: unknown preset {unknown[0]!r}; choose from {', '.join(PRESETS)}" if unknown else "")
+    twice = sorted({n for n in names if names.count(n) > 1})
+    require(not twice, f"{name}: {', '.join(twice)} named twice; each preset is trained once, into OUT/<preset>")
+    return names
+
+
 def preset(name):
     if name not in PRESETS:
         raise ValueError(f"unknown config {name!r}; choose from {', '.join(PRESETS)}")

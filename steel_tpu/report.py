@@ -80,7 +80,7 @@ def _load_segment_oof(wd, fold):
     return oof
 
 
-def _load_thresholds(work):
+def load_thresholds(work):
     """thresholds.json of `work` as a dict (with its PostProcess), or None when tuning has not run."""
     wd = Workdir(work)
     result = wd.thresholds()
@@ -193,23 +193,47 @@ def _gate_text(gate, c):
     return f"p_any ≥ {value:g}" if len(gate) == 1 else f"p ≥ {value:g}"
 
 
+def class_diagnosis(result):
+    """Per class, then a "mean" row: tune's OOF Dice at 0.5 and tuned, the Dice of submitting nothing on the same
+    images, the share of defect images hit (Dice > 0) and the chosen post-processing, from thresholds.json
+    (`result`, as load_thresholds gives it). A tuned Dice near the all-empty one with few defect images hit is a
+    class not learned, however high the Dice. Files from before tune recorded the last two hold None there."""
+    pp, before, after = result["postprocess"], result["dice_before"], result["dice_after"]
+    empty, hits = result.get("dice_all_empty"), result.get("defect_hit_rate")
+    rows = [{"class": CLASS_IDS[c], "dice_before": before["per_class"][c], "dice_after": after["per_class"][c],
+             "dice_all_empty": empty["per_class"][c] if empty else None,
+             "defect_hit_rate": hits[c] if hits else None,
+             "postprocess": {"pixel_threshold": pp.pixel_threshold[c],
+                             "mask_threshold": pp.mask_threshold[c] if pp.mask_threshold else None,
+                             "min_area": pp.min_area[c], "min_component": pp.min_component[c],
+                             "gate": _gate_text(pp.gate, c), "soft_gate": pp.soft_gate[c] if pp.soft_gate else None}}
+            for c in range(NUM_CLASSES)]
+    # The hit rate's mean is over the classes that have defect images (a class without any has none to hit).
+    known = [h for h in hits or () if h is not None]
+    rows.append({"class": "mean", "dice_before": before["mean"], "dice_after": after["mean"],
+                 "dice_all_empty": empty["mean"] if empty else None,
+                 "defect_hit_rate": float(np.mean(known)) if known else None, "postprocess": None})
+    return rows
+
+
 def _tune_section(work, result):
     section = Section("Thresholds (tune)")
     if result is None:
         section.note(f"No {THRESHOLDS} in the workdir: run `steel-tpu tune --workdir {work}` to choose them.")
         return section
-    pp, before, after = result["postprocess"], result["dice_before"], result["dice_after"]
+    before, after = result["dice_before"], result["dice_after"]
     section.parts.append(f"<p>{result['n_images']} OOF images of folds {html.escape(str(result['folds']))}: "
                          f"mean Dice {before['mean']:.4f} at 0.5 → {after['mean']:.4f} tuned.</p>")
-    empty = (result.get("dice_all_empty") or {}).get("per_class", ["-"] * NUM_CLASSES)
-    hits = result.get("defect_hit_rate") or ["-"] * NUM_CLASSES
+
+    def shown(value):
+        return "-" if value is None else value
+
     section.table(["", "pixel threshold", "mask threshold", "min area (px)", "min component (px)", "gate",
                    "soft gate k", "Dice at 0.5", "Dice tuned",
                    "Dice all-empty", "defect images hit"],
-                  [[f"class {CLASS_IDS[c]}", pp.pixel_threshold[c], pp.mask_threshold[c] if pp.mask_threshold else "-",
-                    pp.min_area[c], pp.min_component[c],
-                    _gate_text(pp.gate, c), pp.soft_gate[c] if pp.soft_gate else "-", before["per_class"][c], after["per_class"][c], empty[c],
-                    "-" if hits[c] is None else hits[c]] for c in range(NUM_CLASSES)])
+                  [[f"class {row['class']}", *(shown(v) for v in row["postprocess"].values()),
+                    *(shown(row[k]) for k in ("dice_before", "dice_after", "dice_all_empty", "defect_hit_rate"))]
+                   for row in class_diagnosis(result)[:NUM_CLASSES]])
     for warning in result.get("warnings", []):
         section.paragraph(f"Warning: {warning}.", warning=True)
     stability = result.get("fold_stability")
@@ -273,9 +297,10 @@ def _header(work, cfg, data):
             f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}.</p>")
 
 
-def _page(header, sections):
+def page(header, sections, *, title="steel_tpu report"):
+    """A whole HTML page: `header` (HTML) then each Section under its title."""
     body = "".join(f"<h2>{html.escape(s.title)}</h2>" + "".join(s.parts) for s in sections)
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>steel_tpu report</title>'
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{_STYLE}</style></head><body>{header}{body}</body></html>\n")
 
 
@@ -291,7 +316,7 @@ def report(*, workdir, out, shards=None, examples=EXAMPLES_PER_SIDE):
     outputs.remove_temps(out, found, ours=FILES.__contains__)
     cfg = Workdir(workdir).config()
     storage.makedirs(out)
-    result = _load_thresholds(workdir)
+    result = load_thresholds(workdir)
     thresholds = result["postprocess"].lower if result else (0.5,) * NUM_CLASSES  # where masks are drawn
     folds = Workdir(workdir).completed_folds("segment")
     seg = (_summarize_segment(workdir, folds, thresholds, k=examples,
@@ -305,6 +330,6 @@ def report(*, workdir, out, shards=None, examples=EXAMPLES_PER_SIDE):
     written = {name for s in sections for name in s.files}
     for name in sorted(set(found) & FILES - written - {INDEX}):
         storage.remove(storage.join(out, name))  # an earlier report's figure this page no longer shows
-    storage.write_text(index, _page(_header(workdir, cfg, shards), sections))
+    storage.write_text(index, page(_header(workdir, cfg, shards), sections))
     print(f"report: {sum(len(s.files) for s in sections)} figures -> {index}")
     return index

@@ -114,17 +114,22 @@ class Workdir:
 
     # --- config.json ---
 
+    def check_config(self, cfg):
+        """True when config.json holds `cfg`, False when there is none; a different one is refused (a resume may
+        change where it runs, not what it trains)."""
+        path = self._file(CONFIG)
+        if not storage.exists(path):
+            return False
+        old = self._read_config(path)
+        # Where it runs may change between sessions (a preempted TPU resumed on another host); what it trains may not.
+        if dataclasses.replace(old, tpu=cfg.tpu, device=cfg.device) != cfg:
+            raise ValueError(f"{path} holds a different config; use a new --workdir (or delete it) to change it")
+        return True
+
     def save_config(self, cfg):
         """Write config.json; resuming into a workdir trained with another config is refused."""
-        path = self._file(CONFIG)
-        if storage.exists(path):
-            old = self._read_config(path)
-            # Where it runs may change between sessions (a preempted TPU resumed on another host); what it
-            # trains may not.
-            if dataclasses.replace(old, tpu=cfg.tpu, device=cfg.device) != cfg:
-                raise ValueError(f"{path} holds a different config; use a new --workdir (or delete it) to change it")
-            return
-        storage.write_text(path, config_lib.to_json(cfg))
+        if not self.check_config(cfg):
+            storage.write_text(self._file(CONFIG), config_lib.to_json(cfg))
 
     def config(self):
         path = self._file(CONFIG)

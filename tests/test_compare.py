@@ -1,0 +1,174 @@
+"""`steel-tpu compare`: refusals before any work, the same-images check, and two presets trained, tuned, compared."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from test_tune import _write_workdir
+
+from steel_tpu import cli, compare, config, report, tune
+from steel_tpu.workdir import Workdir
+
+
+def _run(*args):
+    return cli.main(["compare", *args])
+
+
+def _args(out, configs="tiny,seed001", shards="no_shards"):
+    return ["--shards", shards, "--configs", configs, "--folds", "0", "--out", str(out), "--task", "segment",
+            *[arg for item in config.TINY_SCALE for arg in ("--set", item)]]
+
+
+@pytest.mark.parametrize("configs, message", [
+    ("seed001", "give two or more comma-separated presets"),
+    ("seed001,seed001", "seed001 named twice"),
+    ("seed001,seed009", "unknown preset 'seed009'"),
+])
+def test_bad_configs_are_refused_in_one_line(configs, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        _run(*_args(tmp_path / "out", configs=configs))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument --configs: {configs!r}: {message}" in err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_python_callers_get_the_same_refusal(tmp_path):
+    with pytest.raises(ValueError, match="tiny named twice"):
+        compare.compare(shards="x", configs=("tiny", "seed001", "tiny"), folds=(0,), out=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="segmentation Dice"):
+        compare.compare(shards="x", configs=("tiny", "seed001"), folds=(0,), out=str(tmp_path / "out"),
+                        tasks=("classify",))
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_a_bad_set_is_refused_before_anything_is_written(tmp_path, capsys):
+    assert _run(*_args(tmp_path / "out"), "--set", "segment.train.epochs=0") == 2
+    assert "segment.train.epochs" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "out")
+
+
+def test_foreign_files_and_folders_are_refused_untouched(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert _run(*_args(out)) == 2
+    assert "holds 1 file(s) compare did not write: notes.txt" in capsys.readouterr().err
+    os.remove(out / "notes.txt")
+    (out / "seed001").mkdir()
+    (out / "seed001" / "photo.jpg").write_text("mine")
+    assert _run(*_args(out)) == 2
+    assert "seed001: holds files but is not a training workdir" in capsys.readouterr().err
+    shutil.rmtree(out / "seed001")
+    Workdir(str(out / "tiny")).save_config(config.preset("seed001"))  # a workdir of another preset's config
+    assert _run(*_args(out)) == 2
+    assert "holds a different config" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == ["tiny"] and os.listdir(out / "tiny") == ["config.json"]
+
+
+def test_presets_scored_on_other_images_are_refused(tmp_path):
+    a, b, c = (str(tmp_path / n) for n in "abc")
+    _write_workdir(a, n=6, folds=(0,))
+    _write_workdir(b, n=6, folds=(0, 1), seed=1)
+    _write_workdir(c, n=6, folds=(0,), seed=2)
+    assert compare.check_same_images({"x": a, "z": c}) == compare.oof_image_ids(a) == [f"f0_{i:03d}.jpg"
+                                                                                        for i in range(6)]
+    with pytest.raises(ValueError, match=r"^y \(.*\): its OOF image f1_000.jpg is not among x's \(12 vs 6 images\)"):
+        compare.check_same_images({"x": a, "y": b})
+    with pytest.raises(ValueError, match=r"^x \(.*\): y's OOF image f1_000.jpg is not among its \(6 vs 12"):
+        compare.check_same_images({"y": b, "x": a})
+
+
+def test_rows_are_each_workdirs_diagnosis_with_a_verdict(tmp_path):
+    works = {"x": str(tmp_path / "x"), "y": str(tmp_path / "y")}
+    _write_workdir(works["x"], n=20, seed=0)
+    shutil.copytree(works["x"], works["y"])
+    rng = np.random.default_rng(7)
+    for fold in (0, 1):  # the same images and truth, noisier maps
+        oof = Workdir(works["y"]).oof("segment", fold)
+        noise = rng.integers(-60, 60, oof["probs"].shape)
+        oof["probs"] = np.clip(oof["probs"].astype(int) + noise, 0, 255).astype(np.uint8)
+        Workdir(works["y"]).save_oof("segment", fold, **oof)
+    results = {}
+    for name, work in works.items():
+        tune.tune(workdir=work, plots=False)
+        results[name] = report.load_thresholds(work)
+    rows = compare.comparison(results)
+    assert [r["class"] for r in rows] == [1, 2, 3, 4, "mean"]
+    for name, work in works.items():
+        saved = Workdir(work).thresholds()
+        for c, row in enumerate(rows[:4]):
+            assert row["presets"][name]["dice_after"] == saved["dice_after"]["per_class"][c]
+            assert row["presets"][name]["defect_hit_rate"] == saved["defect_hit_rate"][c]
+            assert row["dice_all_empty"] == saved["dice_all_empty"]["per_class"][c]
+            assert row["presets"][name]["postprocess"]["pixel_threshold"] == saved["pixel_threshold"][c]
+            assert row["presets"][name]["postprocess"]["min_area"] == saved["min_area"][c]
+        assert rows[4]["presets"][name]["dice_after"] == saved["dice_after"]["mean"]
+    for row in rows:
+        x, y = row["presets"]["x"]["dice_after"], row["presets"]["y"]["dice_after"]
+        if abs(x - y) <= 1e-9:
+            assert row["verdict"].startswith("tie: ")
+        else:
+            high, low = ("x", "y") if x > y else ("y", "x")
+            assert row["verdict"].startswith(f"{high} higher by {abs(x - y):.4f}")
+
+
+def test_other_truth_under_the_same_ids_is_refused(tmp_path):
+    works = {"x": str(tmp_path / "x"), "y": str(tmp_path / "y")}
+    _write_workdir(works["x"], n=20, seed=0)
+    _write_workdir(works["y"], n=20, seed=5)  # the same image ids, other masks
+    results = {}
+    for name, work in works.items():
+        tune.tune(workdir=work, plots=False)
+        results[name] = report.load_thresholds(work)
+    with pytest.raises(ValueError, match="all-empty Dice differ .* were they trained on different shard folders"):
+        compare.comparison(results)
+
+
+def test_verdict_says_when_no_preset_beats_an_empty_submission():
+    assert compare.verdict({"a": 0.5, "b": 0.75}, empty=0.9) == ("b higher by 0.2500 (0.7500 vs 0.5000 for a); "
+                                                                  "none beats submitting it empty (0.9000)")
+    assert compare.verdict({"a": 0.5, "b": 0.5, "c": 0.25}, empty=0.1) == "tie: a = b at 0.5000"
+
+
+@pytest.mark.slow
+def test_two_presets_trained_tuned_and_compared(tiny_data, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = _args(out, configs="tiny,seed001", shards=tiny_data["shards"])
+    assert _run(*args) == 0
+    assert sorted(os.listdir(out)) == ["compare.html", "compare.json", "seed001", "tiny"]
+    doc = json.loads((out / "compare.json").read_text())
+    assert doc["configs"] == ["tiny", "seed001"] and doc["folds"] == [0] and doc["tasks"] == ["segment"]
+    assert doc["overrides"] == list(config.TINY_SCALE)
+    ids = compare.oof_image_ids(str(out / "tiny"))
+    assert ids == compare.oof_image_ids(str(out / "seed001")) and doc["n_images"] == len(ids) > 0
+    assert [r["class"] for r in doc["rows"]] == [1, 2, 3, 4, "mean"]
+    page = (out / "compare.html").read_text()
+    for name in ("tiny", "seed001"):
+        wd = Workdir(str(out / name))
+        assert wd.config().name == name and wd.completed_folds("segment") == [0]
+        assert wd.completed_folds("classify") == []
+        saved = wd.thresholds()
+        assert saved["n_images"] == len(ids) and saved["folds"] == doc["oof_folds"] == [0]
+        # compare.json holds the workdir's own tune numbers, as the report's per-class table reads them.
+        expected = report.class_diagnosis(report.load_thresholds(wd.path))
+        for row, want in zip(doc["rows"], expected):
+            got = row["presets"][name]
+            assert got["dice_after"] == want["dice_after"] and got["dice_before"] == want["dice_before"]
+            assert got["defect_hit_rate"] == want["defect_hit_rate"] and got["postprocess"] == want["postprocess"]
+            assert row["dice_all_empty"] == want["dice_all_empty"]
+        for c in range(4):
+            assert doc["rows"][c]["presets"][name]["dice_after"] == saved["dice_after"]["per_class"][c]
+            assert doc["rows"][c]["dice_all_empty"] == saved["dice_all_empty"]["per_class"][c]
+        assert doc["rows"][4]["presets"][name]["dice_after"] == saved["dice_after"]["mean"]
+    for row in doc["rows"]:
+        assert row["verdict"] in page
+    assert page.count("<tr>") == 1 + 5  # header + 4 classes + mean
+
+    # Rerunning continues: both workdirs are complete, so nothing trains again and the comparison is rewritten.
+    capsys.readouterr()
+    assert _run(*args) == 0
+    assert capsys.readouterr().out.count("already complete: skipping") == 2
+    assert json.loads((out / "compare.json").read_text())["rows"] == doc["rows"]
