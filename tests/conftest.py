@@ -143,3 +143,25 @@ def slice_runs(tiny_data, tiny_config, tmp_path_factory, logical_cpus):
     finally:
         patch.undo()
     return {"work": work, "seen": seen, "out": outputs, "cfg": cfg}
+
+
+def compare_args(out, *, configs, task, shards):
+    """`steel-tpu compare` arguments for two presets at config.TINY_SCALE on fold 0."""
+    from steel_tpu import config
+
+    return ["--shards", shards, "--configs", configs, "--folds", "0", "--out", str(out), "--task", task,
+            *[arg for item in config.TINY_SCALE for arg in ("--set", item)]]
+
+
+@pytest.fixture(scope="session", params=[("seed001,seed002", "segment"), ("seed003,seed004", "both")],
+                ids=["seed001-seed002", "seed003-seed004"])
+def compared_presets(request, tiny_data, tmp_path_factory):
+    """Every seed preset trained (its seed's tasks), tuned and compared with another by `steel-tpu compare`: the
+    runs test_seed_presets and test_compare share (graph building dominates)."""
+    from steel_tpu import cli
+
+    configs, task = request.param
+    out = tmp_path_factory.mktemp("compare") / "cmp"
+    args = compare_args(out, configs=configs, task=task, shards=tiny_data["shards"])
+    assert cli.main(["compare", *args]) == 0
+    return {"out": out, "args": args, "configs": configs.split(","), "task": task}

@@ -6,6 +6,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import compare_args
 from test_tune import _write_workdir
 
 from steel_tpu import cli, compare, config, report, tune
@@ -17,8 +18,7 @@ def _run(*args):
 
 
 def _args(out, configs="tiny,seed001", shards="no_shards"):
-    return ["--shards", shards, "--configs", configs, "--folds", "0", "--out", str(out), "--task", "segment",
-            *[arg for item in config.TINY_SCALE for arg in ("--set", item)]]
+    return compare_args(out, configs=configs, task="segment", shards=shards)
 
 
 @pytest.mark.parametrize("configs, message", [
@@ -134,22 +134,21 @@ def test_verdict_says_when_no_preset_beats_an_empty_submission():
 
 
 @pytest.mark.slow
-def test_two_presets_trained_tuned_and_compared(tiny_data, tmp_path, capsys):
-    out = tmp_path / "cmp"
-    args = _args(out, configs="tiny,seed001", shards=tiny_data["shards"])
-    assert _run(*args) == 0
-    assert sorted(os.listdir(out)) == ["compare.html", "compare.json", "seed001", "tiny"]
+def test_two_presets_trained_tuned_and_compared(compared_presets, capsys):
+    out, names, task = compared_presets["out"], compared_presets["configs"], compared_presets["task"]
+    assert sorted(os.listdir(out)) == sorted(["compare.html", "compare.json", *names])
     doc = json.loads((out / "compare.json").read_text())
-    assert doc["configs"] == ["tiny", "seed001"] and doc["folds"] == [0] and doc["tasks"] == ["segment"]
+    tasks = ["segment"] if task == "segment" else ["classify", "segment"]
+    assert doc["configs"] == names and doc["folds"] == [0] and doc["tasks"] == tasks
     assert doc["overrides"] == list(config.TINY_SCALE)
-    ids = compare.oof_image_ids(str(out / "tiny"))
-    assert ids == compare.oof_image_ids(str(out / "seed001")) and doc["n_images"] == len(ids) > 0
+    ids = compare.oof_image_ids(str(out / names[0]))
+    assert ids == compare.oof_image_ids(str(out / names[1])) and doc["n_images"] == len(ids) > 0
     assert [r["class"] for r in doc["rows"]] == [1, 2, 3, 4, "mean"]
     page = (out / "compare.html").read_text()
-    for name in ("tiny", "seed001"):
+    for name in names:
         wd = Workdir(str(out / name))
         assert wd.config().name == name and wd.completed_folds("segment") == [0]
-        assert wd.completed_folds("classify") == []
+        assert wd.completed_folds("classify") == ([0] if task == "both" else [])
         saved = wd.thresholds()
         assert saved["n_images"] == len(ids) and saved["folds"] == doc["oof_folds"] == [0]
         # compare.json holds the workdir's own tune numbers, as the report's per-class table reads them.
@@ -169,6 +168,6 @@ def test_two_presets_trained_tuned_and_compared(tiny_data, tmp_path, capsys):
 
     # Rerunning continues: both workdirs are complete, so nothing trains again and the comparison is rewritten.
     capsys.readouterr()
-    assert _run(*args) == 0
-    assert capsys.readouterr().out.count("already complete: skipping") == 2
+    assert _run(*compared_presets["args"]) == 0
+    assert capsys.readouterr().out.count("already complete: skipping") == len(names) * len(tasks)
     assert json.loads((out / "compare.json").read_text())["rows"] == doc["rows"]
