@@ -16,6 +16,7 @@ EXAMPLES = {
     "verify": "steel-tpu verify --shards shards --data data",
     "train": "steel-tpu train --shards shards --workdir work --config tiny --folds 0,1",
     "tune": "steel-tpu tune --workdir work",
+    "rescore": "steel-tpu rescore --workdir work --shards shards",
     "predict": "steel-tpu predict --workdir work --images data/test_images --out submission.csv",
     "pseudo": "steel-tpu pseudo --workdir work --images data/test_images --out pseudo_shards --min-confidence 0.9",
     "report": "steel-tpu report --workdir work --out report --shards shards",
@@ -24,6 +25,7 @@ EXAMPLES = {
     "export": "steel-tpu export --workdir work --out kit",
 }
 DEVICES = ("auto", "tpu", "gpu", "cpu")  # choices.DEVICES, spelled here so --help needs no import
+RESCORE_TOLERANCE = 0.01  # rescore.TOLERANCE, likewise (it imports TensorFlow)
 
 
 def _synth(args):
@@ -95,6 +97,18 @@ def _tune(args):
 
     tune(workdir=args.workdir, out=args.out, component_grid=COMPONENT_GRID if args.components else (0,),
          soft_grid=SOFT_GRID if args.soft_gate else (0.0,), double=args.double)
+
+
+def _rescore(args):
+    from steel_tpu.rescore import rescore  # TensorFlow: the models score the OOF images again
+
+    device = None
+    if args.device != "auto":
+        from steel_tpu import distribute
+
+        device = distribute.select_strategy(prefer=args.device)
+    rescore(workdir=args.workdir, shards=args.shards, thresholds=args.thresholds, tolerance=args.tolerance,
+            batch_size=args.batch_size, device=device)
 
 
 def _predict(args):
@@ -328,6 +342,17 @@ def _add_parsers(sub, common):
                    help="also try seed 004's double threshold per class: pixels above an upper threshold, counted "
                         "against the min area, decide presence; a lower one draws the mask (kept single unless "
                         "better; not with --components)")
+
+    p = _add(sub, "rescore", _rescore, "score the tuned post-processing at full resolution on the out-of-fold images "
+                                       "(each fold's own models), beside tune's 1/4-resolution estimate", common)
+    p.add_argument("--workdir", required=True, help="a trained and tuned workdir, local or gs://; writes rescore.json")
+    p.add_argument("--shards", required=True, help="the shard folder the workdir was trained from")
+    p.add_argument("--thresholds", default=None, help="a thresholds.json (default: the workdir's)")
+    p.add_argument("--tolerance", type=_bounded(float, 0.0), default=RESCORE_TOLERANCE,
+                   help="warn about a class whose full-resolution Dice differs from the estimate by more")
+    p.add_argument("--batch-size", type=_POSITIVE_INT, default=None, help="global batch (default: the segmenter's)")
+    p.add_argument("--device", choices=DEVICES, default="auto",
+                   help="auto: a TPU when the host shows one, else local GPUs, else the CPU")
 
     p = _add(sub, "predict", _predict, "score images with the workdir's fold ensemble into a Kaggle submission",
              common)

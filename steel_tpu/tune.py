@@ -156,6 +156,16 @@ def dice_of(stats, pp):
     return _dice(inter * kept, pred * kept, stats.truth)
 
 
+def estimate(workdir, stats, pp):
+    """float64 [N, C] tune's OOF-resolution Dice of `pp` per image, as tune scored its choice: histograms, or
+    the component stage's labelling when `pp` filters components."""
+    if not pp.filters_components:
+        return dice_of(stats, pp)
+    from steel_tpu import tune_components  # scipy only for component filtering
+
+    return tune_components.dice_of(workdir, stats, pp)
+
+
 def _gate_passes(stats, gate_grid):
     """bool [C, N, G] (one gate for all classes) and the head kind, from the classifier's OOF probabilities."""
     n = len(stats.image_ids)

@@ -58,7 +58,18 @@ def refine(workdir, stats, chosen, *, component_grid=COMPONENT_GRID, area_grid):
         tables.append(table)
     pp = dataclasses.replace(chosen, min_component=[component_grid[s] for s, _ in picks],
                              min_area=[area_grid[a] for _, a in picks])
-    at = np.array([s for s, _ in picks])
+    return pp, _dice_at(stats, pp, pred, inter, at=np.array([s for s, _ in picks])), np.stack(tables)
+
+
+def _dice_at(stats, pp, pred, inter, *, at):
+    """float64 [N, C] OOF Dice of `pp`, class c read at size index at[c] of counts()' [N, C, S] arrays."""
     pred_at, inter_at = (np.take_along_axis(x, at[None, :, None], axis=2)[:, :, 0] for x in (pred, inter))
     kept = pp.keep(pred_at * stats.scale ** 2, stats.class_probs)
-    return pp, _dice(inter_at * kept, pred_at * kept, truth), np.stack(tables)
+    return _dice(inter_at * kept, pred_at * kept, stats.truth)
+
+
+def dice_of(workdir, stats, pp):
+    """float64 [N, C] OOF Dice of `pp` (its min_component included), counted as this stage counts it."""
+    sizes = sorted(set(pp.min_component))
+    pred, inter = counts(workdir, stats, pp, sizes)
+    return _dice_at(stats, pp, pred, inter, at=np.array([sizes.index(s) for s in pp.min_component]))

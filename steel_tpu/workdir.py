@@ -6,6 +6,7 @@ W/shards.json                      which shard folder (path and fingerprint) eve
                                    which pseudo-label folder (path, fingerprint, manifest sha256) if any
 W/runs.jsonl                       one line per train invocation: host, device, versions, resolved batches/LRs
 W/thresholds.json, W/tune/         tune's choice (its content is tune's) and its plots
+W/rescore.json                     that choice scored at full resolution on the OOF images (rescore's content)
 W/{classify,segment}/fold{k}/
     ckpt/                          latest tf.train.Checkpoint (model + optimizer + epoch), for resume
     best.weights.h5                weights of the best validation epoch
@@ -31,6 +32,7 @@ from steel_tpu import config as config_lib
 from steel_tpu import storage
 
 CONFIG, SHARDS, RUNS, THRESHOLDS, TUNE = "config.json", "shards.json", "runs.jsonl", "thresholds.json", "tune"
+RESCORE = "rescore.json"
 CKPT, TB, WEIGHTS, LOG, OOF, DONE = "ckpt", "tb", "best.weights.h5", "log.csv", "oof.npz", "done.json"
 _FOLD = re.compile(r"fold(\d+)")
 # thresholds.json: what predict applies (postprocess.PostProcess's fields), and tune's record of how it chose them.
@@ -156,11 +158,7 @@ class Workdir:
         mine = None if pseudo is None else {"path": pseudo.path, "fingerprint": pseudo.fingerprint,
                                             "manifest_sha256": pseudo.manifest_sha256}
         if storage.exists(path):
-            old = read_json(path, what="shards record")
-            if not isinstance(old, dict) or old.get("fingerprint") != folder.fingerprint:
-                where = old.get("path") if isinstance(old, dict) else None
-                raise WorkdirError(f"{path}: this workdir was trained on other shards ({where}), not {folder.path}; "
-                                   "use a new --workdir (or the same shards) so folds are not mixed")
+            old = self._trained_on(folder, hint="use a new --workdir (or the same shards) so folds are not mixed")
             before = old.get("pseudo")  # a record from before pseudo-labels has none: it trained without
             if _identity(before) != _identity(mine):
                 was = f"pseudo-labels {before['path']}" if before else "no pseudo-labels"
@@ -170,6 +168,22 @@ class Workdir:
             return
         storage.write_text(path, json.dumps({"path": folder.path, "fingerprint": folder.fingerprint, "pseudo": mine},
                                             indent=2))
+
+    def _trained_on(self, folder, *, hint):
+        """shards.json's record, refused in one line (ending in `hint`) unless it names the ShardFolder `folder`."""
+        path = self._file(SHARDS)
+        old = read_json(path, what="shards record")
+        if not isinstance(old, dict) or old.get("fingerprint") != folder.fingerprint:
+            where = old.get("path") if isinstance(old, dict) else None
+            raise WorkdirError(f"{path}: this workdir was trained on other shards ({where}), not {folder.path}; {hint}")
+        return old
+
+    def check_shards(self, folder):
+        """Refuse any ShardFolder but the one every fold was trained on (moved or renamed is the same: fingerprint)."""
+        path = self._file(SHARDS)
+        if not storage.exists(path):
+            raise WorkdirError(f"{path}: missing: no record of the shards {self.path} was trained on (train writes it)")
+        self._trained_on(folder, hint="give the shard folder this workdir was trained from")
 
     # --- runs.jsonl ---
 
@@ -369,3 +383,11 @@ class Workdir:
 
     def tune_dir(self):
         return self._file(TUNE)
+
+    # --- rescore.json ---
+
+    def rescore_path(self):
+        return self._file(RESCORE)
+
+    def save_rescore(self, doc):
+        storage.write_text(self.rescore_path(), json.dumps(doc, indent=2) + "\n")

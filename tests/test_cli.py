@@ -14,7 +14,7 @@ from steel_tpu.cli_errors import user_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ("synth", "evaluate", "shards", "import-seed004", "verify", "train", "tune", "predict", "report", "env",
-            "export", "pseudo", "compare")
+            "export", "pseudo", "compare", "rescore")
 # Lines TensorFlow / absl write from C++ (and absl's pre-init notice): none may reach a user's log.
 NATIVE = re.compile(r"cuInit|oneDNN|cpu_feature_guard|I tensorflow|W tensorflow|absl::InitializeLog|"
                     r"^[IWE]\d{4} \d\d:\d\d:", re.M)

@@ -44,7 +44,7 @@ def test_the_check_can_fail():
         _without_tensorflow("import steel_tpu.augment")
 
 
-@pytest.mark.parametrize("command", ["evaluate", "tune", "synth", "report", "train", "pseudo", "compare"])
+@pytest.mark.parametrize("command", ["evaluate", "tune", "synth", "report", "train", "pseudo", "compare", "rescore"])
 def test_help_without_tensorflow(command):
     assert "usage:" in _without_tensorflow(_cli(command, "--help"))
 
