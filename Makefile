@@ -16,13 +16,15 @@ $(STAMP): requirements/cpu-lock.txt setup.cfg
 
 venv: $(STAMP)
 
-# The whole suite, slow tests included: what CI runs.
+# The whole suite, slow tests included: what CI runs. One worker per core (at most 4: each holds its own TensorFlow);
+# tests/conftest.py groups the tests so every shared training run is still built once.
+XDIST := -n auto --maxprocesses 4 --dist loadgroup
 test: venv
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra $(XDIST) --durations 30
 
 # Everyday loop: skips the tests marked slow.
 test-fast: venv
-	$(PY) -m pytest -q -ra -m "not slow"
+	$(PY) -m pytest -q -ra $(XDIST) -m "not slow"
 
 demo: venv
 	$(PY) -m steel_tpu.demo --out $(DEMO_DIR)

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from steel_tpu import distribute, ensemble, kit, outputs, predict, rle, step, storage
+from steel_tpu import custom_gradients, distribute, ensemble, kit, outputs, predict, rle, step, storage
 from steel_tpu.data import pipeline
 from steel_tpu.data import shards as shards_lib
 from steel_tpu.data import source as source_lib
@@ -127,16 +127,18 @@ def pseudo_label(*, workdir, images, out, hi=0.9, lo=0.1, min_area=None, thresho
     found = source_lib.scan(images, split="test", workers=workers or os.cpu_count(), skip_bad=False)
     ids = sorted(found.paths)
     device, batch_size = predict.device_and_batch(cfg, device=device, batch_size=batch_size)
-    ens = ensemble.load(workdir, strategy=device.strategy, folds=folds, tasks=("classify", "segment"))
-    forward = ensemble.make_forward(ens, pixel_threshold=pp.pixel_threshold, tta=tta, soft_gate=pp.soft_gate)
-    predict_step = step.make_predict_step(forward=forward, strategy=device.strategy,
-                                          jit_compile=distribute.use_xla(device, jit_compile))
     selection = Selection(rule)
-    dataset = pipeline.predict_dataset(source=[found.paths[i] for i in ids], image_size=ens.segment_size,
-                                       batch_size=batch_size)
-    predict.run_batches(dataset, predict_step=predict_step, pending=lambda: [], total=len(ids), progress=progress,
-                        desc="pseudo", host_work=lambda batch, outputs: selection.add(
-                            *predict.scored_rows(batch, outputs, pp=pp)))
+    # As in predict: the traced ensemble must die with this call, not stay in the custom-gradient registry.
+    with custom_gradients.forgotten_after():
+        ens = ensemble.load(workdir, strategy=device.strategy, folds=folds, tasks=("classify", "segment"))
+        forward = ensemble.make_forward(ens, pp=pp, tta=tta)
+        predict_step = step.make_predict_step(forward=forward, strategy=device.strategy,
+                                              jit_compile=distribute.use_xla(device, jit_compile))
+        dataset = pipeline.predict_dataset(source=[found.paths[i] for i in ids], image_size=ens.segment_size,
+                                           batch_size=batch_size)
+        predict.run_batches(dataset, predict_step=predict_step, pending=lambda: [], total=len(ids),
+                            progress=progress, desc="pseudo", host_work=lambda batch, outputs: selection.add(
+                                *predict.scored_rows(batch, outputs, pp=pp)))
     if not selection.labels:
         first = selection.dropped[0] if selection.dropped else ("-", "-")
         raise PseudoError(f"{images}: none of {len(selection.scores)} images passed the confidence rule (hi {rule.hi:g}, "

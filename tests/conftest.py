@@ -165,3 +165,26 @@ def compared_presets(request, tiny_data, tmp_path_factory):
     args = compare_args(out, configs=configs, task=task, shards=tiny_data["shards"])
     assert cli.main(["compare", *args]) == 0
     return {"out": out, "args": args, "configs": configs.split(","), "task": task}
+
+
+# `make test` runs on every core (pytest-xdist, --dist loadgroup). A test goes where the expensive session fixture it
+# uses is built, once; any other test goes with its module, so module-scoped models are built once too. These three
+# groups come first: the longest work starts while the other workers take the rest.
+_SHARED_RUNS = ("compared_presets", "slice_runs", "trained_workdir")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
+def pytest_collection_modifyitems(config, items):
+    def group(item):
+        shared = [name for name in _SHARED_RUNS if name in item.fixturenames]
+        if not shared:
+            return item.nodeid.split("::")[0]
+        # Each parameter of a parametrized run is a run of its own: they may go to different workers.
+        params = getattr(item, "callspec", None)
+        param = params.id if params and shared[0] in params.params else ""
+        return f"{shared[0]}[{param}]" if param else shared[0]
+
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(group(item)))
+    items.sort(key=lambda item: next((i for i, name in enumerate(_SHARED_RUNS) if name in item.fixturenames),
+                                     len(_SHARED_RUNS)))
