@@ -90,12 +90,17 @@ def _train(args):
     train.run(shards=args.shards, workdir=args.workdir, cfg=cfg, tasks=tasks, folds=args.folds, pseudo=args.pseudo)
 
 
+def _workdirs(args):
+    """The one --workdir as given, or the list of several (an ensemble)."""
+    return args.workdir[0] if len(args.workdir) == 1 else args.workdir
+
+
 def _tune(args):
     from steel_tpu.tune import tune
     from steel_tpu.tune_components import COMPONENT_GRID
     from steel_tpu.tune_soft import SOFT_GRID
 
-    tune(workdir=args.workdir, out=args.out, component_grid=COMPONENT_GRID if args.components else (0,),
+    tune(workdir=_workdirs(args), out=args.out, component_grid=COMPONENT_GRID if args.components else (0,),
          soft_grid=SOFT_GRID if args.soft_gate else (0.0,), double=args.double)
 
 
@@ -113,13 +118,15 @@ def _rescore(args):
 
 def _predict(args):
     if args.runner:
+        if len(args.workdir) > 1:
+            raise ValueError("--runner scores one --workdir: a Beam pipeline of several workdirs is not built")
         from steel_tpu.beam.options import pipeline_options
 
         pipeline_options(args.runner, args.pipeline_flags)
         _quiet_beam(args)
         from steel_tpu.beam.predict import predict as beam_predict
 
-        beam_predict(workdir=args.workdir, images=args.images, out=args.out, runner=args.runner,
+        beam_predict(workdir=args.workdir[0], images=args.images, out=args.out, runner=args.runner,
                      pipeline_flags=args.pipeline_flags, batch_size=args.batch_size, tta=args.tta,
                      skip_bad=args.skip_bad, thresholds=args.thresholds, folds=args.folds)
         return
@@ -130,7 +137,7 @@ def _predict(args):
         from steel_tpu import distribute
 
         device = distribute.select_strategy(prefer=args.device)
-    predict(workdir=args.workdir, images=args.images, out=args.out, batch_size=args.batch_size, tta=args.tta,
+    predict(workdir=_workdirs(args), images=args.images, out=args.out, batch_size=args.batch_size, tta=args.tta,
             skip_bad=args.skip_bad, thresholds=args.thresholds, folds=args.folds, chunk_size=args.chunk_size,
             device=device)
 
@@ -331,8 +338,11 @@ def _add_parsers(sub, common):
                         "TASK.data.pseudo_share (e.g. --set segment.data.pseudo_share=0.125); never validated on")
 
     p = _add(sub, "tune", _tune, "choose thresholds and minimum areas on out-of-fold predictions", common)
-    p.add_argument("--workdir", required=True, help="a training workdir, local or gs://")
-    p.add_argument("--out", default=None, help="where thresholds.json and tune/ go (default: the workdir)")
+    p.add_argument("--workdir", required=True, action="append",
+                   help="a training workdir, local or gs://; repeated: an ensemble of workdirs trained on one shard "
+                        "folder, tuned on their averaged out-of-fold maps (folds complete in every one)")
+    p.add_argument("--out", default=None, help="where thresholds.json and tune/ go (default: the workdir; required "
+                                               "with several, and none of them)")
     p.add_argument("--components", action="store_true",
                    help="also choose a minimum connected-component size per class (second stage, slower)")
     p.add_argument("--soft-gate", action="store_true",
@@ -356,14 +366,18 @@ def _add_parsers(sub, common):
 
     p = _add(sub, "predict", _predict, "score images with the workdir's fold ensemble into a Kaggle submission",
              common)
-    p.add_argument("--workdir", required=True, help="a training workdir, local or gs://")
+    p.add_argument("--workdir", required=True, action="append",
+                   help="a training workdir or exported kit, local or gs://; repeated: every fold model of every "
+                        "workdir averaged (needs --thresholds from `tune` over the same workdirs)")
     p.add_argument("--images", required=True, help="a folder of JPEGs or of test shards (local or gs://)")
     p.add_argument("--out", required=True, help="the submission CSV, current Kaggle layout (local or gs://)")
     p.add_argument("--batch-size", type=_POSITIVE_INT, default=None, help="global batch (default: the segmenter's)")
     p.add_argument("--tta", action="store_true", help="average over horizontal and vertical flips")
     p.add_argument("--skip-bad", action="store_true", help="list bad images in OUT.errors.csv and score them empty")
-    p.add_argument("--thresholds", default=None, help="a thresholds.json (default: the workdir's, else defaults)")
-    p.add_argument("--folds", type=fold_list, default=None, help="comma-separated fold models to use (default: all)")
+    p.add_argument("--thresholds", default=None, help="a thresholds.json (default: the workdir's, else defaults; "
+                                                      "required with several --workdir)")
+    p.add_argument("--folds", type=fold_list, default=None,
+                   help="comma-separated fold models to use, of every workdir (default: all)")
     p.add_argument("--chunk-size", type=_POSITIVE_INT, default=1024,
                    help="images per committed chunk (the resume unit; single machine only)")
     p.add_argument("--device", choices=DEVICES, default="auto",
@@ -464,7 +478,8 @@ def main(argv=None):
         print(f"steel-tpu {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as error:
-        message = user_error(error, paths=[v for v in vars(args).values() if isinstance(v, str)])
+        paths = [p for v in vars(args).values() for p in (v if isinstance(v, list) else [v]) if isinstance(p, str)]
+        message = user_error(error, paths=paths)
         if message is None or debug:
             raise
         # Bad input is the user's to fix: one clear line naming the file/line/image, no traceback.

@@ -1,51 +1,80 @@
-"""The fold models of a workdir as one device function: mean probabilities, optional flip TTA, full-res masks."""
+"""The fold models of one workdir or several as one device function: mean probabilities, flip TTA, full-res masks."""
 
 import dataclasses
 
 import tensorflow as tf
 
-from steel_tpu import augment, kit, postprocess, storage
+from steel_tpu import augment, members, postprocess
 from steel_tpu import tasks as tasks_lib
 
 
 @dataclasses.dataclass(frozen=True)
-class Ensemble:
-    """Loaded fold models of each task, the task objects and the input size each expects."""
+class Loaded:
+    """One member's loaded fold models of each task, its own task objects and its classifiers' input size."""
 
+    path: str
     segmenters: tuple
     classifiers: tuple
-    tasks: dict  # task name -> task object
-    segment_size: tuple  # (h, w) the segmenters take: the size the input pipeline decodes to
+    tasks: dict  # task name -> task object made from this member's config
     classify_size: tuple
     folds: dict  # task -> fold numbers loaded
     identity: dict  # task -> [(weights path, bytes)]: what a resumed run must find unchanged
 
 
+@dataclasses.dataclass(frozen=True)
+class Ensemble:
+    """The loaded members (one workdir, or several) and the input size their segmenters share."""
+
+    members: tuple
+    segment_size: tuple  # (h, w) the segmenters take: the size the input pipeline decodes to
+
+    @property
+    def folds(self):
+        """task -> folds loaded; with several members, workdir -> that."""
+        if len(self.members) == 1:
+            return self.members[0].folds
+        return {m.path: m.folds for m in self.members}
+
+    @property
+    def identity(self):
+        """task -> [(weights path, bytes)]; with several members, [workdir, that] per member: a resumed run
+        must find the same members with the same models."""
+        if len(self.members) == 1:
+            return self.members[0].identity
+        return [[m.path, m.identity] for m in self.members]
+
+    @property
+    def has_classifiers(self):
+        return any(m.classifiers for m in self.members)
+
+
 def load(work, *, strategy, folds=None, tasks=tasks_lib.NAMES):
     """Every completed fold of each task in `tasks` (or just `folds`), built under `strategy`'s scope, from a
-    training workdir or an exported kit.
+    training workdir or an exported kit, or from several (members.plan): see build.
 
     A fold whose best weights are missing, not HDF5 or not finite is refused naming the file.
     """
-    wd = kit.open_models(work)
-    cfg = wd.config()
-    chosen = {name: [f for f in wd.completed_folds(name) if folds is None or f in folds] for name in tasks}
-    # The segmenters make the masks: every requested fold must have one (checked before any model is built);
-    # classifiers only gate.
-    missing = sorted(set(folds or ()) - set(chosen.get("segment", ())))
-    if missing:
-        raise FileNotFoundError(f"{work}: segment folds {missing} are not complete")
-    if not chosen.get("segment"):
-        raise FileNotFoundError(f"{work}: no completed segment folds (segment/fold*/done.json): "
-                                "nothing to predict with")
-    loaded, identity, objects = {}, {}, {}
-    for name, use in chosen.items():
-        task = objects[name] = tasks_lib.make(name, cfg)
-        loaded[name] = tuple(wd.load_model(task, fold, strategy=strategy) for fold in use)
-        identity[name] = [(p, storage.size(p)) for p in (wd.model_path(name, f) for f in use)]
-    size = lambda name: (getattr(cfg, name).data.image_height, getattr(cfg, name).data.image_width)  # noqa: E731
-    return Ensemble(segmenters=loaded["segment"], classifiers=loaded.get("classify", ()), tasks=objects,
-                    segment_size=size("segment"), classify_size=size("classify"), folds=chosen, identity=identity)
+    return build(members.plan(work, folds=folds, tasks=tasks), strategy=strategy)
+
+
+def build(planned, *, strategy):
+    """The Ensemble of members.plan's Members, each member's models built with its own task objects (members may
+    differ in encoder, arch, segmenter head or classifier size). Their classifiers must gate with one head kind
+    (binary or multilabel probabilities cannot be averaged): a mismatch is refused before any model is built."""
+    objects = [{name: tasks_lib.make(name, m.config) for name in m.folds} for m in planned]
+    heads = [(m.path, o["classify"].gate_head) for m, o in zip(planned, objects) if m.folds.get("classify")]
+    if heads:
+        members.check_agree(heads, what="classifier gate heads",
+                            why="binary and multilabel gating probabilities cannot be averaged")
+    loaded = []
+    for m, tasks in zip(planned, objects):
+        models = {name: tuple(m.models.load_model(tasks[name], f, strategy=strategy) for f in use)
+                  for name, use in m.folds.items()}
+        data = m.config.classify.data
+        loaded.append(Loaded(path=m.path, segmenters=models["segment"], classifiers=models.get("classify", ()),
+                             tasks=tasks, classify_size=(data.image_height, data.image_width), folds=m.folds,
+                             identity=m.identity))
+    return Ensemble(members=tuple(loaded), segment_size=members.segment_size(planned[0].config))
 
 
 def _flips(x, tta):
@@ -77,26 +106,31 @@ def make_forward(ensemble, *, pp, tta=False):
     """uint8 images [B, h, w, 3] at segment_size -> {"masks": bool [B, 256, 1600, 4], "areas": int32 [B, 4],
     "probs": float32 [B, heads]} ("probs" only with classifiers), all on the device in one program.
 
+    The segment probabilities are the mean over every fold model of every member, each fold model counting once
+    (a member with 5 folds weighs 5/2 of one with 2), and the gating probabilities likewise over every classifier.
     Thresholding by the PostProcess `pp` on the device (postprocess.to_masks: "areas" are the pixels counted
     against min_area, above the upper threshold under a double threshold) leaves the host only RLE encoding; min
     areas and the gate act on "areas" and "probs" on the host (PostProcess.keep). A soft gate raises each image's
     levels from "probs" on the device.
     """
-    if pp.soft_gate and not ensemble.classifiers:
+    if pp.soft_gate and not ensemble.has_classifiers:
         raise ValueError("a soft gate needs the classifiers: load the ensemble with the classify task")
 
     def forward(images):
         x = _flips(augment.eval_preprocess(images), tta)
-        segment, classify = ensemble.tasks["segment"], ensemble.tasks.get("classify")
-        out = {}
-        if ensemble.classifiers:
-            # The classify task decides which head's probabilities gate (Classify.gate_probs).
-            cx = x
-            if tuple(ensemble.classify_size) != tuple(ensemble.segment_size):
-                # One decode per image on the host; the classifier's size is made on the device.
-                cx = tf.round(tf.image.resize(x, ensemble.classify_size, method="area"))
-            out["probs"] = _mean([_view_mean(classify.probs(m, cx), tta) for m in ensemble.classifiers])
-        seg = [_unflip_mean(segment.probs(m, x), tta) for m in ensemble.segmenters]
+        sized = {tuple(ensemble.segment_size): x}  # each classifier input size made once per batch
+        out, cls, seg = {}, [], []
+        for m in ensemble.members:
+            if m.classifiers:
+                size = tuple(m.classify_size)
+                if size not in sized:
+                    # One decode per image on the host; a classifier's own size is made on the device.
+                    sized[size] = tf.round(tf.image.resize(x, size, method="area"))
+                # The classify task decides which head's probabilities gate (Classify.gate_probs).
+                cls += [_view_mean(m.tasks["classify"].probs(model, sized[size]), tta) for model in m.classifiers]
+            seg += [_unflip_mean(m.tasks["segment"].probs(model, x), tta) for model in m.segmenters]
+        if cls:
+            out["probs"] = _mean(cls)
         out["masks"], out["areas"] = postprocess.to_masks(postprocess.to_full_resolution(_mean(seg)), pp,
                                                           class_probs=out.get("probs"))
         return out

@@ -15,7 +15,7 @@ import numpy as np
 
 import steel_tpu
 from steel_tpu import config as config_lib
-from steel_tpu import kit, postprocess, storage
+from steel_tpu import kit, members, postprocess, storage
 from steel_tpu import tasks as tasks_lib
 from steel_tpu.keras_api import keras
 from steel_tpu.workdir import Workdir, read_thresholds
@@ -119,6 +119,7 @@ def export(*, workdir, out, thresholds=None, folds=None):
         raise FileNotFoundError(f"{path}: no thresholds: run `steel-tpu tune --workdir {workdir}` first "
                                 "(or give --thresholds)")
     doc = read_thresholds(path)
+    members.check_tuned_for(doc, where=path, work=workdir)  # an ensemble's thresholds do not fit one workdir's models
     pp = postprocess.from_thresholds(doc, where=path)  # a thresholds file predict would refuse is refused now
     chosen = {t: [f for f in wd.completed_folds(t) if folds is None or f in folds]
               for t in (("classify", "segment") if pp.gate else ("segment",))}

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import tensorflow as tf
 
-from steel_tpu import console, custom_gradients, distribute, ensemble, kit, postprocess, resolve, rle, step, storage
+from steel_tpu import (console, custom_gradients, distribute, ensemble, kit, members, postprocess, resolve, rle, step,
+                       storage)
 from steel_tpu.data import pipeline, source, tfrecord
 from steel_tpu.data.shard_folder import ShardFolder, holds_shards
 from steel_tpu.kaggle import EMPTY
@@ -69,25 +70,35 @@ def plan_chunks(images, *, chunk_size=CHUNK_SIZE, skip_bad=False, workers=None):
 
 
 def load_thresholds(work, thresholds=None):
-    """(PostProcess, where it came from): a PostProcess, a thresholds.json path, or the workdir's (or defaults)."""
+    """(PostProcess, where it came from): a PostProcess, a thresholds.json path, or the workdir's (or defaults).
+
+    Several workdirs (`work` a list) need a thresholds.json tuned for exactly them; one workdir refuses one tuned
+    for an ensemble (members.check_tuned_for)."""
     if isinstance(thresholds, postprocess.PostProcess):
         return thresholds, "given"
-    wd = kit.open_models(work)
-    path = thresholds or wd.thresholds_path()
-    doc = read_thresholds(path) if thresholds else wd.thresholds()
+    members.require_thresholds(work, thresholds)
+    if thresholds:
+        path, doc = thresholds, read_thresholds(thresholds)
+    else:
+        wd = kit.open_models(members.paths(work)[0])
+        path, doc = wd.thresholds_path(), wd.thresholds()
     if doc is not None:
+        members.check_tuned_for(doc, where=path, work=work)
         return postprocess.from_thresholds(doc, where=path), path
     print(f"predict: no {path}: using defaults (pixel threshold 0.5, no min area, no gate); "
-          f"run `steel-tpu tune --workdir {work}` first to tune them")
+          f"run `steel-tpu tune --workdir {wd}` first to tune them")
     return postprocess.PostProcess(), "defaults"
 
 
 def device_and_batch(cfg, *, device=None, batch_size=None):
     """(device, global batch) scoring runs with: the detected device (precision set) and the segmenter's batch
-    unless given; a batch that does not split over the replicas is refused."""
+    unless given; a batch that does not split over the replicas is refused. `cfg` may be an ensemble's member
+    configs (a list): float16 on a GPU only when every member trained so, and the smallest member's batch (every
+    member's models score each batch)."""
+    configs = list(cfg) if isinstance(cfg, (list, tuple)) else [cfg]
     device = device or distribute.select_strategy()
-    distribute.set_precision(device.kind, gpu_float16=cfg.gpu_float16)
-    batch_size = batch_size or resolve.global_batch(cfg.segment.data, replicas=device.replicas)
+    distribute.set_precision(device.kind, gpu_float16=all(c.gpu_float16 for c in configs))
+    batch_size = batch_size or min(resolve.global_batch(c.segment.data, replicas=device.replicas) for c in configs)
     distribute.per_replica_batch_size(device, batch_size)
     return device, batch_size
 
@@ -240,25 +251,34 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
             thresholds=None, folds=None, device=None, jit_compile=None, progress=True, _after_chunk=None):
     """Write the Kaggle submission of every image in `images` to `out` (local or gs://); returns a summary dict.
 
-    `thresholds`: a PostProcess or a thresholds.json path (default: the workdir's, else defaults); `folds`:
-    only these fold models; `jit_compile`: None = XLA except on CPU. `_after_chunk(n)` is a test hook run after
+    `workdir`: a training workdir or exported kit, or several (a list: one workdir per encoder, say), whose fold
+    models are all averaged (ensemble.make_forward); `thresholds`: a PostProcess or a thresholds.json path
+    (default: the workdir's, else defaults; several workdirs need one tuned for them); `folds`: only these fold
+    models (of every member); `jit_compile`: None = XLA except on CPU. `_after_chunk(n)` is a test hook run after
     each committed chunk.
     """
     start = time.perf_counter()
+    members.require_thresholds(workdir, thresholds)  # before claim(out) deletes a previous submission
     claim(out)  # an unusable --out fails here, not after the scoring; the previous OUT goes
-    wd = kit.open_models(workdir)  # a training workdir or an exported kit (steel-tpu export)
-    cfg = wd.config()
     pp, pp_from = load_thresholds(workdir, thresholds)
-    if pp.needs_classifier and not wd.completed_folds("classify"):
-        raise FileNotFoundError(f"{pp_from} gates on a classifier, but {workdir} has no completed classify folds")
+    # The classifiers only gate: without a gate they would cost device time and change nothing.
+    tasks = ("classify", "segment") if pp.needs_classifier else ("segment",)
+    planned = members.plan(workdir, folds=folds, tasks=tasks)
+    for member in planned:
+        if pp.needs_classifier and not member.models.completed_folds("classify"):
+            raise FileNotFoundError(f"{pp_from} gates on a classifier, but {member.path} has no completed classify "
+                                    "folds")
+    if len(planned) > 1 and not isinstance(thresholds, postprocess.PostProcess):
+        unseen = members.check_models(read_thresholds(pp_from), where=pp_from, members=planned)
+        if unseen:
+            print(f"predict: {len(unseen)} fold model(s) tune did not average (e.g. {unseen[0]}) score too: "
+                  f"{pp_from} was tuned on the others' out-of-fold maps")
     chunks = plan_chunks(images, chunk_size=chunk_size, skip_bad=skip_bad)  # bad input fails before model builds
-    device, batch_size = device_and_batch(cfg, device=device, batch_size=batch_size)
+    device, batch_size = device_and_batch([m.config for m in planned], device=device, batch_size=batch_size)
     # The traced ensemble dies with this call: its custom gradients must not keep it alive (~100 MB a model) in a
     # notebook that predicts again and again.
     with custom_gradients.forgotten_after():
-        # The classifiers only gate: without a gate they would cost device time and change nothing.
-        ens = ensemble.load(workdir, strategy=device.strategy, folds=folds,
-                            tasks=("classify", "segment") if pp.needs_classifier else ("segment",))
+        ens = ensemble.build(planned, strategy=device.strategy)
         writer = ChunkedSubmission(out, plan={
             "chunks": [[list(c.inputs), c.image_ids, c.size] for c in chunks], "models": ens.identity,
             "postprocess": pp.to_dict(), "tta": tta, "segment_size": list(ens.segment_size)})

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from steel_tpu import outputs, postprocess, storage, tune_checks, tune_double, tune_soft
+from steel_tpu import members, outputs, postprocess, storage, tune_checks, tune_double, tune_soft
 from steel_tpu.constants import HEIGHT, NUM_CLASSES
 from steel_tpu.workdir import Workdir
 
@@ -35,7 +35,8 @@ class OofStats:
     at_least: np.ndarray  # int32 [N, C, 257]: pixels with q >= v (v = 256 holds 0)
     truth_at_least: np.ndarray  # int32 [N, C, 257]: truth pixels with q >= v
     truth_area: np.ndarray  # int64 [N, C], full resolution
-    dice_full: np.ndarray  # float32 [N, C]: training's full-resolution Dice at its eval threshold
+    dice_full: np.ndarray | None  # float32 [N, C]: training's full-resolution Dice at its eval threshold (one
+    # workdir; an ensemble's averaged maps have none)
     class_probs: np.ndarray | None  # float32 [N, heads] out-of-fold classifier probabilities, or None
     scale: int  # OOF maps are full resolution / scale: one OOF pixel stands for scale**2 pixels
     folds: tuple
@@ -118,18 +119,22 @@ def _check_disjoint(wd, folds, ids):
 
 
 def collect(work):
-    """OofStats of every completed segment fold of `work`, joined with the classifier's OOF on image ids."""
-    wd = Workdir(work)
+    """OofStats of every completed segment fold of `work`, joined with the classifier's OOF on image ids; with
+    several workdirs, of their averaged OOF data on the folds complete in every one (members.AveragedOof)."""
+    wd, label = members.open_oof(work), ", ".join(members.paths(work))
     folds = wd.completed_folds("segment")
     if not folds:
-        raise FileNotFoundError(f"{work}: no completed segment folds (segment/fold*/done.json); train first")
+        every = " in every workdir" if isinstance(wd, members.AveragedOof) else ""
+        raise FileNotFoundError(f"{label}: no completed segment folds (segment/fold*/done.json){every}; train first")
+    if isinstance(wd, members.AveragedOof):
+        print(f"tune: {wd.describe()}")
     ids, at_least, truth_at_least, area, dice, scales = [], [], [], [], [], set()
     for fold in folds:
         oof, (a, t), scale = _fold_stats(wd, fold)
         ids.append(oof["image_ids"]), at_least.append(a), truth_at_least.append(t)
-        area.append(oof["truth_area"]), dice.append(oof["dice"]), scales.add(scale)
+        area.append(oof["truth_area"]), dice.append(oof.get("dice")), scales.add(scale)
     if len(scales) != 1:
-        raise ValueError(f"{work}: segment folds {folds} store OOF maps at different scales {sorted(scales)}")
+        raise ValueError(f"{label}: segment folds {folds} store OOF maps at different scales {sorted(scales)}")
     image_ids = np.concatenate(ids)
     _check_disjoint(wd, folds, ids)
     class_probs, why = _class_probs(wd, image_ids)
@@ -137,8 +142,8 @@ def collect(work):
         print(f"tune: no classifier gate ({why})")
     return OofStats(image_ids=image_ids, at_least=np.concatenate(at_least),
                     truth_at_least=np.concatenate(truth_at_least), truth_area=np.concatenate(area),
-                    dice_full=np.concatenate(dice), class_probs=class_probs, scale=scales.pop(), folds=tuple(folds),
-                    fold_of=np.repeat(folds, [len(i) for i in ids]))
+                    dice_full=None if dice[0] is None else np.concatenate(dice), class_probs=class_probs,
+                    scale=scales.pop(), folds=tuple(folds), fold_of=np.repeat(folds, [len(i) for i in ids]))
 
 
 def _dice(inter, pred, truth):
@@ -285,7 +290,9 @@ def _double_stage(stats, chosen, *, pixel_grid, area_grid):
 def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_grid=GATE_GRID, plots=True,
          component_grid=(0,), soft_grid=(0.0,), double=False):
     """Write `thresholds.json` and tune/'s plot data (and PNGs with `plots`) into the workdir `out` (default:
-    `workdir`); returns the content of thresholds.json. `component_grid` (full-resolution pixels, e.g.
+    `workdir`); returns the content of thresholds.json. `workdir` may be several workdirs (a list): their
+    ensemble is tuned on its averaged OOF data (members.AveragedOof) and `out`, required then and none of them,
+    gets thresholds.json recording the members (predict checks it). `component_grid` (full-resolution pixels, e.g.
     tune_components.COMPONENT_GRID) adds a stage choosing a minimum component size per class; `soft_grid` (e.g.
     tune_soft.SOFT_GRID) one choosing a soft gate per class before it; `double` one choosing per class seed 004's
     double threshold (upper, min area, lower) on the pixel grid after them, not combinable with components.
@@ -296,7 +303,14 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
     if double and any(component_grid):
         raise ValueError("tune: --double and --components cannot be combined (component filtering recounts areas "
                          "from the drawn mask; a double threshold counts them above the upper threshold)")
-    target = Workdir(out or workdir)
+    several = members.paths(workdir)[1:]
+    if several and out is None:
+        raise members.MembersError("tune: several --workdir need --out DIR: an ensemble's thresholds never go into "
+                                   "one member's workdir")
+    if several and members.normalized(out) in map(members.normalized, members.paths(workdir)):
+        raise members.MembersError(f"tune: --out {out} is one of the --workdir's: an ensemble's thresholds go to a "
+                                   "folder of their own")
+    target = Workdir(out or members.paths(workdir)[0])
     outputs.check_folder(target.path, flag="--out" if out else "--workdir")
     for path in [target.thresholds_path()] + [storage.join(target.tune_dir(), n) for n in (PLOT_DATA, *PLOT_FILES)]:
         storage.remove(path)
@@ -338,7 +352,7 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
         "gate_head": kind,
         "dice_before": _summary(before),
         "dice_after": _summary(after),
-        "dice_before_full_resolution": _summary(stats.dice_full),
+        **({} if stats.dice_full is None else {"dice_before_full_resolution": _summary(stats.dice_full)}),
         # What a class is worth when never predicted, and how often its defects are found at all: a Dice near the
         # all-empty one with a hit rate near 0 is a class not learned, however high the Dice.
         "dice_all_empty": _summary((stats.truth_area == 0).astype(np.float64)),
@@ -352,6 +366,9 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
         "warnings": warnings,
         "fold_stability": stability,
     }
+    if several:  # what predict checks its members against: the fold models whose OOF data was averaged
+        classify = members.open_oof(workdir).completed_folds("classify") if stats.class_probs is not None else []
+        result["members"] = members.record(workdir, folds={"segment": list(stats.folds), "classify": classify})
     data = plot_data(stats, tables, chosen, kind=kind, gates=gates, pixel_grid=pixel_grid, area_grid=area_grid)
     save_plot_data(target.tune_dir(), data)
     if plots:

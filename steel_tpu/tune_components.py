@@ -11,18 +11,18 @@ import dataclasses
 
 import numpy as np
 
-from steel_tpu import components, postprocess, tune_soft
+from steel_tpu import components, members, postprocess, tune_soft
 from steel_tpu.constants import NUM_CLASSES
-from steel_tpu.workdir import Workdir
 
 # Full-resolution pixels; the 1st Severstal place dropped components under 150 px.
 COMPONENT_GRID = (0, 50, 100, 150, 200, 300, 500, 800, 1200, 2000)
 
 
 def counts(workdir, stats, pp, size_grid):
-    """(predicted pixels, intersection) int64 [N, C, S] at OOF resolution, rows in `stats.image_ids` order, after
-    thresholding as `pp` does (soft gate included) and dropping components under each size of `size_grid`."""
-    wd, sizes = Workdir(workdir), components.scaled(size_grid, scale=stats.scale)
+    """(predicted pixels, intersection) int64 [N, C, S] at OOF resolution, rows in `stats.image_ids` order, of the
+    OOF maps of `workdir` (or of several workdirs averaged, as tune.collect reads them), after thresholding as `pp`
+    does (soft gate included) and dropping components under each size of `size_grid`."""
+    wd, sizes = members.open_oof(workdir), components.scaled(size_grid, scale=stats.scale)
     levels = pp.image_levels(stats.class_probs, n=len(stats.image_ids))
     preds, inters = [], []
     for fold in stats.folds:

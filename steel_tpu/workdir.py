@@ -40,7 +40,7 @@ THRESHOLDS_KEYS = ("pixel_threshold", "min_area", "gate")
 # Rules added later: a file from before them (no key) means the rule is off.
 OPTIONAL_RULE_KEYS = ("min_component", "soft_gate", "mask_threshold")
 TUNE_RECORD_KEYS = ("gate_head", "dice_before", "dice_after", "dice_before_full_resolution", "n_images", "folds",
-                    "oof_scale", "grid", "dice_all_empty", "defect_hit_rate", "fold_stability", "warnings")
+                    "oof_scale", "grid", "dice_all_empty", "defect_hit_rate", "fold_stability", "warnings", "members")
 # What each task's oof.npz holds (save_oof says what each array is); a file missing one is named, not a KeyError.
 OOF_KEYS = {"classify": ("image_ids", "labels", "probs"),
             "segment": ("image_ids", "labels", "probs", "truth", "truth_area", "dice")}
@@ -177,6 +177,16 @@ class Workdir:
             where = old.get("path") if isinstance(old, dict) else None
             raise WorkdirError(f"{path}: this workdir was trained on other shards ({where}), not {folder.path}; {hint}")
         return old
+
+    def shards_record(self):
+        """shards.json as a dict (path, fingerprint, pseudo), or None where train never wrote one."""
+        path = self._file(SHARDS)
+        if not storage.exists(path):
+            return None
+        record = read_json(path, what="shards record")
+        if not isinstance(record, dict) or "fingerprint" not in record:
+            raise WorkdirError(f"{path}: not a valid shards record (a JSON object with a fingerprint expected)")
+        return record
 
     def check_shards(self, folder):
         """Refuse any ShardFolder but the one every fold was trained on (moved or renamed is the same: fingerprint)."""

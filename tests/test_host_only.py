@@ -1,10 +1,12 @@
 """Host-only work (evaluate, tune, synth, CSV and RLE on numpy) never imports TensorFlow: checked in fresh processes."""
 
+import os
 import subprocess
 import sys
 import textwrap
 
 import pytest
+from test_multi_workdir import _bind, _perturbed_copy
 from test_tune import _write_workdir
 
 HOST_ONLY_MODULES = ["steel_tpu.metrics", "steel_tpu.synth", "steel_tpu.kaggle", "steel_tpu.rle",
@@ -62,3 +64,11 @@ def test_tune_runs_without_tensorflow(tmp_path):
     _write_workdir(work, n=8)
     assert "tune: OOF dice" in _without_tensorflow(_cli("tune", "--workdir", work))
 
+
+def test_tune_of_several_workdirs_runs_without_tensorflow(tmp_path):
+    a, ens = str(tmp_path / "a"), str(tmp_path / "ens")
+    _write_workdir(a, n=8)
+    _bind(a)
+    b = _perturbed_copy(a, str(tmp_path / "b"), seed=1)
+    out = _without_tensorflow(_cli("tune", "--workdir", a, "--workdir", b, "--out", ens))
+    assert "tune: ensemble of 2 workdirs" in out and os.path.exists(os.path.join(ens, "thresholds.json"))

@@ -32,6 +32,11 @@ class Classify(Task):
         """A two-headed classifier gates on its binary head; validation, tune and predict all read this."""
         return output["binary"] if isinstance(output, dict) else output
 
+    @property
+    def gate_head(self):
+        """What gate_probs returns: "binary" [B, 1] (a binary or two-headed classifier) or "multilabel" [B, 4]."""
+        return "multilabel" if self.config.model.heads == "multilabel" else "binary"
+
     def probs(self, model, x):
         return tf.cast(self.gate_probs(model(x, training=False)), tf.float32)
 

@@ -1,0 +1,256 @@
+"""The workdirs of an ensemble on the host: which fold models each contributes, whether they can be averaged, their
+averaged out-of-fold data (tune) and the record of them a tuned thresholds.json keeps (predict checks it).
+
+One workdir is the ensemble of its own folds, exactly as before; several (one per encoder, say: seed 004's B0..B5)
+are averaged model by model. Nothing here imports TensorFlow: tune reads it.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from steel_tpu import kit, storage
+from steel_tpu.workdir import Workdir
+
+_BATCH = 64  # images averaged at a time: bounds the float32 copy of one fold's maps
+
+
+class MembersError(ValueError):
+    """Workdirs that cannot be ensembled, or thresholds tuned for other ones; the message names them."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """What to load from one workdir (or exported kit): its config, the folds of each task, their identity."""
+
+    path: str
+    models: object  # Workdir or kit.Kit: config(), completed_folds(), model_path(), load_model()
+    config: object
+    folds: dict  # task -> fold numbers to load
+    identity: dict  # task -> [(weights path, bytes)]: what a resumed run must find unchanged
+
+
+def paths(work):
+    """The member paths of `work`: one path, or a list or tuple of one or more, none given twice."""
+    found = (str(work),) if isinstance(work, (str, os.PathLike)) else tuple(str(p) for p in work)
+    if not found:
+        raise MembersError("no workdir given")
+    seen = {}
+    for path in found:
+        if normalized(path) in seen:
+            raise MembersError(f"workdir {path} is given twice (as {seen[normalized(path)]} too): each member once")
+        seen[normalized(path)] = path
+    return found
+
+
+def normalized(path):
+    """A path as thresholds.json records it and compares it: absolute when local (tune and predict may run in
+    different folders), without a trailing slash on gs://."""
+    return str(path).rstrip("/") if storage.is_gcs(path) else os.path.abspath(str(path))
+
+
+def segment_size(cfg):
+    """(h, w) the segmenters of a config take: the size the input pipeline decodes each image to."""
+    return (cfg.segment.data.image_height, cfg.segment.data.image_width)
+
+
+def check_agree(items, *, what, why):
+    """The one value of `items` [(workdir, value)]; a second value is refused in one line naming both workdirs."""
+    (first_path, first), *rest = items
+    for path, value in rest:
+        if value != first:
+            raise MembersError(f"workdirs {first_path} and {path} cannot be ensembled: {what} {first} vs {value} "
+                               f"({why})")
+    return first
+
+
+def check_segment_sizes(members):
+    """The segmenters' common input size of `members` [(workdir, config)]."""
+    return check_agree([(p, segment_size(c)) for p, c in members], what="segmenter input size (h, w)",
+                       why="the pipeline decodes each image once, at the segmenters' size")
+
+
+def model_identity(models, folds):
+    """{task: [(weights path, bytes)]} of the fold models `folds` ({task: fold numbers}) of a Workdir or Kit."""
+    return {task: [(p, storage.size(p)) for p in (models.model_path(task, f) for f in use)]
+            for task, use in folds.items()}
+
+
+def _member(path, *, folds, tasks):
+    models = kit.open_models(path)
+    cfg = models.config()
+    chosen = {name: [f for f in models.completed_folds(name) if folds is None or f in folds] for name in tasks}
+    # The segmenters make the masks: every requested fold must have one (checked before any model is built);
+    # classifiers only gate.
+    missing = sorted(set(folds or ()) - set(chosen.get("segment", ())))
+    if missing:
+        raise FileNotFoundError(f"{path}: segment folds {missing} are not complete")
+    if not chosen.get("segment"):
+        raise FileNotFoundError(f"{path}: no completed segment folds (segment/fold*/done.json): "
+                                "nothing to predict with")
+    return Member(path=path, models=models, config=cfg, folds=chosen, identity=model_identity(models, chosen))
+
+
+def plan(work, *, folds=None, tasks):
+    """The Members of `work` (one workdir or kit, or several): every completed fold of each task in `tasks` (or
+    just `folds`, which each member must have for the segmenter), checked to be averageable before any model is
+    built: the segmenters of all members take one input size."""
+    members = tuple(_member(p, folds=folds, tasks=tasks) for p in paths(work))
+    check_segment_sizes([(m.path, m.config) for m in members])
+    return members
+
+
+class AveragedOof:
+    """The out-of-fold data of several workdirs as one: per fold, the mean of the members' OOF arrays (each
+    member's fold-k model scored fold k's held-out images), read through the Workdir methods tune reads OOF with.
+
+    Only folds complete in every member exist here. Members must have been trained on one shard folder
+    (shards.json) and hold, per fold, the same images in the same order with the same truth. Segment maps are
+    averaged in float and rounded back to uint8 (half to even); classifier probabilities are averaged in float.
+    There is no ensemble "dice" (training's full-resolution Dice of one model): the OOF maps hold none.
+    """
+
+    def __init__(self, work):
+        self.paths = paths(work)
+        self.members = [Workdir(p) for p in self.paths]
+        self._check_shards()
+        check_segment_sizes([(m.path, m.config()) for m in self.members])
+
+    def _check_shards(self):
+        records = []
+        for wd in self.members:
+            record = wd.shards_record()
+            if record is None:
+                raise MembersError(f"{wd.path}: no shards.json: no record of the shards it was trained on, so its "
+                                   "out-of-fold images cannot be matched with the other workdirs'")
+            records.append((wd.path, record))
+        check_agree([(p, r.get("fingerprint")) for p, r in records], what="shard folder fingerprints",
+                    why=f"trained on different shard folders ({', '.join(str(r.get('path')) for _, r in records)}): "
+                        "their out-of-fold images are not the same")
+
+    def completed_folds(self, task):
+        """Folds of `task` complete in every member, sorted."""
+        common = set(self.members[0].completed_folds(task))
+        for wd in self.members[1:]:
+            common &= set(wd.completed_folds(task))
+        return sorted(common)
+
+    def left_out(self, task):
+        """{workdir: folds of `task` complete there but not in every member} (those with any)."""
+        common = set(self.completed_folds(task))
+        return {wd.path: extra for wd in self.members if (extra := sorted(set(wd.completed_folds(task)) - common))}
+
+    def oof_path(self, task, fold):
+        """The members' OOF files of the fold (what error messages name)."""
+        return " + ".join(str(wd.oof_path(task, fold)) for wd in self.members)
+
+    def oof(self, task, fold):
+        """The fold's averaged OOF arrays: the first member's image ids, labels and truth, the mean `probs`."""
+        arrays = [wd.oof(task, fold) for wd in self.members]
+        first = arrays[0]
+        same = [k for k in ("image_ids", "labels", "truth", "truth_area") if k in first]
+        for wd, other in zip(self.members[1:], arrays[1:]):
+            self._check_rows(task, fold, wd, first, other, same)
+        if task == "segment":
+            probs = np.empty_like(first["probs"])
+            for i in range(0, len(probs), _BATCH):
+                block = sum(a["probs"][i:i + _BATCH].astype(np.float32) for a in arrays) / len(arrays)
+                probs[i:i + _BATCH] = np.rint(block)
+        else:
+            probs = (sum(a["probs"].astype(np.float64) for a in arrays) / len(arrays)).astype(np.float32)
+        return {**{k: first[k] for k in same}, "probs": probs}
+
+    def _check_rows(self, task, fold, wd, first, other, keys):
+        a, b = self.members[0].oof_path(task, fold), wd.oof_path(task, fold)
+        ids, their = first["image_ids"], other["image_ids"]
+        if len(ids) != len(their) or not np.array_equal(ids, their):
+            at = next((i for i, (x, y) in enumerate(zip(ids.tolist(), their.tolist())) if x != y), None)
+            where = f"row {at}: {ids[at]} vs {their[at]}" if at is not None else f"{len(ids)} vs {len(their)} images"
+            raise MembersError(f"{a} and {b}: fold {fold}'s out-of-fold images differ ({where}): members must be "
+                               "trained on the same shard folder and folds")
+        if first["probs"].shape != other["probs"].shape:
+            what = "gate heads (binary [N, 1], multilabel [N, 4])" if task == "classify" else "OOF maps (oof_scale)"
+            raise MembersError(f"{a} and {b}: cannot average {what}: {first['probs'].shape} vs "
+                               f"{other['probs'].shape}")
+        for key in keys[1:]:
+            if not np.array_equal(first[key], other.get(key)):
+                raise MembersError(f"{a} and {b}: fold {fold}'s `{key}` differ for the same images: the members' "
+                                   "truth must be the same to average their predictions")
+
+    def describe(self):
+        """One line: the members and the folds averaged, and any left out."""
+        left = self.left_out("segment")
+        extra = "".join(f"; {p} also has fold(s) {f}, not used" for p, f in left.items())
+        return (f"ensemble of {len(self.members)} workdirs ({', '.join(self.paths)}): segment folds "
+                f"{self.completed_folds('segment')} complete in every one, their OOF maps averaged{extra}")
+
+
+def open_oof(work):
+    """What tune reads out-of-fold data from: a Workdir for one path, an AveragedOof for several."""
+    found = paths(work)
+    return Workdir(found[0]) if len(found) == 1 else AveragedOof(found)
+
+
+def record(work, *, folds):
+    """thresholds.json's "members": per member its workdir and the (weights path, bytes) of the fold models whose
+    OOF data was averaged (`folds`: {task: fold numbers}), paths as `normalized` writes them."""
+    return [{"workdir": normalized(p),
+             "models": {task: [[w, n] for w, n in ident]
+                        for task, ident in model_identity(Workdir(normalized(p)), folds).items()}}
+            for p in paths(work)]
+
+
+def _tuned_members(doc, where):
+    """The recorded members of a thresholds doc as [(workdir, {weights path: bytes})], or None; a malformed
+    record is named."""
+    if "members" not in doc:
+        return None
+    try:
+        return [(str(m["workdir"]), {str(p): int(n) for ident in m["models"].values() for p, n in ident})
+                for m in doc["members"]]
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise MembersError(f"{where}: `members` is not tune's record of the workdirs it averaged") from None
+
+
+def check_tuned_for(doc, *, where, work):
+    """Refuse a thresholds doc (read from `where`) tuned for other workdirs than `work`'s: one workdir needs one
+    tuned without members (its own OOF), several need one tuned for exactly them. The thresholds of other
+    models' averaged OOF maps would be applied silently to different probabilities: refused, never warned."""
+    given = [normalized(p) for p in paths(work)]
+    tuned = _tuned_members(doc, where)
+    names = lambda ps: ", ".join(ps)  # noqa: E731
+    if tuned is None and len(given) > 1:
+        raise MembersError(f"{where}: tuned for one workdir, not for the ensemble of {names(given)}; run `steel-tpu "
+                           "tune` with every --workdir and --out DIR, then give --thresholds DIR/thresholds.json")
+    if tuned is not None and sorted(p for p, _ in tuned) != sorted(given):
+        raise MembersError(f"{where}: tuned for the ensemble of {names(p for p, _ in tuned)}, not of "
+                           f"{names(given)}; run `steel-tpu tune` with these --workdir's and --out DIR")
+
+
+def check_models(doc, *, where, members):
+    """Refuse a fold model `members` (Members to load) would use whose bytes differ from when `doc` (tuned for
+    them: check_tuned_for) was tuned; returns the paths of fold models tune did not average (none for one
+    workdir's thresholds, which record no members)."""
+    tuned = _tuned_members(doc, where)
+    if tuned is None:
+        return []
+    sizes = {p: n for _, ident in tuned for p, n in ident.items()}
+    unseen = []
+    for member in members:
+        for path, n in (item for ident in member.identity.values() for item in ident):
+            key = normalized(path)
+            if key not in sizes:
+                unseen.append(path)
+            elif sizes[key] != n:
+                raise MembersError(f"{where}: {path} is {n} bytes, {sizes[key]} when these thresholds were tuned: "
+                                   "the model changed since; run `steel-tpu tune` again")
+    return unseen
+
+
+def require_thresholds(work, thresholds):
+    """Several workdirs score only with their ensemble's thresholds: refuse none given."""
+    if thresholds is None and len(paths(work)) > 1:
+        raise MembersError("several --workdir need --thresholds: the ensemble's thresholds.json from `steel-tpu "
+                           "tune --workdir W0 --workdir W1 ... --out DIR` (no member's own thresholds fit them)")
+

@@ -1,0 +1,344 @@
+"""Several workdirs as one ensemble: tune on their averaged OOF data, predict with every member's fold models, and
+the refusals that keep either from mixing what cannot be averaged."""
+
+import json
+import os
+import pathlib
+import shutil
+import types
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from test_tune import _write_workdir
+
+from steel_tpu import cli, config, ensemble, kaggle, members, postprocess, predict, storage, tasks, tune
+from steel_tpu.constants import CLASS_IDS
+from steel_tpu.data import pipeline
+from steel_tpu.submission_writer import parts_dir
+from steel_tpu.workdir import Workdir
+
+# The second member: cheaper than conftest's trained_workdir (no XLA, one step) and different in what members may
+# differ in: the segmenter's decoder and the classifier's input size.
+MEMBER_OVERRIDES = [
+    "segment.model.decoder_filters=[32,16,16,8,8]", "classify.data.image_height=32", "classify.data.image_width=160",
+    "classify.train.steps_per_epoch=1", "segment.train.steps_per_epoch=1",
+    "classify.train.jit_compile=False", "segment.train.jit_compile=False",
+]
+
+
+def _bind(work, fingerprint="shards-a", weights_bytes=100):
+    """What train writes beside a synthetic workdir's OOF files: shards.json (Workdir.bind_shards; only its record
+    matters) and a weights file per fold (tune records their sizes; it never loads them)."""
+    wd = Workdir(work)
+    wd.bind_shards(types.SimpleNamespace(path=f"/data/{fingerprint}", fingerprint=fingerprint))
+    for task in ("segment", "classify"):
+        for fold in wd.completed_folds(task):
+            storage.write_text(wd.weights_path(task, fold), "x" * weights_bytes)
+
+
+def _with_config(work, overrides):
+    wd = Workdir(work)
+    storage.write_text(os.path.join(work, "config.json"), config.to_json(config.apply_overrides(wd.config(),
+                                                                                               overrides)))
+
+
+def _perturbed_copy(src, dst, *, seed, fingerprint="shards-a"):
+    """`src` copied, its segment and classify OOF probabilities moved: another model's OOF on the same images."""
+    shutil.copytree(src, dst)
+    storage.remove(os.path.join(dst, "shards.json"))
+    rng, wd = np.random.default_rng(seed), Workdir(dst)
+    for fold in wd.completed_folds("segment"):
+        oof = wd.oof("segment", fold)
+        noise = rng.integers(-60, 61, oof["probs"].shape)
+        wd.save_oof("segment", fold, **{**oof, "probs": np.clip(oof["probs"] + noise, 0, 255).astype(np.uint8)})
+    for fold in wd.completed_folds("classify"):
+        oof = wd.oof("classify", fold)
+        wd.save_oof("classify", fold, **{**oof, "probs": rng.uniform(0, 1, oof["probs"].shape).astype(np.float32)})
+    _bind(dst, fingerprint)
+    return dst
+
+
+def _hand_averaged(works, out):
+    """A workdir whose OOF files hold the members' OOF data averaged by hand with numpy (float64 mean, rounded
+    half to even): what tune over the members must score exactly like."""
+    wds, target = [Workdir(w) for w in works], Workdir(out)
+    target.save_config(wds[0].config())
+    for task in ("segment", "classify"):
+        for fold in sorted(set.intersection(*(set(wd.completed_folds(task)) for wd in wds))):
+            oofs = [wd.oof(task, fold) for wd in wds]
+            mean = np.mean([o["probs"].astype(np.float64) for o in oofs], axis=0)
+            probs = np.rint(mean).astype(np.uint8) if task == "segment" else mean.astype(np.float32)
+            target.save_oof(task, fold, **{**oofs[0], "probs": probs})
+            storage.write_text(target.done_path(task, fold), "{}")
+    return out
+
+
+def _same_tuning(ens, reference):
+    """The thresholds, Dice and plot data of two tunes agree; the ensemble's record its members, and no
+    full-resolution Dice (its averaged maps have none)."""
+    got, want = (json.loads(storage.read_text(Workdir(w).thresholds_path())) for w in (ens, reference))
+    assert "dice_before_full_resolution" not in got and "dice_before_full_resolution" in want
+    for key in set(want) - {"dice_before_full_resolution"}:
+        assert got[key] == want[key], key
+    plots = [tune.load_plot_data(Workdir(w).tune_dir()) for w in (ens, reference)]
+    for key in plots[1]:
+        np.testing.assert_array_equal(plots[0][key], plots[1][key], err_msg=key)
+    return got
+
+
+@pytest.fixture(scope="module")
+def two_members(tmp_path_factory):
+    """Two synthetic workdirs with the same images and truth, different OOF probabilities, one shard record."""
+    root = tmp_path_factory.mktemp("members")
+    a = str(root / "a")
+    _write_workdir(a, n=30, classifier="multilabel")
+    _bind(a)
+    return a, _perturbed_copy(a, str(root / "b"), seed=1)
+
+
+@pytest.mark.parametrize("stages", [{}, {"component_grid": (0, 150, 500)}, {"soft_grid": (0.0, 0.2), "double": True}])
+def test_tune_over_members_is_tune_over_their_hand_averaged_oof(two_members, tmp_path, stages, capsys):
+    ens = str(tmp_path / "ens")
+    tune.tune(workdir=list(two_members), out=ens, plots=False, **stages)
+    assert "ensemble of 2 workdirs" in capsys.readouterr().out
+    reference = _hand_averaged(two_members, str(tmp_path / "ref"))
+    tune.tune(workdir=reference, plots=False, **stages)
+    got = _same_tuning(ens, reference)
+    recorded = got["members"]
+    assert [m["workdir"] for m in recorded] == [os.path.abspath(w) for w in two_members]
+    for member in recorded:
+        assert sorted(member["models"]) == ["classify", "segment"] and len(member["models"]["segment"]) == 2
+    assert not os.path.exists(Workdir(two_members[0]).thresholds_path())  # no member's workdir is written
+
+
+def test_only_folds_complete_in_every_member_are_averaged(two_members, tmp_path, capsys):
+    a, b = two_members
+    extra = _perturbed_copy(b, str(tmp_path / "c"), seed=2)
+    storage.remove(Workdir(extra).done_path("segment", 1))
+    wd = members.open_oof([a, extra])
+    assert wd.completed_folds("segment") == [0] and wd.left_out("segment") == {a: [1]}
+    stats = tune.collect([a, extra])
+    assert stats.folds == (0,) and stats.dice_full is None
+    assert f"{a} also has fold(s) [1], not used" in capsys.readouterr().out
+
+
+def _cli_error(argv, capsys):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    return err
+
+
+def test_tune_refuses_members_that_cannot_be_averaged(two_members, tmp_path, capsys):
+    a, b = two_members
+    out = str(tmp_path / "ens")
+    assert "need --out DIR" in _cli_error(["tune", "--workdir", a, "--workdir", b], capsys)
+    assert "is one of the --workdir's" in _cli_error(["tune", "--workdir", a, "--workdir", b, "--out", b], capsys)
+    other = _perturbed_copy(a, str(tmp_path / "other_shards"), seed=3, fingerprint="shards-b")
+    err = _cli_error(["tune", "--workdir", a, "--workdir", other, "--out", out], capsys)
+    assert "different shard folders" in err and a in err and other in err
+
+    shuffled = _perturbed_copy(a, str(tmp_path / "shuffled"), seed=4)
+    oof = Workdir(shuffled).oof("segment", 0)
+    Workdir(shuffled).save_oof("segment", 0, **{k: v[::-1] for k, v in oof.items()})
+    err = _cli_error(["tune", "--workdir", a, "--workdir", shuffled, "--out", out], capsys)
+    assert "fold 0's out-of-fold images differ (row 0:" in err
+
+    binary = _perturbed_copy(a, str(tmp_path / "binary"), seed=5)
+    oof = Workdir(binary).oof("classify", 0)
+    Workdir(binary).save_oof("classify", 0, **{**oof, "probs": oof["probs"][:, :1]})
+    err = _cli_error(["tune", "--workdir", a, "--workdir", binary, "--out", out], capsys)
+    assert "cannot average gate heads" in err and "(30, 4) vs (30, 1)" in err
+
+    wide = _perturbed_copy(a, str(tmp_path / "wide"), seed=6)
+    _with_config(wide, ["segment.data.image_height=128"])
+    err = _cli_error(["tune", "--workdir", a, "--workdir", wide, "--out", out], capsys)
+    assert "segmenter input size (h, w) (64, 320) vs (128, 320)" in err and a in err and wide in err
+    assert "given twice" in _cli_error(["tune", "--workdir", a, "--workdir", a + "/", "--out", out], capsys)
+    assert not os.path.exists(os.path.join(out, "thresholds.json"))
+
+
+def test_thresholds_record_is_checked_against_the_members(two_members, tmp_path):
+    a, b = (_perturbed_copy(w, str(tmp_path / name), seed=7) for w, name in zip(two_members, "ab"))
+    ens = str(tmp_path / "ens")
+    doc = tune.tune(workdir=[a, b], out=ens, plots=False)
+    where = os.path.join(ens, "thresholds.json")
+    members.check_tuned_for(doc, where=where, work=[b, os.path.relpath(a)])  # order and spelling do not matter
+    with pytest.raises(members.MembersError, match="tuned for the ensemble of .*, not of"):
+        members.check_tuned_for(doc, where=where, work=a)
+    with pytest.raises(members.MembersError, match="tuned for the ensemble of"):
+        members.check_tuned_for(doc, where=where, work=[a, str(tmp_path / "c")])
+    single = tune.tune(workdir=a, out=str(tmp_path / "single"), plots=False)
+    assert "members" not in single
+    with pytest.raises(members.MembersError, match="tuned for one workdir, not for the ensemble"):
+        members.check_tuned_for(single, where=Workdir(a).thresholds_path(), work=[a, b])
+    # Predict's members: the fold models tune averaged, and one it did not (a fold finished after tuning).
+    storage.write_text(Workdir(b).weights_path("segment", 2), "x" * 100)
+    planned = [_planned(a, {"segment": [0, 1]}), _planned(b, {"segment": [0, 1, 2], "classify": [0]})]
+    assert members.check_models(doc, where=where, members=planned) == [Workdir(b).weights_path("segment", 2)]
+    assert members.check_models(single, where=where, members=planned) == []
+    storage.write_text(Workdir(b).weights_path("segment", 1), "x" * 101)  # retrained into another model since
+    with pytest.raises(members.MembersError, match="is 101 bytes, 100 when these thresholds were tuned"):
+        members.check_models(doc, where=where, members=[_planned(b, {"segment": [1]})])
+
+
+def _planned(work, folds):
+    """The Member predict would plan for `folds` of `work` (its identity is what check_models reads)."""
+    return members.Member(path=work, models=Workdir(work), config=Workdir(work).config(), folds=folds,
+                          identity=members.model_identity(Workdir(work), folds))
+
+
+def test_predict_needs_thresholds_for_several_workdirs(two_members, tmp_path, capsys):
+    a, b = two_members
+    out = tmp_path / "sub.csv"
+    out.write_text("previous")
+    err = _cli_error(["predict", "--workdir", a, "--workdir", b, "--images", str(tmp_path), "--out", str(out)], capsys)
+    assert "several --workdir need --thresholds" in err
+    assert out.read_text() == "previous"  # refused before the previous submission is claimed
+    err = _cli_error(["predict", "--workdir", a, "--workdir", b, "--images", str(tmp_path), "--out", str(out),
+                      "--thresholds", Workdir(a).thresholds_path(), "--runner", "DirectRunner"], capsys)
+    assert "--runner scores one --workdir" in err
+
+
+# --- trained members: the real models, on conftest's tiny shards ---
+
+
+@pytest.fixture(scope="session")
+def second_member(tiny_data, tiny_config, tmp_path_factory):
+    """Another workdir trained on the same shards and folds as trained_workdir, cheaply, with another decoder and
+    classifier size."""
+    from steel_tpu import train
+
+    work = str(tmp_path_factory.mktemp("member") / "work")
+    train.run(shards=tiny_data["shards"], workdir=work, cfg=config.apply_overrides(tiny_config, MEMBER_OVERRIDES),
+              folds=(0, 1))
+    return work
+
+
+@pytest.fixture(scope="module")
+def tuned_pair(trained_workdir, second_member, tmp_path_factory):
+    ens = str(tmp_path_factory.mktemp("ens") / "ens")
+    assert cli.main(["tune", "--workdir", trained_workdir, "--workdir", second_member, "--out", ens]) == 0
+    return ens
+
+
+@pytest.mark.slow
+def test_tune_over_trained_members_is_tune_over_their_hand_averaged_oof(trained_workdir, second_member, tuned_pair,
+                                                                         tmp_path):
+    reference = _hand_averaged([trained_workdir, second_member], str(tmp_path / "ref"))
+    tune.tune(workdir=reference, plots=False)
+    got = _same_tuning(tuned_pair, reference)
+    for member, work in zip(got["members"], (trained_workdir, second_member)):
+        assert member["workdir"] == os.path.abspath(work)
+        identity = members.model_identity(Workdir(work), {"segment": [0, 1], "classify": [0, 1]})
+        assert member["models"] == {t: [[p, n] for p, n in ident] for t, ident in identity.items()}
+
+
+def _decoded(paths, size):
+    ds = pipeline.predict_dataset(source=paths, image_size=size, batch_size=len(paths))
+    return next(ds.as_numpy_iterator())["image"]
+
+
+def _member_maps(work, x):
+    """(segment probabilities of each fold model, gating probabilities of each classifier) of one member, eagerly
+    model by model with its own task objects, at its own classifier size."""
+    wd = Workdir(work)
+    cfg = wd.config()
+    seg, cls = [], []
+    x = tf.cast(x, tf.float32)
+    for name, out in (("segment", seg), ("classify", cls)):
+        task = tasks.make(name, cfg)
+        size = (cfg.classify.data.image_height, cfg.classify.data.image_width)
+        inputs = x if name == "segment" or tuple(x.shape[1:3]) == size else tf.round(
+            tf.image.resize(x, size, method="area"))
+        for fold in wd.completed_folds(name):
+            model = task.build_model(pretrained=False)
+            wd.load_weights(model, name, fold)
+            out.append(np.asarray(task.probs(model, inputs)))
+    return seg, cls
+
+
+@pytest.mark.slow
+def test_predict_over_members_averages_every_fold_model_of_each(trained_workdir, second_member, tuned_pair,
+                                                                 tiny_data, tmp_path):
+    images = os.path.join(tiny_data["data"], "test_images")
+    ids = sorted(os.listdir(images))
+    x = _decoded([os.path.join(images, i) for i in ids], (64, 320))
+    maps = [_member_maps(w, x) for w in (trained_workdir, second_member)]
+    assert [len(s) for s, _ in maps] == [2, 2] and maps[1][1][0].shape == maps[0][1][0].shape  # both multilabel
+    seg = np.mean([p for s, _ in maps for p in s], axis=0)  # every fold model once
+    probs = np.mean([p for _, c in maps for p in c], axis=0)
+    q = postprocess.to_full_resolution(seg).numpy()
+    # Thresholds that draw some masks and gate some images out, away from ties: the test cannot pass vacuously.
+    pixel = [float(np.quantile(q[..., c], 0.9)) / 255 + 0.5 / 255 for c in range(4)]
+    ordered = np.sort(probs, axis=0)
+    gate = [float(ordered[len(ids) // 2 - 1, c] + ordered[len(ids) // 2, c]) / 2 for c in range(4)]
+    pp = postprocess.PostProcess(pixel_threshold=pixel, gate=gate)
+    masks, areas = postprocess.threshold_maps(q, pp, probs)
+    want = masks & pp.keep(areas, probs)[:, None, None, :]
+    assert want.any() and not want.all() and not want.any(axis=(1, 2)).all()
+
+    out = tmp_path / "sub.csv"
+    summary = predict.predict(workdir=[trained_workdir, second_member], images=images, out=str(out), thresholds=pp,
+                              batch_size=8, progress=False)
+    assert summary["folds"] == {w: {"classify": [0, 1], "segment": [0, 1]} for w in (trained_workdir, second_member)}
+    labels = kaggle.read_labels(str(out))
+    got = np.stack([labels.masks(i) for i in ids])
+    assert (got != want).mean() < 1e-4  # graph and eager Keras may round a pixel at a threshold differently
+
+
+@pytest.mark.slow
+def test_predict_cli_with_the_ensembles_thresholds_and_its_refusals(trained_workdir, second_member, tuned_pair,
+                                                                    tiny_data, tmp_path, capsys):
+    images = os.path.join(tiny_data["data"], "test_images")
+    thresholds = os.path.join(tuned_pair, "thresholds.json")
+    out = tmp_path / "sub.csv"
+    both = ["--workdir", trained_workdir, "--workdir", second_member]
+    assert cli.main(["predict", *both, "--images", images, "--out", str(out), "--thresholds", thresholds,
+                     "--device", "cpu"]) == 0
+    lines = out.read_text().splitlines()
+    assert lines[0] == "ImageId,EncodedPixels,ClassId" and len(lines) == 1 + len(os.listdir(images)) * len(CLASS_IDS)
+
+    base = ["--images", images, "--out", str(tmp_path / "x.csv"), "--thresholds", thresholds]
+    err = _cli_error(["predict", "--workdir", trained_workdir, *base], capsys)
+    assert "tuned for the ensemble of" in err
+    copy = shutil.copytree(second_member, tmp_path / "copy")
+    err = _cli_error(["predict", "--workdir", trained_workdir, "--workdir", str(copy), *base], capsys)
+    assert "tuned for the ensemble of" in err and str(copy) in err
+
+    # Members whose segmenters take another size are refused before any model is built.
+    _with_config(str(copy), ["segment.data.image_width=352"])
+    with pytest.raises(members.MembersError, match=r"segmenter input size \(h, w\) \(64, 320\) vs \(64, 352\)"):
+        members.plan([trained_workdir, str(copy)], tasks=("segment",))
+    # Classifiers gating with different heads cannot be averaged: refused naming both, before loading weights.
+    _with_config(str(copy), ["segment.data.image_width=320", "classify.model.heads=binary"])
+    with pytest.raises(members.MembersError, match=r"classifier gate heads multilabel vs binary") as refused:
+        ensemble.load([trained_workdir, str(copy)], strategy=tf.distribute.get_strategy())
+    assert trained_workdir in str(refused.value) and str(copy) in str(refused.value)
+
+
+@pytest.mark.slow
+def test_a_resume_with_other_members_starts_over(trained_workdir, second_member, tiny_data, tmp_path):
+    images = os.path.join(tiny_data["data"], "test_images")
+    out = tmp_path / "sub.csv"
+    both = [trained_workdir, second_member]
+
+    def crash_after(n):
+        def crash(committed):
+            if committed == n:
+                raise KeyboardInterrupt(f"simulated crash after chunk {n}")
+        return crash
+
+    def run(works, **options):  # fold 0 of each member only: half the models to build, the same plan logic
+        return predict.predict(workdir=works, images=images, out=str(out), thresholds=postprocess.PostProcess(),
+                               folds=(0,), batch_size=4, chunk_size=4, progress=False, **options)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(both, _after_chunk=crash_after(1))
+    first = (pathlib.Path(parts_dir(out)) / "part-00000.csv").stat().st_mtime_ns
+    with pytest.raises(KeyboardInterrupt):  # the same members resume: chunk 0 is kept, chunk 1 is scored
+        run(both, _after_chunk=crash_after(1))
+    assert sorted(os.listdir(parts_dir(out))) == ["part-00000.csv", "part-00001.csv", "plan.json"]
+    assert (pathlib.Path(parts_dir(out)) / "part-00000.csv").stat().st_mtime_ns == first
+    assert run([trained_workdir])["resumed_chunks"] == 0  # one member alone does not reuse the ensemble's chunks
