@@ -206,13 +206,14 @@ def test_predict_needs_thresholds_for_several_workdirs(two_members, tmp_path, ca
 
 @pytest.fixture(scope="session")
 def second_member(tiny_data, tiny_config, tmp_path_factory):
-    """Another workdir trained on the same shards and folds as trained_workdir, cheaply, with another decoder and
-    classifier size."""
+    """Another workdir trained on the same shards as trained_workdir, cheaply: fold 0 only (so trained_workdir's
+    fold 1 is left out of tuning, and weighs in at predict as one more fold model), another decoder and classifier
+    size."""
     from steel_tpu import train
 
     work = str(tmp_path_factory.mktemp("member") / "work")
     train.run(shards=tiny_data["shards"], workdir=work, cfg=config.apply_overrides(tiny_config, MEMBER_OVERRIDES),
-              folds=(0, 1))
+              folds=(0,))
     return work
 
 
@@ -229,9 +230,10 @@ def test_tune_over_trained_members_is_tune_over_their_hand_averaged_oof(trained_
     reference = _hand_averaged([trained_workdir, second_member], str(tmp_path / "ref"))
     tune.tune(workdir=reference, plots=False)
     got = _same_tuning(tuned_pair, reference)
+    assert got["folds"] == [0] and Workdir(trained_workdir).completed_folds("segment") == [0, 1]
     for member, work in zip(got["members"], (trained_workdir, second_member)):
         assert member["workdir"] == os.path.abspath(work)
-        identity = members.model_identity(Workdir(work), {"segment": [0, 1], "classify": [0, 1]})
+        identity = members.model_identity(Workdir(work), {"segment": [0], "classify": [0]})
         assert member["models"] == {t: [[p, n] for p, n in ident] for t, ident in identity.items()}
 
 
@@ -266,8 +268,8 @@ def test_predict_over_members_averages_every_fold_model_of_each(trained_workdir,
     ids = sorted(os.listdir(images))
     x = _decoded([os.path.join(images, i) for i in ids], (64, 320))
     maps = [_member_maps(w, x) for w in (trained_workdir, second_member)]
-    assert [len(s) for s, _ in maps] == [2, 2] and maps[1][1][0].shape == maps[0][1][0].shape  # both multilabel
-    seg = np.mean([p for s, _ in maps for p in s], axis=0)  # every fold model once
+    assert [len(s) for s, _ in maps] == [2, 1] and maps[1][1][0].shape == maps[0][1][0].shape  # both multilabel
+    seg = np.mean([p for s, _ in maps for p in s], axis=0)  # every fold model once: 2/3 for trained_workdir
     probs = np.mean([p for _, c in maps for p in c], axis=0)
     q = postprocess.to_full_resolution(seg).numpy()
     # Thresholds that draw some masks and gate some images out, away from ties: the test cannot pass vacuously.
@@ -282,7 +284,8 @@ def test_predict_over_members_averages_every_fold_model_of_each(trained_workdir,
     out = tmp_path / "sub.csv"
     summary = predict.predict(workdir=[trained_workdir, second_member], images=images, out=str(out), thresholds=pp,
                               batch_size=8, progress=False)
-    assert summary["folds"] == {w: {"classify": [0, 1], "segment": [0, 1]} for w in (trained_workdir, second_member)}
+    assert summary["folds"] == {trained_workdir: {"classify": [0, 1], "segment": [0, 1]},
+                                second_member: {"classify": [0], "segment": [0]}}
     labels = kaggle.read_labels(str(out))
     got = np.stack([labels.masks(i) for i in ids])
     assert (got != want).mean() < 1e-4  # graph and eager Keras may round a pixel at a threshold differently
@@ -297,6 +300,9 @@ def test_predict_cli_with_the_ensembles_thresholds_and_its_refusals(trained_work
     both = ["--workdir", trained_workdir, "--workdir", second_member]
     assert cli.main(["predict", *both, "--images", images, "--out", str(out), "--thresholds", thresholds,
                      "--device", "cpu"]) == 0
+    # trained_workdir's fold 1 scores too, though tune averaged fold 0 only: said, not refused.
+    printed = capsys.readouterr().out
+    assert "fold model(s) tune did not average (e.g. " + os.path.join(trained_workdir, "") in printed
     lines = out.read_text().splitlines()
     assert lines[0] == "ImageId,EncodedPixels,ClassId" and len(lines) == 1 + len(os.listdir(images)) * len(CLASS_IDS)
 
