@@ -75,6 +75,9 @@ TINY_TRAIN_OVERRIDES = [
     # XLA on CPU even though it is slower there: the cheapest proof that the real train step compiles for TPU.
     "classify.train.jit_compile=True", "segment.train.jit_compile=True",
 ]
+# The same without XLA, for runs that prove something else (the notebook, tf-keras): the XLA proof is
+# trained_workdir's, and compiling costs minutes on a CPU.
+TINY_NO_XLA_OVERRIDES = [o.replace("jit_compile=True", "jit_compile=False") for o in TINY_TRAIN_OVERRIDES]
 
 
 @pytest.fixture(scope="session")
@@ -168,23 +171,27 @@ def compared_presets(request, tiny_data, tmp_path_factory):
 
 
 # `make test` runs on every core (pytest-xdist, --dist loadgroup). A test goes where the expensive session fixture it
-# uses is built, once; any other test goes with its module, so module-scoped models are built once too. These three
-# groups come first: the longest work starts while the other workers take the rest.
+# uses is built, once; any other test goes with its module, so module-scoped models are built once too. The groups are
+# marked as each test is collected, before xdist's own collection hook turns them into node ids (pytest-xdist 3.8
+# does that by renaming node ids, which pytest 9.2 ignores: the lock pins pytest 8.4).
 _SHARED_RUNS = ("compared_presets", "slice_runs", "trained_workdir")
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
-def pytest_collection_modifyitems(config, items):
-    def group(item):
-        shared = [name for name in _SHARED_RUNS if name in item.fixturenames]
-        if not shared:
-            return item.nodeid.split("::")[0]
-        # Each parameter of a parametrized run is a run of its own: they may go to different workers.
-        params = getattr(item, "callspec", None)
-        param = params.id if params and shared[0] in params.params else ""
-        return f"{shared[0]}[{param}]" if param else shared[0]
+def _group(item):
+    shared = [name for name in _SHARED_RUNS if name in item.fixturenames]
+    if not shared:
+        return item.nodeid.split("::")[0]
+    # Each parameter of a parametrized run is a run of its own: they may go to different workers.
+    params = getattr(item, "callspec", None)
+    param = params.id if params and shared[0] in params.params else ""
+    return f"{shared[0]}[{param}]" if param else shared[0]
 
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(group(item)))
+
+def pytest_itemcollected(item):
+    item.add_marker(pytest.mark.xdist_group(_group(item)))
+
+
+def pytest_collection_modifyitems(config, items):
+    # The shared runs first: the longest work starts while the other workers take the rest.
     items.sort(key=lambda item: next((i for i, name in enumerate(_SHARED_RUNS) if name in item.fixturenames),
                                      len(_SHARED_RUNS)))

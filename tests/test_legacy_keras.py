@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TINY_TRAIN_OVERRIDES
+from conftest import TINY_NO_XLA_OVERRIDES
 
 from steel_tpu import kaggle
 
@@ -36,7 +36,7 @@ def test_the_replicated_step_tests_pass_under_tf_keras():
 def test_train_tune_predict_under_tf_keras(tiny_data, tmp_path):
     work, submission = str(tmp_path / "work"), str(tmp_path / "submission.csv")
     cli = [sys.executable, "-m", "steel_tpu.cli"]
-    sets = [arg for override in TINY_TRAIN_OVERRIDES for arg in ("--set", override)]
+    sets = [arg for override in TINY_NO_XLA_OVERRIDES for arg in ("--set", override)]
     output = legacy_run([*cli, "train", "--shards", tiny_data["shards"], "--workdir", work, "--task", "both",
                          "--folds", "0", "--config", "tiny", *sets])
     assert "tf-keras 2." in output, output[-3000:]
