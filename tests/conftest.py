@@ -191,7 +191,18 @@ def pytest_itemcollected(item):
     item.add_marker(pytest.mark.xdist_group(_group(item)))
 
 
+# Modules of a few long tests each (minutes a test on 2 cores in CI): started early, not left as the run's tail.
+_LONG_MODULES = ("test_legacy_keras.py", "test_notebook.py", "test_bench_learning.py", "test_gpu_proof.py",
+                 "test_memory.py")
+
+
 def pytest_collection_modifyitems(config, items):
-    # The shared runs first: the longest work starts while the other workers take the rest.
-    items.sort(key=lambda item: next((i for i, name in enumerate(_SHARED_RUNS) if name in item.fixturenames),
-                                     len(_SHARED_RUNS)))
+    # The shared runs first, then the long modules: the longest work starts while the other workers take the rest.
+    def rank(item):
+        shared = [i for i, name in enumerate(_SHARED_RUNS) if name in item.fixturenames]
+        module = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
+        if shared:
+            return shared[0]
+        return len(_SHARED_RUNS) + (_LONG_MODULES.index(module) if module in _LONG_MODULES else len(_LONG_MODULES))
+
+    items.sort(key=rank)
