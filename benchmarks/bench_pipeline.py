@@ -2,7 +2,8 @@
 
     python benchmarks/bench_pipeline.py [--smoke]     # 512 synthetic images, cached under /tmp
 
-(a) steel_tpu.data.pipeline.train_dataset at full 256x1600, masks included, steady state (shuffle buffer full);
+(a) steel_tpu.data.pipeline.train_dataset at full 256x1600, masks included, steady state (shuffle buffer full):
+    uint8 luma planes, what the train step takes (it makes the encoders' 3 channels on the device);
 (b) the bound: tf.io.decode_jpeg (channels=3) in a tf.data map over the same JPEG bytes held in memory, batched;
 (c) a seed-style loader: a keras.utils.PyDataset reading each JPEG with PIL and decoding its RLEs in Python into
     float32 batches, with Keras' default workers=1 (as the seed kernels ran it: one thread fetching ahead);

@@ -27,7 +27,8 @@ def classifier_labels(masks, augmented_masks, *, config):
 
 
 def augment_batch(images, masks, *, seed, config):
-    """Augment uint8 images [B,H,W,3] and masks [B,H,W,C] with a [2] int seed -> float32 [B,ch,cw,3], [B,ch,cw,C]."""
+    """Augment uint8 images [B,H,W,K] (K = 1, the luma plane training batches carry, or 3) and masks [B,H,W,C] with
+    a [2] int seed -> float32 [B,ch,cw,K], [B,ch,cw,C]; every channel gets the same draws."""
     images, masks = tf.convert_to_tensor(images), tf.convert_to_tensor(masks)
     batch, height, width, crop_h, crop_w = _check_inputs(images, masks, config)
     geometry_seed, photometric_seed, cutout_seed = _split(_check_seed(seed), num=3)
@@ -48,7 +49,7 @@ def _check_inputs(images, masks, config):
     if images.dtype != tf.uint8 or masks.dtype != tf.uint8:
         raise TypeError(f"augment_batch: images and masks must be uint8, got {images.dtype} and {masks.dtype}")
     if images.shape.rank != 4 or not images.shape.is_fully_defined():
-        raise ValueError(f"augment_batch: images need a static [B,H,W,3] shape (TPU), got {images.shape}")
+        raise ValueError(f"augment_batch: images need a static [B,H,W,K] shape (TPU), got {images.shape}")
     if masks.shape[:3] != images.shape[:3] or not masks.shape.is_fully_defined():
         raise ValueError(f"augment_batch: masks {masks.shape} must be static and match images {images.shape}")
     batch, height, width, _ = images.shape

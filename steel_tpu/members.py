@@ -136,9 +136,9 @@ class AveragedOof:
             common &= set(wd.completed_folds(task))
         return sorted(common)
 
-    def left_out(self, task):
+    def left_out(self, task, *, common=None):
         """{workdir: folds of `task` complete there but not in every member} (those with any)."""
-        common = set(self.completed_folds(task))
+        common = set(self.completed_folds(task) if common is None else common)
         return {wd.path: extra for wd in self.members if (extra := sorted(set(wd.completed_folds(task)) - common))}
 
     def oof_path(self, task, fold):
@@ -180,10 +180,11 @@ class AveragedOof:
 
     def describe(self):
         """One line: the members and the folds averaged, and any left out."""
-        left = self.left_out("segment")
+        common = self.completed_folds("segment")
+        left = self.left_out("segment", common=common)
         extra = "".join(f"; {p} also has fold(s) {f}, not used" for p, f in left.items())
-        return (f"ensemble of {len(self.members)} workdirs ({', '.join(self.paths)}): segment folds "
-                f"{self.completed_folds('segment')} complete in every one, their OOF maps averaged{extra}")
+        return (f"ensemble of {len(self.members)} workdirs ({', '.join(self.paths)}): segment folds {common} "
+                f"complete in every one, their OOF maps averaged{extra}")
 
 
 def open_oof(work):

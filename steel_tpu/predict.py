@@ -70,12 +70,13 @@ def plan_chunks(images, *, chunk_size=CHUNK_SIZE, skip_bad=False, workers=None):
 
 
 def load_thresholds(work, thresholds=None):
-    """(PostProcess, where it came from): a PostProcess, a thresholds.json path, or the workdir's (or defaults).
+    """(PostProcess, where it came from, the thresholds doc read or None): a PostProcess, a thresholds.json path,
+    or the workdir's (or defaults).
 
     Several workdirs (`work` a list) need a thresholds.json tuned for exactly them; one workdir refuses one tuned
     for an ensemble (members.check_tuned_for)."""
     if isinstance(thresholds, postprocess.PostProcess):
-        return thresholds, "given"
+        return thresholds, "given", None
     members.require_thresholds(work, thresholds)
     if thresholds:
         path, doc = thresholds, read_thresholds(thresholds)
@@ -84,10 +85,10 @@ def load_thresholds(work, thresholds=None):
         path, doc = wd.thresholds_path(), wd.thresholds()
     if doc is not None:
         members.check_tuned_for(doc, where=path, work=work)
-        return postprocess.from_thresholds(doc, where=path), path
+        return postprocess.from_thresholds(doc, where=path), path, doc
     print(f"predict: no {path}: using defaults (pixel threshold 0.5, no min area, no gate); "
           f"run `steel-tpu tune --workdir {wd}` first to tune them")
-    return postprocess.PostProcess(), "defaults"
+    return postprocess.PostProcess(), "defaults", None
 
 
 def device_and_batch(cfg, *, device=None, batch_size=None):
@@ -260,7 +261,7 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
     start = time.perf_counter()
     members.require_thresholds(workdir, thresholds)  # before claim(out) deletes a previous submission
     claim(out)  # an unusable --out fails here, not after the scoring; the previous OUT goes
-    pp, pp_from = load_thresholds(workdir, thresholds)
+    pp, pp_from, doc = load_thresholds(workdir, thresholds)
     # The classifiers only gate: without a gate they would cost device time and change nothing.
     tasks = ("classify", "segment") if pp.needs_classifier else ("segment",)
     planned = members.plan(workdir, folds=folds, tasks=tasks)
@@ -268,8 +269,8 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
         if pp.needs_classifier and not member.models.completed_folds("classify"):
             raise FileNotFoundError(f"{pp_from} gates on a classifier, but {member.path} has no completed classify "
                                     "folds")
-    if len(planned) > 1 and not isinstance(thresholds, postprocess.PostProcess):
-        unseen = members.check_models(read_thresholds(pp_from), where=pp_from, members=planned)
+    if len(planned) > 1 and doc is not None:
+        unseen = members.check_models(doc, where=pp_from, members=planned)
         if unseen:
             print(f"predict: {len(unseen)} fold model(s) tune did not average (e.g. {unseen[0]}) score too: "
                   f"{pp_from} was tuned on the others' out-of-fold maps")

@@ -64,7 +64,8 @@ def _postprocess(workdir, models, thresholds):
     if thresholds is None and models.thresholds() is None:
         raise PseudoError(f"{models.thresholds_path()}: not found: pseudo-labels are cut with tuned thresholds; run "
                           f"`steel-tpu tune --workdir {workdir}` first, or give --thresholds FILE")
-    return predict.load_thresholds(workdir, thresholds)
+    pp, pp_from, _ = predict.load_thresholds(workdir, thresholds)
+    return pp, pp_from
 
 
 def _provenance(*, workdir, images, ens, pp, pp_from, rule, tta, selection):

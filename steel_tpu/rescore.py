@@ -54,7 +54,7 @@ def _thresholds(work, thresholds):
     if not storage.exists(path):
         raise FileNotFoundError(f"{path}: no such thresholds file; run `steel-tpu tune --workdir {work}` first")
     sha256 = hashlib.sha256(storage.read_bytes(path)).hexdigest()
-    pp, _ = predict.load_thresholds(work, path)
+    pp, _, _ = predict.load_thresholds(work, path)
     return pp, path, sha256
 
 

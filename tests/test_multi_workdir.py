@@ -272,14 +272,29 @@ def test_predict_over_members_averages_every_fold_model_of_each(trained_workdir,
     seg = np.mean([p for s, _ in maps for p in s], axis=0)  # every fold model once: 2/3 for trained_workdir
     probs = np.mean([p for _, c in maps for p in c], axis=0)
     q = postprocess.to_full_resolution(seg).numpy()
-    # Thresholds that draw some masks and gate some images out, away from ties: the test cannot pass vacuously.
-    pixel = [float(np.quantile(q[..., c], 0.9)) / 255 + 0.5 / 255 for c in range(4)]
+    # Thresholds that draw some masks and gate some out: the test cannot pass vacuously. Graph and eager Keras differ
+    # in the last float bits, so each pixel threshold sits at its class's 0.9 quantile but below its top level, a
+    # pixel may differ only where its eager level is next to that threshold level, and a gate sits in a gap of at
+    # least 1e-4 between two images' averaged probabilities. The tiny classifiers often give every image the same
+    # probability to 1e-6 (a gate between two of them flipped a whole mask in CI): then the class is kept whole,
+    # but for one class that is dropped whole.
+    level = [max(min(int(np.quantile(q[..., c], 0.9)), int(q[..., c].max()) - 1), 0) for c in range(4)]
+    pixel = [(lv + 0.5) / 255 for lv in level]
+    masks = postprocess.threshold_maps(q, postprocess.PostProcess(pixel_threshold=pixel))[0]
     ordered = np.sort(probs, axis=0)
-    gate = [float(ordered[len(ids) // 2 - 1, c] + ordered[len(ids) // 2, c]) / 2 for c in range(4)]
+    gaps = np.diff(ordered, axis=0)
+    split = np.argmax(gaps, axis=0)
+    gate = [float(ordered[split[c], c] + ordered[split[c] + 1, c]) / 2 if gaps[split[c], c] > 1e-4 else 0.0
+            for c in range(4)]
+    if not any(gate):
+        drawn = masks.any(axis=(0, 1, 2))
+        dropped = max(c for c in range(4) if c != int(np.argmax(drawn)))
+        gate[dropped] = (float(ordered[-1, dropped]) + 1) / 2
     pp = postprocess.PostProcess(pixel_threshold=pixel, gate=gate)
     masks, areas = postprocess.threshold_maps(q, pp, probs)
     want = masks & pp.keep(areas, probs)[:, None, None, :]
     assert want.any() and not want.all() and not want.any(axis=(1, 2)).all()
+    at_threshold = (q == np.array(level, np.uint8)) | (q == np.array(level, np.uint8) + 1)
 
     out = tmp_path / "sub.csv"
     summary = predict.predict(workdir=[trained_workdir, second_member], images=images, out=str(out), thresholds=pp,
@@ -288,7 +303,8 @@ def test_predict_over_members_averages_every_fold_model_of_each(trained_workdir,
                                 second_member: {"classify": [0], "segment": [0]}}
     labels = kaggle.read_labels(str(out))
     got = np.stack([labels.masks(i) for i in ids])
-    assert (got != want).mean() < 1e-4  # graph and eager Keras may round a pixel at a threshold differently
+    differ = got != want
+    assert not (differ & ~at_threshold).any() and differ.mean() < 1e-3
 
 
 @pytest.mark.slow

@@ -158,11 +158,12 @@ def test_a_pseudo_manifest_without_its_provenance_is_refused(truth_pseudo, tmp_p
 
 
 def _decoded(files, *, full_res_masks=False):
-    """{(image bytes, mask bytes)} of every record of `files`, decoded as the pipelines decode them."""
+    """{(image bytes, mask bytes)} of every record of `files`, decoded as the pipelines decode them (the luma plane
+    of each image, as training batches carry it)."""
     ds = pipeline.eval_dataset(files=files, image_size=SIZE, batch_size=8, full_res_masks=full_res_masks)
     out = set()
     for b in ds.as_numpy_iterator():
-        out |= {(i.tobytes(), m.tobytes()) for i, m, v in zip(b["image"], b["mask"], b["valid"]) if v}
+        out |= {(i[..., :1].tobytes(), m.tobytes()) for i, m, v in zip(b["image"], b["mask"], b["valid"]) if v}
     return out
 
 
@@ -178,7 +179,7 @@ def test_training_batches_hold_exactly_the_capped_pseudo_rows(truth_pseudo, tiny
     first = batches(0)
     assert len(first) == 6
     for images, masks in first:
-        assert images.shape == (8, *SIZE, 3) and masks.shape == (8, *SIZE, 4)
+        assert images.shape == (8, *SIZE, 1) and masks.shape == (8, *SIZE, 4)
         rows = [(i.tobytes(), m.tobytes()) for i, m in zip(images, masks)]
         # floor(0.3 x 8) = 2: the last two rows are pseudo-labelled images with their pseudo masks, the rest labelled.
         assert all(r in labelled_rows for r in rows[:6]) and all(r in pseudo_rows for r in rows[6:])

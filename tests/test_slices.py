@@ -79,8 +79,8 @@ def test_a_workdir_written_before_per_replica_batches_loads_as_it_meant(tmp_path
 def test_the_step_sees_per_replica_batches_and_the_run_records_them(slice_runs, replicas):
     batch, lr = 8 * replicas, 2e-3 * math.sqrt(replicas)  # tiny: 8 per replica, 2e-3 at a global batch of 8
     shapes = slice_runs["seen"][replicas]
-    # Traced once per replica; every replica gets 8 uint8 images at the tiny input size.
-    assert len(shapes) == replicas and set(shapes) == {((8, 64, 320, 3), batch, 1)}
+    # Traced once per replica; every replica gets 8 uint8 luma planes at the tiny input size (3 channels made there).
+    assert len(shapes) == replicas and set(shapes) == {((8, 64, 320, 1), batch, 1)}
     runs = Workdir(slice_runs["work"]).runs()
     assert len(runs) == 2  # one entry per train invocation, the resumed one on another "host" kept beside the first
     entry = runs[[1, 8].index(replicas)]

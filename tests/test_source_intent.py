@@ -19,7 +19,7 @@ def tuned(tmp_path_factory):
 
 def test_tune_output_loads_everywhere(tuned):
     doc = Workdir(tuned).thresholds()
-    pp, where = predict.load_thresholds(tuned)
+    pp, where, _ = predict.load_thresholds(tuned)
     assert where == Workdir(tuned).thresholds_path()
     assert pp == postprocess.from_thresholds(doc, where=where)
     assert predict.load_thresholds(tuned, thresholds=where)[0] == pp

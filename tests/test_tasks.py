@@ -1,4 +1,5 @@
-"""Task objects: the softmax head's one-hot targets (and their overlap rule) and the class maps its probs hand on."""
+"""Task objects: the softmax head's one-hot targets (and their overlap rule), the class maps its probs hand on, and
+the augmentation that makes the model's 3 channels from training batches' luma plane."""
 
 import numpy as np
 import tensorflow as tf
@@ -29,6 +30,26 @@ def test_one_hot_targets_background_first_and_the_higher_class_wins_an_overlap()
     random = (rng.random((2, 8, 16, 4)) > 0.6).astype(np.float32)
     np.testing.assert_array_equal(one_hot_targets(tf.constant(random)).numpy().argmax(axis=-1),
                                   metrics.class_labels(random))
+
+
+def test_augmenting_the_luma_plane_is_augmenting_its_three_channels():
+    # Training batches carry one channel (pipeline.train_dataset); the task's augmentation makes the three on the
+    # device. Every augmentation option on, each task: the same images and targets as from the 3-channel batch.
+    overrides = [f"{t}.augment.{k}" for t in ("classify", "segment") for k in (
+        "hflip=True", "vflip=True", "defect_crop_prob=0.5", "gamma=0.2", "contrast=0.2", "brightness=0.1", "cutout=2", "cutout_size=(8,16)",
+        "crop_height=32", "crop_width=64")]
+    cfg = config.apply_overrides(config.preset("tiny"), overrides)
+    rng = np.random.default_rng(3)
+    luma = tf.constant(rng.integers(0, 256, (4, 64, 128, 1), dtype=np.uint8))
+    masks = tf.constant((rng.random((4, 64, 128, 4)) > 0.7).astype(np.uint8))
+    for name in ("classify", "segment"):
+        fn = tasks.make(name, cfg).augment_fn()
+        images, targets = fn(luma, masks, seed=tf.constant([5, 6]))
+        want_images, want_targets = fn(tf.broadcast_to(luma, (4, 64, 128, 3)), masks, seed=tf.constant([5, 6]))
+        assert images.shape == (4, 32, 64, 3) == want_images.shape
+        np.testing.assert_allclose(images.numpy(), want_images.numpy(), atol=1e-3)  # the contrast mean's sum order
+        np.testing.assert_array_equal(targets.numpy(), want_targets.numpy())
+        assert not np.array_equal(images.numpy()[..., 0], tf.cast(luma[:, :32, :64, 0], tf.float32).numpy())
 
 
 def test_sigmoid_targets_are_the_augmented_masks():

@@ -414,7 +414,7 @@ def test_thresholds_files_from_before_the_double_threshold_load_as_before(tuned,
     old["grid"] = {k: v for k, v in old["grid"].items() if k != "mask_threshold"}
     path = tmp_path / "thresholds.json"
     path.write_text(json.dumps(old))
-    pp, where = predict.load_thresholds(work, str(path))
+    pp, where, _ = predict.load_thresholds(work, str(path))
     assert where == str(path) and pp.mask_threshold == () and pp.lower == pp.pixel_threshold
     assert {k: v for k, v in pp.to_dict().items() if k != "mask_threshold"} == {
         k: old.get(k, []) if k == "soft_gate" else old[k] for k in pp.to_dict() if k != "mask_threshold"}

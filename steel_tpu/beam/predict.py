@@ -106,7 +106,7 @@ def predict(*, workdir, images, out, runner, pipeline_flags=(), batch_size=None,
     claim(out)  # as single-machine predict: an unusable --out fails now, and the previous OUT goes before the work
     wd = Workdir(workdir)
     cfg = wd.config()
-    pp, pp_from = load_thresholds(workdir, thresholds)
+    pp, pp_from, _ = load_thresholds(workdir, thresholds)
     if pp.needs_classifier and not wd.completed_folds("classify"):
         raise FileNotFoundError(f"{pp_from} gates on a classifier, but {workdir} has no completed classify folds")
     if not wd.completed_folds("segment"):

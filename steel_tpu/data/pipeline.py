@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from steel_tpu.constants import CLASS_IDS, HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.data import example
-from steel_tpu.data.decode import check_image_size, decode_gray, decode_masks, to_images
+from steel_tpu.data.decode import check_image_size, decode_gray, decode_masks, to_images, to_luma
 from steel_tpu.data.shard_folder import ShardFolder, holds_shards
 from steel_tpu.data.source import list_jpegs
 
@@ -52,7 +52,8 @@ def steps_per_epoch(folder, *, batch_size, folds=None, oversample=None, clean_ke
 
 def train_dataset(*, files, image_size, batch_size, seed, epoch=0, steps=None, oversample=None, clean_keep=1.0,
                   shuffle_buffer=1024, input_context=None, pseudo_files=(), pseudo_share=0.0):
-    """Endless (or `steps`) batches of (images uint8 [B,h,w,3], masks uint8 [B,h,w,4]) for one epoch.
+    """Endless (or `steps`) batches of (luma images uint8 [B,h,w,1], masks uint8 [B,h,w,4]) for one epoch; the
+    task's augmentation makes the model's 3 channels on the device (decode.to_luma).
 
     The order, the oversampling ({class id: integer repeat factor}, an image taking its classes' largest) and
     the kept fraction of clean images are functions of (seed, epoch) only, so a resumed run sees the same data.
@@ -83,7 +84,7 @@ def train_dataset(*, files, image_size, batch_size, seed, epoch=0, steps=None, o
         ds = tf.data.Dataset.zip(ds, extra.batch(pseudo, drop_remainder=True)).map(
             lambda labelled, more: tuple(tf.concat([a, b], axis=0) for a, b in zip(labelled, more)),
             num_parallel_calls=AUTOTUNE)
-    ds = ds.map(lambda gray, rles: (to_images(gray, image_size=size), decode_masks(rles, image_size=size)),
+    ds = ds.map(lambda gray, rles: (to_luma(gray, image_size=size), decode_masks(rles, image_size=size)),
                 num_parallel_calls=AUTOTUNE)
     if steps is not None:
         # A global step takes one per-replica batch from a pipeline for each replica that pipeline feeds.
