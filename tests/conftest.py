@@ -205,4 +205,6 @@ def pytest_collection_modifyitems(config, items):
             return shared[0]
         return len(_SHARED_RUNS) + (_LONG_MODULES.index(module) if module in _LONG_MODULES else len(_LONG_MODULES))
 
-    items.sort(key=rank)
+    # Then by group, so that a group's tests run back to back: a session fixture with parameters holds one
+    # parameter at a time, and test_compare and test_seed_presets interleaved rebuilt each compared_presets run.
+    items.sort(key=lambda item: (rank(item), _group(item)))
