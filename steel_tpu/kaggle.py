@@ -16,6 +16,19 @@ SUBMISSION_COLUMNS = ("ImageId", "EncodedPixels", "ClassId")  # the column order
 EMPTY = ("",) * NUM_CLASSES
 
 
+# The csv module refuses fields over 128 KiB by default, but a valid RLE can be far longer: a noisy mask (an
+# untrained model, a low threshold) on a 1600x256 image has up to 204,800 runs, ~1.8 MB of text. The limit is
+# process-wide, so it is only ever raised, to the largest value every platform's C long holds.
+_FIELD_LIMIT = 2**31 - 1
+
+
+def csv_reader(text):
+    """csv.reader over `text` (an iterable of lines) that accepts an RLE of any length."""
+    if csv.field_size_limit() < _FIELD_LIMIT:
+        csv.field_size_limit(_FIELD_LIMIT)
+    return csv.reader(text)
+
+
 class CsvError(ValueError):
     """A bad Kaggle CSV; the message names the file, the line (header = line 1) and the image id."""
 
@@ -127,7 +140,7 @@ def _class_id(where, text):
 
 def _rows(name, text):
     """(line number, dict row, layout) for every non-blank data row of a CSV text stream."""
-    reader = csv.reader(text)
+    reader = csv_reader(text)
     try:
         header = next(reader, None)
         if header is None:

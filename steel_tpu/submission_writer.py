@@ -18,7 +18,7 @@ import re
 
 from steel_tpu import outputs, storage
 from steel_tpu.constants import CLASS_IDS
-from steel_tpu.kaggle import SUBMISSION_COLUMNS
+from steel_tpu.kaggle import SUBMISSION_COLUMNS, csv_reader
 
 PLAN = "plan.json"
 _PART = re.compile(r"part-\d{5,}\.csv")
@@ -113,7 +113,7 @@ class ChunkedSubmission:
             f.write(HEADER.encode())
             for index in range(num_chunks):
                 data = storage.read_bytes(_part(self.out, index))
-                for row in csv.reader(io.StringIO(data.decode())):
+                for row in csv_reader(io.StringIO(data.decode())):
                     key = (row[0], row[2])
                     if key in seen:
                         raise RuntimeError(f"{_part(self.out, index)}: image {row[0]} class {row[2]} written twice")

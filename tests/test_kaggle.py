@@ -1,9 +1,11 @@
 """Kaggle CSV layouts: validation errors name file, line and image; both layouts round-trip through write/read."""
 
+import csv
+
 import numpy as np
 import pytest
 
-from steel_tpu import rle
+from steel_tpu import rle, submission_writer
 from steel_tpu.kaggle import (
     EMPTY,
     CsvError,
@@ -230,3 +232,39 @@ def test_gcs_round_trip_and_errors(gcs_bucket, layout):
         read_labels(bad, height=H, width=W)
     with pytest.raises(FileNotFoundError, match=f"^{gcs_bucket}/nope.csv: no such labels CSV"):
         read_labels(f"{gcs_bucket}/nope.csv")
+
+
+def noisy_full_size_rles():
+    """A checkerboard on a 1600x256 image (204,800 runs, ~1.8 MB of RLE: what an untrained model can draw) on
+    class 2, a small mask on class 3."""
+    checker = (np.add.outer(np.arange(256), np.arange(1600)) % 2).astype(np.uint8)
+    small = np.zeros((256, 1600), np.uint8)
+    small[3:9, 10:40] = 1
+    return ("", rle.encode(checker), rle.encode(small), "")
+
+
+@pytest.fixture
+def default_csv_field_limit():
+    # The limit is process-wide: start from the csv module's default so an earlier test cannot hide the bug.
+    old = csv.field_size_limit(128 * 1024)
+    yield
+    csv.field_size_limit(old)
+
+
+@pytest.mark.parametrize("layout", ["current", "legacy"])
+def test_an_rle_longer_than_the_csv_modules_field_limit_round_trips(tmp_path, layout, default_csv_field_limit):
+    labels = Labels.from_mapping({"noisy.jpg": noisy_full_size_rles(), "clean.jpg": EMPTY})
+    assert len(labels.rles["noisy.jpg"][1]) > 1_000_000
+    path = str(tmp_path / "sub.csv")
+    write_submission(path, labels, layout=layout)
+    assert read_labels(path) == labels
+
+
+def test_chunked_submission_publishes_an_rle_longer_than_the_field_limit(tmp_path, default_csv_field_limit):
+    out = str(tmp_path / "submission.csv")
+    submission_writer.claim(out)
+    chunks = submission_writer.ChunkedSubmission(out, plan={"images": 2})
+    chunks.commit(0, [("noisy.jpg", noisy_full_size_rles())])
+    chunks.commit(1, [("clean.jpg", EMPTY)])
+    assert chunks.finish(2) == 2
+    assert read_labels(out) == Labels.from_mapping({"noisy.jpg": noisy_full_size_rles(), "clean.jpg": EMPTY})
