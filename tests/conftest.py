@@ -181,10 +181,12 @@ def _group(item):
     shared = [name for name in _SHARED_RUNS if name in item.fixturenames]
     if not shared:
         return item.nodeid.split("::")[0]
-    # Each parameter of a parametrized run is a run of its own: they may go to different workers.
+    # Each parameter of a parametrized run is a run of its own: they may go to different workers. No brackets in
+    # the name: xdist 3.8 takes the group from a node id only when its last "@" follows its last "]", and without
+    # that every test was a group of its own (compared_presets was built on two workers).
     params = getattr(item, "callspec", None)
     param = params.id if params and shared[0] in params.params else ""
-    return f"{shared[0]}[{param}]" if param else shared[0]
+    return f"{shared[0]}-{param}" if param else shared[0]
 
 
 def pytest_itemcollected(item):
