@@ -22,9 +22,10 @@ NUM_LOGICAL_CPUS = 8
 # once for the whole session; single-device tests simply use the default strategy.
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(_cpus[0], [tf.config.LogicalDeviceConfiguration()] * NUM_LOGICAL_CPUS)
-# Grappler's constant folding infers every tensor's shape over a whole function graph, on one thread: for an
-# 8-replica train step that took 7 of the 8 minutes of its first call on 2 cores. No test checks what it does
-# (XLA and TPUs compile without it), so the test processes skip it.
+# Grappler's constant folding infers every tensor's shape over a whole function graph, on one thread, before a
+# function first runs: ~50 s of the 8-replica slice run below (609 -> 560 s alone), and a fifth of a one-replica
+# fold's first epoch. No test checks what it does (the XLA and TPU compilers do their own), so tests skip it.
+# Turning the whole meta-optimizer off saved more time but doubled that run's peak memory (5 -> 10 GB).
 tf.config.optimizer.set_experimental_options({"constant_folding": False})
 
 
@@ -120,8 +121,8 @@ def slice_runs(tiny_data, tiny_config, tmp_path_factory, logical_cpus):
     time (test_slices), and the 8-replica fold's weight average (test_train), one run serving both."""
     from steel_tpu import config, distribute, step, train
 
-    # A U-Net, not tiny's UNet++: its nested decoder, copied into each of 8 replicas' graphs, costs minutes of
-    # graph building and proves nothing more about batches per replica.
+    # A U-Net, not tiny's UNet++: its nested decoder, copied into each of 8 replicas' graphs, cost ~85 s more of
+    # graph building (560 -> 475 s alone) and proves nothing more about batches per replica.
     cfg = config.apply_overrides(tiny_config, ["segment.train.jit_compile=False", "segment.train.steps_per_epoch=1",
                                                "segment.train.ema_decay=0.9", "segment.model.arch=unet"])
     work = str(tmp_path_factory.mktemp("slices") / "work")
