@@ -184,16 +184,21 @@ def compared_presets(request, tiny_data, tmp_path_factory):
 _SHARED_RUNS = ("compared_presets", "slice_runs", "trained_workdir")
 
 
+def _shared_run(item):
+    """The first of _SHARED_RUNS that `item` uses, or None."""
+    return next((name for name in _SHARED_RUNS if name in item.fixturenames), None)
+
+
 def _group(item):
-    shared = [name for name in _SHARED_RUNS if name in item.fixturenames]
-    if not shared:
+    shared = _shared_run(item)
+    if shared is None:
         return item.nodeid.split("::")[0]
     # Each parameter of a parametrized run is a run of its own: they may go to different workers. No brackets in
     # the name: xdist 3.8 takes the group from a node id only when its last "@" follows its last "]", and without
     # that every test was a group of its own (compared_presets was built on two workers).
     params = getattr(item, "callspec", None)
-    param = params.id if params and shared[0] in params.params else ""
-    return f"{shared[0]}-{param}" if param else shared[0]
+    param = params.id if params and shared in params.params else ""
+    return f"{shared}-{param}" if param else shared
 
 
 def pytest_itemcollected(item):
@@ -208,10 +213,10 @@ _LONG_MODULES = ("test_legacy_keras.py", "test_notebook.py", "test_bench_learnin
 def pytest_collection_modifyitems(config, items):
     # The shared runs first, then the long modules: the longest work starts while the other workers take the rest.
     def rank(item):
-        shared = [i for i, name in enumerate(_SHARED_RUNS) if name in item.fixturenames]
+        shared = _shared_run(item)
+        if shared is not None:
+            return _SHARED_RUNS.index(shared)
         module = item.nodeid.split("::")[0].rsplit("/", 1)[-1]
-        if shared:
-            return shared[0]
         return len(_SHARED_RUNS) + (_LONG_MODULES.index(module) if module in _LONG_MODULES else len(_LONG_MODULES))
 
     # Then by group, so that a group's tests run back to back: a session fixture with parameters holds one

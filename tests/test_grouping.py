@@ -8,7 +8,7 @@ from xdist.scheduler.loadgroup import LoadGroupScheduling
 
 
 def item(nodeid, fixtures, params=None, param_id=""):
-    callspec = SimpleNamespace(params=params or {}, id=param_id) if params else None
+    callspec = SimpleNamespace(params=params, id=param_id) if params else None
     return SimpleNamespace(nodeid=nodeid, fixturenames=fixtures, callspec=callspec)
 
 
