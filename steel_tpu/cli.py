@@ -98,10 +98,12 @@ def _workdirs(args):
 def _tune(args):
     from steel_tpu.tune import tune
     from steel_tpu.tune_components import COMPONENT_GRID
+    from steel_tpu.tune_gain import MIN_GAIN
     from steel_tpu.tune_soft import SOFT_GRID
 
     tune(workdir=_workdirs(args), out=args.out, component_grid=COMPONENT_GRID if args.components else (0,),
-         soft_grid=SOFT_GRID if args.soft_gate else (0.0,), double=args.double)
+         soft_grid=SOFT_GRID if args.soft_gate else (0.0,), double=args.double,
+         min_gain=MIN_GAIN if args.min_gain is None else args.min_gain)
 
 
 def _rescore(args):
@@ -118,15 +120,13 @@ def _rescore(args):
 
 def _predict(args):
     if args.runner:
-        if len(args.workdir) > 1:
-            raise ValueError("--runner scores one --workdir: a Beam pipeline of several workdirs is not built")
         from steel_tpu.beam.options import pipeline_options
 
         pipeline_options(args.runner, args.pipeline_flags)
         _quiet_beam(args)
         from steel_tpu.beam.predict import predict as beam_predict
 
-        beam_predict(workdir=args.workdir[0], images=args.images, out=args.out, runner=args.runner,
+        beam_predict(workdir=_workdirs(args), images=args.images, out=args.out, runner=args.runner,
                      pipeline_flags=args.pipeline_flags, batch_size=args.batch_size, tta=args.tta,
                      skip_bad=args.skip_bad, thresholds=args.thresholds, folds=args.folds)
         return
@@ -352,6 +352,10 @@ def _add_parsers(sub, common):
                    help="also try seed 004's double threshold per class: pixels above an upper threshold, counted "
                         "against the min area, decide presence; a lower one draws the mask (kept single unless "
                         "better; not with --components)")
+    p.add_argument("--min-gain", type=float, default=None, metavar="IMAGES",
+                   help="switch a class off (never submitted) unless its tuned setting beats submitting it empty by "
+                        "at least this many images' Dice on the OOF images (default 1: one image's luck is not "
+                        "learning; 0: only classes that lose)")
 
     p = _add(sub, "rescore", _rescore, "score the tuned post-processing at full resolution on the out-of-fold images "
                                        "(each fold's own models), beside tune's 1/4-resolution estimate", common)

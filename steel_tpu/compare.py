@@ -4,7 +4,7 @@ import html
 import json
 import time
 
-from steel_tpu import config, outputs, report, storage, tune
+from steel_tpu import config, outputs, postprocess, report, storage, tune
 from steel_tpu.workdir import Workdir
 
 HTML, JSON = "compare.html", "compare.json"
@@ -80,6 +80,8 @@ def comparison(results):
 
 
 def _postprocess_text(pp):
+    if pp["pixel_threshold"] >= postprocess.OFF:
+        return "off (never submitted)"
     parts = [f"pixel ≥ {pp['pixel_threshold']:g}"]
     if pp["mask_threshold"] is not None and pp["mask_threshold"] != pp["pixel_threshold"]:
         parts.append(f"mask ≥ {pp['mask_threshold']:g}")

@@ -4,13 +4,14 @@ Validation, out-of-fold predictions, tuning and scoring all go through these fun
 out-of-fold predictions means the same thing when `predict` applies it.
 """
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
 
 QUANT = 255.0  # probabilities travel as uint8: a quarter of the device-to-host bytes of float32
+OFF = 1.0  # a pixel threshold no uint8 map exceeds (q > 255 never holds): the class is never submitted
 
 
 def to_full_resolution(probs, *, height=HEIGHT, width=WIDTH):
@@ -174,6 +175,11 @@ class PostProcess:
         return any(self.min_component)
 
     @property
+    def off(self):
+        """Per class: switched off (pixel threshold OFF), never submitted."""
+        return tuple(t >= OFF for t in self.pixel_threshold)
+
+    @property
     def needs_classifier(self):
         return bool(self.gate or self.soft_gate)
 
@@ -223,6 +229,21 @@ class PostProcess:
 
 
 _FIELDS = tuple(f.name for f in fields(PostProcess))
+
+
+def switched_off(pp, classes):
+    """`pp` with `classes` never submitted: their thresholds OFF and their own min area, min component, soft gate
+    and (multilabel) gate cleared, so an off class neither shows settings it does not use nor loads a classifier."""
+    def cleared(values, value):
+        return tuple(value if c in classes else v for c, v in enumerate(values))
+
+    if not classes:
+        return pp
+    gate = cleared(pp.gate, 0.0) if len(pp.gate) == NUM_CLASSES else pp.gate
+    return replace(pp, pixel_threshold=cleared(pp.pixel_threshold, OFF), min_area=cleared(pp.min_area, 0),
+                   min_component=cleared(pp.min_component, 0), gate=gate if any(gate) else (),
+                   soft_gate=cleared(pp.soft_gate, 0.0) if pp.soft_gate else (),
+                   mask_threshold=cleared(pp.mask_threshold, OFF) if pp.mask_threshold else ())
 
 
 def _finite_number(value):

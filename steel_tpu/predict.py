@@ -91,6 +91,26 @@ def load_thresholds(work, thresholds=None):
     return postprocess.PostProcess(), "defaults", None
 
 
+def scoring_plan(workdir, *, thresholds=None, folds=None):
+    """(PostProcess, where it came from, members.plan's Members) that `workdir` (one or several) scores with,
+    checked before any model is built: the thresholds fit the members, a gate has every member's classifier,
+    and a fold model tune did not average is named (it scores too)."""
+    pp, pp_from, doc = load_thresholds(workdir, thresholds)
+    # The classifiers only gate: without a gate they would cost device time and change nothing.
+    tasks = ("classify", "segment") if pp.needs_classifier else ("segment",)
+    planned = members.plan(workdir, folds=folds, tasks=tasks)
+    for member in planned:
+        if pp.needs_classifier and not member.models.completed_folds("classify"):
+            raise FileNotFoundError(f"{pp_from} gates on a classifier, but {member.path} has no completed classify "
+                                    "folds")
+    if len(planned) > 1 and doc is not None:
+        unseen = members.check_models(doc, where=pp_from, members=planned)
+        if unseen:
+            print(f"predict: {len(unseen)} fold model(s) tune did not average (e.g. {unseen[0]}) score too: "
+                  f"{pp_from} was tuned on the others' out-of-fold maps")
+    return pp, pp_from, planned
+
+
 def device_and_batch(cfg, *, device=None, batch_size=None):
     """(device, global batch) scoring runs with: the detected device (precision set) and the segmenter's batch
     unless given; a batch that does not split over the replicas is refused. `cfg` may be an ensemble's member
@@ -261,19 +281,7 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
     start = time.perf_counter()
     members.require_thresholds(workdir, thresholds)  # before claim(out) deletes a previous submission
     claim(out)  # an unusable --out fails here, not after the scoring; the previous OUT goes
-    pp, pp_from, doc = load_thresholds(workdir, thresholds)
-    # The classifiers only gate: without a gate they would cost device time and change nothing.
-    tasks = ("classify", "segment") if pp.needs_classifier else ("segment",)
-    planned = members.plan(workdir, folds=folds, tasks=tasks)
-    for member in planned:
-        if pp.needs_classifier and not member.models.completed_folds("classify"):
-            raise FileNotFoundError(f"{pp_from} gates on a classifier, but {member.path} has no completed classify "
-                                    "folds")
-    if len(planned) > 1 and doc is not None:
-        unseen = members.check_models(doc, where=pp_from, members=planned)
-        if unseen:
-            print(f"predict: {len(unseen)} fold model(s) tune did not average (e.g. {unseen[0]}) score too: "
-                  f"{pp_from} was tuned on the others' out-of-fold maps")
+    pp, pp_from, planned = scoring_plan(workdir, thresholds=thresholds, folds=folds)
     chunks = plan_chunks(images, chunk_size=chunk_size, skip_bad=skip_bad)  # bad input fails before model builds
     device, batch_size = device_and_batch([m.config for m in planned], device=device, batch_size=batch_size)
     # The traced ensemble dies with this call: its custom gradients must not keep it alive (~100 MB a model) in a

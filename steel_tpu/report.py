@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from steel_tpu import figures, metrics, outputs, postprocess, storage, tune, tune_plots
+from steel_tpu import figures, metrics, outputs, postprocess, storage, tune, tune_checks, tune_plots
 from steel_tpu.workdir import THRESHOLDS, Workdir
 from steel_tpu.constants import CLASS_IDS, NUM_CLASSES
 from steel_tpu.data import example
@@ -216,6 +216,13 @@ def class_diagnosis(result):
     return rows
 
 
+def _settings_shown(pp):
+    """A class_diagnosis row's post-processing as the report's cells: an off class shows "off" and no settings."""
+    if pp["pixel_threshold"] >= postprocess.OFF:
+        return ["off (never submitted)"] + [None] * (len(pp) - 1)
+    return list(pp.values())
+
+
 def _tune_section(work, result):
     section = Section("Thresholds (tune)")
     if result is None:
@@ -231,7 +238,7 @@ def _tune_section(work, result):
     section.table(["", "pixel threshold", "mask threshold", "min area (px)", "min component (px)", "gate",
                    "soft gate k", "Dice at 0.5", "Dice tuned",
                    "Dice all-empty", "defect images hit"],
-                  [[f"class {row['class']}", *(shown(v) for v in row["postprocess"].values()),
+                  [[f"class {row['class']}", *(shown(v) for v in _settings_shown(row["postprocess"])),
                     *(shown(row[k]) for k in ("dice_before", "dice_after", "dice_all_empty", "defect_hit_rate"))]
                    for row in class_diagnosis(result)[:NUM_CLASSES]])
     for warning in result.get("warnings", []):
@@ -241,7 +248,8 @@ def _tune_section(work, result):
         section.paragraph("Per fold: the pixel threshold tune chooses on that fold alone / the Dice of the overall "
                      "choice on it. Thresholds that move between folds, or Dice that does, are fragile.")
         section.table(["fold", "images", *(f"class {i}: threshold / Dice" for i in CLASS_IDS)],
-                      [[fold, f["n_images"], *(f"{f['pixel_threshold'][c]:g} / {f['dice'][c]:.4f}"
+                      [[fold, f["n_images"], *(f"{tune_checks.threshold_text(f['pixel_threshold'][c])} / "
+                                               f"{f['dice'][c]:.4f}"
                                                for c in range(NUM_CLASSES))]
                        for fold, f in stability["per_fold"].items()])
     data = tune.load_plot_data(Workdir(work).tune_dir())

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from steel_tpu import members, outputs, postprocess, storage, tune_checks, tune_double, tune_soft
+from steel_tpu import members, outputs, postprocess, storage, tune_checks, tune_double, tune_gain, tune_soft
 from steel_tpu.constants import HEIGHT, NUM_CLASSES
 from steel_tpu.workdir import Workdir
 
@@ -235,19 +235,21 @@ def _summary(dice):
     return {"mean": float(dice.mean()), "per_class": [float(d) for d in dice.mean(axis=0)]}
 
 
-def plot_data(stats, tables, chosen, *, kind, gates, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID):
-    """The arrays tune's plots are drawn from (a few MB at most): mean Dice tables, grids, choices, mask areas."""
-    gate = chosen.gate * NUM_CLASSES if len(chosen.gate) == 1 else chosen.gate or (0.0,) * NUM_CLASSES
-    chosen_index = [[list(gates).index(g) for g in gate], [list(pixel_grid).index(t) for t in chosen.pixel_threshold],
-                    [list(area_grid).index(a) for a in chosen.min_area]]
+def plot_data(stats, tables, chosen, *, kind, gates, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, marked=None):
+    """The arrays tune's plots are drawn from (a few MB at most): mean Dice tables, grids, choices, mask areas.
+    The plots circle `marked` (default `chosen`): for a class tune_gain switched off, its best setting."""
+    marked = marked or chosen
+    gate = marked.gate * NUM_CLASSES if len(marked.gate) == 1 else marked.gate or (0.0,) * NUM_CLASSES
+    chosen_index = [[list(gates).index(g) for g in gate], [list(pixel_grid).index(t) for t in marked.pixel_threshold],
+                    [list(area_grid).index(a) for a in marked.min_area]]
     n = len(stats.image_ids)
     presence, _ = tune_soft.counts_at(stats, chosen.image_levels(stats.class_probs, n=n))
     drawn, _ = tune_soft.counts_at(stats, chosen.mask_levels(stats.class_probs, n=n))
     raw = presence * stats.scale ** 2  # full-resolution areas min area reads, before min area and gate
     return {"dice": tables / len(stats.image_ids), "pixel_grid": np.asarray(pixel_grid, np.float64),
             "area_grid": np.asarray(area_grid, np.int64), "gate_grid": np.asarray(gates, np.float64),
-            "chosen": np.asarray(chosen_index, np.int64), "gate_head": np.asarray(kind or "none"),
-            "truth_area": stats.truth_area, "raw_area": raw,
+            "chosen": np.asarray(chosen_index, np.int64), "off": np.asarray(chosen.off),
+            "gate_head": np.asarray(kind or "none"), "truth_area": stats.truth_area, "raw_area": raw,
             "submitted_area": drawn * stats.scale ** 2 * chosen.keep(raw, stats.class_probs)}
 
 
@@ -288,7 +290,7 @@ def _double_stage(stats, chosen, *, pixel_grid, area_grid):
 
 
 def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_grid=GATE_GRID, plots=True,
-         component_grid=(0,), soft_grid=(0.0,), double=False):
+         component_grid=(0,), soft_grid=(0.0,), double=False, min_gain=tune_gain.MIN_GAIN):
     """Write `thresholds.json` and tune/'s plot data (and PNGs with `plots`) into the workdir `out` (default:
     `workdir`); returns the content of thresholds.json. `workdir` may be several workdirs (a list): their
     ensemble is tuned on its averaged OOF data (members.AveragedOof) and `out`, required then and none of them,
@@ -296,10 +298,14 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
     tune_components.COMPONENT_GRID) adds a stage choosing a minimum component size per class; `soft_grid` (e.g.
     tune_soft.SOFT_GRID) one choosing a soft gate per class before it; `double` one choosing per class seed 004's
     double threshold (upper, min area, lower) on the pixel grid after them, not combinable with components.
+    Last, a class whose tuned setting beats all-empty by less than `min_gain` images' Dice on OOF is switched
+    off (tune_gain; 0 keeps every class whose setting does not lose).
 
     These files, by exact name, are all tune writes or deletes: the previous ones go first, so a run that fails
     leaves no old thresholds.json looking like its result, and thresholds.json is written last.
     """
+    if not min_gain >= 0:  # also refuses NaN: a negative gain would keep classes that lose to submitting nothing
+        raise ValueError(f"tune: min_gain must be a number of images >= 0, got {min_gain}")
     if double and any(component_grid):
         raise ValueError("tune: --double and --components cannot be combined (component filtering recounts areas "
                          "from the drawn mask; a double threshold counts them above the upper threshold)")
@@ -339,12 +345,15 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
                                                   area_grid=area_grid)
     else:
         after = dice_of(stats, chosen)
+    tuned = chosen
+    chosen, after, gains = tune_gain.switch_off(stats, chosen, after, min_gain=min_gain)
     warnings = tune_checks.edge_warnings(chosen, pixel_grid=pixel_grid, area_grid=area_grid, gate_grid=gates,
                                          component_grid=component_grid, soft_grid=soft_grid, lower_grid=lower_grid)
 
     def choose_on(subset):
         own = first_stage(subset, pixel_grid)[0]
-        return _double_stage(subset, own, pixel_grid=pixel_grid, area_grid=area_grid)[0] if double else own
+        own = _double_stage(subset, own, pixel_grid=pixel_grid, area_grid=area_grid)[0] if double else own
+        return tune_gain.switch_off(subset, own, dice_of(subset, own), min_gain=min_gain)[0]
 
     stability = tune_checks.fold_stability(stats, after, choose_on=choose_on)
     result = {
@@ -357,6 +366,10 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
         # all-empty one with a hit rate near 0 is a class not learned, however high the Dice.
         "dice_all_empty": _summary((stats.truth_area == 0).astype(np.float64)),
         "defect_hit_rate": _hit_rate(stats, after),
+        # Summed OOF Dice over all-empty, in images, of each class's tuned setting; under min_gain it is off.
+        "gain_over_empty": gains,
+        "min_gain": float(min_gain),
+        "switched_off": list(chosen.off),
         "n_images": int(len(stats.image_ids)),
         "folds": list(stats.folds),
         "oof_scale": stats.scale,
@@ -369,7 +382,8 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
     if several:  # what predict checks its members against: the fold models whose OOF data was averaged
         classify = members.open_oof(workdir).completed_folds("classify") if stats.class_probs is not None else []
         result["members"] = members.record(workdir, folds={"segment": list(stats.folds), "classify": classify})
-    data = plot_data(stats, tables, chosen, kind=kind, gates=gates, pixel_grid=pixel_grid, area_grid=area_grid)
+    data = plot_data(stats, tables, chosen, kind=kind, gates=gates, pixel_grid=pixel_grid, area_grid=area_grid,
+                     marked=tuned)
     save_plot_data(target.tune_dir(), data)
     if plots:
         from steel_tpu import tune_plots  # matplotlib only when plotting
@@ -381,6 +395,9 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
           f"min area {list(chosen.min_area)}, min component {list(chosen.min_component)}, "
           f"gate {list(chosen.gate) or 'none'}, soft gate {list(chosen.soft_gate) or 'none'}, "
           f"mask threshold {list(chosen.mask_threshold) or 'single'} -> {target.thresholds_path()}")
+    for c in np.flatnonzero(chosen.off):
+        print(f"tune: class {c + 1} switched off (never submitted): its tuned setting gains {gains[c]:.2f} image(s) "
+              f"of Dice over all-empty on the OOF images, under min_gain {min_gain:g}")
     for line in tune_checks.describe(stability):
         print(f"tune: {line}")
     for line in warnings:

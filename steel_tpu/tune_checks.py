@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from steel_tpu import postprocess
 from steel_tpu.constants import NUM_CLASSES
 
 _STEP, _LOW, _HIGH = 0.05, 0.05, 0.95  # how far extend_pixel_grid may go
@@ -29,7 +30,7 @@ def edge_warnings(pp, *, pixel_grid, area_grid, gate_grid, component_grid, soft_
             found.append(f"class {c + 1}: {name} {value:g} is at the {where} of its grid "
                          f"[{min(grid):g}..{max(grid):g}]; the best value may lie beyond it")
 
-    for c in range(NUM_CLASSES):
+    for c in np.flatnonzero(~np.asarray(pp.off)):  # an off class's OFF threshold is no grid value
         check("pixel_threshold", c, pp.pixel_threshold[c], pixel_grid, low_edge=True)
         check("min_area", c, pp.min_area[c], area_grid, low_edge=False)
         check("min_component", c, pp.min_component[c], component_grid, low_edge=False)
@@ -63,6 +64,11 @@ def fold_stability(stats, dice, *, choose_on):
     return {"per_fold": per_fold, "spread": spread}
 
 
+def threshold_text(t):
+    """A chosen pixel threshold as text: "off" for a class switched off."""
+    return "off" if t >= postprocess.OFF else f"{t:g}"
+
+
 def describe(stability):
     """One line per class: the per-fold range of the threshold and of the Dice."""
     folds = stability["per_fold"].values()
@@ -71,7 +77,8 @@ def describe(stability):
         t = [f["pixel_threshold"][c] for f in folds]
         d = [f["dice"][c] for f in folds]
         low = [f.get("mask_threshold", f["pixel_threshold"])[c] for f in folds]  # absent before the double threshold
-        lower = f", lower {min(low):g}..{max(low):g}" if low != t else ""
-        lines.append(f"class {c + 1} over {len(t)} fold(s): threshold chosen per fold {min(t):g}..{max(t):g}{lower}, "
+        lower = f", lower {threshold_text(min(low))}..{threshold_text(max(low))}" if low != t else ""
+        lines.append(f"class {c + 1} over {len(t)} fold(s): threshold chosen per fold {threshold_text(min(t))}.."
+                     f"{threshold_text(max(t))}{lower}, "
                      f"Dice of the overall choice per fold {min(d):.4f}..{max(d):.4f}")
     return lines

@@ -42,11 +42,13 @@ def draw(data):
     """{name in FILES: PNG bytes} from tune.plot_data's arrays (as saved, or as tune computed them)."""
     dice, (g, k, a) = data["dice"], data["chosen"]
     classes = range(NUM_CLASSES)
+    off = data.get("off", np.zeros(NUM_CLASSES, bool))  # plot data from before tune_gain has none
+    labels = [f"class {c}" + (" (off: circle = best setting)" if o else "") for c, o in zip(CLASS_IDS, off)]
     pngs = {
-        FILES[0]: _curves(x=data["pixel_grid"], xlabel="pixel threshold", marks=k,
+        FILES[0]: _curves(x=data["pixel_grid"], xlabel="pixel threshold", marks=k, labels=labels,
                           ys=[dice[c, g[c], :, a[c]] for c in classes],
                           title="Dice vs pixel threshold (chosen area, gate)"),
-        FILES[1]: _curves(x=data["area_grid"], xlabel="minimum mask area (px)", marks=a,
+        FILES[1]: _curves(x=data["area_grid"], xlabel="minimum mask area (px)", marks=a, labels=labels,
                           ys=[dice[c, g[c], k[c], :] for c in classes],
                           title="Dice vs min area (chosen threshold, gate)"),
     }

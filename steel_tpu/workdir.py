@@ -40,7 +40,8 @@ THRESHOLDS_KEYS = ("pixel_threshold", "min_area", "gate")
 # Rules added later: a file from before them (no key) means the rule is off.
 OPTIONAL_RULE_KEYS = ("min_component", "soft_gate", "mask_threshold")
 TUNE_RECORD_KEYS = ("gate_head", "dice_before", "dice_after", "dice_before_full_resolution", "n_images", "folds",
-                    "oof_scale", "grid", "dice_all_empty", "defect_hit_rate", "fold_stability", "warnings", "members")
+                    "oof_scale", "grid", "dice_all_empty", "defect_hit_rate", "gain_over_empty", "min_gain",
+                    "switched_off", "fold_stability", "warnings", "members")
 # What each task's oof.npz holds (save_oof says what each array is); a file missing one is named, not a KeyError.
 OOF_KEYS = {"classify": ("image_ids", "labels", "probs"),
             "segment": ("image_ids", "labels", "probs", "truth", "truth_area", "dice")}

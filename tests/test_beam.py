@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from steel_tpu import cli, postprocess, predict, storage
+from steel_tpu import config as config_lib
 from steel_tpu.beam import predict as beam_predict
 from steel_tpu.beam.options import pipeline_options
 from steel_tpu.constants import HEIGHT, WIDTH
@@ -21,7 +22,8 @@ from steel_tpu.data.shards import build_shards
 from steel_tpu.data.source import SourceError
 from steel_tpu.data.verify import verify
 from steel_tpu.synth import synthesize
-from test_predict import N_TEST, data, images, upload_inputs, work  # noqa: F401  (the random-init fold workdir, its images)
+# The random-init fold workdir, its images, and the builder of another such workdir.
+from test_predict import N_TEST, data, images, random_workdir, upload_inputs, work  # noqa: F401
 
 RUNNER = ["--runner", "DirectRunner", "--direct_num_workers=1"]
 K = 3
@@ -112,6 +114,29 @@ def test_beam_predict_is_byte_identical_to_predict(work, images, tmp_path):  # n
     assert a.read_bytes() == b.read_bytes()
     assert sa["images"] == sb["images"] == N_TEST and sb["skipped"] == 0
     assert len({line.split(b",")[1] for line in a.read_bytes().splitlines()}) > 2  # some masks survive post-processing
+
+
+@pytest.fixture(scope="module")
+def other_member(tmp_path_factory, images):  # noqa: F811
+    """A second random-init workdir with another decoder (U-Net) and other seeds: seed 004's one workdir per model."""
+    cfg = config_lib.apply_overrides(config_lib.tiny(), ["segment.model.arch=unet"])
+    return random_workdir(str(tmp_path_factory.mktemp("other")), images, cfg=cfg, seed=7)
+
+
+@pytest.mark.slow  # two ensembles of two workdirs built, a third single-machine run
+def test_beam_predict_of_several_workdirs_is_byte_identical(work, other_member, images, tmp_path,  # noqa: F811
+                                                            capsys):
+    a, b, sa, sb = _predict_both([work, other_member], images, tmp_path, thresholds=PP)
+    assert a.read_bytes() == b.read_bytes() and sb["images"] == N_TEST
+    alone = tmp_path / "alone.csv"
+    predict.predict(workdir=work, images=images, out=str(alone), batch_size=4, thresholds=PP, progress=False)
+    assert alone.read_bytes() != a.read_bytes()  # the second workdir's models were averaged in
+    # Several workdirs without their ensemble's thresholds: refused in one line before anything is written.
+    out = tmp_path / "none.csv"
+    code = cli.main(["predict", "--workdir", work, "--workdir", other_member, "--images", images, "--out", str(out),
+                     *RUNNER])
+    assert code == 2 and not out.exists()
+    assert "several --workdir need --thresholds" in capsys.readouterr().err.strip().splitlines()[-1]
 
 
 @pytest.mark.slow  # three single-machine and two Beam runs

@@ -196,9 +196,11 @@ def test_predict_needs_thresholds_for_several_workdirs(two_members, tmp_path, ca
     err = _cli_error(["predict", "--workdir", a, "--workdir", b, "--images", str(tmp_path), "--out", str(out)], capsys)
     assert "several --workdir need --thresholds" in err
     assert out.read_text() == "previous"  # refused before the previous submission is claimed
+    # On Beam too (it scores several workdirs as predict does: tests/test_beam.py).
     err = _cli_error(["predict", "--workdir", a, "--workdir", b, "--images", str(tmp_path), "--out", str(out),
-                      "--thresholds", Workdir(a).thresholds_path(), "--runner", "DirectRunner"], capsys)
-    assert "--runner scores one --workdir" in err
+                      "--runner", "DirectRunner"], capsys)
+    assert "several --workdir need --thresholds" in err
+    assert out.read_text() == "previous"
 
 
 # --- trained members: the real models, on conftest's tiny shards ---

@@ -47,24 +47,28 @@ def _calibrate(model, sample):
     layer.set_weights([kernel, bias - np.quantile(logits.reshape(-1, 4), 1 - DEFECT_FRACTION, axis=0)])
 
 
-@pytest.fixture(scope="module")
-def work(tmp_path_factory, images):
-    """A workdir of random-init tiny models (2 segment folds, 1 classifier), saved exactly as training saves."""
-    work = str(tmp_path_factory.mktemp("work"))
-    cfg = config_lib.tiny()
+def random_workdir(work, images, *, cfg, seed=0):
+    """Write into `work` random-init models of `cfg` (2 segment folds, 1 classifier; fold f's from seed `seed` +
+    f), saved exactly as training saves; returns `work`."""
     cfg.folds = (0, 1)
     wd = Workdir(work)
     wd.save_config(cfg)
     sample = _decoded(sorted(os.listdir(images))[:4], images)
     for task, folds in (("segment", (0, 1)), ("classify", (0,))):
         for fold in folds:
-            tf.keras.utils.set_random_seed(fold)
+            tf.keras.utils.set_random_seed(seed + fold)
             model = tasks.make(task, cfg).build_model()
             if task == "segment":
                 _calibrate(model, sample.astype(np.float32))
             wd.save_weights(model, task, fold)
             wd.mark_done(task, fold, {})
     return work
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory, images):
+    """A workdir of random-init tiny models (2 segment folds, 1 classifier), saved exactly as training saves."""
+    return random_workdir(str(tmp_path_factory.mktemp("work")), images, cfg=config_lib.tiny())
 
 
 def _decoded(ids, folder):

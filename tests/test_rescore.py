@@ -37,15 +37,22 @@ def _widest_gap_middle(values):
 def _nontrivial_thresholds(work):
     """Post-processing that cuts the briefly trained model's maps into partial masks, drops small components and
     masks and gates on the classifier: tune's choice for such a model submits nothing, which any scorer gets right.
-    Each value sits between the OOF values, so float noise between two runs cannot flip a decision."""
+    Each value sits between the OOF values, so float noise between two runs cannot flip a decision. Each pixel
+    threshold is below its class's top OOF level, and the class with the most pixels above it has no other rule,
+    so some mask is always drawn (a random-init model's top 10% of levels may all be its top level)."""
     wd = Workdir(work)
     q = np.concatenate([wd.oof("segment", f)["probs"] for f in (0, 1)])
     probs = np.concatenate([wd.oof("classify", f)["probs"] for f in (0, 1)])
     gates = [_widest_gap_middle(probs[:, c]) for c in range(probs.shape[1])]
     assert max(margin for _, margin in gates) > 1e-3
-    return {"pixel_threshold": [(np.percentile(q[..., c], 90) + 0.5) / 255 for c in range(4)],
-            "min_area": [0, 500, 0, 2000], "min_component": [150] * 4,
-            "gate": [g if margin > 1e-3 else 0.0 for g, margin in gates]}
+    level = [max(min(int(np.percentile(q[..., c], 90)), int(q[..., c].max()) - 1), 0) for c in range(4)]
+    drawn = int(np.argmax([(q[..., c] > level[c]).sum() for c in range(4)]))
+    assert (q[..., drawn] > level[drawn]).any()
+    gate = [g if margin > 1e-3 else 0.0 for g, margin in gates]
+    gate = [0.0 if c == drawn or len(gate) == 1 else g for c, g in enumerate(gate)]
+    return {"pixel_threshold": [(lv + 0.5) / 255 for lv in level],
+            "min_area": [0 if c == drawn else a for c, a in enumerate((0, 500, 0, 2000))],
+            "min_component": [0 if c == drawn else 150 for c in range(4)], "gate": gate}
 
 
 @pytest.fixture(scope="module")

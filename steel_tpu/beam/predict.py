@@ -1,5 +1,6 @@
-"""Batch scoring on Beam: list a JPEG folder, check and decode each image, run the fold ensemble with RunInference,
-then the single-machine post-processing, RLE and CSV layout (steel_tpu.predict, steel_tpu.submission_writer).
+"""Batch scoring on Beam: list a JPEG folder, check and decode each image, run the ensemble (the fold models of one
+or several workdirs) with RunInference, then the single-machine post-processing, RLE and CSV layout
+(steel_tpu.predict, steel_tpu.submission_writer).
 
 The submission is written once, sorted by image id, so it is byte-identical to `steel-tpu predict` on the same
 images; bad images follow the same rules (an error naming every one, or with --skip-bad empty rows plus
@@ -12,36 +13,38 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
-from steel_tpu import distribute, ensemble, resolve, step, storage
+from steel_tpu import distribute, ensemble, members, resolve, step, storage
 from steel_tpu.beam.options import pipeline_options
 from steel_tpu.data import decode, source
 from steel_tpu.kaggle import EMPTY
-from steel_tpu.predict import load_thresholds, submitted_rles, write_errors
+from steel_tpu.predict import scoring_plan, submitted_rles, write_errors
 from steel_tpu.submission_writer import HEADER, claim, rows_text
-from steel_tpu.workdir import Workdir
 
 _METRICS = "steel_tpu.predict"
 
 
 class EnsembleHandler(ModelHandler):
-    """Decoded luma planes -> the fold ensemble's full-resolution masks, areas (and gate probabilities) per image.
+    """Decoded luma planes -> the ensemble's full-resolution masks, areas (and gate probabilities) per image: the
+    fold models of one workdir, or of several (members.plan), averaged.
 
     The model is the single-machine predict step (ensemble.make_forward under the worker's strategy); batches are
     padded to `batch_size` as the single-machine input pipeline pads them, so each worker compiles one shape.
     """
 
-    def __init__(self, *, workdir, folds, pp, tta, batch_size, image_size, jit_compile):
+    def __init__(self, *, workdirs, folds, pp, tta, batch_size, image_size, jit_compile):
         super().__init__()
-        self.workdir, self.folds, self.pp, self.tta = workdir, folds, pp, tta
+        self.workdirs, self.folds, self.pp, self.tta = workdirs, folds, pp, tta
         self.batch_size, self.image_size = batch_size, image_size
         self.jit_compile = jit_compile
 
     def load_model(self):
         device = distribute.select_strategy(verbose=False)
-        distribute.set_precision(device.kind, gpu_float16=Workdir(self.workdir).config().gpu_float16)
+        # The worker plans again: a Member holds open workdirs, which are not shipped to it.
+        planned = members.plan(self.workdirs, folds=self.folds,
+                               tasks=("classify", "segment") if self.pp.needs_classifier else ("segment",))
+        distribute.set_precision(device.kind, gpu_float16=all(m.config.gpu_float16 for m in planned))
         distribute.per_replica_batch_size(device, self.batch_size)
-        ens = ensemble.load(self.workdir, strategy=device.strategy, folds=self.folds,
-                            tasks=("classify", "segment") if self.pp.needs_classifier else ("segment",))
+        ens = ensemble.build(planned, strategy=device.strategy)
         # The single-machine forward with the whole PostProcess: soft gate and double threshold act on the device.
         forward = ensemble.make_forward(ens, pp=self.pp, tta=self.tta)
         return step.make_predict_step(forward=forward, strategy=device.strategy,
@@ -100,24 +103,20 @@ def _write(rows, *, bad, images, out, skip_bad):
 
 def predict(*, workdir, images, out, runner, pipeline_flags=(), batch_size=None, tta=False, skip_bad=False,
             thresholds=None, folds=None, jit_compile=None):
-    """`steel-tpu predict` on `runner`: the same submission CSV and errors file; returns a summary dict."""
+    """`steel-tpu predict` on `runner`: the same submission CSV and errors file; returns a summary dict. `workdir`
+    is one workdir or kit, or several (a list, with their ensemble's `thresholds`), as single-machine predict."""
     start = time.perf_counter()
     options = pipeline_options(runner, pipeline_flags)
+    members.require_thresholds(workdir, thresholds)  # before claim(out) deletes a previous submission
     claim(out)  # as single-machine predict: an unusable --out fails now, and the previous OUT goes before the work
-    wd = Workdir(workdir)
-    cfg = wd.config()
-    pp, pp_from, _ = load_thresholds(workdir, thresholds)
-    if pp.needs_classifier and not wd.completed_folds("classify"):
-        raise FileNotFoundError(f"{pp_from} gates on a classifier, but {workdir} has no completed classify folds")
-    if not wd.completed_folds("segment"):
-        raise FileNotFoundError(f"{workdir}: no completed segment folds (segment/fold*/done.json): "
-                                "nothing to predict with")
-    size = (cfg.segment.data.image_height, cfg.segment.data.image_width)
+    pp, pp_from, planned = scoring_plan(workdir, thresholds=thresholds, folds=folds)
+    size = members.segment_size(planned[0].config)  # every member's (members.plan checked)
     # Beam batches are sized when the pipeline is built, before any worker's device is known: one replica's batch
-    # (a CPU or one-GPU worker); give --batch-size for workers with more replicas. Scores do not depend on it.
-    launch_batch = resolve.global_batch(cfg.segment.data, replicas=1)
-    handler = EnsembleHandler(workdir=str(workdir), folds=folds, pp=pp, tta=tta, batch_size=batch_size or launch_batch,
-                              image_size=size, jit_compile=jit_compile)
+    # (a CPU or one-GPU worker), the smallest member's; give --batch-size for workers with more replicas. Scores do
+    # not depend on it.
+    launch_batch = min(resolve.global_batch(m.config.segment.data, replicas=1) for m in planned)
+    handler = EnsembleHandler(workdirs=[m.path for m in planned], folds=folds, pp=pp, tta=tta,
+                              batch_size=batch_size or launch_batch, image_size=size, jit_compile=jit_compile)
     p = beam.Pipeline(options=options)
     checked = (p
                | "Folder" >> beam.Create([str(images)])
