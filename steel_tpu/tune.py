@@ -188,9 +188,9 @@ def search_tables(stats, *, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_gri
     pred, inter = stats.counts(np.asarray(pixel_grid))
     truth = stats.truth
     passes, kind, gates = _gate_passes(stats, gate_grid)
-    tables = []
+    empties, tables = tune_gain.empty_dice(stats), []
     for c in range(NUM_CLASSES):
-        empty = (truth[:, c] == 0).astype(np.float64)  # Dice of a submitted empty mask
+        empty = empties[:, c]
         gain = _dice(inter[:, c], pred[:, c], truth[:, c, None]) - empty[:, None]  # [N, K]
         kept = postprocess.area_kept(pred[:, c, :, None] * stats.scale ** 2, np.asarray(area_grid)[None, None])
         x = (kept * gain[:, :, None]).reshape(len(gain), -1)
