@@ -80,7 +80,7 @@ def comparison(results):
 
 
 def _postprocess_text(pp):
-    if pp["pixel_threshold"] >= postprocess.OFF:
+    if postprocess.is_off(pp["pixel_threshold"]):
         return "off (never submitted)"
     parts = [f"pixel ≥ {pp['pixel_threshold']:g}"]
     if pp["mask_threshold"] is not None and pp["mask_threshold"] != pp["pixel_threshold"]:

@@ -14,6 +14,11 @@ QUANT = 255.0  # probabilities travel as uint8: a quarter of the device-to-host 
 OFF = 1.0  # a pixel threshold no uint8 map exceeds (q > 255 never holds): the class is never submitted
 
 
+def is_off(threshold):
+    """Whether a class with this pixel threshold is switched off (never submitted)."""
+    return threshold >= OFF
+
+
 def to_full_resolution(probs, *, height=HEIGHT, width=WIDTH):
     """[B, h, w, C] probabilities -> [B, height, width, C] uint8 (p * 255, rounded), in the graph."""
     import tensorflow as tf  # here, not at the top: tune and evaluate use this module without TensorFlow
@@ -177,11 +182,17 @@ class PostProcess:
     @property
     def off(self):
         """Per class: switched off (pixel threshold OFF), never submitted."""
-        return tuple(t >= OFF for t in self.pixel_threshold)
+        return tuple(is_off(t) for t in self.pixel_threshold)
 
     @property
     def needs_classifier(self):
         return bool(self.gate or self.soft_gate)
+
+    @property
+    def tasks(self):
+        """The models scoring with this needs: the classifiers only gate, and without a gate they would cost
+        device time and change nothing."""
+        return ("classify", "segment") if self.needs_classifier else ("segment",)
 
     @property
     def lower(self):

@@ -96,9 +96,7 @@ def scoring_plan(workdir, *, thresholds=None, folds=None):
     checked before any model is built: the thresholds fit the members, a gate has every member's classifier,
     and a fold model tune did not average is named (it scores too)."""
     pp, pp_from, doc = load_thresholds(workdir, thresholds)
-    # The classifiers only gate: without a gate they would cost device time and change nothing.
-    tasks = ("classify", "segment") if pp.needs_classifier else ("segment",)
-    planned = members.plan(workdir, folds=folds, tasks=tasks)
+    planned = members.plan(workdir, folds=folds, tasks=pp.tasks)
     for member in planned:
         if pp.needs_classifier and not member.models.completed_folds("classify"):
             raise FileNotFoundError(f"{pp_from} gates on a classifier, but {member.path} has no completed classify "

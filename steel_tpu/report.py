@@ -218,7 +218,7 @@ def class_diagnosis(result):
 
 def _settings_shown(pp):
     """A class_diagnosis row's post-processing as the report's cells: an off class shows "off" and no settings."""
-    if pp["pixel_threshold"] >= postprocess.OFF:
+    if postprocess.is_off(pp["pixel_threshold"]):
         return ["off (never submitted)"] + [None] * (len(pp) - 1)
     return list(pp.values())
 

@@ -31,8 +31,7 @@ def _fold_dice(work, fold, *, folder, pp, device, batch_size):
         return len(ids)
 
     with custom_gradients.forgotten_after():
-        tasks = ("classify", "segment") if pp.needs_classifier else ("segment",)
-        ens = ensemble.load(work, strategy=device.strategy, folds=[fold], tasks=tasks)
+        ens = ensemble.load(work, strategy=device.strategy, folds=[fold], tasks=pp.tasks)
         forward = ensemble.make_forward(ens, pp=pp)
         predict_step = step.make_predict_step(forward=forward, strategy=device.strategy,
                                               jit_compile=distribute.use_xla(device, None))

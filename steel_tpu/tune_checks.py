@@ -66,7 +66,7 @@ def fold_stability(stats, dice, *, choose_on):
 
 def threshold_text(t):
     """A chosen pixel threshold as text: "off" for a class switched off."""
-    return "off" if t >= postprocess.OFF else f"{t:g}"
+    return "off" if postprocess.is_off(t) else f"{t:g}"
 
 
 def describe(stability):

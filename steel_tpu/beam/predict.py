@@ -40,8 +40,7 @@ class EnsembleHandler(ModelHandler):
     def load_model(self):
         device = distribute.select_strategy(verbose=False)
         # The worker plans again: a Member holds open workdirs, which are not shipped to it.
-        planned = members.plan(self.workdirs, folds=self.folds,
-                               tasks=("classify", "segment") if self.pp.needs_classifier else ("segment",))
+        planned = members.plan(self.workdirs, folds=self.folds, tasks=self.pp.tasks)
         distribute.set_precision(device.kind, gpu_float16=all(m.config.gpu_float16 for m in planned))
         distribute.per_replica_batch_size(device, self.batch_size)
         ens = ensemble.build(planned, strategy=device.strategy)
