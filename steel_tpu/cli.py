@@ -83,11 +83,16 @@ def _verify(args):
 def _train(args):
     # Built and validated before TensorFlow loads and anything is written: a bad --set fails in a second and never
     # leaves a workdir holding its config.
-    cfg = config.apply_overrides(config.preset(args.config), args.set)
+    members = config.members_of(args.config, args.set)
     from steel_tpu import train
 
-    tasks = ("classify", "segment") if args.task == "both" else (args.task,)
-    train.run(shards=args.shards, workdir=args.workdir, cfg=cfg, tasks=tasks, folds=args.folds, pseudo=args.pseudo)
+    tasks = None if args.task == "both" else (args.task,)
+    if None in members:
+        train.run(shards=args.shards, workdir=args.workdir, cfg=members[None], tasks=tasks, folds=args.folds,
+                  pseudo=args.pseudo)
+    else:
+        train.run_system(shards=args.shards, workdir=args.workdir, name=args.config, members=members, tasks=tasks,
+                         folds=args.folds, pseudo=args.pseudo)
 
 
 def _workdirs(args):
@@ -177,7 +182,7 @@ def _report(args):
 
 def _compare(args):
     for name in args.configs:  # a bad --set fails before TensorFlow loads (compare's report and train import it)
-        config.apply_overrides(config.preset(name), args.set)
+        config.members_of(name, args.set)
     from steel_tpu.compare import compare
 
     tasks = ("classify", "segment") if args.task == "both" else (args.task,)
@@ -324,11 +329,12 @@ def _add_parsers(sub, common):
     p = _add(sub, "train", _train, "train the classifier and/or segmenter over K folds (resumes)", common)
     p.add_argument("--shards", required=True, help="the shard folder, local or gs://")
     p.add_argument("--workdir", required=True, help="checkpoints, logs and out-of-fold data (local or gs://)")
-    p.add_argument("--config", required=True, choices=tuple(config.PRESETS),
+    p.add_argument("--config", required=True, choices=(*config.PRESETS, *config.SYSTEMS),
                    help="preset (always explicit: a TPU run must never fall back to the demo model): tiny = laptops, "
                         "tests, make demo; colab-tpu = one TPU v2-8/v3-8/v5e-8; full = the seed solution's scale; "
-                        "seed001..seed004 = the seed write-ups' systems")
-    p.add_argument("--task", choices=("classify", "segment", "both"), default="both", help="which models to train")
+                        "seed000..seed004 = the seed write-ups' systems (seed000: six member workdirs in --workdir)")
+    p.add_argument("--task", choices=("classify", "segment", "both"), default="both",
+                   help="which models to train (both: those the config names in `tasks`)")
     p.add_argument("--folds", type=fold_list, default=None, help="comma-separated fold numbers (default: the config's)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. segment.train.epochs=5 (repeatable; checked before anything "
@@ -416,7 +422,8 @@ def _add_parsers(sub, common):
              common)
     p.add_argument("--shards", required=True, help="the shard folder, local or gs://")
     p.add_argument("--configs", required=True, type=config_list, metavar="PRESET,PRESET[,...]",
-                   help=f"comma-separated presets, two or more, each once: {', '.join(config.PRESETS)}")
+                   help="comma-separated presets, two or more, each once: "
+                        f"{', '.join([*config.PRESETS, *config.SYSTEMS])}")
     p.add_argument("--folds", required=True, type=fold_list, help="comma-separated fold numbers, the same for all")
     p.add_argument("--out", required=True,
                    help="a folder for compare.html, compare.json and one workdir per preset: new, empty, or an "

@@ -4,7 +4,7 @@ import html
 import json
 import time
 
-from steel_tpu import config, outputs, postprocess, report, storage, tune
+from steel_tpu import config, members, outputs, postprocess, report, storage, system, tune
 from steel_tpu.workdir import Workdir
 
 HTML, JSON = "compare.html", "compare.json"
@@ -13,9 +13,12 @@ _TIE = 1e-9
 
 
 def _check_workdirs(workdirs, cfgs):
-    """Each OUT/<preset> is absent, empty, or a workdir of that preset's config (then training resumes it)."""
+    """Each OUT/<preset> is absent, empty, or a workdir of that preset's config, or a system (then training resumes
+    it; train.run_system checks a system's members)."""
     for name, path in workdirs.items():
-        if not storage.exists(path) or Workdir(path).check_config(cfgs[name]):
+        if not storage.exists(path) or system.is_system(path):
+            continue
+        if None in cfgs[name] and Workdir(path).check_config(cfgs[name][None]):
             continue
         if not storage.isdir(path):
             raise ValueError(f"{path}: a file where compare keeps the {name} workdir; nothing was changed")
@@ -26,7 +29,7 @@ def _check_workdirs(workdirs, cfgs):
 
 def oof_image_ids(work):
     """The sorted image ids of every completed segment fold's out-of-fold data (what tune scores)."""
-    wd = Workdir(work)
+    wd = members.open_oof(work)
     return sorted(i for fold in wd.completed_folds("segment") for i in wd.oof("segment", fold)["image_ids"].tolist())
 
 
@@ -129,7 +132,7 @@ def compare(*, shards, configs, folds, out, tasks=("classify", "segment"), overr
     if "segment" not in tasks:
         raise ValueError("compare: the comparison is of segmentation Dice: --task segment or both")
     # Every config built (a bad --set fails here) and every folder checked before anything is written.
-    cfgs = {name: config.apply_overrides(config.preset(name), list(overrides)) for name in names}
+    cfgs = {name: config.members_of(name, list(overrides)) for name in names}
     found = outputs.claim_folder(out, ours=FILES.__contains__, command="compare")
     workdirs = {name: storage.join(out, name) for name in names}
     _check_workdirs(workdirs, cfgs)
@@ -140,7 +143,13 @@ def compare(*, shards, configs, folds, out, tasks=("classify", "segment"), overr
 
     for name in names:
         print(f"compare: {name} -> {workdirs[name]}")
-        train.run(shards=shards, workdir=workdirs[name], cfg=cfgs[name], tasks=tasks, folds=folds, device=device)
+        if None in cfgs[name]:
+            cfg = cfgs[name][None]
+            train.run(shards=shards, workdir=workdirs[name], cfg=cfg, tasks=[t for t in tasks if t in cfg.tasks],
+                      folds=folds, device=device)
+        else:
+            train.run_system(shards=shards, workdir=workdirs[name], name=name, members=cfgs[name], tasks=tasks,
+                             folds=folds, device=device)
     ids = check_same_images(workdirs)
     results = {}
     for name in names:

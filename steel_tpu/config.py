@@ -10,6 +10,8 @@ from steel_tpu import choices, fields
 from steel_tpu.fields import one_of, positive, require, stride_multiple, unit
 from steel_tpu.constants import CLASS_IDS, HEIGHT, NUM_CLASSES, WIDTH
 
+_TASKS = ("classify", "segment")  # tasks.NAMES, without importing TensorFlow here
+
 @dataclass
 class DataConfig:
     image_height: int = 128  # the model's input resolution; multiples of 32
@@ -53,9 +55,16 @@ class ModelConfig:
     weights: str | None = "imagenet"
     allow_random_weights: bool = True  # offline fallback to random init; set False on a real TPU run
     bn_momentum: float | None = None  # None keeps the builders' 0.99; ~0.9 when training from scratch briefly
+    # The defect classes the model is about: a segmenter predicts only these (seed 000's one segmenter per class:
+    # classes=[2]), and sampling counts an image as a defect image only for these (oversample, clean_keep).
+    classes: tuple = CLASS_IDS
 
     def __post_init__(self):
         fields.check(self)
+        self.classes = tuple(self.classes)
+        require(len(self.classes) > 0 and all(c in CLASS_IDS for c in self.classes)
+                and list(self.classes) == sorted(set(self.classes)),
+                f"classes={list(self.classes)!r}: must be distinct class ids from {list(CLASS_IDS)}, in order")
         one_of("arch", self.arch, choices.SEGMENTER_ARCHS)
         one_of("encoder", self.encoder, choices.encoders_for(self.arch))
         one_of("head", self.head, choices.SEGMENTER_HEADS)
@@ -177,11 +186,18 @@ class Config:
     tpu: str | None = None  # None: detect; "local" on Colab / TPU VMs; a name or grpc:// address otherwise
     gpu_float16: bool = False
     oof_scale: int = 4  # out-of-fold probability maps are stored at full resolution / oof_scale
+    # The models this workdir trains: seed 000's classifiers and per-class segmenters are workdirs of one task
+    # each, ensembled (a workdir without a segmenter only gates).
+    tasks: tuple = _TASKS
     classify: TaskConfig = field(default_factory=TaskConfig)
     segment: TaskConfig = field(default_factory=TaskConfig)
 
     def __post_init__(self):
         fields.check(self)
+        self.tasks = tuple(self.tasks)
+        require(len(self.tasks) > 0 and set(self.tasks) <= set(_TASKS) and len(set(self.tasks)) == len(self.tasks),
+                f"tasks={list(self.tasks)!r}: must be classify, segment or both, each once")
+        self.tasks = tuple(t for t in _TASKS if t in self.tasks)
         check_folds(self.folds, name="folds")
         require(self.seed >= 0, f"seed={self.seed!r}: must be >= 0 (as --seed is)")
         one_of("device", self.device, choices.DEVICES)
@@ -190,10 +206,13 @@ class Config:
         # The classifier builds on the keras.applications encoders whatever its (ignored) arch says.
         require(self.classify.model.encoder in choices.ENCODERS,
                  f"classify.model.encoder={self.classify.model.encoder!r}: choose one of {', '.join(choices.ENCODERS)}")
+        require(self.classify.model.classes == CLASS_IDS,
+                f"classify.model.classes={list(self.classify.model.classes)!r}: a classifier gates every class "
+                f"(a per-class model is a segmenter: segment.model.classes)")
         require(self.classify.model.head == "sigmoid",
                 f"classify.model.head={self.classify.model.head!r}: the softmax head is the segmenter's "
                 "(segment.model.head); the classifier's outputs are chosen by classify.model.heads")
-        for task in ("classify", "segment"):
+        for task in _TASKS:
             tcfg = getattr(self, task)
             head, usable = tcfg.model.head, choices.HEAD_LOSS_TERMS[tcfg.model.head]
             wrong = sorted(set(tcfg.train.loss) - set(usable))
@@ -295,11 +314,11 @@ def full():
 
 
 # The seed write-ups (../shared/seeds, README "Seed systems as presets") as presets: what each trained, in this tool's
-# options; what differs from the seed is said in each docstring. Their train commands name the seed's tasks.
+# options (`tasks`: the models the seed had); what differs from the seed is said in each docstring.
 
 
 def seed001():
-    """steel-tpu train --shards S --workdir W --config seed001 --task segment
+    """steel-tpu train --shards S --workdir W --config seed001
 
     Seed 001: a U-Net with a ResNet34 encoder (segmentation-models, the [sm] extra), one sigmoid per class, BCE +
     Dice, 128x800 inputs, no classifier. Its hand-set rule "a mask under 250 px at 128x800 (1,000 at full size) is
@@ -307,6 +326,7 @@ def seed001():
     """
     return Config(
         name="seed001",
+        tasks=("segment",),
         segment=_task(
             model=ModelConfig(arch="sm-unet", encoder="resnet34"),
             data=DataConfig(image_height=128, image_width=800, batch_per_replica=8),
@@ -316,7 +336,7 @@ def seed001():
 
 
 def seed002():
-    """steel-tpu train --shards S --workdir W --config seed002 --task segment
+    """steel-tpu train --shards S --workdir W --config seed002
 
     Seed 002: a residual U-Net with one softmax over background + the 4 classes, categorical cross-entropy + Dice
     with class weights, Adam. Here the residual U-Net is segmentation-models' U-Net on a ResNet34 encoder (residual
@@ -325,6 +345,7 @@ def seed002():
     """
     return Config(
         name="seed002",
+        tasks=("segment",),
         segment=_task(
             model=ModelConfig(arch="sm-unet", encoder="resnet34", head="softmax"),
             data=DataConfig(image_height=128, image_width=800, batch_per_replica=8),
@@ -384,31 +405,80 @@ def seed004():
     )
 
 
+def seed000():
+    """steel-tpu train --shards S --workdir W --config seed000
+
+    Seed 000's six models, each fed only the data it should see, as a system (system.py): one member workdir each
+    in W, trained one after another, tuned and scored as one ensemble by `steel-tpu tune --workdir W` and
+    `steel-tpu predict --workdir W`. `binary`: a binary defect classifier on all images. `multilabel`: a 4-output
+    classifier on defect images only (clean_keep=0), so its outputs are P(class | defect); the ensemble gates each
+    class on P(defect) x P(class | defect) (members.combine_gates). `class1`..`class4`: one single-output segmenter
+    per class, trained on the images holding that class (classes=[c], clean_keep=0) and validated, like every
+    model here, on all of its held-out fold's images. The seed set its per-class area and probability thresholds
+    by hand from plots; `tune` chooses them per class (min area, gate) on out-of-fold data. The seed names no
+    architecture: EfficientNet-B0 classifiers and B0 U-Nets at 128x800 here.
+    """
+    data = dict(image_height=128, image_width=800)
+    train = dict(epochs=20, learning_rate=1e-3, reference_batch=16)
+
+    def classifier(heads, clean_keep):
+        return Config(name="seed000", tasks=("classify",), classify=_task(
+            model=ModelConfig(encoder="efficientnetb0", heads=heads),
+            data=DataConfig(**data, batch_per_replica=16, clean_keep=clean_keep),
+            train=TrainConfig(**train, loss={"bce": 1.0})))
+
+    def segmenter(class_id):
+        return Config(name="seed000", tasks=("segment",), segment=_task(
+            model=ModelConfig(arch="unet", encoder="efficientnetb0", classes=(class_id,)),
+            data=DataConfig(**data, batch_per_replica=16, clean_keep=0.0),
+            train=TrainConfig(**train, loss={"bce": 1.0, "dice": 1.0})))
+
+    return {"binary": classifier("binary", 1.0), "multilabel": classifier("multilabel", 0.0),
+            **{f"class{c}": segmenter(c) for c in CLASS_IDS}}
+
+
 PRESETS = {"tiny": tiny, "colab-tpu": colab_tpu, "full": full,
            "seed001": seed001, "seed002": seed002, "seed003": seed003, "seed004": seed004}
+# Presets of several models trained as member workdirs of one system folder (system.py): {member: Config}.
+SYSTEMS = {"seed000": seed000}
 
 # Any preset at a size a CPU trains in seconds (tests; a first look at a preset on a laptop): small inputs, one
 # step, no pretrained weights, the CPU. `steel-tpu train --config NAME --set KEY=VALUE ...` with these does the same.
-TINY_SCALE = tuple(f"{task}.{key}" for task in ("classify", "segment") for key in (
+# No reference batch: resolve.py would otherwise scale one step per execution up to the preset's images per call
+# (seed 004: 32 steps of 4 images).
+TINY_SCALE = tuple(f"{task}.{key}" for task in _TASKS for key in (
     "data.image_height=64", "data.image_width=320", "data.batch_per_replica=4", "train.epochs=1",
-    "train.steps_per_epoch=1", "train.steps_per_execution=1", "model.weights=None")) + ("device=cpu",)
+    "train.steps_per_epoch=1", "train.steps_per_execution=1", "train.reference_batch=None",
+    "model.weights=None")) + ("device=cpu",)
 
 
 def check_presets(names, *, name="--configs"):
     """`names` as a tuple, refused unless two or more distinct presets (what `steel-tpu compare` trains)."""
     names = tuple(names)
     require(len(names) >= 2, f"{name}: give two or more comma-separated presets to compare, e.g. seed001,seed004")
-    unknown = [n for n in names if n not in PRESETS]
-    require(not unknown, f"{name}: unknown preset {unknown[0]!r}; choose from {', '.join(PRESETS)}" if unknown else "")
+    unknown = [n for n in names if n not in PRESETS and n not in SYSTEMS]
+    require(not unknown, f"{name}: unknown preset {unknown[0]!r}; choose from {', '.join([*PRESETS, *SYSTEMS])}"
+            if unknown else "")
     twice = sorted({n for n in names if names.count(n) > 1})
     require(not twice, f"{name}: {', '.join(twice)} named twice; each preset is trained once, into OUT/<preset>")
     return names
 
 
 def preset(name):
+    if name in SYSTEMS:
+        raise ValueError(f"config {name!r} is a system of member workdirs ({', '.join(SYSTEMS[name]())}): "
+                         "`steel-tpu train --config` trains it, one member at a time")
     if name not in PRESETS:
-        raise ValueError(f"unknown config {name!r}; choose from {', '.join(PRESETS)}")
+        raise ValueError(f"unknown config {name!r}; choose from {', '.join([*PRESETS, *SYSTEMS])}")
     return PRESETS[name]()
+
+
+def members_of(name, overrides=()):
+    """{member: validated Config} of preset `name` with the `--set` overrides applied to each member; a plain
+    preset is one member, None (its workdir is the one given)."""
+    if name in SYSTEMS:
+        return {member: apply_overrides(cfg, overrides) for member, cfg in SYSTEMS[name]().items()}
+    return {None: apply_overrides(preset(name), overrides)}
 
 
 def _set(values, cls, path, text, *, item):
@@ -438,7 +508,7 @@ def apply_overrides(cfg, overrides):
             raise ValueError(f"--set {item}: expected key=value")
         _set(values, Config, key.strip().split("."), text, item=item)
         given.add(key.strip())
-    for task in ("classify", "segment"):
+    for task in _TASKS:
         # The two batch keys are alternatives: setting one (and not the other) replaces the preset's choice.
         for key, other in (("batch_size", "batch_per_replica"), ("batch_per_replica", "batch_size")):
             if f"{task}.data.{key}" in given and f"{task}.data.{other}" not in given \
@@ -483,8 +553,7 @@ def _build(cls, values, *, where):
 # Keys added since config.json files were first written, one group per change, each with the values under which a
 # file written before that change means what it meant. Per-replica batches: a fixed global batch, the learning rate
 # as given, the device detected. The learning options: uniform crops, no weight average. The segmenter head:
-# per-class sigmoids, unweighted losses. Pseudo-labels: none.
-_TASKS = ("classify", "segment")
+# per-class sigmoids, unweighted losses. Pseudo-labels: none. Model subsets: both tasks, every class.
 _ADDED = (
     {(): {"device": "auto"},
      **{(task, "data"): {"batch_per_replica": None} for task in _TASKS},
@@ -494,6 +563,7 @@ _ADDED = (
     {**{(task, "model"): {"head": "sigmoid"} for task in _TASKS},
      **{(task, "train"): {"class_weights": None} for task in _TASKS}},
     {(task, "data"): {"pseudo_share": 0.0} for task in _TASKS},
+    {(): {"tasks": list(_TASKS)}, **{(task, "model"): {"classes": list(CLASS_IDS)} for task in _TASKS}},
 )
 
 

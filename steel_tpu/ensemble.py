@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import tensorflow as tf
 
 from steel_tpu import augment, members, postprocess
@@ -17,6 +18,8 @@ class Loaded:
     classifiers: tuple
     tasks: dict  # task name -> task object made from this member's config
     classify_size: tuple
+    coverage: tuple  # 1.0 for each class its segmenters predict (members.coverage), else 0.0
+    gate_kind: str  # what its classifiers' probabilities are (members.gate_kind)
     folds: dict  # task -> fold numbers loaded
     identity: dict  # task -> [(weights path, bytes)]: what a resumed run must find unchanged
 
@@ -58,23 +61,19 @@ def load(work, *, strategy, folds=None, tasks=tasks_lib.NAMES):
 
 
 def build(planned, *, strategy):
-    """The Ensemble of members.plan's Members, each member's models built with its own task objects (members may
-    differ in encoder, arch, segmenter head or classifier size). Their classifiers must gate with one head kind
-    (binary or multilabel probabilities cannot be averaged): a mismatch is refused before any model is built."""
+    """The Ensemble of members.plan's Members (checked there to be averageable), each member's models built with
+    its own task objects (members may differ in encoder, arch, segmenter head or classes, classifier size)."""
     objects = [{name: tasks_lib.make(name, m.config) for name in m.folds} for m in planned]
-    heads = [(m.path, o["classify"].gate_head) for m, o in zip(planned, objects) if m.folds.get("classify")]
-    if heads:
-        members.check_agree(heads, what="classifier gate heads",
-                            why="binary and multilabel gating probabilities cannot be averaged")
     loaded = []
     for m, tasks in zip(planned, objects):
         models = {name: tuple(m.models.load_model(tasks[name], f, strategy=strategy) for f in use)
                   for name, use in m.folds.items()}
         data = m.config.classify.data
-        loaded.append(Loaded(path=m.path, segmenters=models["segment"], classifiers=models.get("classify", ()),
+        loaded.append(Loaded(path=m.path, segmenters=models.get("segment", ()), classifiers=models.get("classify", ()),
                              tasks=tasks, classify_size=(data.image_height, data.image_width), folds=m.folds,
-                             identity=m.identity))
-    return Ensemble(members=tuple(loaded), segment_size=members.segment_size(planned[0].config))
+                             identity=m.identity, coverage=tuple(members.coverage(m.config).tolist()),
+                             gate_kind=members.gate_kind(m.config)))
+    return Ensemble(members=tuple(loaded), segment_size=members.segment_size(members.segmenting(planned)[0].config))
 
 
 def _flips(x, tta):
@@ -98,16 +97,13 @@ def _view_mean(p, tta):
     return tf.reduce_mean(tf.stack(tf.split(p, 3, axis=0)), axis=0) if tta else p
 
 
-def _mean(outputs):
-    return tf.add_n(outputs) / float(len(outputs))
-
-
 def make_forward(ensemble, *, pp, tta=False):
     """uint8 images [B, h, w, 3] at segment_size -> {"masks": bool [B, 256, 1600, 4], "areas": int32 [B, 4],
     "probs": float32 [B, heads]} ("probs" only with classifiers), all on the device in one program.
 
-    The segment probabilities are the mean over every fold model of every member, each fold model counting once
-    (a member with 5 folds weighs 5/2 of one with 2), and the gating probabilities likewise over every classifier.
+    The segment probabilities of each class are the mean over every fold model of every member that predicts the
+    class, each fold model counting once (a member with 5 folds weighs 5/2 of one with 2), and the gating
+    probabilities likewise over every classifier of a kind, the kinds combined by members.combine_gates.
     Thresholding by the PostProcess `pp` on the device (postprocess.to_masks: "areas" are the pixels counted
     against min_area, above the upper threshold under a double threshold) leaves the host only RLE encoding; min
     areas and the gate act on "areas" and "probs" on the host (PostProcess.keep). A soft gate raises each image's
@@ -119,7 +115,7 @@ def make_forward(ensemble, *, pp, tta=False):
     def forward(images):
         x = _flips(augment.eval_preprocess(images), tta)
         sized = {tuple(ensemble.segment_size): x}  # each classifier input size made once per batch
-        out, cls, seg = {}, [], []
+        out, cls, seg, count = {}, {}, [], 0.0
         for m in ensemble.members:
             if m.classifiers:
                 size = tuple(m.classify_size)
@@ -127,11 +123,15 @@ def make_forward(ensemble, *, pp, tta=False):
                     # One decode per image on the host; a classifier's own size is made on the device.
                     sized[size] = tf.round(tf.image.resize(x, size, method="area"))
                 # The classify task decides which head's probabilities gate (Classify.gate_probs).
-                cls += [_view_mean(m.tasks["classify"].probs(model, sized[size]), tta) for model in m.classifiers]
+                cls.setdefault(m.gate_kind, []).extend(
+                    _view_mean(m.tasks["classify"].probs(model, sized[size]), tta) for model in m.classifiers)
             seg += [_unflip_mean(m.tasks["segment"].probs(model, x), tta) for model in m.segmenters]
+            count += len(m.segmenters) * np.array(m.coverage, np.float32)
         if cls:
-            out["probs"] = _mean(cls)
-        out["masks"], out["areas"] = postprocess.to_masks(postprocess.to_full_resolution(_mean(seg)), pp,
+            out["probs"] = members.combine_gates(cls)
+        # A model's maps of classes it does not predict are zeros (Segment.probs): each class over its own models.
+        mean = tf.add_n(seg) / tf.constant(np.maximum(count, 1.0), tf.float32)
+        out["masks"], out["areas"] = postprocess.to_masks(postprocess.to_full_resolution(mean), pp,
                                                           class_probs=out.get("probs"))
         return out
 

@@ -33,17 +33,17 @@ def _credentials(environ):
 def _presets(kind, replicas):
     """Per preset: "fits", or why it does not run here (TPU presets need one; a fixed batch must split)."""
     fits = {}
-    for name in config.PRESETS:
-        cfg = config.preset(name)
+    for name in (*config.PRESETS, *config.SYSTEMS):
         bad = []
-        if cfg.device == "tpu" and kind != "tpu":
-            bad.append("a TPU preset (device=tpu) and this run is not on a TPU (--set device=gpu|cpu runs it here "
-                       "on purpose)")
-        try:
-            resolve.resolve_for(cfg, replicas=replicas)
-        except ValueError as error:
-            bad.append(str(error))
-        fits[name] = "; ".join(bad) or "fits"
+        for cfg in config.members_of(name).values():  # a system fits when each of its members does
+            if cfg.device == "tpu" and kind != "tpu":
+                bad.append("a TPU preset (device=tpu) and this run is not on a TPU (--set device=gpu|cpu runs it "
+                           "here on purpose)")
+            try:
+                resolve.resolve_for(cfg, replicas=replicas)
+            except ValueError as error:
+                bad.append(str(error))
+        fits[name] = "; ".join(dict.fromkeys(bad)) or "fits"
     return fits
 
 

@@ -15,7 +15,7 @@ import numpy as np
 
 import steel_tpu
 from steel_tpu import config as config_lib
-from steel_tpu import kit, members, postprocess, storage
+from steel_tpu import kit, members, postprocess, storage, system
 from steel_tpu import tasks as tasks_lib
 from steel_tpu.keras_api import keras
 from steel_tpu.workdir import Workdir, read_thresholds
@@ -112,6 +112,7 @@ def export(*, workdir, out, thresholds=None, folds=None):
     gate on them, as predict would load them.
     """
     start = time.perf_counter()
+    system.refuse(workdir, command="export")
     wd, out = Workdir(workdir), str(out).rstrip("/")
     cfg = wd.config()
     path = thresholds or wd.thresholds_path()

@@ -10,7 +10,8 @@ import os
 
 import numpy as np
 
-from steel_tpu import kit, storage
+from steel_tpu import kit, storage, system
+from steel_tpu.constants import CLASS_IDS
 from steel_tpu.workdir import Workdir
 
 _BATCH = 64  # images averaged at a time: bounds the float32 copy of one fold's maps
@@ -32,10 +33,12 @@ class Member:
 
 
 def paths(work):
-    """The member paths of `work`: one path, or a list or tuple of one or more, none given twice."""
+    """The member paths of `work`: one path (a system folder: its members), or a list or tuple of one or more,
+    none given twice."""
     found = (str(work),) if isinstance(work, (str, os.PathLike)) else tuple(str(p) for p in work)
     if not found:
         raise MembersError("no workdir given")
+    found = system.expand(found)
     seen = {}
     for path in found:
         if normalized(path) in seen:
@@ -80,42 +83,101 @@ def model_identity(models, folds):
 def _member(path, *, folds, tasks):
     models = kit.open_models(path)
     cfg = models.config()
-    chosen = {name: [f for f in models.completed_folds(name) if folds is None or f in folds] for name in tasks}
-    # The segmenters make the masks: every requested fold must have one (checked before any model is built);
-    # classifiers only gate.
-    missing = sorted(set(folds or ()) - set(chosen.get("segment", ())))
-    if missing:
-        raise FileNotFoundError(f"{path}: segment folds {missing} are not complete")
-    if not chosen.get("segment"):
-        raise FileNotFoundError(f"{path}: no completed segment folds (segment/fold*/done.json): "
-                                "nothing to predict with")
+    chosen = {name: [f for f in models.completed_folds(name) if folds is None or f in folds]
+              for name in tasks if name in cfg.tasks}
+    if "segment" in chosen:
+        # The segmenters make the masks: every requested fold must have one (checked before any model is built);
+        # classifiers only gate.
+        missing = sorted(set(folds or ()) - set(chosen["segment"]))
+        if missing:
+            raise FileNotFoundError(f"{path}: segment folds {missing} are not complete")
+        if not chosen["segment"]:
+            raise FileNotFoundError(f"{path}: no completed segment folds (segment/fold*/done.json): "
+                                    "nothing to predict with")
+    elif "classify" in chosen and not chosen["classify"]:
+        raise FileNotFoundError(f"{path}: no completed classify folds (classify/fold*/done.json): its config "
+                                "trains only a classifier, and it has none to gate with")
     return Member(path=path, models=models, config=cfg, folds=chosen, identity=model_identity(models, chosen))
 
 
 def plan(work, *, folds=None, tasks):
-    """The Members of `work` (one workdir or kit, or several): every completed fold of each task in `tasks` (or
-    just `folds`, which each member must have for the segmenter), checked to be averageable before any model is
-    built: the segmenters of all members take one input size."""
-    members = tuple(_member(p, folds=folds, tasks=tasks) for p in paths(work))
-    check_segment_sizes([(m.path, m.config) for m in members])
-    return members
+    """The Members of `work` (one workdir or kit, or several) that hold a task in `tasks`: every completed fold
+    of each (or just `folds`, which each segmenting member must have), checked to be averageable before any model
+    is built: the segmenters take one input size, the classifiers gate with one rule (gate_rule)."""
+    planned = tuple(m for m in (_member(p, folds=folds, tasks=tasks) for p in paths(work)) if m.folds)
+    if not segmenting(planned):
+        raise MembersError(f"{', '.join(paths(work))}: no workdir trains a segmenter (config `tasks`): nothing "
+                           "draws a mask")
+    check_segment_sizes([(m.path, m.config) for m in segmenting(planned)])
+    gate_rule([(m.path, gate_kind(m.config)) for m in planned if "classify" in m.folds])
+    return planned
+
+
+def segmenting(planned):
+    """The Members of `planned` that bring segmenters (the input size and scoring batch are theirs)."""
+    return [m for m in planned if "segment" in m.folds]
+
+
+def gate_kind(cfg):
+    """What a config's classifier's gating probabilities are: "binary" (any defect), "multilabel" (each class) or
+    "given_defect" (each class, of a multilabel classifier trained on defect images only: clean_keep=0)."""
+    heads = cfg.classify.model.heads
+    if heads != "multilabel":
+        return "binary"  # a two-headed classifier gates on its binary head (tasks.Classify.gate_probs)
+    return "given_defect" if cfg.classify.data.clean_keep == 0.0 else "multilabel"
+
+
+def gate_rule(kinds):
+    """The kinds of gating probabilities ([(workdir, gate_kind)]) an ensemble combines, refused unless one kind
+    (averaged) or seed 000's pair, binary and given_defect: P(class) = P(defect) x P(class | defect)."""
+    first = {}
+    for path, kind in kinds:
+        first.setdefault(kind, path)
+    if len(first) > 1 and set(first) != {"binary", "given_defect"}:
+        (a, path_a), (b, path_b) = list(first.items())[:2]
+        raise MembersError(f"workdirs {path_a} and {path_b} cannot be ensembled: classifier gate heads {a} vs {b} "
+                           "(averaged only when of one kind; a binary classifier combines with a multilabel one "
+                           "trained on defect images only, classify.data.clean_keep=0)")
+    return sorted(first)
+
+
+def combine_gates(by_kind):
+    """One gating probability array from {gate_kind: [arrays]} (numpy on the host, tensors on the device): the
+    mean of each kind; binary times given_defect for seed 000's pair ([B, 1] x [B, 4] -> [B, 4])."""
+    means = {kind: sum(arrays[1:], arrays[0]) / len(arrays) for kind, arrays in by_kind.items() if arrays}
+    if set(means) == {"binary", "given_defect"}:
+        return means["binary"] * means["given_defect"]
+    (only,) = means.values()
+    return only
+
+
+def coverage(cfg):
+    """float32 [4]: 1 for each class a config's segmenter predicts (segment.model.classes), else 0."""
+    return np.array([float(c in cfg.segment.model.classes) for c in CLASS_IDS], np.float32)
 
 
 class AveragedOof:
     """The out-of-fold data of several workdirs as one: per fold, the mean of the members' OOF arrays (each
     member's fold-k model scored fold k's held-out images), read through the Workdir methods tune reads OOF with.
 
-    Only folds complete in every member exist here. Members must have been trained on one shard folder
-    (shards.json) and hold, per fold, the same images in the same order with the same truth. Segment maps are
-    averaged in float and rounded back to uint8 (half to even); classifier probabilities are averaged in float.
+    Only folds complete in every member that trains the task (config `tasks`) exist here. Members must have been
+    trained on one shard folder (shards.json) and hold, per fold, the same images in the same order with the same
+    truth. Segment maps are averaged per class over the members that predict it (coverage), in float, and rounded
+    back to uint8 (half to even); classifier probabilities are averaged in float and combined by gate kind
+    (combine_gates).
     There is no ensemble "dice" (training's full-resolution Dice of one model): the OOF maps hold none.
     """
 
     def __init__(self, work):
         self.paths = paths(work)
         self.members = [Workdir(p) for p in self.paths]
+        self.configs = {wd.path: wd.config() for wd in self.members}  # read once: each read is a GCS call
         self._check_shards()
-        check_segment_sizes([(m.path, m.config()) for m in self.members])
+        check_segment_sizes([(m.path, self.configs[m.path]) for m in self.having("segment")])
+
+    def having(self, task):
+        """The members whose config trains `task`."""
+        return [wd for wd in self.members if task in self.configs[wd.path].tasks]
 
     def _check_shards(self):
         records = []
@@ -130,46 +192,56 @@ class AveragedOof:
                         "their out-of-fold images are not the same")
 
     def completed_folds(self, task):
-        """Folds of `task` complete in every member, sorted."""
-        common = set(self.members[0].completed_folds(task))
-        for wd in self.members[1:]:
+        """Folds of `task` complete in every member that trains it, sorted."""
+        having = self.having(task)
+        common = set(having[0].completed_folds(task)) if having else set()
+        for wd in having[1:]:
             common &= set(wd.completed_folds(task))
         return sorted(common)
 
     def left_out(self, task, *, common=None):
         """{workdir: folds of `task` complete there but not in every member} (those with any)."""
         common = set(self.completed_folds(task) if common is None else common)
-        return {wd.path: extra for wd in self.members if (extra := sorted(set(wd.completed_folds(task)) - common))}
+        return {wd.path: extra for wd in self.having(task)
+                if (extra := sorted(set(wd.completed_folds(task)) - common))}
 
     def oof_path(self, task, fold):
         """The members' OOF files of the fold (what error messages name)."""
-        return " + ".join(str(wd.oof_path(task, fold)) for wd in self.members)
+        return " + ".join(str(wd.oof_path(task, fold)) for wd in self.having(task))
 
     def oof(self, task, fold):
         """The fold's averaged OOF arrays: the first member's image ids, labels and truth, the mean `probs`."""
-        arrays = [wd.oof(task, fold) for wd in self.members]
+        having = self.having(task)
+        arrays = [wd.oof(task, fold) for wd in having]
         first = arrays[0]
         same = [k for k in ("image_ids", "labels", "truth", "truth_area") if k in first]
-        for wd, other in zip(self.members[1:], arrays[1:]):
-            self._check_rows(task, fold, wd, first, other, same)
+        for wd, other in zip(having[1:], arrays[1:]):
+            self._check_rows(task, fold, having[0], wd, first, other, same)
         if task == "segment":
+            # A member's maps of classes it does not predict are zeros: each class is divided by its own count.
+            count = np.maximum(sum(coverage(self.configs[wd.path]) for wd in having), 1.0)
             probs = np.empty_like(first["probs"])
             for i in range(0, len(probs), _BATCH):
-                block = sum(a["probs"][i:i + _BATCH].astype(np.float32) for a in arrays) / len(arrays)
+                block = sum(a["probs"][i:i + _BATCH].astype(np.float32) for a in arrays) / count
                 probs[i:i + _BATCH] = np.rint(block)
         else:
-            probs = (sum(a["probs"].astype(np.float64) for a in arrays) / len(arrays)).astype(np.float32)
+            gate_rule([(wd.path, gate_kind(self.configs[wd.path])) for wd in having])
+            by_kind = {}
+            for wd, a in zip(having, arrays):
+                by_kind.setdefault(gate_kind(self.configs[wd.path]), []).append(a["probs"].astype(np.float64))
+            probs = combine_gates(by_kind).astype(np.float32)
         return {**{k: first[k] for k in same}, "probs": probs}
 
-    def _check_rows(self, task, fold, wd, first, other, keys):
-        a, b = self.members[0].oof_path(task, fold), wd.oof_path(task, fold)
+    def _check_rows(self, task, fold, first_wd, wd, first, other, keys):
+        a, b = first_wd.oof_path(task, fold), wd.oof_path(task, fold)
         ids, their = first["image_ids"], other["image_ids"]
         if len(ids) != len(their) or not np.array_equal(ids, their):
             at = next((i for i, (x, y) in enumerate(zip(ids.tolist(), their.tolist())) if x != y), None)
             where = f"row {at}: {ids[at]} vs {their[at]}" if at is not None else f"{len(ids)} vs {len(their)} images"
             raise MembersError(f"{a} and {b}: fold {fold}'s out-of-fold images differ ({where}): members must be "
                                "trained on the same shard folder and folds")
-        if first["probs"].shape != other["probs"].shape:
+        averaged = task == "segment" or gate_kind(self.configs[first_wd.path]) == gate_kind(self.configs[wd.path])
+        if averaged and first["probs"].shape != other["probs"].shape:
             what = "gate heads (binary [N, 1], multilabel [N, 4])" if task == "classify" else "OOF maps (oof_scale)"
             raise MembersError(f"{a} and {b}: cannot average {what}: {first['probs'].shape} vs "
                                f"{other['probs'].shape}")
@@ -196,10 +268,14 @@ def open_oof(work):
 def record(work, *, folds):
     """thresholds.json's "members": per member its workdir and the (weights path, bytes) of the fold models whose
     OOF data was averaged (`folds`: {task: fold numbers}), paths as `normalized` writes them."""
-    return [{"workdir": normalized(p),
-             "models": {task: [[w, n] for w, n in ident]
-                        for task, ident in model_identity(Workdir(normalized(p)), folds).items()}}
-            for p in paths(work)]
+    recorded = []
+    for p in paths(work):
+        wd = Workdir(normalized(p))
+        own = {task: use for task, use in folds.items() if task in wd.config().tasks}
+        identity = model_identity(wd, own)
+        recorded.append({"workdir": normalized(p),
+                         "models": {task: [[w, n] for w, n in ident] for task, ident in identity.items()}})
+    return recorded
 
 
 def _tuned_members(doc, where):
@@ -250,8 +326,9 @@ def check_models(doc, *, where, members):
 
 
 def require_thresholds(work, thresholds):
-    """Several workdirs score only with their ensemble's thresholds: refuse none given."""
-    if thresholds is None and len(paths(work)) > 1:
+    """Several workdirs score only with their ensemble's thresholds: refuse none given (a system's are its own,
+    predict.load_thresholds reads them)."""
+    if thresholds is None and len(paths(work)) > 1 and system.home(work) is None:
         raise MembersError("several --workdir need --thresholds: the ensemble's thresholds.json from `steel-tpu "
                            "tune --workdir W0 --workdir W1 ... --out DIR` (no member's own thresholds fit them)")
 

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 import tensorflow as tf
 
 from steel_tpu import (console, custom_gradients, distribute, ensemble, kit, members, postprocess, resolve, rle, step,
-                       storage)
+                       storage, system)
 from steel_tpu.data import pipeline, source, tfrecord
 from steel_tpu.data.shard_folder import ShardFolder, holds_shards
 from steel_tpu.kaggle import EMPTY
 from steel_tpu.submission_writer import ChunkedSubmission, claim, errors_path
-from steel_tpu.workdir import read_thresholds
+from steel_tpu.workdir import THRESHOLDS, read_thresholds
 
 CHUNK_SIZE = 1024  # images per committed part file: at most this much work is redone after a crash
 _IN_FLIGHT = 2  # device batches waiting for the host worker: bounds host memory, keeps the device busy
@@ -77,6 +77,11 @@ def load_thresholds(work, thresholds=None):
     for an ensemble (members.check_tuned_for)."""
     if isinstance(thresholds, postprocess.PostProcess):
         return thresholds, "given", None
+    home = system.home(work)
+    if thresholds is None and home is not None:
+        thresholds = storage.join(home, THRESHOLDS)
+        if not storage.exists(thresholds):
+            raise FileNotFoundError(f"{thresholds}: the system is not tuned; run `steel-tpu tune --workdir {home}`")
     members.require_thresholds(work, thresholds)
     if thresholds:
         path, doc = thresholds, read_thresholds(thresholds)
@@ -93,14 +98,17 @@ def load_thresholds(work, thresholds=None):
 
 def scoring_plan(workdir, *, thresholds=None, folds=None):
     """(PostProcess, where it came from, members.plan's Members) that `workdir` (one or several) scores with,
-    checked before any model is built: the thresholds fit the members, a gate has every member's classifier,
-    and a fold model tune did not average is named (it scores too)."""
+    checked before any model is built: the thresholds fit the members, a gate has every classifier the members'
+    configs train, and a fold model tune did not average is named (it scores too)."""
     pp, pp_from, doc = load_thresholds(workdir, thresholds)
     planned = members.plan(workdir, folds=folds, tasks=pp.tasks)
     for member in planned:
-        if pp.needs_classifier and not member.models.completed_folds("classify"):
+        if pp.needs_classifier and "classify" in member.config.tasks and not member.folds.get("classify"):
             raise FileNotFoundError(f"{pp_from} gates on a classifier, but {member.path} has no completed classify "
                                     "folds")
+    if pp.needs_classifier and not any(m.folds.get("classify") for m in planned):
+        raise FileNotFoundError(f"{pp_from} gates on a classifier, but no workdir of "
+                                f"{', '.join(members.paths(workdir))} trains one (config `tasks`)")
     if len(planned) > 1 and doc is not None:
         unseen = members.check_models(doc, where=pp_from, members=planned)
         if unseen:
@@ -281,7 +289,8 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
     claim(out)  # an unusable --out fails here, not after the scoring; the previous OUT goes
     pp, pp_from, planned = scoring_plan(workdir, thresholds=thresholds, folds=folds)
     chunks = plan_chunks(images, chunk_size=chunk_size, skip_bad=skip_bad)  # bad input fails before model builds
-    device, batch_size = device_and_batch([m.config for m in planned], device=device, batch_size=batch_size)
+    device, batch_size = device_and_batch([m.config for m in members.segmenting(planned)], device=device,
+                                          batch_size=batch_size)
     # The traced ensemble dies with this call: its custom gradients must not keep it alive (~100 MB a model) in a
     # notebook that predicts again and again.
     with custom_gradients.forgotten_after():

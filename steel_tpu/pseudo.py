@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from steel_tpu import custom_gradients, distribute, ensemble, kit, outputs, predict, rle, step, storage
+from steel_tpu import custom_gradients, distribute, ensemble, kit, outputs, predict, rle, step, storage, system
 from steel_tpu.data import pipeline
 from steel_tpu.data import shards as shards_lib
 from steel_tpu.data import source as source_lib
@@ -111,6 +111,7 @@ def pseudo_label(*, workdir, images, out, hi=0.9, lo=0.1, min_area=None, thresho
     `folds`: only these fold models.
     """
     start = time.perf_counter()
+    system.refuse(workdir, command="pseudo")
     _claim_empty(out)
     # Cheap checks first (listings, small files); checking every JPEG and loading models come after.
     if holds_shards(images):

@@ -2,13 +2,14 @@
 
 import html
 import io
+import re
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from steel_tpu import figures, metrics, outputs, postprocess, storage, tune, tune_checks, tune_plots
+from steel_tpu import figures, metrics, outputs, postprocess, storage, system, tune, tune_checks, tune_plots
 from steel_tpu.workdir import THRESHOLDS, Workdir
 from steel_tpu.constants import CLASS_IDS, NUM_CLASSES
 from steel_tpu.data import example
@@ -27,6 +28,7 @@ _TUNE_CAPTIONS = {  # tune_plots' files; circles mark the chosen settings
 # Every file a report may write: --out holding anything else is refused; these, and only these, are replaced.
 FILES = frozenset({INDEX, "dice_per_class.png", "confusion.png", "examples.png",
                    *(f"curves_{task}.png" for task in CURVE_METRICS), *(f"tune_{name}" for name in _TUNE_CAPTIONS)})
+_MEMBER_CURVES = re.compile(r"curves_[a-z][a-z0-9_-]{0,31}_(%s)\.png" % "|".join(CURVE_METRICS))
 _STYLE = ("body{font-family:sans-serif;max-width:1300px;margin:auto;padding:0 1em}"
           "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
           "th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5em 0}.note{color:#777}.warning{color:#a40}")
@@ -112,15 +114,16 @@ def _summarize_segment(work, folds, thresholds, *, k, eval_threshold):
     return summary
 
 
-def _curves_section(work):
-    section = Section("Training curves")
-    for task in CURVE_METRICS:
+def _curves_section(work, *, tasks=tuple(CURVE_METRICS), member=None):
+    """Per task, its training curves and a row per fold; a system's `member` gets a section and files of its own."""
+    section = Section("Training curves" if member is None else f"Member {member}: training curves")
+    for task in tasks:
         logs = training_logs(work, task)
         if not logs:
             section.note(f"{task}: no {task}/fold*/log.csv yet.")
             continue
         metrics = CURVE_METRICS[task]
-        section.figure(f"curves_{task}.png",
+        section.figure(_curves_file(task, member),
                        figures.training_curves(logs, title=f"{task}: per epoch", metrics=metrics),
                        f"{task}: training loss (last step of each epoch), learning rate and validation "
                        f"{', '.join(metrics)} per epoch, one line per fold.")
@@ -129,6 +132,15 @@ def _curves_section(work):
                        "train images/s"],
                       [_curve_row(fold, rows, metrics[0], fold in done) for fold, rows in sorted(logs.items())])
     return section
+
+
+def _curves_file(task, member=None):
+    return f"curves_{task}.png" if member is None else f"curves_{member}_{task}.png"
+
+
+def _ours(name):
+    """A file a report writes: FILES, or a system member's curves (named for the member: system.check_names)."""
+    return name in FILES or bool(_MEMBER_CURVES.fullmatch(name))
 
 
 def _curve_row(fold, rows, metric, complete):
@@ -305,6 +317,45 @@ def _header(work, cfg, data):
             f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}.</p>")
 
 
+def _workdir_sections(workdir, result, *, shards, examples):
+    """(header, sections) of one training workdir's page."""
+    cfg = Workdir(workdir).config()
+    thresholds = result["postprocess"].lower if result else (0.5,) * NUM_CLASSES  # where masks are drawn
+    folds = Workdir(workdir).completed_folds("segment")
+    seg = (_summarize_segment(workdir, folds, thresholds, k=examples,
+                              eval_threshold=cfg.segment.train.eval_threshold) if folds else None)
+    return _header(workdir, cfg, shards), [
+        _curves_section(workdir, tasks=cfg.tasks), _dice_section(workdir, seg, cfg),
+        _confusion_section(seg, thresholds, result is not None), _tune_section(workdir, result),
+        _examples_section(seg, shards)]
+
+
+def _system_sections(folder, result):
+    """(header, sections) of a system's page: its members' training curves, then the ensemble's tuned Dice per class
+    beside all-empty (the system is scored only as one ensemble: its members' maps mean nothing alone)."""
+    name, names = system.read(folder)
+    rows, sections = [], []
+    for member, path in zip(names, system.member_paths(folder)):
+        cfg = Workdir(path).config()
+        seg = cfg.segment
+        rows.append([member, ", ".join(cfg.tasks),
+                     f"{cfg.classify.model.encoder} {cfg.classify.model.heads}, clean_keep "
+                     f"{cfg.classify.data.clean_keep:g}" if "classify" in cfg.tasks else "-",
+                     f"{seg.model.arch}/{seg.model.encoder}, classes {list(seg.model.classes)}, clean_keep "
+                     f"{seg.data.clean_keep:g}" if "segment" in cfg.tasks else "-",
+                     ", ".join(f"{t} {Workdir(path).completed_folds(t)}" for t in cfg.tasks)])
+        sections.append(_curves_section(path, tasks=cfg.tasks, member=member))
+    summary = Section("Members")
+    summary.paragraph("One workdir per model, scored as one ensemble: each class's maps are the mean of the "
+                      "segmenters that predict it; the classifiers gate as members.combine_gates says (a binary and a "
+                      "defect-images-only multilabel classifier: P(defect) x P(class | defect)).")
+    summary.table(["member", "tasks", "classifier", "segmenter", "completed folds"], rows)
+    header = (f"<h1>steel_tpu report</h1><p>system <code>{html.escape(str(folder))}</code>, preset "
+              f"<b>{html.escape(name)}</b>, {len(names)} members. Written "
+              f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}.</p>")
+    return header, [summary, *sections, _tune_section(folder, result)]
+
+
 def page(header, sections, *, title="steel_tpu report"):
     """A whole HTML page: `header` (HTML) then each Section under its title."""
     body = "".join(f"<h2>{html.escape(s.title)}</h2>" + "".join(s.parts) for s in sections)
@@ -318,26 +369,22 @@ def report(*, workdir, out, shards=None, examples=EXAMPLES_PER_SIDE):
     `shards` (the shard folder training read) adds the images under the example predictions. The PNGs are
     written first and index.html last, so a report only looks complete once it is.
     """
-    found = outputs.claim_folder(out, ours=FILES.__contains__, command="report")  # before anything is written
+    found = outputs.claim_folder(out, ours=_ours, command="report")  # before anything is written
     index = storage.join(out, INDEX)
     storage.remove(index)  # an old page must not present half-rewritten figures as a finished report
-    outputs.remove_temps(out, found, ours=FILES.__contains__)
-    cfg = Workdir(workdir).config()
-    storage.makedirs(out)
+    outputs.remove_temps(out, found, ours=_ours)
     result = load_thresholds(workdir)
-    thresholds = result["postprocess"].lower if result else (0.5,) * NUM_CLASSES  # where masks are drawn
-    folds = Workdir(workdir).completed_folds("segment")
-    seg = (_summarize_segment(workdir, folds, thresholds, k=examples,
-                              eval_threshold=cfg.segment.train.eval_threshold) if folds else None)
-    sections = [_curves_section(workdir), _dice_section(workdir, seg, cfg),
-                _confusion_section(seg, thresholds, result is not None), _tune_section(workdir, result),
-                _examples_section(seg, shards)]
+    if system.is_system(workdir):
+        header, sections = _system_sections(workdir, result)
+    else:
+        header, sections = _workdir_sections(workdir, result, shards=shards, examples=examples)
+    storage.makedirs(out)
     for section in sections:
         for name, png in section.files.items():
             storage.write_bytes(storage.join(out, name), png)
     written = {name for s in sections for name in s.files}
-    for name in sorted(set(found) & FILES - written - {INDEX}):
+    for name in sorted(n for n in set(found) - written - {INDEX} if _ours(n)):
         storage.remove(storage.join(out, name))  # an earlier report's figure this page no longer shows
-    storage.write_text(index, page(_header(workdir, cfg, shards), sections))
+    storage.write_text(index, page(header, sections))
     print(f"report: {sum(len(s.files) for s in sections)} figures -> {index}")
     return index

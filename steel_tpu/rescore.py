@@ -4,7 +4,7 @@ import hashlib
 
 import numpy as np
 
-from steel_tpu import custom_gradients, distribute, ensemble, metrics, predict, step, storage, tune
+from steel_tpu import custom_gradients, distribute, ensemble, metrics, predict, step, storage, system, tune
 from steel_tpu.constants import NUM_CLASSES
 from steel_tpu.data import pipeline
 from steel_tpu.data.shard_folder import ShardFolder
@@ -62,6 +62,7 @@ def rescore(*, workdir, shards, thresholds=None, tolerance=TOLERANCE, batch_size
     W's thresholds.json) on every completed segment fold's validation records, scored by that fold's models, beside
     tune's OOF-resolution estimate on the same images; returns its content. A class further than `tolerance`
     from its estimate is warned about. `shards` must be the folder W was trained from."""
+    system.refuse(workdir, command="rescore")
     wd = Workdir(workdir)
     folder = ShardFolder.open(shards, split="train").check()
     wd.check_shards(folder)

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from steel_tpu import averaging, console, custom_gradients, distribute, memory, outputs, resolve, step
+from steel_tpu import averaging, console, custom_gradients, distribute, memory, outputs, resolve, step, storage, system
 from steel_tpu import tasks as tasks_lib
 from steel_tpu.constants import NUM_CLASSES
 from steel_tpu.data import pipeline, tfrecord
@@ -88,8 +88,8 @@ def train_fold(*, folder, wd, cfg, task, fold, device, pseudo=None):
     pseudo_files = pseudo.files() if share else []
     # An epoch is one pass over the labelled folds: pseudo rows take batch places, so it takes more steps.
     labelled_rows = d.batch_size - pipeline.pseudo_rows(d.batch_size // device.replicas, share) * device.replicas
-    steps = t.steps_per_epoch or pipeline.steps_per_epoch(
-        folder, batch_size=labelled_rows, folds=train_folds, oversample=d.oversample, clean_keep=d.clean_keep)
+    steps = t.steps_per_epoch or pipeline.steps_per_epoch(folder, batch_size=labelled_rows,
+                                                          **_sampling(spec, train_folds))
     # Whole calls of steps_per_execution steps: the compiled loop has a static trip count.
     steps = max(t.steps_per_execution, steps - steps % t.steps_per_execution)
 
@@ -127,7 +127,8 @@ def train_fold(*, folder, wd, cfg, task, fold, device, pseudo=None):
             device,
             lambda input_context, epoch=epoch: pipeline.train_dataset(
                 files=train_files, image_size=image_size, batch_size=d.batch_size, seed=seed, epoch=epoch,
-                steps=steps, oversample=d.oversample, clean_keep=d.clean_keep, shuffle_buffer=d.shuffle_buffer,
+                steps=steps, oversample=d.oversample, clean_keep=d.clean_keep, classes=spec.config.model.classes,
+                shuffle_buffer=d.shuffle_buffer,
                 input_context=input_context, pseudo_files=pseudo_files, pseudo_share=share),
             global_batch_size=d.batch_size)
         iterator = iter(dist)
@@ -184,19 +185,45 @@ def _open_pseudo(pseudo, *, cfg, tasks):
     return ShardFolder.open(pseudo, split="pseudo").check()
 
 
-def run(*, shards, workdir, cfg, tasks=tasks_lib.NAMES, folds=None, device=None, pseudo=None):
-    """Train `tasks` over `folds` (default: the config's) from the shard folder `shards` into `workdir`, mixing
-    the pseudo-label folder `pseudo` (steel-tpu pseudo) into each task's batches at its data.pseudo_share."""
+def _folds(folder, folds, *, shards):
+    """`folds` as a tuple, refused unless each is a fold of the shard folder."""
+    bad = [f for f in folds if not 0 <= f < folder.num_folds]
+    if bad:
+        raise ValueError(f"folds {bad} outside the {folder.num_folds} folds of {shards}")
+    return tuple(folds)
+
+
+def _sampling(spec, train_folds):
+    d = spec.config.data
+    return dict(folds=train_folds, oversample=d.oversample, clean_keep=d.clean_keep, classes=spec.config.model.classes)
+
+
+def _check_sampling(folder, *, cfg, tasks, folds):
+    """Refuse, before anything is written, a task whose sampling keeps no training image for a fold (a model of a
+    class the other folds never hold, on defect images only): its dataset would never yield a batch."""
+    for task in tasks:
+        spec = tasks_lib.make(task, cfg)
+        for fold in folds:
+            pipeline.sampled_images(folder, **_sampling(spec, [f for f in range(folder.num_folds) if f != fold]))
+
+
+def run(*, shards, workdir, cfg, tasks=None, folds=None, device=None, pseudo=None):
+    """Train `tasks` (default: the config's) over `folds` (default: the config's) from the shard folder `shards`
+    into `workdir`, mixing the pseudo-label folder `pseudo` (steel-tpu pseudo) into each task's batches at its
+    data.pseudo_share."""
+    tasks = cfg.tasks if tasks is None else tuple(tasks)
+    for task in tasks:
+        tasks_lib.make(task, cfg)  # an unknown task name fails before anything is written
+    outside = [t for t in tasks if t not in cfg.tasks]
+    if outside:
+        raise ValueError(f"config {cfg.name} trains {', '.join(cfg.tasks)} only (its `tasks`), not "
+                         f"{', '.join(outside)}: leave out --task, or --set 'tasks=[...]'")
     # A workdir path that is a file (or under one) or cannot be written fails here, not after the device starts.
     outputs.check_folder(workdir, flag="--workdir")
     # The manifest is the truth: exactly its shards, their sizes checked, nothing unlisted beside them.
     folder = ShardFolder.open(shards, split="train").check()
-    folds = tuple(cfg.folds if folds is None else folds)
-    bad = [f for f in folds if not 0 <= f < folder.num_folds]
-    if bad:
-        raise ValueError(f"folds {bad} outside the {folder.num_folds} folds of {shards}")
-    for task in tasks:
-        tasks_lib.make(task, cfg)  # an unknown task name fails before anything is written
+    folds = _folds(folder, cfg.folds if folds is None else folds, shards=shards)
+    _check_sampling(folder, cfg=cfg, tasks=tasks, folds=folds)
     pseudo_folder = _open_pseudo(pseudo, cfg=cfg, tasks=tasks)
     device = device or distribute.select_strategy(tpu=cfg.tpu, prefer=distribute.prefer_for(cfg.device),
                                                   verbose=False)
@@ -222,6 +249,32 @@ def run(*, shards, workdir, cfg, tasks=tasks_lib.NAMES, folds=None, device=None,
     except tf.errors.DataLossError as error:
         # TensorFlow names no file; outside the hot loop, the shards are re-read to say which one is damaged.
         raise tfrecord.name_damaged(error, folder.files() + (pseudo_folder.files() if pseudo_folder else [])) from None
+    return results
+
+
+def run_system(*, shards, workdir, name, members, tasks=None, folds=None, device=None, pseudo=None):
+    """Train the system `name` ({member: Config}, config.members_of) into `workdir`: system.json first, then each
+    member into workdir/<member> (run), those of its tasks among `tasks` (default: all), on one device."""
+    outputs.check_folder(workdir, flag="--workdir")
+    folder = ShardFolder.open(shards, split="train").check()  # bad shards fail before system.json is written
+    plan = {member: cfg.tasks if tasks is None else tuple(t for t in tasks if t in cfg.tasks)
+            for member, cfg in members.items()}
+    for member, cfg in members.items():
+        try:
+            _check_sampling(folder, cfg=cfg, tasks=plan[member], folds=_folds(folder, cfg.folds if folds is None
+                                                                            else folds, shards=shards))
+        except ValueError as error:
+            raise ValueError(f"[{name}] member {member}: {error}") from None
+    system.claim(workdir, name=name, members=members)
+    first = next(iter(members.values()))  # a preset's members share the device keys
+    device = device or distribute.select_strategy(tpu=first.tpu, prefer=distribute.prefer_for(first.device),
+                                                  verbose=False)
+    results = []
+    for member, cfg in members.items():
+        if plan[member]:
+            print(f"[{name}] member {member}: {', '.join(plan[member])}")
+            results += run(shards=shards, workdir=storage.join(workdir, member), cfg=cfg, tasks=plan[member],
+                           folds=folds, device=device, pseudo=pseudo)
     return results
 
 

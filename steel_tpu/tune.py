@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from steel_tpu import members, outputs, postprocess, storage, tune_checks, tune_double, tune_gain, tune_soft
+from steel_tpu import members, outputs, postprocess, storage, system, tune_checks, tune_double, tune_gain, tune_soft
 from steel_tpu.constants import HEIGHT, NUM_CLASSES
 from steel_tpu.workdir import Workdir
 
@@ -309,6 +309,7 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
     if double and any(component_grid):
         raise ValueError("tune: --double and --components cannot be combined (component filtering recounts areas "
                          "from the drawn mask; a double threshold counts them above the upper threshold)")
+    out = out or system.home(workdir)  # a system's thresholds are its own, beside its members
     several = members.paths(workdir)[1:]
     if several and out is None:
         raise members.MembersError("tune: several --workdir need --out DIR: an ensemble's thresholds never go into "

@@ -63,7 +63,7 @@ def test_readme_commands_parse():
 def test_preset_docstring_commands_parse():
     from steel_tpu import config
 
-    for name, fn in config.PRESETS.items():
+    for name, fn in {**config.PRESETS, **config.SYSTEMS}.items():
         args = fn.__doc__.strip().splitlines()[0].split()[1:]
         assert cli.build_parser().parse_args(args).config == name
 

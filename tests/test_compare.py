@@ -9,7 +9,7 @@ import pytest
 from conftest import compare_args
 from test_tune import _write_workdir
 
-from steel_tpu import cli, compare, config, report, tune
+from steel_tpu import cli, compare, config, report, system, tune
 from steel_tpu.workdir import Workdir
 
 
@@ -134,25 +134,34 @@ def test_verdict_says_when_no_preset_beats_an_empty_submission():
 
 
 @pytest.mark.slow
-def test_two_presets_trained_tuned_and_compared(compared_presets, capsys):
+def test_presets_trained_tuned_and_compared(compared_presets, capsys):
     out, names, task = compared_presets["out"], compared_presets["configs"], compared_presets["task"]
+    fold = compared_presets["fold"]
     assert sorted(os.listdir(out)) == sorted(["compare.html", "compare.json", *names])
     doc = json.loads((out / "compare.json").read_text())
     tasks = ["segment"] if task == "segment" else ["classify", "segment"]
-    assert doc["configs"] == names and doc["folds"] == [0] and doc["tasks"] == tasks
+    assert doc["configs"] == names and doc["folds"] == [fold] and doc["tasks"] == tasks
     assert doc["overrides"] == list(config.TINY_SCALE)
     ids = compare.oof_image_ids(str(out / names[0]))
-    assert ids == compare.oof_image_ids(str(out / names[1])) and doc["n_images"] == len(ids) > 0
+    assert doc["n_images"] == len(ids) > 0
     assert [r["class"] for r in doc["rows"]] == [1, 2, 3, 4, "mean"]
     page = (out / "compare.html").read_text()
+    trained = 0
     for name in names:
-        wd = Workdir(str(out / name))
-        assert wd.config().name == name and wd.completed_folds("segment") == [0]
-        assert wd.completed_folds("classify") == ([0] if task == "both" else [])
-        saved = wd.thresholds()
-        assert saved["n_images"] == len(ids) and saved["folds"] == doc["oof_folds"] == [0]
+        assert compare.oof_image_ids(str(out / name)) == ids
+        # A preset's workdir, or each member workdir of a system (seed 000), holds the models its config names.
+        paths = system.member_paths(str(out / name)) if name in config.SYSTEMS else (str(out / name),)
+        for path in paths:
+            wd = Workdir(path)
+            assert wd.config().name == name
+            for t in ("classify", "segment"):
+                assert wd.completed_folds(t) == ([fold] if t in wd.config().tasks and t in tasks else [])
+                trained += t in wd.config().tasks and t in tasks
+        saved = Workdir(str(out / name)).thresholds()  # a system's own, beside its members
+        assert saved["n_images"] == len(ids) and saved["folds"] == doc["oof_folds"] == [fold]
+        assert ("members" in saved) == (name in config.SYSTEMS)
         # compare.json holds the workdir's own tune numbers, as the report's per-class table reads them.
-        expected = report.class_diagnosis(report.load_thresholds(wd.path))
+        expected = report.class_diagnosis(report.load_thresholds(str(out / name)))
         for row, want in zip(doc["rows"], expected):
             got = row["presets"][name]
             assert got["dice_after"] == want["dice_after"] and got["dice_before"] == want["dice_before"]
@@ -166,8 +175,8 @@ def test_two_presets_trained_tuned_and_compared(compared_presets, capsys):
         assert row["verdict"] in page
     assert page.count("<tr>") == 1 + 5  # header + 4 classes + mean
 
-    # Rerunning continues: both workdirs are complete, so nothing trains again and the comparison is rewritten.
+    # Rerunning continues: every workdir is complete, so nothing trains again and the comparison is rewritten.
     capsys.readouterr()
     assert _run(*compared_presets["args"]) == 0
-    assert capsys.readouterr().out.count("already complete: skipping") == len(names) * len(tasks)
+    assert capsys.readouterr().out.count("already complete: skipping") == trained
     assert json.loads((out / "compare.json").read_text())["rows"] == doc["rows"]

@@ -8,24 +8,58 @@ import pytest
 from steel_tpu import config
 
 
-@pytest.mark.parametrize("name", sorted(config.PRESETS))
+ALL = sorted([*config.PRESETS, *config.SYSTEMS])  # a system's members are each checked as a preset is
+
+
+@pytest.mark.parametrize("name", ALL)
 def test_presets_round_trip_through_json(name):
-    cfg = config.preset(name)
-    again = config.from_dict(json.loads(config.to_json(cfg)))
-    assert again == cfg
+    for cfg in config.members_of(name).values():
+        again = config.from_dict(json.loads(config.to_json(cfg)))
+        assert again == cfg
 
 
-@pytest.mark.parametrize("name", sorted(config.PRESETS))
+@pytest.mark.parametrize("name", ALL)
 def test_preset_resolutions_are_multiples_of_32(name):
-    cfg = config.preset(name)
-    for task in (cfg.classify, cfg.segment):
-        assert task.data.image_height % 32 == 0 and task.data.image_width % 32 == 0
-        assert task.data.batch_per_replica  # per replica: the global batch follows the slice (resolve.py)
+    for cfg in config.members_of(name).values():
+        for task in (cfg.classify, cfg.segment):
+            assert task.data.image_height % 32 == 0 and task.data.image_width % 32 == 0
+            assert task.data.batch_per_replica  # per replica: the global batch follows the slice (resolve.py)
 
 
 def test_preset_docstrings_are_the_commands_that_run_them():
-    for name, fn in config.PRESETS.items():
+    for name, fn in {**config.PRESETS, **config.SYSTEMS}.items():
         assert fn.__doc__.strip().startswith("steel-tpu train") and f"--config {name}" in fn.__doc__
+
+
+def test_a_system_is_not_one_config_and_its_overrides_reach_every_member():
+    with pytest.raises(ValueError, match="is a system of member workdirs"):
+        config.preset("seed000")
+    members = config.members_of("seed000", ["segment.train.epochs=3"])
+    assert {cfg.segment.train.epochs for cfg in members.values()} == {3}
+    assert list(config.members_of("tiny")) == [None]
+
+
+def test_a_config_from_before_tasks_and_classes_trains_both_tasks_on_every_class():
+    old = json.loads(config.to_json(config.preset("tiny")))
+    del old["tasks"]
+    for task in ("classify", "segment"):
+        del old[task]["model"]["classes"]
+    cfg = config.from_dict(old)
+    assert cfg.tasks == ("classify", "segment") and cfg.segment.model.classes == (1, 2, 3, 4)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["segment.model.classes=[3, 2]"], "distinct class ids"),
+    (["segment.model.classes=[]"], "distinct class ids"),
+    (["segment.model.classes=[5]"], "distinct class ids"),
+    (["classify.model.classes=[2]"], "a classifier gates every class"),
+    (["tasks=[]"], "classify, segment or both"),
+    (['tasks=["segment", "segment"]'], "classify, segment or both"),
+    (['tasks=["train"]'], "classify, segment or both"),
+])
+def test_bad_tasks_and_classes_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        config.apply_overrides(config.preset("tiny"), overrides)
 
 
 def test_overrides_parse_types_and_nested_keys():

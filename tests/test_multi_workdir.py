@@ -366,3 +366,128 @@ def test_a_resume_with_other_members_starts_over(trained_workdir, second_member,
     assert sorted(os.listdir(parts_dir(out))) == ["part-00000.csv", "part-00001.csv", "plan.json"]
     assert (pathlib.Path(parts_dir(out)) / "part-00000.csv").stat().st_mtime_ns == first
     assert run([trained_workdir])["resumed_chunks"] == 0  # one member alone does not reuse the ensemble's chunks
+
+
+def _member(src, dst, *, overrides, seed):
+    """A copy of the synthetic workdir `src` as one of seed 000's member workdirs: its config (`overrides`, e.g.
+    tasks=["segment"] and one class), the other task's files gone, a one-class segmenter's maps of the other
+    classes zeros (as Segment.probs writes them) and a classifier's probabilities drawn anew."""
+    shutil.copytree(src, dst)
+    storage.remove(os.path.join(dst, "shards.json"))
+    _with_config(dst, overrides)
+    wd, rng = Workdir(dst), np.random.default_rng(seed)
+    cfg = wd.config()
+    for task in ("classify", "segment"):
+        if task not in cfg.tasks:
+            shutil.rmtree(os.path.join(dst, task))
+    for fold in wd.completed_folds("segment"):
+        oof = wd.oof("segment", fold)
+        others = [i for i, c in enumerate(CLASS_IDS) if c not in cfg.segment.model.classes]
+        oof["probs"][..., others] = 0
+        wd.save_oof("segment", fold, **oof)
+    for fold in wd.completed_folds("classify"):
+        oof = wd.oof("classify", fold)
+        width = 1 if cfg.classify.model.heads == "binary" else 4
+        probs = rng.uniform(0, 1, (len(oof["probs"]), width)).astype(np.float32)
+        wd.save_oof("classify", fold, **{**oof, "probs": probs})
+    _bind(dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def seed000_members(two_members, tmp_path_factory):
+    """Seed 000's six member workdirs, synthetic: binary and defect-images-only multilabel classifiers, and one
+    segmenter per class whose maps are `two_members[0]`'s maps of that class."""
+    root, a = tmp_path_factory.mktemp("seed000"), two_members[0]
+    found = {"binary": _member(a, str(root / "binary"), seed=1, overrides=[
+                 'tasks=["classify"]', "classify.model.heads=binary"]),
+             "multilabel": _member(a, str(root / "multilabel"), seed=2, overrides=[
+                 'tasks=["classify"]', "classify.model.heads=multilabel", "classify.data.clean_keep=0"])}
+    for c in CLASS_IDS:
+        found[f"class{c}"] = _member(a, str(root / f"class{c}"), seed=3, overrides=[
+            'tasks=["segment"]', f"segment.model.classes=[{c}]"])
+    return found
+
+
+def test_per_class_segmenters_and_a_pair_of_classifiers_ensemble_as_seed_000(seed000_members, two_members, tmp_path):
+    work = list(seed000_members.values())
+    averaged, a = members.open_oof(work), Workdir(two_members[0])
+    assert averaged.completed_folds("segment") == averaged.completed_folds("classify") == [0, 1]
+    binary, given = Workdir(seed000_members["binary"]), Workdir(seed000_members["multilabel"])
+    for fold in (0, 1):
+        # Each class's maps come from the one segmenter predicting it, unchanged (not averaged with zeros).
+        np.testing.assert_array_equal(averaged.oof("segment", fold)["probs"], a.oof("segment", fold)["probs"])
+        # The gate: P(defect) x P(class | defect).
+        want = binary.oof("classify", fold)["probs"].astype(np.float64) * given.oof("classify", fold)["probs"]
+        got = averaged.oof("classify", fold)["probs"]
+        assert got.shape == (30, 4) and got.dtype == np.float32
+        np.testing.assert_array_equal(got, want.astype(np.float32))
+    # Tune over the six is tune over one workdir holding those arrays.
+    reference = str(tmp_path / "ref")
+    shutil.copytree(two_members[0], reference)
+    for fold in (0, 1):
+        Workdir(reference).save_oof("classify", fold, **averaged.oof("classify", fold))
+    ens = str(tmp_path / "ens")
+    tune.tune(workdir=work, out=ens, plots=False)
+    tune.tune(workdir=reference, plots=False)
+    recorded = _same_tuning(ens, reference)["members"]
+    assert [sorted(m["models"]) for m in recorded] == [["classify"]] * 2 + [["segment"]] * 4
+
+
+def test_gates_that_cannot_combine_and_members_that_draw_nothing_are_refused(seed000_members, two_members):
+    binary, given, class1 = (seed000_members[k] for k in ("binary", "multilabel", "class1"))
+    # An ordinary multilabel classifier (all images) beside a binary one, or beside a defect-images-only one.
+    for other in (two_members[0], given):
+        pair = [binary if other == two_members[0] else two_members[0], other]
+        with pytest.raises(members.MembersError, match="classifier gate heads"):
+            members.open_oof([*pair, class1]).oof("classify", 0)
+        with pytest.raises(members.MembersError, match="classifier gate heads"):
+            members.plan([*pair, class1], tasks=("classify", "segment"))
+    with pytest.raises(members.MembersError, match="no workdir trains a segmenter"):
+        members.plan([binary, given], tasks=("classify", "segment"))
+    # Scoring without a gate loads no classifier: a classifier-only member is left out of the plan.
+    assert [m.path for m in members.plan([binary, class1], tasks=("segment",))] == [class1]
+
+
+def _constant_model(value, *, units, per_pixel):
+    """A Keras model whose every output is `value`: a segmenter's maps (per_pixel) or a classifier's probabilities."""
+    from steel_tpu.keras_api import keras
+
+    inputs = keras.Input((None, None, 3))
+    x = inputs if per_pixel else keras.layers.GlobalAveragePooling2D()(inputs)
+    layer = (keras.layers.Conv2D(units, 1) if per_pixel else keras.layers.Dense(units))
+    out = layer(x)
+    kernel, bias = layer.get_weights()
+    layer.set_weights([np.zeros_like(kernel), np.full_like(bias, value)])
+    return keras.Model(inputs, out)
+
+
+def test_the_device_forward_averages_each_class_over_its_models_and_combines_the_gates():
+    # Seed 000's ensemble on the device: class 3 has two one-class segmenters (0.2 and 0.6: mean 0.4), the others
+    # one each; a binary classifier (0.5) and a defect-images-only multilabel one gate on their product.
+    def loaded(path, overrides, *, segmenters=(), classifiers=()):
+        cfg = config.apply_overrides(config.preset("tiny"), overrides)
+        return ensemble.Loaded(path=path, segmenters=tuple(segmenters), classifiers=tuple(classifiers),
+                               tasks={t: tasks.make(t, cfg) for t in cfg.tasks}, classify_size=(64, 96), folds={},
+                               identity={}, coverage=tuple(members.coverage(cfg).tolist()),
+                               gate_kind=members.gate_kind(cfg))
+
+    seg = {1: [0.7], 2: [0.2], 3: [0.2, 0.6], 4: [0.9]}
+    found = [loaded(f"class{c}", ['tasks=["segment"]', f"segment.model.classes=[{c}]"],
+                    segmenters=[_constant_model(v, units=1, per_pixel=True) for v in values])
+             for c, values in seg.items()]
+    found += [loaded("binary", ['tasks=["classify"]', "classify.model.heads=binary"],
+                     classifiers=[_constant_model(0.5, units=1, per_pixel=False)]),
+              loaded("multilabel", ['tasks=["classify"]', "classify.model.heads=multilabel",
+                                    "classify.data.clean_keep=0"],
+                     classifiers=[_constant_model(v, units=4, per_pixel=False) for v in (0.2, 0.6)])]
+    ens = ensemble.Ensemble(members=tuple(found), segment_size=(64, 96))
+    pp = postprocess.PostProcess(pixel_threshold=(0.5, 0.1, 0.3, 0.85))
+    out = ensemble.make_forward(ens, pp=pp)(tf.zeros((2, 64, 96, 3), tf.uint8))
+    np.testing.assert_allclose(out["probs"].numpy(), np.full((2, 4), 0.5 * 0.4), rtol=1e-6)
+    # Class 3 at 0.4 passes 0.3 (averaged with the other classes' zero maps it would be 0.8 / 6); class 2's 0.2
+    # passes 0.1; class 4's 0.9 passes 0.85; class 1's 0.7 passes 0.5.
+    np.testing.assert_array_equal(out["areas"].numpy(), np.full((2, 4), 256 * 1600))
+    out = ensemble.make_forward(ens, pp=postprocess.PostProcess(pixel_threshold=(0.75, 0.25, 0.45, 0.95)))(
+        tf.zeros((1, 64, 96, 3), tf.uint8))
+    np.testing.assert_array_equal(out["areas"].numpy(), 0)

@@ -209,6 +209,18 @@ def test_no_clean_images_when_clean_keep_is_zero(one_file, records):
     assert len(counts) == sum(any(r[example.PRESENT]) for r in records)
 
 
+@pytest.mark.parametrize("classes", [(3,), (2, 3)])
+def test_a_model_of_some_classes_sees_only_their_images_as_defects(one_file, records, classes):
+    # Seed 000's per-class segmenters: clean_keep=0 keeps exactly the images holding one of the model's classes,
+    # oversampling acts on them only; an image of other classes alone is a clean image to the model.
+    factors = {2: 2, 4: 3}
+    counts = _one_pass_counts(one_file, records, clean_keep=0.0, oversample=factors, classes=classes)
+    for i, record in enumerate(records):
+        mine = [c for c in classes if record[example.PRESENT][c - 1]]
+        assert counts.get(i, 0) == max((factors.get(c, 1) for c in mine), default=0), record[example.IMAGE_ID]
+    assert len(counts) > 1
+
+
 def test_steps_per_epoch_from_manifest():
     shards = [{"fold": 0, "records": 100, "class_counts": [10, 2, 40, 8]},
               {"fold": 1, "records": 60, "class_counts": [5, 0, 25, 0]}]
@@ -218,6 +230,10 @@ def test_steps_per_epoch_from_manifest():
     # fold 0: 60 defect + 40 clean; clean kept 0.25 -> 10, +10 extra copies of class 1, +6 of class 2
     got = pipeline.steps_per_epoch(folder, batch_size=4, folds=[0], oversample={1: 2, 2: 4}, clean_keep=0.25)
     assert got == (60 + 10 + 10 + 6) // 4
+    # A model of class 1 only: 10 images of it (x2), the 90 others are clean to it, kept 0.25 -> 22.5.
+    got = pipeline.steps_per_epoch(folder, batch_size=4, folds=[0], oversample={1: 2, 2: 4}, clean_keep=0.25,
+                                   classes=(1,))
+    assert got == int((90 * 0.25 + 10 + 10) // 4)
     with pytest.raises(ValueError, match="fold"):
         pipeline.steps_per_epoch(folder, batch_size=4, folds=[3])
 

@@ -1,36 +1,61 @@
-"""Each seed system's preset, at tiny scale: trained (its seed's tasks) and tuned by `steel-tpu compare` (conftest's
-compared_presets), then predicted and reported, end to end."""
+"""Each seed system's preset, at tiny scale: trained (its seed's models) and tuned by `steel-tpu compare` (conftest's
+compared_presets), then predicted and reported, end to end; seed 000 as a system of six member workdirs."""
 
 import os
 
 import pytest
 
-from steel_tpu import config, kaggle, predict, report
+from steel_tpu import config, kaggle, predict, report, system
 from steel_tpu.workdir import Workdir
 
 pytestmark = pytest.mark.slow  # one tiny training run per preset
 
-# The tasks each seed trained (its docstring's command): seeds 001 and 002 had no classifier.
+# The models each seed trained: seeds 001 and 002 had no classifier; seed 000 had six, one member workdir each.
 SEED_TASKS = {"seed001": ("segment",), "seed002": ("segment",), "seed003": ("classify", "segment"),
               "seed004": ("classify", "segment")}
+SEED000 = {"binary": ("classify",), "multilabel": ("classify",),
+           **{f"class{c}": ("segment",) for c in (1, 2, 3, 4)}}
 
 
 def test_every_seed_preset_is_tested():
-    assert {n for n in config.PRESETS if n.startswith("seed")} == set(SEED_TASKS)
+    assert {n for n in [*config.PRESETS, *config.SYSTEMS] if n.startswith("seed")} == {*SEED_TASKS, "seed000"}
     for name, tasks in SEED_TASKS.items():
-        first_line = config.PRESETS[name].__doc__.strip().splitlines()[0]
-        assert ("--task segment" in first_line) == (tasks == ("segment",))
+        assert config.preset(name).tasks == tasks
+        assert "--task" not in config.PRESETS[name].__doc__.strip().splitlines()[0]
+    members = config.members_of("seed000")
+    assert {m: cfg.tasks for m, cfg in members.items()} == SEED000
+    # Each model is fed only the data it should see: the multilabel classifier and each segmenter defect images
+    # (of its class) only; each segmenter predicts its one class.
+    assert members["binary"].classify.data.clean_keep == 1.0 and members["binary"].classify.model.heads == "binary"
+    assert members["multilabel"].classify.data.clean_keep == 0.0
+    for c in (1, 2, 3, 4):
+        assert members[f"class{c}"].segment.model.classes == (c,)
+        assert members[f"class{c}"].segment.data.clean_keep == 0.0
+
+
+def _models(work):
+    """{workdir: its tasks} of a preset's workdir, or of each member of a system."""
+    paths = system.member_paths(work) if system.is_system(work) else (work,)
+    return {path: Workdir(path).config().tasks for path in paths}
 
 
 def test_seed_presets_train_tune_predict_and_report(compared_presets, tiny_data, tmp_path):
+    fold = compared_presets["fold"]
     for name in compared_presets["configs"]:
         work = str(compared_presets["out"] / name)
-        wd = Workdir(work)
-        assert wd.config().name == name
-        assert tuple(t for t in ("classify", "segment") if wd.completed_folds(t) == [0]) == SEED_TASKS[name]
+        for path, tasks in _models(work).items():
+            wd = Workdir(path)
+            assert wd.config().name == name
+            assert tuple(t for t in ("classify", "segment") if wd.completed_folds(t) == [fold]) == tasks
+        assert tuple(sorted({t for tasks in _models(work).values() for t in tasks})) == (
+            ("classify", "segment") if name == "seed000" else SEED_TASKS[name])
         assert os.path.exists(os.path.join(work, "thresholds.json"))  # tuned by compare
         out = str(tmp_path / f"{name}.csv")
         predict.predict(workdir=work, images=os.path.join(tiny_data["data"], "test_images"), out=out, progress=False)
         assert len(kaggle.read_labels(out).image_ids) == 8
         page = open(report.report(workdir=work, out=str(tmp_path / f"report_{name}"))).read()
         assert name in page
+        if name == "seed000":
+            for member in SEED000:
+                assert f"Member {member}: training curves" in page
+                assert os.path.exists(tmp_path / f"report_{name}" / f"curves_{member}_{SEED000[member][0]}.png")

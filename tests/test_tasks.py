@@ -1,10 +1,11 @@
-"""Task objects: the softmax head's one-hot targets (and their overlap rule), the class maps its probs hand on, and
-the augmentation that makes the model's 3 channels from training batches' luma plane."""
+"""Task objects: the softmax head's one-hot targets (and their overlap rule), the class maps its probs hand on, a
+segmenter of some classes, and the augmentation that makes the model's 3 channels from training batches' luma plane."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
-from steel_tpu import config, metrics, tasks
+from steel_tpu import config, losses, metrics, tasks
 from steel_tpu.keras_api import keras
 from steel_tpu.tasks.segment import one_hot_targets
 
@@ -66,3 +67,41 @@ def test_softmax_probs_are_the_class_channels_without_background():
     probs = task.probs(model, tf.constant(logits)).numpy()
     assert probs.shape == (2, 4, 8, 4) and probs.dtype == np.float32
     np.testing.assert_allclose(probs, tf.nn.softmax(logits)[..., 1:].numpy(), rtol=1e-6)
+
+
+@pytest.mark.parametrize("head", ["sigmoid", "softmax"])
+def test_a_segmenter_of_some_classes_learns_theirs_and_hands_on_zeros_for_the_others(head):
+    # Seed 000's one segmenter per class: its targets are its classes' masks, its maps go to their places among
+    # the 4 and the others are zeros (ensemble.make_forward divides each class by the models predicting it).
+    loss = "{'cce': 1.0}" if head == "softmax" else "{'bce': 1.0}"
+    cfg = config.apply_overrides(config.preset("tiny"), [
+        "segment.model.classes=[2, 4]", f"segment.model.head={head}", f"segment.train.loss={loss}",
+        "segment.train.pos_weight=None" if head == "softmax" else "segment.train.pos_weight=[1, 2, 3, 4]",
+        "segment.train.class_weights=[0.5, 1, 2, 3, 4]" if head == "softmax" else "segment.train.class_weights=None"])
+    task = tasks.make("segment", cfg)
+    masks = (np.random.default_rng(4).random((2, 4, 8, 4)) > 0.5).astype(np.float32)
+    targets = task.targets(masks, tf.constant(masks)).numpy()
+    if head == "sigmoid":
+        np.testing.assert_array_equal(targets, masks[..., [1, 3]])
+    else:
+        np.testing.assert_array_equal(targets, one_hot_targets(tf.constant(masks[..., [1, 3]])).numpy())
+    model = task.build_model(pretrained=False)
+    assert model.output_shape[-1] == 2 + (head == "softmax")
+    x = tf.constant(np.random.default_rng(5).uniform(0, 255, (2, 64, 96, 3)).astype(np.float32))
+    own = tf.cast(model(x, training=False), tf.float32).numpy()
+    own = own[..., 1:] if head == "softmax" else own
+    probs = task.probs(model, x).numpy()
+    assert probs.shape == (2, 64, 96, 4)
+    np.testing.assert_array_equal(probs[..., [1, 3]], own)
+    np.testing.assert_array_equal(probs[..., [0, 2]], 0.0)
+    # Per-class loss weights are given for all 4 classes; the model's take theirs (background first for cce).
+    y = task.targets(masks, tf.constant(masks))
+    p = tf.constant(np.full(y.shape, 1.0 / y.shape[-1], np.float32))
+    if head == "sigmoid":
+        want = losses.make_loss({"bce": 1.0}, options={"bce": dict(label_smoothing=0.0, pos_weight=(2, 4))})
+    else:
+        want = losses.make_loss({"cce": 1.0}, options={"cce": dict(class_weights=(0.5, 2, 4))})
+    np.testing.assert_allclose(task.loss()(y, p).numpy(), want(y, p).numpy(), rtol=1e-6)
+    # Validation selects on the model's own classes.
+    oof = {"dice": np.array([[0.0, 1.0, 0.0, 0.5], [0.0, 0.5, 0.0, 0.0]], np.float32)}
+    assert task.scores(oof) == {"dice": 0.5, "dice_c2": 0.75, "dice_c4": 0.25}

@@ -109,11 +109,11 @@ def predict(*, workdir, images, out, runner, pipeline_flags=(), batch_size=None,
     members.require_thresholds(workdir, thresholds)  # before claim(out) deletes a previous submission
     claim(out)  # as single-machine predict: an unusable --out fails now, and the previous OUT goes before the work
     pp, pp_from, planned = scoring_plan(workdir, thresholds=thresholds, folds=folds)
-    size = members.segment_size(planned[0].config)  # every member's (members.plan checked)
+    size = members.segment_size(members.segmenting(planned)[0].config)  # every segmenter's (members.plan checked)
     # Beam batches are sized when the pipeline is built, before any worker's device is known: one replica's batch
     # (a CPU or one-GPU worker), the smallest member's; give --batch-size for workers with more replicas. Scores do
     # not depend on it.
-    launch_batch = min(resolve.global_batch(m.config.segment.data, replicas=1) for m in planned)
+    launch_batch = min(resolve.global_batch(m.config.segment.data, replicas=1) for m in members.segmenting(planned))
     handler = EnsembleHandler(workdirs=[m.path for m in planned], folds=folds, pp=pp, tta=tta,
                               batch_size=batch_size or launch_batch, image_size=size, jit_compile=jit_compile)
     p = beam.Pipeline(options=options)

@@ -7,7 +7,7 @@ import posixpath
 import numpy as np
 import tensorflow as tf
 
-from steel_tpu.constants import CLASS_IDS, HEIGHT, NUM_CLASSES, WIDTH
+from steel_tpu.constants import CLASS_IDS, HEIGHT, WIDTH
 from steel_tpu.data import example
 from steel_tpu.data.decode import check_image_size, decode_gray, decode_masks, to_images, to_luma
 from steel_tpu.data.shard_folder import ShardFolder, holds_shards
@@ -34,29 +34,39 @@ def pseudo_rows(batch_size, share):
     return rows
 
 
-def steps_per_epoch(folder, *, batch_size, folds=None, oversample=None, clean_keep=1.0):
-    """Global batches in one epoch: one pass over the chosen folds of a ShardFolder as sampled, from its counts.
+def sampled_images(folder, *, folds=None, oversample=None, clean_keep=1.0, classes=CLASS_IDS):
+    """Images in one pass over the chosen folds of a ShardFolder as sampled, from its counts; a sampling that keeps
+    none (clean_keep=0 and no image of `classes`) is refused, naming them: its dataset would never yield.
 
     The manifest counts images per class, not per class combination, so an image with several oversampled
-    classes is counted once per class (its real repeat factor is the largest): exact for single-class images.
+    classes (or several of `classes`) is counted once per class (its real repeat factor is the largest): exact for
+    single-class images.
     """
-    factors = _factors(oversample)
+    factors = _factors(oversample, classes)
     _check_clean_keep(clean_keep)
     chosen = folder.entries_of(folds)
     records = sum(s["records"] for s in chosen)
-    class_counts = np.sum([s["class_counts"] for s in chosen], axis=0)
+    class_counts = np.sum([s["class_counts"] for s in chosen], axis=0) * (factors > 0)
     defects = min(records, int(class_counts.sum()))
-    expected = (records - defects) * clean_keep + defects + float(np.dot(class_counts, factors - 1))
-    return max(1, int(expected // batch_size))
+    if defects == 0 and clean_keep == 0:
+        raise ValueError(f"{folder.path}: folds {sorted({s['fold'] for s in chosen})} hold no image of class(es) "
+                         f"{list(classes)} and clean_keep=0 keeps no other: nothing to train on")
+    return (records - defects) * clean_keep + defects + float(np.dot(class_counts, np.maximum(factors - 1, 0)))
+
+
+def steps_per_epoch(folder, *, batch_size, **sampling):
+    """Global batches in one epoch: one pass over the chosen folds as sampled (sampled_images' keywords)."""
+    return max(1, int(sampled_images(folder, **sampling) // batch_size))
 
 
 def train_dataset(*, files, image_size, batch_size, seed, epoch=0, steps=None, oversample=None, clean_keep=1.0,
-                  shuffle_buffer=1024, input_context=None, pseudo_files=(), pseudo_share=0.0):
+                  classes=CLASS_IDS, shuffle_buffer=1024, input_context=None, pseudo_files=(), pseudo_share=0.0):
     """Endless (or `steps`) batches of (luma images uint8 [B,h,w,1], masks uint8 [B,h,w,4]) for one epoch; the
     task's augmentation makes the model's 3 channels on the device (decode.to_luma).
 
     The order, the oversampling ({class id: integer repeat factor}, an image taking its classes' largest) and
-    the kept fraction of clean images are functions of (seed, epoch) only, so a resumed run sees the same data.
+    the kept fraction of clean images (none of `classes`: the model's) are functions of (seed, epoch) only, so a
+    resumed run sees the same data.
     With `input_context` each input pipeline reads its own files and yields per-replica batches.
     With `pseudo_files` (pseudo shards) and `pseudo_share` > 0, the last pseudo_rows(B, share) rows of every
     (per-replica) batch come from them, shuffled from (seed, epoch) too, never oversampled; the rest from `files`.
@@ -71,7 +81,7 @@ def train_dataset(*, files, image_size, batch_size, seed, epoch=0, steps=None, o
     batch = batch_size if input_context is None else input_context.get_per_replica_batch_size(batch_size)
     pseudo = pseudo_rows(batch, pseudo_share)
     ds = _records(files, seed=[seed, epoch], input_context=input_context, oversample=oversample,
-                  clean_keep=clean_keep, shuffle_buffer=shuffle_buffer, what="shard files")
+                  clean_keep=clean_keep, classes=classes, shuffle_buffer=shuffle_buffer, what="shard files")
     ds = ds.map(lambda record: _parse_image(record, size), num_parallel_calls=AUTOTUNE)
     # Static batch shapes for XLA / TPU: a partial batch would compile a second program.
     ds = ds.batch(batch - pseudo, drop_remainder=True)
@@ -93,9 +103,10 @@ def train_dataset(*, files, image_size, batch_size, seed, epoch=0, steps=None, o
     return ds.prefetch(AUTOTUNE)
 
 
-def _records(files, *, seed, input_context, oversample=None, clean_keep=1.0, shuffle_buffer, what):
+def _records(files, *, seed, input_context, oversample=None, clean_keep=1.0, classes=CLASS_IDS, shuffle_buffer,
+             what):
     """Endless serialized records of `files` (this input pipeline's share), sampled and shuffled from `seed`."""
-    factors = _factors(oversample)
+    factors = _factors(oversample, classes)
     _check_clean_keep(clean_keep)
     file_seed, record_seed, *hash_key = (int(v) for v in np.random.SeedSequence(seed).generate_state(4))
     ds = tf.data.Dataset.from_tensor_slices(files)
@@ -157,13 +168,14 @@ def predict_dataset(*, source, image_size, batch_size):
     return ds.prefetch(AUTOTUNE)
 
 
-def _factors(oversample):
-    """int64 [NUM_CLASSES] repeat factors (1 = not oversampled) from {class id: factor}."""
-    factors = np.ones(NUM_CLASSES, dtype=np.int64)
+def _factors(oversample, classes=CLASS_IDS):
+    """int64 [NUM_CLASSES] repeat factors (1 = not oversampled) from {class id: factor}; 0 for a class not in
+    `classes`, so an image holding only such classes is a clean image to the model."""
+    factors = np.array([int(c in classes) for c in CLASS_IDS], dtype=np.int64)
     for class_id, factor in (oversample or {}).items():
         if class_id not in CLASS_IDS or int(factor) != factor or factor < 1:
             raise ValueError(f"oversample {oversample}: keys must be class ids {CLASS_IDS}, factors integers >= 1")
-        factors[CLASS_IDS.index(class_id)] = int(factor)
+        factors[CLASS_IDS.index(class_id)] *= int(factor)
     return factors
 
 

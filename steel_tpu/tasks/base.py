@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 
 from steel_tpu import augment, losses, models
-from steel_tpu.constants import CHANNELS
+from steel_tpu.constants import CHANNELS, CLASS_IDS
 from steel_tpu.data import decode
 
 
@@ -42,17 +42,19 @@ class Task:
         """The per-example loss of the config's spec (BCE options: label smoothing, positive weights; CCE: class
         weights); pos_weight "auto" needs the training images' per-class counts (the shard manifest's)."""
         t = self.config.train
+        # Per-class weights are given for every class; a model of some classes (model.classes) takes theirs.
+        pick = [CLASS_IDS.index(c) for c in self.config.model.classes]
         options = {}
         if t.class_weights is not None:
-            options["cce"] = dict(class_weights=tuple(t.class_weights))
+            options["cce"] = dict(class_weights=(t.class_weights[0], *(t.class_weights[1 + i] for i in pick)))
         if "bce" in losses.parse_spec(t.loss):
             options["bce"] = dict(label_smoothing=t.label_smoothing)
             if t.pos_weight == "auto":
                 if class_counts is None:
                     raise ValueError(f"{self.name}.train.pos_weight=auto needs the training data's class counts")
-                options["bce"]["pos_weight"] = losses.auto_pos_weight(class_counts)
+                options["bce"]["pos_weight"] = tuple(losses.auto_pos_weight(class_counts)[i] for i in pick)
             elif t.pos_weight is not None:
-                options["bce"]["pos_weight"] = tuple(t.pos_weight)
+                options["bce"]["pos_weight"] = tuple(t.pos_weight[i] for i in pick)
         return losses.make_loss(t.loss, options=options)
 
     def augment_fn(self):

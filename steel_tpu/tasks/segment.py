@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from steel_tpu import augment, metrics, models, postprocess
+from steel_tpu.constants import CLASS_IDS
 from steel_tpu.tasks.base import Task
 
 
@@ -15,20 +16,32 @@ class Segment(Task):
         options = {} if m.arch.startswith("sm-") else dict(decoder_filters=tuple(m.decoder_filters))
         if m.arch == "unetpp":
             options["deep_supervision"] = m.deep_supervision
-        return models.build_segmenter(arch=m.arch, head=m.head, **common, **options)
+        return models.build_segmenter(arch=m.arch, head=m.head, num_classes=len(m.classes), **common, **options)
 
     @property
     def softmax(self):
         return self.config.model.head == "softmax"
 
+    @property
+    def classes(self):
+        return self.config.model.classes
+
     def targets(self, masks, augmented_masks):
-        return one_hot_targets(augmented_masks) if self.softmax else augmented_masks
+        masks = tf.gather(augmented_masks, [CLASS_IDS.index(c) for c in self.classes], axis=-1)
+        return one_hot_targets(masks) if self.softmax else masks
 
     def probs(self, model, x):
-        # A softmax model's background channel is dropped here, so everything reading probs (validation, OOF,
-        # tune, predict, ensembles, kits, Beam) sees the same [B, h, w, 4] class maps whichever head made them.
+        # A softmax model's background channel is dropped here, and a model of some classes' maps put at their
+        # places among zeros, so everything reading probs (validation, OOF, tune, predict, ensembles, kits, Beam)
+        # sees the same [B, h, w, 4] class maps whichever head made them (ensemble.coverage divides by the
+        # models of each class).
         out = tf.cast(model(x, training=False), tf.float32)
-        return out[..., 1:] if self.softmax else out
+        out = out[..., 1:] if self.softmax else out
+        if self.classes == CLASS_IDS:
+            return out
+        zeros = tf.zeros_like(out[..., 0])
+        return tf.stack([out[..., self.classes.index(c)] if c in self.classes else zeros for c in CLASS_IDS],
+                        axis=-1)
 
     def forward(self, model):
         # Full resolution on the device, quantised as predict does: a tuned threshold means the same thing there.
@@ -42,8 +55,10 @@ class Segment(Task):
                 "truth_area": masks.sum(axis=(1, 2)), "dice": dice.astype(np.float32)}
 
     def scores(self, oof):
-        dice = oof["dice"]
-        return {"dice": float(dice.mean()), **{f"dice_c{c + 1}": float(dice[:, c].mean()) for c in range(4)}}
+        # Over the model's own classes: the maps of the others are zeros, not predictions.
+        dice = oof["dice"][:, [CLASS_IDS.index(c) for c in self.classes]]
+        per_class = {f"dice_c{c}": float(dice[:, i].mean()) for i, c in enumerate(self.classes)}
+        return {"dice": float(dice.mean()), **per_class}
 
 
 def one_hot_targets(masks):
