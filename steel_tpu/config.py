@@ -12,6 +12,7 @@ from steel_tpu.constants import CLASS_IDS, HEIGHT, NUM_CLASSES, WIDTH
 
 _TASKS = ("classify", "segment")  # tasks.NAMES, without importing TensorFlow here
 
+
 @dataclass
 class DataConfig:
     image_height: int = 128  # the model's input resolution; multiples of 32

@@ -128,8 +128,8 @@ def train_fold(*, folder, wd, cfg, task, fold, device, pseudo=None):
             lambda input_context, epoch=epoch: pipeline.train_dataset(
                 files=train_files, image_size=image_size, batch_size=d.batch_size, seed=seed, epoch=epoch,
                 steps=steps, oversample=d.oversample, clean_keep=d.clean_keep, classes=spec.config.model.classes,
-                shuffle_buffer=d.shuffle_buffer,
-                input_context=input_context, pseudo_files=pseudo_files, pseudo_share=share),
+                shuffle_buffer=d.shuffle_buffer, input_context=input_context, pseudo_files=pseudo_files,
+                pseudo_share=share),
             global_batch_size=d.batch_size)
         iterator = iter(dist)
         with console.Progress(steps, desc=f"[{task} fold {fold}] epoch {epoch + 1}/{t.epochs}", unit="step",
