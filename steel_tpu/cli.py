@@ -87,12 +87,8 @@ def _train(args):
     from steel_tpu import train
 
     tasks = None if args.task == "both" else (args.task,)
-    if None in members:
-        train.run(shards=args.shards, workdir=args.workdir, cfg=members[None], tasks=tasks, folds=args.folds,
-                  pseudo=args.pseudo)
-    else:
-        train.run_system(shards=args.shards, workdir=args.workdir, name=args.config, members=members, tasks=tasks,
-                         folds=args.folds, pseudo=args.pseudo)
+    train.run_preset(shards=args.shards, workdir=args.workdir, name=args.config, members=members, tasks=tasks,
+                     folds=args.folds, pseudo=args.pseudo)
 
 
 def _workdirs(args):

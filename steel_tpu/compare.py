@@ -143,13 +143,9 @@ def compare(*, shards, configs, folds, out, tasks=("classify", "segment"), overr
 
     for name in names:
         print(f"compare: {name} -> {workdirs[name]}")
-        if None in cfgs[name]:
-            cfg = cfgs[name][None]
-            train.run(shards=shards, workdir=workdirs[name], cfg=cfg, tasks=[t for t in tasks if t in cfg.tasks],
-                      folds=folds, device=device)
-        else:
-            train.run_system(shards=shards, workdir=workdirs[name], name=name, members=cfgs[name], tasks=tasks,
-                             folds=folds, device=device)
+        trains = {t for cfg in cfgs[name].values() for t in cfg.tasks}  # --task both: what each preset has
+        train.run_preset(shards=shards, workdir=workdirs[name], name=name, members=cfgs[name],
+                         tasks=[t for t in tasks if t in trains], folds=folds, device=device)
     ids = check_same_images(workdirs)
     results = {}
     for name in names:

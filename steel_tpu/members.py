@@ -225,10 +225,11 @@ class AveragedOof:
                 block = sum(a["probs"][i:i + _BATCH].astype(np.float32) for a in arrays) / count
                 probs[i:i + _BATCH] = np.rint(block)
         else:
-            gate_rule([(wd.path, gate_kind(self.configs[wd.path])) for wd in having])
+            kinds = [(wd.path, gate_kind(self.configs[wd.path])) for wd in having]
+            gate_rule(kinds)
             by_kind = {}
-            for wd, a in zip(having, arrays):
-                by_kind.setdefault(gate_kind(self.configs[wd.path]), []).append(a["probs"].astype(np.float64))
+            for (_, kind), a in zip(kinds, arrays):
+                by_kind.setdefault(kind, []).append(a["probs"].astype(np.float64))
             probs = combine_gates(by_kind).astype(np.float32)
         return {**{k: first[k] for k in same}, "probs": probs}
 

@@ -39,7 +39,7 @@ def check_names(names, *, where):
     bad = [n for n in names if not isinstance(n, str) or not _NAME.fullmatch(n)]
     if not names or bad or len(set(names)) != len(names):
         raise SystemFileError(f"{where}: members must be distinct names of lowercase letters, digits, - and _ "
-                           f"(got {list(names)!r})")
+                              f"(got {list(names)!r})")
     return names
 
 

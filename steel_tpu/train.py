@@ -252,6 +252,16 @@ def run(*, shards, workdir, cfg, tasks=None, folds=None, device=None, pseudo=Non
     return results
 
 
+def run_preset(*, shards, workdir, name, members, tasks=None, folds=None, device=None, pseudo=None):
+    """Train preset `name` ({member: Config}, config.members_of) into `workdir`: one workdir (run), or a system's
+    member workdirs (run_system)."""
+    if None in members:
+        return run(shards=shards, workdir=workdir, cfg=members[None], tasks=tasks, folds=folds, device=device,
+                   pseudo=pseudo)
+    return run_system(shards=shards, workdir=workdir, name=name, members=members, tasks=tasks, folds=folds,
+                      device=device, pseudo=pseudo)
+
+
 def run_system(*, shards, workdir, name, members, tasks=None, folds=None, device=None, pseudo=None):
     """Train the system `name` ({member: Config}, config.members_of) into `workdir`: system.json first, then each
     member into workdir/<member> (run), those of its tasks among `tasks` (default: all), on one device."""
@@ -261,8 +271,8 @@ def run_system(*, shards, workdir, name, members, tasks=None, folds=None, device
             for member, cfg in members.items()}
     for member, cfg in members.items():
         try:
-            _check_sampling(folder, cfg=cfg, tasks=plan[member], folds=_folds(folder, cfg.folds if folds is None
-                                                                            else folds, shards=shards))
+            own_folds = _folds(folder, cfg.folds if folds is None else folds, shards=shards)
+            _check_sampling(folder, cfg=cfg, tasks=plan[member], folds=own_folds)
         except ValueError as error:
             raise ValueError(f"[{name}] member {member}: {error}") from None
     system.claim(workdir, name=name, members=members)
