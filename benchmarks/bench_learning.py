@@ -1,7 +1,7 @@
 """Learning over seeds: the `tiny` segmenter trained with each option on (one at a time) and off, scored per class
 on a held-out fold of the synthetic set beside the all-empty baseline.
 
-    python benchmarks/bench_learning.py [--seeds 3] [--train 200] [--epochs 6] [--height 64] [--width 320]
+    python benchmarks/bench_learning.py [--seeds 3] [--train 200] [--epochs 30] [--height 64] [--width 320]
                                      [--options baseline,defect_crop,ema,pos_weight,lovasz] [--smoke] [--out DIR]
 
 Every run trains the segmenter of the `tiny` preset (with the size and epochs given) on folds 1-4 and validates on
@@ -38,6 +38,8 @@ OPTIONS = {
     "pos_weight": ["segment.train.pos_weight=auto"],
     "lovasz": ["segment.train.loss={'bce': 0.5, 'lovasz': 0.5}"],
     # Seed 002's head: one softmax over background + the classes, cross-entropy + Dice.
+    # The encoder `tiny` had before plaincnn.
+    "efficientnetb0": ["segment.model.encoder=efficientnetb0"],
     "softmax": ["segment.model.head=softmax", "segment.train.loss={'cce': 0.5, 'dice': 0.5}"],
 }
 
@@ -82,7 +84,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per option")
     parser.add_argument("--train", type=int, default=200, help="synthetic images; 4/5 train, 1/5 held out")
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=None, help="default: the tiny preset's")
     parser.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass over the folds")
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=320)
@@ -105,8 +107,9 @@ def main(argv=None):
         build_shards(data=data, out=shards, folds=5, seed=0, shard_mb=8, progress=False)
 
     size = [f"segment.data.image_height={args.height}", f"segment.data.image_width={args.width}",
-            f"segment.augment.crop_height={args.height}", f"segment.augment.crop_width={min(args.width, 192)}",
-            f"segment.train.epochs={args.epochs}"]
+            f"segment.augment.crop_height={args.height}", f"segment.augment.crop_width={min(args.width, 192)}"]
+    args.epochs = args.epochs or config.preset("tiny").segment.train.epochs
+    size.append(f"segment.train.epochs={args.epochs}")
     if args.steps_per_epoch:
         size.append(f"segment.train.steps_per_epoch={args.steps_per_epoch}")
     results, start = {name: [] for name in options}, time.perf_counter()

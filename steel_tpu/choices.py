@@ -1,7 +1,9 @@
 """The names a config may choose (encoders, architectures, heads, loss terms), importable without TensorFlow."""
 
-# keras.applications' EfficientNetB0..B7 (models/encoders.py builds exactly these).
-ENCODERS = tuple(f"efficientnetb{i}" for i in range(8))
+# keras.applications' EfficientNetB0..B7 and a small residual CNN (models/encoders.py builds exactly these).
+ENCODERS = (*(f"efficientnetb{i}" for i in range(8)), "plaincnn")
+# Encoders without ImageNet weights: random init only (weights=None).
+RANDOM_INIT_ENCODERS = ("plaincnn",)
 SEGMENTER_ARCHS = ("unetpp", "unet", "sm-unet", "sm-fpn", "sm-linknet")
 # sigmoid: a probability per class; softmax: one distribution per pixel over background + the classes (models/heads.py).
 SEGMENTER_HEADS = ("sigmoid", "softmax")

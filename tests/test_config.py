@@ -99,6 +99,7 @@ def test_unknown_preset_names_the_choices():
     ("segment.data.oversample={1: 0}", "oversample"), ("segment.train.eval_threshold=2", "eval_threshold"),
     ("folds=[0, 0]", "folds"), ("folds=[-1]", "folds"), ("classify.model.encoder=resnet34", "encoder"),
     ("segment.model.weights=noisy", "weights"), ("oof_scale=3", "oof_scale"),
+    ("classify.model.weights=imagenet", "weights"),  # tiny's plaincnn has none
     ("segment.model.head=argmax", "head"), ("segment.train.class_weights=[1, 2, 3, 4]", "class_weights"),
     ("segment.train.class_weights=[1, 2, 3, 4, -5]", "class_weights"),
 ])

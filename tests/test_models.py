@@ -12,7 +12,7 @@ import tensorflow as tf
 
 from steel_tpu.models import (build_classifier, build_segmenter, build_sm, build_unet, build_unetpp,
                               set_batchnorm_momentum)
-from steel_tpu.models.encoders import EFFICIENTNET, STRIDES, build_encoder, encoder_names, resolve_weights
+from steel_tpu.models.encoders import FAMILIES, STRIDES, build_encoder, encoder_names, resolve_weights
 from steel_tpu.models.sm import PREPROCESSING, SmPreprocess, import_sm, preprocessing_mode
 from steel_tpu.models.unetpp import Upsample2x
 
@@ -158,13 +158,16 @@ def test_sm_arguments_checked_before_import():
         build_sm(arch="pspnet", backbone="resnet18", input_shape=SHAPE)
 
 
-@pytest.mark.parametrize("name", ["efficientnetb0", "efficientnetb3"])
+_FAST_ENCODERS = ("efficientnetb0", "efficientnetb3", "plaincnn")
+
+
+@pytest.mark.parametrize("name", _FAST_ENCODERS)
 def test_skip_table_gives_strides_2_to_32(name):
     _check_skips(name)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [n for n in encoder_names() if n not in ("efficientnetb0", "efficientnetb3")])
+@pytest.mark.parametrize("name", [n for n in encoder_names() if n not in _FAST_ENCODERS])
 def test_skip_table_gives_strides_2_to_32_every_size(name):
     _check_skips(name)
 
@@ -172,7 +175,7 @@ def test_skip_table_gives_strides_2_to_32_every_size(name):
 def _check_skips(name):
     encoder = build_encoder(name, input_shape=(64, 96, 3))
     assert [tuple(f.shape[1:3]) for f in encoder.outputs] == [(64 // s, 96 // s) for s in STRIDES]
-    assert len(EFFICIENTNET.skips) == len(STRIDES)
+    assert all(len(family.skips) == len(STRIDES) for family in FAMILIES)
     with pytest.raises(ValueError, match="unknown encoder 'resnet34'"):
         build_encoder("resnet34", input_shape=SHAPE)
 
@@ -249,6 +252,12 @@ def test_parameter_counts_grow_with_decoder(segmenters, classifiers):
     # The tiny decoder adds well under a million weights to the 4.05 M of EfficientNetB0.
     assert 4.0e6 < encoder < 4.1e6 and unetpp_ds - encoder < 1e6
     assert classifiers["both"].count_params() == encoder + 1280 * 5 + 5
+
+
+def test_random_init_encoder_refuses_pretrained_weights():
+    # Before any fetch: plaincnn has no ImageNet weights to fall back from, so asking for them is a config error.
+    with pytest.raises(ValueError, match="plaincnn has no pretrained weights"):
+        build_encoder("plaincnn", input_shape=SHAPE, weights="imagenet")
 
 
 def test_resolve_weights_rejects_unknown_choice():

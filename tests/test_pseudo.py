@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 
-from steel_tpu import cli, config, kaggle, postprocess, rle, storage, train
+from steel_tpu import cli, config, kaggle, postprocess, storage, train
 from steel_tpu.data import pipeline, source
 from steel_tpu.data.shard_folder import PSEUDO_KEYS, ShardFolder, ShardFolderError, read_records
 from steel_tpu.data.verify import verify

@@ -17,7 +17,6 @@ from steel_tpu.data.seed004 import import_seed004, scan
 from steel_tpu.data.shard_folder import MANIFEST, PLAN, ShardFolder, read_records
 from steel_tpu.data.shards import build_shards
 from steel_tpu.data.source import SourceError
-from steel_tpu.data.verify import verify
 from steel_tpu.synth import synthesize
 
 N_TRAIN, K, FOLD_SEED = 24, 3, 1

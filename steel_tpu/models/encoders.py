@@ -3,6 +3,7 @@
 import dataclasses
 from collections.abc import Callable, Sequence
 
+from steel_tpu.choices import RANDOM_INIT_ENCODERS
 from steel_tpu.keras_api import keras
 
 STRIDES = (2, 4, 8, 16, 32)
@@ -11,7 +12,7 @@ WEIGHT_CHOICES = (None, "imagenet")
 
 @dataclasses.dataclass(frozen=True)
 class EncoderFamily:
-    """Constructors of one keras.applications family and its skip layers, one per entry of STRIDES."""
+    """Constructors of one encoder family (keras.applications' signature) and its skip layers, one per STRIDES."""
 
     constructors: dict[str, Callable[..., keras.Model]]
     skips: tuple[str, ...]
@@ -30,7 +31,42 @@ EFFICIENTNET = EncoderFamily(
     ),
 )
 
-FAMILIES = (EFFICIENTNET,)
+
+def _plain_cnn(widths: Sequence[int]) -> Callable[..., keras.Model]:
+    """A constructor in keras.applications' signature for a small residual CNN with `widths` channels per stage."""
+
+    def construct(*, include_top: bool, weights: str | None, input_shape: Sequence[int]) -> keras.Model:
+        del include_top, weights  # no top and no pretrained weights: resolve_weights refused "imagenet" already
+        images = keras.Input(tuple(input_shape))
+        # Scaled like the EfficientNets' input (0..255 in), so one data pipeline feeds every encoder.
+        x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(images)
+        for stage, width in enumerate(widths, start=1):
+            # Each stage halves the resolution once, then one residual block: shallow enough to train from random
+            # init in a few hundred CPU steps, which EfficientNet-B0 (~240 layers, SE, depthwise) rarely does.
+            x = _conv_bn(x, width, strides=2, name=f"stage{stage}_down")
+            shortcut = x
+            x = _conv_bn(x, width, strides=1, name=f"stage{stage}_conv1")
+            x = _conv_bn(x, width, strides=1, name=f"stage{stage}_conv2", activate=False)
+            x = keras.layers.Add(name=f"stage{stage}_add")([shortcut, x])
+            x = keras.layers.ReLU(name=f"stage{stage}_out")(x)
+        return keras.Model(images, x)
+
+    return construct
+
+
+def _conv_bn(x, filters: int, *, strides: int, name: str, activate: bool = True):
+    x = keras.layers.Conv2D(filters, 3, strides=strides, padding="same", use_bias=False, name=name)(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    return keras.layers.ReLU(name=f"{name}_relu")(x) if activate else x
+
+
+PLAIN = EncoderFamily(
+    constructors={"plaincnn": _plain_cnn((16, 32, 64, 96, 128))},
+    skips=tuple(f"stage{stage}_out" for stage in range(1, len(STRIDES) + 1)),
+)
+
+
+FAMILIES = (EFFICIENTNET, PLAIN)
 
 
 def encoder_names() -> tuple[str, ...]:
@@ -95,6 +131,8 @@ def build_encoder(
     """Keras Model: image [B, H, W, C] in 0..255 -> list of 5 features at strides 2, 4, 8, 16, 32."""
     family = _family(name)
     constructor = family.constructors[name]
+    if weights is not None and name in RANDOM_INIT_ENCODERS:
+        raise ValueError(f"{name} has no pretrained weights: weights must be None (random init), got {weights!r}")
 
     def build(resolved: str | None) -> keras.Model:
         return constructor(include_top=False, weights=resolved, input_shape=tuple(input_shape))
