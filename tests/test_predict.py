@@ -38,13 +38,16 @@ def images(data):
 
 
 def _calibrate(model, sample):
-    """Random init predicts ~0.5 everywhere: shift the mask head so a few percent of pixels are defects."""
+    """Random init predicts ~0.5 everywhere: shift and scale the mask head so a few percent of pixels are defects
+    and the probabilities spread over (0, 1), as a trained model's do (thresholds and gates then cut somewhere)."""
     import keras
 
     layer = model.get_layer("masks_logits")
-    logits = keras.Model(model.inputs, layer.output)(sample).numpy()
+    logits = keras.Model(model.inputs, layer.output)(sample).numpy().reshape(-1, 4)
     kernel, bias = layer.get_weights()
-    layer.set_weights([kernel, bias - np.quantile(logits.reshape(-1, 4), 1 - DEFECT_FRACTION, axis=0)])
+    # plaincnn's random logits vary by ~0.01 over an image: every threshold but 0.5 would keep all pixels or none.
+    scale = 2.0 / logits.std(axis=0)
+    layer.set_weights([kernel * scale, (bias - np.quantile(logits, 1 - DEFECT_FRACTION, axis=0)) * scale])
 
 
 def random_workdir(work, images, *, cfg, seed=0):
