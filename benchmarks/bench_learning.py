@@ -2,7 +2,8 @@
 on a held-out fold of the synthetic set beside the all-empty baseline.
 
     python benchmarks/bench_learning.py [--seeds 3] [--train 200] [--epochs 30] [--height 64] [--width 320]
-                                     [--options baseline,defect_crop,ema,pos_weight,lovasz] [--smoke] [--out DIR]
+                                     [--options baseline,defect_crop,ema,pos_weight,lovasz,softmax,efficientnetb0]
+                                     [--smoke] [--out DIR]
 
 Every run trains the segmenter of the `tiny` preset (with the size and epochs given) on folds 1-4 and validates on
 fold 0; its held-out Dice is what `train` keeps for the best epoch, at full resolution with pixel threshold 0.5, no
@@ -38,9 +39,9 @@ OPTIONS = {
     "pos_weight": ["segment.train.pos_weight=auto"],
     "lovasz": ["segment.train.loss={'bce': 0.5, 'lovasz': 0.5}"],
     # Seed 002's head: one softmax over background + the classes, cross-entropy + Dice.
+    "softmax": ["segment.model.head=softmax", "segment.train.loss={'cce': 0.5, 'dice': 0.5}"],
     # What `tiny` trained before plaincnn: EfficientNet-B0 for 8 epochs (~2x slower a step; --epochs does not apply).
     "efficientnetb0": ["segment.model.encoder=efficientnetb0", "segment.train.epochs=8"],
-    "softmax": ["segment.model.head=softmax", "segment.train.loss={'cce': 0.5, 'dice': 0.5}"],
 }
 
 

@@ -72,9 +72,11 @@ def _workdir(work, *, size, sample_paths):
     for task in (cfg.classify, cfg.segment):
         task.data = dataclasses.replace(task.data, image_height=h, image_width=w, batch_size=None,
                                         batch_per_replica=8)
-    cfg.segment.model = dataclasses.replace(cfg.segment.model, decoder_filters=(256, 128, 64, 32, 16))
+    # EfficientNet-B0, as the TPU presets (and the README's figures): tiny's plaincnn would shrink the models' share.
+    cfg.segment.model = dataclasses.replace(cfg.segment.model, encoder="efficientnetb0",
+                                            decoder_filters=(256, 128, 64, 32, 16))
     # Seed 000's classifier is binary (one p_any gating the whole image), so the baseline's gate is the same rule.
-    cfg.classify.model = dataclasses.replace(cfg.classify.model, heads="binary")
+    cfg.classify.model = dataclasses.replace(cfg.classify.model, encoder="efficientnetb0", heads="binary")
     cfg.folds = FOLDS
     wd = Workdir(work)
     wd.save_config(cfg)

@@ -1,4 +1,4 @@
-"""Learning, measured: train the classifier and a B0 UNet++ on the synthetic set, score the held-out fold.
+"""Learning, measured: train the `tiny` classifier and UNet++ (plaincnn) on the synthetic set, score the held-out fold.
 
     python benchmarks/bench_train.py [--train 500] [--classify-epochs 6] [--segment-epochs 8] [--heads multilabel]
                                      [--height 128] [--width 800] [--folds 0] [--out DIR] [--smoke]
