@@ -36,7 +36,7 @@ def _plain_cnn(widths: Sequence[int]) -> Callable[..., keras.Model]:
     """A constructor in keras.applications' signature for a small residual CNN with `widths` channels per stage."""
 
     def construct(*, include_top: bool, weights: str | None, input_shape: Sequence[int]) -> keras.Model:
-        del include_top, weights  # no top and no pretrained weights: resolve_weights refused "imagenet" already
+        del include_top, weights  # no top and no pretrained weights: build_encoder refused "imagenet" already
         images = keras.Input(tuple(input_shape))
         # Scaled like the EfficientNets' input (0..255 in), so one data pipeline feeds every encoder.
         x = keras.layers.Rescaling(1 / 127.5, offset=-1.0, name="rescale")(images)
