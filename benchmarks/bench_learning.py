@@ -2,8 +2,9 @@
 on a held-out fold of the synthetic set beside the all-empty baseline.
 
     python benchmarks/bench_learning.py [--seeds 3] [--train 200] [--epochs 30] [--height 64] [--width 320]
-                                     [--options baseline,defect_crop,ema,pos_weight,lovasz,softmax,efficientnetb0]
-                                     [--smoke] [--out DIR]
+        [--options baseline,defect_crop,ema,pos_weight,bce_only,lovasz,softmax,efficientnetb0] [--smoke] [--out DIR]
+
+An option joined with "+" (e.g. defect_crop+ema) is one run with both on.
 
 Every run trains the segmenter of the `tiny` preset (with the size and epochs given) on folds 1-4 and validates on
 fold 0; its held-out Dice is what `train` keeps for the best epoch, at full resolution with pixel threshold 0.5, no
@@ -37,12 +38,20 @@ OPTIONS = {
     # A short horizon: the tiny runs take a few hundred steps.
     "ema": ["segment.train.ema_decay=0.98"],
     "pos_weight": ["segment.train.pos_weight=auto"],
+    # BCE alone: the soft Dice of a class an example lacks saturates (1 - 1/(S + 1) for S predicted pixels), so it
+    # barely pushes back on false positives there, while it pulls hard where the class is.
+    "bce_only": ["segment.train.loss={'bce': 1.0}"],
     "lovasz": ["segment.train.loss={'bce': 0.5, 'lovasz': 0.5}"],
     # Seed 002's head: one softmax over background + the classes, cross-entropy + Dice.
     "softmax": ["segment.model.head=softmax", "segment.train.loss={'cce': 0.5, 'dice': 0.5}"],
     # What `tiny` trained before plaincnn: EfficientNet-B0 for 8 epochs (~2x slower a step; --epochs does not apply).
     "efficientnetb0": ["segment.model.encoder=efficientnetb0", "segment.train.epochs=8"],
 }
+
+
+def overrides_of(option):
+    """The `--set` overrides of an option; "a+b" is options a and b on together."""
+    return [item for part in option.split("+") for item in OPTIONS[part]]
 
 
 def run_one(*, shards, work, overrides, seed):
@@ -89,14 +98,15 @@ def main(argv=None):
     parser.add_argument("--steps-per-epoch", type=int, default=None, help="default: one pass over the folds")
     parser.add_argument("--height", type=int, default=64)
     parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--options", default=",".join(OPTIONS), help=f"comma-separated, of {', '.join(OPTIONS)}")
+    parser.add_argument("--options", default=",".join(OPTIONS),
+                        help=f"comma-separated, of {', '.join(OPTIONS)}; a+b: both on in one run")
     parser.add_argument("--smoke", action="store_true", help="a few images, one step per epoch (the test's size)")
     parser.add_argument("--out", default=None, help="keep the data and workdirs here (default: a temp dir)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.train, args.epochs, args.steps_per_epoch, args.height, args.width = 25, 1, 1, 32, 192
     options = [o.strip() for o in args.options.split(",") if o.strip()]
-    unknown = [o for o in options if o not in OPTIONS]
+    unknown = [part for o in options for part in o.split("+") if part not in OPTIONS]
     if unknown or not options or args.seeds < 1:
         parser.error(f"--options {unknown or '(none)'}: choose from {', '.join(OPTIONS)}; --seeds must be >= 1")
 
@@ -120,7 +130,7 @@ def main(argv=None):
         for name in options:
             t0 = time.perf_counter()
             dice, area = run_one(shards=shards, work=os.path.join(root, "work", f"{name}_{seed}"),
-                                 overrides=size + OPTIONS[name], seed=seed)
+                                 overrides=size + overrides_of(name), seed=seed)
             results[name].append((dice, area))
             print(f"RESULT {name} seed {seed}: Dice {dice.mean():.4f} per class "
                   + " ".join(f"{v:.4f}" for v in dice.mean(axis=0)) + f" ({time.perf_counter() - t0:.0f} s)",

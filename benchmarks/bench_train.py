@@ -1,12 +1,15 @@
-"""Learning, measured: train the `tiny` classifier and UNet++ (plaincnn) on the synthetic set, score the held-out fold.
+"""Learning over seeds, end to end: the `tiny` classifier and UNet++ (plaincnn) trained on the synthetic set, scored
+on the held-out fold, once per seed.
 
-    python benchmarks/bench_train.py [--train 500] [--classify-epochs 6] [--segment-epochs 8] [--heads multilabel]
-                                     [--height 128] [--width 800] [--folds 0] [--out DIR] [--smoke]
+    python benchmarks/bench_train.py [--seeds 3] [--train 500] [--classify-epochs 6] [--segment-epochs 12]
+                                     [--heads multilabel] [--height 128] [--width 800] [--folds 0] [--out DIR] [--smoke]
 
-Prints the held-out Kaggle Dice with predict's default thresholds (pixel 0.5, no minimum area, no gate) and with
-a 0.5 gate on the classifier, next to the all-empty baseline on the same images, and the training images/s of
-both models, and the host memory after each fold and task (resident, and the process's peak: it must not grow
-with folds). Target: Dice >= 0.92 and >= the empty baseline + 0.10, within 20 minutes on a 2-core CPU.
+Per seed: the held-out Kaggle Dice with predict's default thresholds (pixel 0.5, no minimum area, no gate) and with
+a 0.5 gate on the classifier, per class, next to the all-empty baseline on the same images; the training images/s
+of both models; the host memory after each fold and task (resident, and the process's peak: it must not grow with
+folds or seeds). Then, over the seeds, each variant's mean +- standard deviation, per class beside its empty Dice
+with the seeds it beat it in. Seeds change the training (initialisation, order, augmentation), not the data.
+Target (issue 14): every class above its empty Dice in every seed, and mean Dice >= 0.95.
 """
 
 import argparse
@@ -34,28 +37,71 @@ def gated_dice(seg, cls, *, gate):
     return np.where(kept, seg["dice"], empty_truth.astype(float))
 
 
+def train_seed(*, shards, work, cfg, folds):
+    """Train one seed into `work`: (held-out Dice ungated and gated [N, C], truth areas [N, C], images/s per task)."""
+    start = time.perf_counter()
+    train.run(shards=shards, workdir=work, cfg=cfg, folds=folds)
+    minutes = (time.perf_counter() - start) / 60
+    wd = Workdir(work)
+    seg, cls = wd.oof("segment", folds[0]), wd.oof("classify", folds[0])
+    rates = {}
+    for task in tasks.NAMES:
+        speeds = [row["train_images_per_s"] for row in wd.read_log(task, folds[0])]
+        rates[task] = float(np.median(speeds[1:] or speeds))  # the first epoch includes the XLA compile
+    # The last epoch's row of each fold and task, in training order: flat resident memory means nothing leaks.
+    memory_rows = [(f, t, wd.read_log(t, f)[-1]["rss_mb"]) for f in folds for t in tasks.NAMES]
+    dice = {"ungated": seg["dice"].astype(np.float64), "gated": gated_dice(seg, cls, gate=0.5)}
+    return dice, seg["truth_area"], rates, minutes, memory_rows
+
+
+# predict's defaults (postprocess.PostProcess(): pixel 0.5, no minimum area, no gate) are what a workdir scores with
+# before `tune` has chosen a gate; the gated rows show what a 0.5 gate on the classifier would do.
+VARIANTS = {"ungated": "default thresholds (pixel 0.5)", "gated": "with classifier gate 0.5"}
+
+
+def summarize(per_seed, *, empty):
+    """Lines over seeds: per variant the mean Dice +- std, per class beside `empty` ([C]), and the target's verdict."""
+    lines = []
+    for variant, label in VARIANTS.items():
+        by_class = np.stack([d[variant].mean(axis=0) for d in per_seed])  # [S, C]
+        means = by_class.mean(axis=1)
+        present = empty < 1.0  # a class no held-out image has can only equal its empty Dice
+        met = bool((by_class[:, present] > empty[None, present]).all()) and means.mean() >= 0.95
+        lines.append(f"{label}: mean Dice {means.mean():.4f} +- {means.std():.4f} over {len(per_seed)} seed(s) "
+                     f"(margin over empty {means.mean() - empty.mean():+.4f}); target (every class above empty in "
+                     f"every seed, mean >= 0.95): {'met' if met else 'not met'}")
+        for c in range(by_class.shape[1]):
+            lines.append(f"  class {c + 1}: Dice {by_class[:, c].mean():.4f} +- {by_class[:, c].std():.4f} (empty "
+                         f"{empty[c]:.4f}; above empty in {(by_class[:, c] > empty[c]).sum()}/{len(per_seed)} seeds)")
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1 (default 3; 2 with --smoke)")
     parser.add_argument("--train", type=int, default=500, help="synthetic images; 4/5 train, 1/5 held out")
     parser.add_argument("--classify-epochs", type=int, default=6)
-    parser.add_argument("--segment-epochs", type=int, default=8)
+    parser.add_argument("--segment-epochs", type=int, default=12)
     parser.add_argument("--heads", default="multilabel", choices=("binary", "multilabel"),
                         help="classifier head: gate every class at once, or each class on its own")
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=800)
     parser.add_argument("--folds", default="0", help="held-out folds to train, e.g. 0,1,2 (Dice is the first one's)")
-    parser.add_argument("--out", default=None, help="keep the data and workdir here (default: a temp dir)")
+    parser.add_argument("--out", default=None, help="keep the data and workdirs here (default: a temp dir)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: proves the benchmark runs (tests use it)")
     args = parser.parse_args(argv)
     steps = []
     if args.smoke:
         args.train, args.classify_epochs, args.segment_epochs, args.height, args.width = 20, 1, 1, 32, 160
+        args.seeds = args.seeds or 2  # two: the over-seeds table is exercised too
         steps = ["classify.train.steps_per_epoch=1", "segment.train.steps_per_epoch=1"]
+    args.seeds = 3 if args.seeds is None else args.seeds
+    if args.seeds < 1:
+        parser.error(f"--seeds {args.seeds}: must be >= 1")
     folds = tuple(int(f) for f in args.folds.split(","))
 
     root = args.out or tempfile.mkdtemp(prefix="bench_train_")
-    data, shards, work = (os.path.join(root, n) for n in ("data", "shards", "work"))
-    shutil.rmtree(work, ignore_errors=True)
+    data, shards = os.path.join(root, "data"), os.path.join(root, "shards")
     if not os.path.exists(os.path.join(shards, MANIFEST)):
         shutil.rmtree(data, ignore_errors=True)
         synthesize(data, n_train=args.train, n_test=0, seed=0)
@@ -63,42 +109,44 @@ def main(argv=None):
 
     size = [f"{task}.data.image_height={args.height}" for task in ("classify", "segment")]
     size += [f"{task}.data.image_width={args.width}" for task in ("classify", "segment")]
-    # The segmenter trains on 128x384 crops and is validated on whole images; the classifier sees whole images
-    # (a global average over a crop would not match one over the whole image).
+    # The segmenter trains on crops and is validated on whole images; the classifier sees whole images (a global
+    # average over a crop would not match one over the whole image). Half the crops are centred on a defect, rare
+    # classes favoured: a 192-wide crop covers a quarter of an 800-wide image and mostly misses the rare defects
+    # (bench_learning at 128x800 over 3 seeds: held-out Dice 0.946 +- 0.004 with them, 0.888 +- 0.070 without).
     crops = [f"segment.augment.crop_height={min(args.height, 128)}",
-             f"segment.augment.crop_width={min(args.width, 384)}"]
-    cfg = config.apply_overrides(config.preset("tiny"), size + crops + [
+             f"segment.augment.crop_width={min(args.width, 192)}", "segment.augment.defect_crop_prob=0.5",
+             "segment.augment.defect_crop_weights=[2, 3, 1, 2]"]
+    overrides = size + crops + [
         f"classify.train.epochs={args.classify_epochs}", f"segment.train.epochs={args.segment_epochs}",
-        f"classify.model.heads={args.heads}", "classify.data.batch_per_replica=16",
-        "segment.data.batch_per_replica=8", *steps,
-    ])
-    start = time.perf_counter()
-    train.run(shards=shards, workdir=work, cfg=cfg, folds=folds)
-    minutes = (time.perf_counter() - start) / 60
-
-    wd = Workdir(work)
-    seg, cls = wd.oof("segment", folds[0]), wd.oof("classify", folds[0])
-    gated = gated_dice(seg, cls, gate=0.5)
-    empty = (seg["truth_area"] == 0).astype(float)
-    rates = {}
-    for task in tasks.NAMES:
-        speeds = [row["train_images_per_s"] for row in wd.read_log(task, folds[0])]
-        rates[task] = float(np.median(speeds[1:] or speeds))  # the first epoch includes the XLA compile
-
-    print(f"held-out fold: {len(seg['image_ids'])} images, trained on the other 4 folds at {args.height}x{args.width}")
-    # predict's defaults (postprocess.PostProcess(): pixel 0.5, no minimum area, no gate) are what a workdir
-    # scores with before `tune` has chosen a gate; the gated line shows what a 0.5 gate on the classifier would do.
-    for name, d in (("default thresholds (pixel 0.5)", seg["dice"]), ("with classifier gate 0.5", gated)):
-        print(f"Kaggle Dice, {name:31s} {d.mean():.4f}  margin over empty {d.mean() - empty.mean():+.4f}  per class "
-              + " ".join(f"{v:.4f}" for v in d.mean(axis=0)))
-    print(f"all-empty baseline                        {empty.mean():.4f}  (target: Dice >= 0.92 and margin >= +0.10)")
-    print(f"training images/s: classifier {rates['classify']:.1f}, segmenter {rates['segment']:.1f} "
-          f"(median epoch after the first); wall time {minutes:.1f} min")
-    # The last epoch's row of each fold and task, in training order: flat resident memory means nothing leaks.
-    after = [(f, t, wd.read_log(t, f)[-1]["rss_mb"]) for f in folds for t in tasks.NAMES]
+        f"classify.model.heads={args.heads}", *steps,
+    ]
+    per_seed, memory_rows = [], []
+    for seed in range(args.seeds):
+        cfg = config.apply_overrides(config.preset("tiny"), overrides + [f"seed={seed}"])
+        work = os.path.join(root, "work", f"seed{seed}")
+        shutil.rmtree(work, ignore_errors=True)
+        dice, truth_area, rates, minutes, rows = train_seed(shards=shards, work=work, cfg=cfg, folds=folds)
+        per_seed.append(dice)
+        memory_rows += [(seed, *row) for row in rows]
+        empty = (truth_area == 0).astype(np.float64)  # the same held-out images every seed
+        print(f"seed {seed}: held-out fold {folds[0]}: {len(empty)} images, trained on the other folds at "
+              f"{args.height}x{args.width}")
+        for variant, label in VARIANTS.items():
+            d = dice[variant]
+            print(f"  Kaggle Dice, {label:31s} {d.mean():.4f}  margin over empty {d.mean() - empty.mean():+.4f}  "
+                  "per class " + " ".join(f"{v:.4f}" for v in d.mean(axis=0)))
+        print(f"  all-empty baseline                        {empty.mean():.4f}  per class "
+              + " ".join(f"{v:.4f}" for v in empty.mean(axis=0)))
+        print(f"  training images/s: classifier {rates['classify']:.1f}, segmenter {rates['segment']:.1f} "
+              f"(median epoch after the first); wall time {minutes:.1f} min", flush=True)
+    print(f"\nover seeds {list(range(args.seeds))}:")
+    for line in summarize(per_seed, empty=empty.mean(axis=0)):
+        print(line)
     print("host memory, resident MB after each fold's last epoch: "
-          + ", ".join(f"{t} fold {f} {mb:.0f}" for f, t, mb in after)
+          + ", ".join(f"seed {s} {t} fold {f} {mb:.0f}" for s, f, t, mb in memory_rows)
           + f"; peak {memory.peak_rss_mb():.0f} MB")
+    if not args.out:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":
