@@ -38,7 +38,8 @@ def gated_dice(seg, cls, *, gate):
 
 
 def train_seed(*, shards, work, cfg, folds):
-    """Train one seed into `work`: (held-out Dice ungated and gated [N, C], truth areas [N, C], images/s per task)."""
+    """Train one seed into `work`: held-out Dice {variant: [N, C]}, truth areas [N, C], images/s per task, minutes,
+    and the resident MB after each fold's last epoch as (fold, task, MB)."""
     start = time.perf_counter()
     train.run(shards=shards, workdir=work, cfg=cfg, folds=folds)
     minutes = (time.perf_counter() - start) / 60
