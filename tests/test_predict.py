@@ -313,6 +313,22 @@ def test_predict_reproduces_the_validation_dice_of_training(trained, tmp_path):
     assert scores.per_class == pytest.approx(oof["dice"].mean(axis=0).tolist(), abs=1e-3)
 
 
+def _thresholds_with_pixels_between(q, *, top, bottom):
+    """uint8 maps [..., C] -> (upper, lower) thresholds per class: upper keeps the levels at or above the `top`
+    quantile (and never the lowest level held), lower adds the levels down to the `bottom` quantile and at least the
+    next level held below. A class whose maps hold one level gets both at it: nothing lies between."""
+    upper, lower = [], []
+    for vals in q.reshape(-1, q.shape[-1]).T:
+        held = np.unique(vals)
+        high = max(int(np.quantile(vals, top, method="higher")), int(held[min(1, len(held) - 1)]), 1)
+        below = held[held < high]
+        low = max(min(int(np.quantile(vals, bottom, method="lower")), int(below[-1]) if below.size else high), 1)
+        # (level - 0.5) / 255 sits mid-way between two levels, so float32 rounding cannot move `q > t * 255`.
+        upper.append((high - 0.5) / 255)
+        lower.append((low - 0.5) / 255)
+    return np.array(upper), np.array(lower)
+
+
 @pytest.mark.slow
 def test_predict_applies_a_double_threshold_file_as_the_numpy_reference(trained, tmp_path):
     data, work = trained
@@ -320,11 +336,11 @@ def test_predict_applies_a_double_threshold_file_as_the_numpy_reference(trained,
     ids = sorted(os.listdir(images))
     seg, _ = _reference_maps(work, ids, images, tta=False, classifier=False)
     q = postprocess.to_full_resolution(seg).numpy()
-    # Thresholds from the trained model's own maps, so that both rules bite: the lower one draws pixels the upper
-    # one would not, and the presence count (above the upper one) drops masks the lower area alone would keep.
-    flat = q.reshape(-1, q.shape[-1]).astype(np.float64) / 255
-    upper = np.round(np.quantile(flat, 0.995, axis=0), 2)
-    lower = np.minimum(np.round(np.quantile(flat, 0.95, axis=0), 2), upper - 0.01)
+    # Thresholds from the levels the trained model's own maps hold, so that both rules bite: the lower one draws
+    # pixels the upper one would not, and the presence count (above the upper one) drops masks the lower area alone
+    # would keep. Levels, not rounded quantiles: a briefly trained model's maps sit on a few levels near 0.5 (CI saw
+    # 125-129), where two rounded quantiles can leave no pixel between them.
+    upper, lower = _thresholds_with_pixels_between(q, top=0.995, bottom=0.95)
     presence = postprocess.threshold_maps(q, postprocess.PostProcess(pixel_threshold=upper.tolist()))[1]
     # Min areas in the middle of the widest gap between presence counts: a count cannot drift across one.
     counts = np.sort(presence, axis=0)
