@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 
+import over_seeds
 from steel_tpu import config, train
 from steel_tpu.constants import NUM_CLASSES
 from steel_tpu.data.shard_folder import MANIFEST
@@ -78,20 +79,15 @@ def summarize(results, *, options, seeds):
         per_seed = np.stack([d.mean(axis=0) for d, _ in results[name]])  # [S, C]
         hits = np.stack([[(d[a[:, c] > 0, c] > 0).mean() if (a[:, c] > 0).any() else np.nan
                           for c in range(NUM_CLASSES)] for d, a in results[name]])
-        means = per_seed.mean(axis=1)
-        present = empty < 1.0  # classes some held-out image has
-        above = bool((per_seed[:, present] > empty[None, present]).all())
-        lines.append(f"{name}: mean Dice {means.mean():.4f} +- {means.std():.4f} over {len(seeds)} seed(s) "
-                     f"(margin over empty {means.mean() - empty.mean():+.4f}); every class with held-out defects "
+        above = over_seeds.every_class_above_empty(per_seed, empty=empty)
+        lines.append(f"{over_seeds.mean_line(name, per_seed, empty=empty)}; every class with held-out defects "
                      f"above empty in every seed: {'yes' if above else 'no'}")
         for c in range(NUM_CLASSES):
             delta = "" if base is None or name == "baseline" else \
                 f"  vs baseline {per_seed[:, c].mean() - base[:, c].mean():+.4f}"
             # No held-out image with the class: its Dice can only reach the empty one; nothing to hit.
             hit = "-" if np.isnan(hits[:, c]).all() else f"{np.nanmean(hits[:, c]):.2f}"
-            lines.append(f"  class {c + 1}: Dice {per_seed[:, c].mean():.4f} +- {per_seed[:, c].std():.4f} "
-                         f"(empty {empty[c]:.4f}; above empty in {(per_seed[:, c] > empty[c]).sum()}/{len(seeds)} "
-                         f"seeds) defect images hit {hit}{delta}")
+            lines.append(f"{over_seeds.class_line(c, per_seed, empty=empty)} defect images hit {hit}{delta}")
     return lines
 
 

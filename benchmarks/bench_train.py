@@ -20,6 +20,7 @@ import time
 
 import numpy as np
 
+import over_seeds
 from steel_tpu import config, memory, postprocess, tasks, train
 from steel_tpu.data.shard_folder import MANIFEST
 from steel_tpu.workdir import Workdir
@@ -65,15 +66,10 @@ def summarize(per_seed, *, empty):
     lines = []
     for variant, label in VARIANTS.items():
         by_class = np.stack([d[variant].mean(axis=0) for d in per_seed])  # [S, C]
-        means = by_class.mean(axis=1)
-        present = empty < 1.0  # a class no held-out image has can only equal its empty Dice
-        met = bool((by_class[:, present] > empty[None, present]).all()) and means.mean() >= 0.95
-        lines.append(f"{label}: mean Dice {means.mean():.4f} +- {means.std():.4f} over {len(per_seed)} seed(s) "
-                     f"(margin over empty {means.mean() - empty.mean():+.4f}); target (every class above empty in "
+        met = over_seeds.every_class_above_empty(by_class, empty=empty) and by_class.mean() >= 0.95
+        lines.append(f"{over_seeds.mean_line(label, by_class, empty=empty)}; target (every class above empty in "
                      f"every seed, mean >= 0.95): {'met' if met else 'not met'}")
-        for c in range(by_class.shape[1]):
-            lines.append(f"  class {c + 1}: Dice {by_class[:, c].mean():.4f} +- {by_class[:, c].std():.4f} (empty "
-                         f"{empty[c]:.4f}; above empty in {(by_class[:, c] > empty[c]).sum()}/{len(per_seed)} seeds)")
+        lines += [over_seeds.class_line(c, by_class, empty=empty) for c in range(by_class.shape[1])]
     return lines
 
 
