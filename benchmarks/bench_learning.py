@@ -69,7 +69,7 @@ def run_one(*, shards, work, overrides, seed):
     return oof["dice"].astype(np.float64), oof["truth_area"]
 
 
-def summarize(results, *, options, seeds):
+def summarize(results, *, options):
     """Lines of the per-option table: {option: [(dice [N, C], truth_area [N, C]) per seed]}."""
     lines = []
     empty = (results[options[0]][0][1] == 0).astype(np.float64).mean(axis=0)  # the same held-out images every run
@@ -140,7 +140,7 @@ def main(argv=None):
         n = len(results[options[0]][0][0])
         print(f"\n{n} held-out images (fold 0 of {args.train}) at {args.height}x{args.width}, {args.epochs} epochs, "
               f"seeds {seeds}; wall time {(time.perf_counter() - start) / 60:.1f} min")
-        for line in summarize(results, options=options, seeds=seeds):
+        for line in summarize(results, options=options):
             print(line, flush=True)
     if not args.out:
         shutil.rmtree(root, ignore_errors=True)

@@ -323,9 +323,9 @@ def _thresholds_with_pixels_between(q, *, top, bottom):
         high = max(int(np.quantile(vals, top, method="higher")), int(held[min(1, len(held) - 1)]), 1)
         below = held[held < high]
         low = max(min(int(np.quantile(vals, bottom, method="lower")), int(below[-1]) if below.size else high), 1)
-        # (level - 0.5) / 255 sits mid-way between two levels, so float32 rounding cannot move `q > t * 255`.
-        upper.append((high - 0.5) / 255)
-        lower.append((low - 0.5) / 255)
+        # (level - 0.5) / QUANT sits mid-way between two levels, so float32 rounding cannot move `q > t * QUANT`.
+        upper.append((high - 0.5) / postprocess.QUANT)
+        lower.append((low - 0.5) / postprocess.QUANT)
     return np.array(upper), np.array(lower)
 
 
