@@ -44,6 +44,9 @@ OPTIONS = {
     # barely pushes back on false positives there, while it pulls hard where the class is.
     "bce_only": ["segment.train.loss={'bce': 1.0}"],
     "lovasz": ["segment.train.loss={'bce': 0.5, 'lovasz': 0.5}"],
+    # The Dice term summed over the global batch (losses.batch_dice): false positives in images that lack a class
+    # then cost, so the class-1 and class-2 channels cannot both fire on pits and on scratches for free.
+    "batch_dice": ["segment.train.loss={'bce': 0.5, 'batch_dice': 0.5}"],
     # tiny's decoder at twice the width (1.77M parameters instead of 1.12M, ~1.7x the time a step): a test of
     # whether its 16 and 8 channels at strides 2 and 1 are why the class-1 and class-2 maps fire alike on pits and
     # scratches (at 128x800 it separated them in one seed of three).

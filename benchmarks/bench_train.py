@@ -3,6 +3,7 @@ on the held-out fold, once per seed.
 
     python benchmarks/bench_train.py [--seeds 3] [--train 500] [--classify-epochs 6] [--segment-epochs 12]
                                      [--heads multilabel] [--height 128] [--width 800] [--folds 0] [--out DIR] [--smoke]
+                                     [--set KEY=VALUE ...]
 
 Per seed: the held-out Kaggle Dice with predict's default thresholds (pixel 0.5, no minimum area, no gate) and with
 a 0.5 gate on the classifier, per class, next to the all-empty baseline on the same images; the training images/s
@@ -86,6 +87,8 @@ def main(argv=None):
     parser.add_argument("--folds", default="0", help="held-out folds to train, e.g. 0,1,2 (Dice is the first one's)")
     parser.add_argument("--out", default=None, help="keep the data and workdirs here (default: a temp dir)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: proves the benchmark runs (tests use it)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config overrides applied last, as steel-tpu train --set takes them")
     args = parser.parse_args(argv)
     steps = []
     if args.smoke:
@@ -115,8 +118,9 @@ def main(argv=None):
              "segment.augment.defect_crop_weights=[2, 3, 1, 2]"]
     overrides = size + crops + [
         f"classify.train.epochs={args.classify_epochs}", f"segment.train.epochs={args.segment_epochs}",
-        f"classify.model.heads={args.heads}", *steps,
+        f"classify.model.heads={args.heads}", *steps, *args.set,
     ]
+    print("config: tiny with " + " ".join(overrides))
     per_seed, memory_rows = [], []
     for seed in range(args.seeds):
         cfg = config.apply_overrides(config.preset("tiny"), overrides + [f"seed={seed}"])

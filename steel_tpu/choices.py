@@ -8,10 +8,11 @@ SEGMENTER_ARCHS = ("unetpp", "unet", "sm-unet", "sm-fpn", "sm-linknet")
 # sigmoid: a probability per class; softmax: one distribution per pixel over background + the classes (models/heads.py).
 SEGMENTER_HEADS = ("sigmoid", "softmax")
 CLASSIFIER_HEADS = ("binary", "multilabel", "both")
-LOSS_TERMS = ("bce", "cce", "dice", "focal", "lovasz")
+LOSS_TERMS = ("bce", "cce", "dice", "batch_dice", "focal", "lovasz")
 # The terms each segmenter head can train with: cce needs one distribution per pixel, the others score each class
-# as an independent sigmoid probability (dice works on either).
-HEAD_LOSS_TERMS = {"sigmoid": ("bce", "dice", "focal", "lovasz"), "softmax": ("cce", "dice")}
+# as an independent sigmoid probability (the Dice terms work on either).
+HEAD_LOSS_TERMS = {"sigmoid": ("bce", "dice", "batch_dice", "focal", "lovasz"),
+                   "softmax": ("cce", "dice", "batch_dice")}
 WEIGHTS = (None, "imagenet")
 # Where a run goes (config `device`): auto detects; the others are explicit choices (distribute.prefer_for).
 DEVICES = ("auto", "tpu", "gpu", "cpu")

@@ -77,6 +77,31 @@ def soft_dice(y_true, y_pred, *, smooth=1.0):
     return tf.reduce_mean(1.0 - dice, axis=-1)
 
 
+def batch_dice(y_true, y_pred, *, smooth=1.0):
+    """Mean over classes of 1 - soft Dice, each class summed over the pixels of the whole GLOBAL batch, given to
+    every example (shape [B], all equal), so compute_average_loss over the global batch returns it once.
+
+    Per-example Dice saturates at 1 - smooth / (predicted area + smooth) for a class an image lacks, so false
+    positives there cost next to nothing; summed over the batch, they lower the Dice of the batch's defects.
+    Under a tf.distribute strategy the sums are all-reduced over replicas (whose backward pass is an all-reduce
+    too), so every replica count trains alike."""
+    y_true, y_pred = _float32(y_true, y_pred)
+    _check_shapes(y_true, y_pred)
+    pixels = list(range(y_pred.shape.rank - 1))
+    sums = [tf.reduce_sum(y_true * y_pred, axis=pixels), tf.reduce_sum(y_true + y_pred, axis=pixels)]
+    context = tf.distribute.get_replica_context()
+    if context is None:
+        raise ValueError("batch_dice sums over every replica's batch: call it in a replica context (strategy.run)")
+    if context.num_replicas_in_sync > 1:
+        sums = context.all_reduce(tf.distribute.ReduceOp.SUM, sums)
+    intersection, total = sums
+    dice = (2.0 * intersection + smooth) / (total + smooth)
+    return tf.fill(tf.shape(y_pred)[:1], tf.reduce_mean(1.0 - dice))
+
+
+batch_dice.all_reduces = True  # step.make_train_step reads it: not every strategy can all-reduce inside XLA
+
+
 def focal(y_true, y_pred, *, gamma=2.0, alpha=0.25):
     """Binary focal loss (Lin et al. 2017) averaged over pixels and classes."""
     y_true, y_pred = _float32(y_true, y_pred)
@@ -116,7 +141,7 @@ def lovasz_hinge(y_true, y_pred):
     return tf.reduce_mean(tf.reduce_sum(tf.nn.relu(errors_sorted) * grad, axis=-1), axis=-1)
 
 
-TERMS = {"bce": bce, "cce": cce, "dice": soft_dice, "focal": focal, "lovasz": lovasz_hinge}
+TERMS = {"bce": bce, "cce": cce, "dice": soft_dice, "batch_dice": batch_dice, "focal": focal, "lovasz": lovasz_hinge}
 
 
 def combined(weights, *, options=None):
@@ -132,6 +157,7 @@ def combined(weights, *, options=None):
         return tf.add_n([w * fn(y_true, y_pred, **kwargs) for _, w, fn, kwargs in terms])
 
     loss.__name__ = "+".join(f"{w:g}*{name}" for name, w, _, _ in terms)
+    loss.all_reduces = any(getattr(fn, "all_reduces", False) for _, _, fn, _ in terms)
     return loss
 
 

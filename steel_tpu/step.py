@@ -23,6 +23,18 @@ def _check_optimizer(optimizer, strategy):
                          f"{strategy.num_replicas_in_sync} replicas")
 
 
+def _check_all_reduce(loss_fn, strategy, jit_compile):
+    if not (jit_compile and strategy.num_replicas_in_sync > 1 and getattr(loss_fn, "all_reduces", False)):
+        return
+    devices = strategy.extended.worker_devices
+    if isinstance(strategy, tf.distribute.MirroredStrategy) and not all("GPU" in d.upper() for d in devices):
+        # MirroredStrategy all-reduces through a merge_call unless every device is a GPU (then collective ops),
+        # and a merge_call cannot run inside an XLA-compiled function.
+        raise ValueError(f"loss {getattr(loss_fn, '__name__', loss_fn)} all-reduces over replicas in its forward "
+                         f"pass, which MirroredStrategy over {len(devices)} non-GPU devices cannot compile: "
+                         f"train with jit_compile=False (the default on CPU)")
+
+
 def _per_example(loss_fn, targets, preds):
     per_example = loss_fn(targets, preds)
     if per_example.shape.rank != 1:
@@ -71,6 +83,7 @@ def make_train_step(*, model, loss_fn, optimizer, global_batch_size, strategy, a
     """
     replicas = strategy.num_replicas_in_sync
     _check_optimizer(optimizer, strategy)
+    _check_all_reduce(loss_fn, strategy, jit_compile)
     if not keras_api.optimizer_built(optimizer):
         with strategy.scope():
             # Slot variables (momentum, Adam moments) must be created as mirrored variables, before tracing.

@@ -14,6 +14,8 @@ FAST = {"bench_rle.py"}
 # These check more than "it runs" in their own test, at their smoke size: not run twice.
 OWN_TEST = {"bench_beam.py": "tests/test_beam.py", "bench_kit.py": "tests/test_export.py",
             "bench_learning.py": "tests/test_bench_learning.py"}
+# Options a benchmark's smoke run exercises too.
+SMOKE_ARGS = {"bench_train.py": ["--set", "segment.train.loss={'bce': 0.5, 'batch_dice': 0.5}"]}
 
 
 def test_every_benchmark_is_listed():
@@ -27,12 +29,13 @@ def test_every_benchmark_is_listed():
                                   for n in BENCHMARKS if n not in OWN_TEST])
 def test_benchmark_smoke_size_runs_and_prints_its_figures(name, tmp_path):
     env = {**os.environ, "PYTHONPATH": ROOT, "TF_CPP_MIN_LOG_LEVEL": "2", "TMPDIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", name), "--smoke"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=900)
+    command = [sys.executable, os.path.join(ROOT, "benchmarks", name), "--smoke", *SMOKE_ARGS.get(name, [])]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     # Contenders print interleaved ratios (median and spread); bench_train prints the Dice each seed learned, the
     # table over its smoke size's two seeds, and memory.
-    wanted = ("Kaggle Dice", "over seeds [0, 1]:", "above empty in", "host memory") if name == "bench_train.py" \
+    wanted = ("segment.train.loss={'bce': 0.5, 'batch_dice': 0.5}", "Kaggle Dice", "over seeds [0, 1]:",
+              "above empty in", "host memory") if name == "bench_train.py" \
         else ("ratio ", " over ")
     for text in wanted:
         assert text in done.stdout, done.stdout[-3000:]

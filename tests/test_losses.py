@@ -21,6 +21,7 @@ ALL = {
     "bce_pos_weight": lambda t, p: losses.bce(t, p, pos_weight=[2.0, 1.0, 1.0, 3.0]),
     "bce_smoothed": lambda t, p: losses.bce(t, p, label_smoothing=0.1),
     "dice": losses.soft_dice,
+    "batch_dice": losses.batch_dice,
     "focal": losses.focal,
     "lovasz": losses.lovasz_hinge,
     "bce+dice": losses.make_loss("bce+dice"),
@@ -75,6 +76,47 @@ def test_soft_dice_by_hand():
     p[0, 1:3] = 1.0  # 8 pixels, 4 shared
     expected = 1.0 - (2 * 4 + 1.0) / (16 + 1.0)
     np.testing.assert_allclose(losses.soft_dice(y, p).numpy(), [expected], rtol=1e-6)
+
+
+def test_batch_dice_by_hand_and_false_positives_in_an_image_that_lacks_the_class_cost():
+    y = np.zeros((2, 4, 4, 1), np.float32)
+    y[0, :2] = 1.0  # image 0: 8 defect pixels, found exactly; image 1 has none
+    p = y.copy()
+    p[1, :1] = 1.0  # 4 false-positive pixels in image 1
+    expected = 1.0 - (2 * 8 + 1.0) / (8 + 12 + 1.0)
+    np.testing.assert_allclose(losses.batch_dice(y, p).numpy(), [expected, expected], rtol=1e-6)
+    np.testing.assert_allclose(losses.batch_dice(y, y).numpy(), [0.0, 0.0], atol=1e-7)
+
+    def false_positive_gradient(loss_fn, area):
+        # Image 1 already holds `area` false-positive pixels: what one more (a pixel at probability 0.5) costs.
+        pred = y.copy()
+        pred[1].flat[:area] = 1.0
+        pred[1, 3, 3] = 0.5
+        pred = tf.constant(pred)
+        with tf.GradientTape() as tape:
+            tape.watch(pred)
+            loss = tf.reduce_mean(loss_fn(y, pred))
+        return float(tape.gradient(loss, pred)[1, 3, 3, 0])
+
+    # Per-example Dice saturates once an image that lacks the class holds a blob: the next pixel costs ~nothing.
+    # By hand: 1/(12.5 + 1)^2 / 2 examples = 0.0027; over the batch 17/(8 + 8 + 12.5 + 1)^2 = 0.0195.
+    np.testing.assert_allclose(false_positive_gradient(losses.soft_dice, 12), 1 / 13.5 ** 2 / 2, rtol=1e-4)
+    np.testing.assert_allclose(false_positive_gradient(losses.batch_dice, 12), 17 / 29.5 ** 2, rtol=1e-4)
+
+
+def test_batch_dice_sums_over_replicas_and_needs_a_replica_context(mirrored):
+    strategy = mirrored.strategy
+    replicas = strategy.num_replicas_in_sync
+    y = (RNG.uniform(size=(replicas, 8, 16, 4)) > 0.7).astype(np.float32)
+    p = RNG.uniform(0.01, 0.99, size=y.shape).astype(np.float32)
+    whole = losses.batch_dice(y, p).numpy()
+    rows = strategy.experimental_distribute_values_from_function(
+        lambda ctx: tuple(tf.constant(a[ctx.replica_id_in_sync_group][None]) for a in (y, p)))
+    per_replica = strategy.run(tf.function(lambda yp: losses.batch_dice(*yp)), args=(rows,))
+    np.testing.assert_allclose(np.concatenate([t.numpy() for t in strategy.experimental_local_results(per_replica)]),
+                               whole, rtol=1e-5)
+    with strategy.scope(), pytest.raises(ValueError, match="replica context"):
+        losses.batch_dice(y, p)
 
 
 def test_cce_by_hand_per_example_with_class_weights():
@@ -163,6 +205,19 @@ def test_class_weights_in_a_task_loss_are_cce_with_those_weights():
     p = RNG.dirichlet(np.ones(5), size=(2, 8, 16)).astype(np.float32)
     want = (losses.cce(y, p, class_weights=[0.5, 2.0, 3.0, 1.0, 4.0]) + 0.25 * losses.soft_dice(y, p)).numpy()
     np.testing.assert_allclose(tasks.make("segment", cfg).loss()(y, p).numpy(), want, rtol=1e-6)
+
+
+def test_a_two_headed_classifier_loss_keeps_the_all_reduce_mark_that_step_checks():
+    from steel_tpu import config, tasks
+
+    cfg = config.apply_overrides(config.preset("tiny"), ["classify.model.heads=both",
+                                                          "classify.train.loss={'bce': 1.0, 'batch_dice': 1.0}"])
+    loss = tasks.make("classify", cfg).loss()
+    assert loss.all_reduces and not losses.make_loss("bce+dice").all_reduces
+    y = {"binary": CLS_TRUE.max(axis=1, keepdims=True), "multilabel": CLS_TRUE}
+    p = {"binary": CLS_PRED.max(axis=1, keepdims=True), "multilabel": CLS_PRED}
+    want = sum(losses.bce(y[k], p[k]) + losses.batch_dice(y[k], p[k]) for k in y)
+    np.testing.assert_allclose(loss(y, p).numpy(), want.numpy(), rtol=1e-6)
 
 
 def test_make_loss_specs_and_options():

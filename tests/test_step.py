@@ -25,6 +25,8 @@ LOSSES = {
     "focal": losses.focal,
     "lovasz": losses.lovasz_hinge,
     "bce+dice": losses.make_loss("bce+dice"),
+    "batch_dice": losses.batch_dice,
+    "bce+batch_dice": losses.make_loss("bce+batch_dice"),
 }
 
 
@@ -133,6 +135,21 @@ def test_compiled_step_equals_one_device_and_a_hand_computed_sgd_step(mirrored, 
         loss = tf.reduce_mean(loss_fn(MASKS[:BATCH], model(IMAGES[:BATCH], training=True))) + tf.add_n(model.losses)
     by_hand = [-LR * g.numpy() for g in tape.gradient(loss, model.trainable_variables)]
     assert_same_step(compiled, (float(loss), by_hand))
+
+
+def test_a_compiled_batch_dice_step_is_the_hand_computed_step_and_mirrored_cpus_refuse_to_compile_it(mirrored,
+                                                                                                     single):
+    loss_fn = LOSSES["bce+batch_dice"]
+    compiled = one_step(single, segmenter, loss_fn, MASKS, jit_compile=True)
+    model = segmenter()
+    model.set_weights(INITIAL[segmenter])
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(loss_fn(MASKS[:BATCH], model(IMAGES[:BATCH], training=True))) + tf.add_n(model.losses)
+    assert_same_step(compiled, (float(loss), [-LR * g.numpy() for g in tape.gradient(loss, model.trainable_variables)]))
+    model, optimizer = setup(mirrored, segmenter)
+    with pytest.raises(ValueError, match="all-reduces over replicas .* jit_compile=False"):
+        step.make_train_step(model=model, loss_fn=loss_fn, optimizer=optimizer, global_batch_size=BATCH,
+                             strategy=mirrored.strategy, jit_compile=True)
 
 
 def test_a_batch_mean_loss_would_train_eight_times_too_fast(mirrored):

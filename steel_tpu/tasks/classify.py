@@ -1,5 +1,7 @@
 """The defect classifier: presence labels, AUC selection, and the probabilities that gate a submission."""
 
+import functools
+
 import numpy as np
 import tensorflow as tf
 
@@ -24,7 +26,9 @@ class Classify(Task):
     def loss(self, *, class_counts=None):
         loss = super().loss(class_counts=class_counts)
         if self.config.model.heads == "both":
-            return lambda y, p: loss(y["binary"], p["binary"]) + loss(y["multilabel"], p["multilabel"])
+            # wraps keeps the loss's name and its all_reduces mark (step.make_train_step reads it).
+            return functools.wraps(loss)(lambda y, p: loss(y["binary"], p["binary"]) + loss(y["multilabel"],
+                                                                                             p["multilabel"]))
         return loss
 
     @staticmethod
