@@ -27,12 +27,13 @@ def _check_all_reduce(loss_fn, strategy, jit_compile):
     if not (jit_compile and strategy.num_replicas_in_sync > 1 and getattr(loss_fn, "all_reduces", False)):
         return
     devices = strategy.extended.worker_devices
-    if isinstance(strategy, tf.distribute.MirroredStrategy) and not all("GPU" in d.upper() for d in devices):
-        # MirroredStrategy all-reduces through a merge_call unless every device is a GPU (then collective ops),
-        # and a merge_call cannot run inside an XLA-compiled function.
+    mirrored = (tf.distribute.MirroredStrategy, tf.distribute.MultiWorkerMirroredStrategy)
+    if isinstance(strategy, mirrored) and not all("GPU" in d.upper() for d in devices):
+        # Both all-reduce through a merge_call unless every device is a GPU (then collective ops), and a merge_call
+        # cannot run inside an XLA-compiled function.
         raise ValueError(f"loss {getattr(loss_fn, '__name__', loss_fn)} all-reduces over replicas in its forward "
-                         f"pass, which MirroredStrategy over {len(devices)} non-GPU devices cannot compile: "
-                         f"train with jit_compile=False (the default on CPU)")
+                         f"pass, which {type(strategy).__name__} over {len(devices)} non-GPU devices cannot "
+                         f"compile: train with jit_compile=False (the default on CPU)")
 
 
 def _per_example(loss_fn, targets, preds):
