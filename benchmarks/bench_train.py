@@ -22,7 +22,8 @@ import time
 import numpy as np
 
 import over_seeds
-from steel_tpu import config, memory, postprocess, tasks, train
+from steel_tpu import config, memory, postprocess, tasks, train, tune, tune_gain
+from steel_tpu.data.folds import assign_folds
 from steel_tpu.data.shard_folder import MANIFEST
 from steel_tpu.workdir import Workdir
 from steel_tpu.data.shards import build_shards
@@ -39,6 +40,26 @@ def gated_dice(seg, cls, *, gate):
     return np.where(kept, seg["dice"], empty_truth.astype(float))
 
 
+def cross_fitted_dice(work, *, fold):
+    """Held-out Dice per (image, class) [N, C] of `fold`'s images at the OOF maps' resolution (1/4), with `tune`'s
+    default choice (pixel threshold, min area and gate per class, then classes not worth min_gain images switched
+    off) made on the other half of those images, each half in turn: what `steel-tpu tune` then `predict` would
+    score, with no image scored by thresholds chosen on its own labels. The halves are stratified as folds are."""
+    stats = tune.collect(work)
+    stats = stats.subset(stats.fold_of == fold)
+    ids = stats.image_ids.tolist()
+    classes = {i: [int(c) + 1 for c in np.flatnonzero(area)] for i, area in zip(ids, stats.truth_area)}
+    half = assign_folds(classes, k=2, seed=0)
+    half = np.array([half[i] for i in ids])
+    dice = np.zeros(stats.truth_area.shape)
+    for scored in (half == 0, half == 1):
+        fit = stats.subset(~scored)
+        chosen = tune.first_stage(fit)[0]
+        chosen = tune_gain.switch_off(fit, chosen, tune.dice_of(fit, chosen))[0]
+        dice[scored] = tune.dice_of(stats.subset(scored), chosen)
+    return dice
+
+
 def train_seed(*, shards, work, cfg, folds):
     """Train one seed into `work`: held-out Dice {variant: [N, C]}, truth areas [N, C], images/s per task, minutes,
     and the resident MB after each fold's last epoch as (fold, task, MB)."""
@@ -53,13 +74,15 @@ def train_seed(*, shards, work, cfg, folds):
         rates[task] = float(np.median(speeds[1:] or speeds))  # the first epoch includes the XLA compile
     # The last epoch's row of each fold and task, in training order: flat resident memory means nothing leaks.
     memory_rows = [(f, t, wd.read_log(t, f)[-1]["rss_mb"]) for f in folds for t in tasks.NAMES]
-    dice = {"ungated": seg["dice"].astype(np.float64), "gated": gated_dice(seg, cls, gate=0.5)}
+    dice = {"ungated": seg["dice"].astype(np.float64), "gated": gated_dice(seg, cls, gate=0.5),
+            "tuned": cross_fitted_dice(work, fold=folds[0])}
     return dice, seg["truth_area"], rates, minutes, memory_rows
 
 
 # predict's defaults (postprocess.PostProcess(): pixel 0.5, no minimum area, no gate) are what a workdir scores with
 # before `tune` has chosen a gate; the gated rows show what a 0.5 gate on the classifier would do.
-VARIANTS = {"ungated": "default thresholds (pixel 0.5)", "gated": "with classifier gate 0.5"}
+VARIANTS = {"ungated": "default thresholds (pixel 0.5)", "gated": "with classifier gate 0.5",
+            "tuned": "tuned on the other half (1/4 res.)"}
 
 
 def summarize(per_seed, *, empty):

@@ -224,6 +224,18 @@ def choose(stats, tables, *, kind, gates, pixel_grid=PIXEL_GRID, area_grid=AREA_
         gate=() if not any(gate) else gate)  # a gate of 0 passes everything: predict then skips the classifiers
 
 
+def first_stage(stats, *, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_grid=GATE_GRID, extend=True):
+    """(the PostProcess of pixel threshold, min area and gate maximising the OOF Dice of `stats`, its tables, the
+    gate head kind, the gates, the pixel grid searched): with `extend`, a threshold chosen on the grid's edge is
+    searched again on the grid extended past it."""
+    tables, kind, gates = search_tables(stats, pixel_grid=pixel_grid, area_grid=area_grid, gate_grid=gate_grid)
+    chosen = choose(stats, tables, kind=kind, gates=gates, pixel_grid=pixel_grid, area_grid=area_grid)
+    wider = tune_checks.extend_pixel_grid(pixel_grid, chosen.pixel_threshold)
+    if extend and wider != tuple(pixel_grid):  # the optimum may lie past the edge: the histograms make it cheap
+        return first_stage(stats, pixel_grid=wider, area_grid=area_grid, gate_grid=gate_grid, extend=False)
+    return chosen, tables, kind, gates, tuple(pixel_grid)
+
+
 def _hit_rate(stats, dice):
     """Per class: the share of images with that defect whose submitted mask overlaps it (Dice > 0); None when no
     image has the class."""
@@ -322,17 +334,8 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
     for path in [target.thresholds_path()] + [storage.join(target.tune_dir(), n) for n in (PLOT_DATA, *PLOT_FILES)]:
         storage.remove(path)
     stats = collect(workdir)
-
-    def first_stage(subset, pixels):
-        tables, kind, gates = search_tables(subset, pixel_grid=pixels, area_grid=area_grid, gate_grid=gate_grid)
-        pp = choose(subset, tables, kind=kind, gates=gates, pixel_grid=pixels, area_grid=area_grid)
-        return pp, tables, kind, gates
-
-    chosen, tables, kind, gates = first_stage(stats, pixel_grid)
-    wider = tune_checks.extend_pixel_grid(pixel_grid, chosen.pixel_threshold)
-    if wider != tuple(pixel_grid):  # a threshold on the grid's edge: search again with the grid extended
-        pixel_grid = wider
-        chosen, tables, kind, gates = first_stage(stats, pixel_grid)
+    chosen, tables, kind, gates, pixel_grid = first_stage(stats, pixel_grid=pixel_grid, area_grid=area_grid,
+                                                          gate_grid=gate_grid)
     before = dice_of(stats, postprocess.PostProcess())
     if any(soft_grid) and stats.class_probs is not None:
         chosen, _ = tune_soft.refine(stats, chosen, soft_grid=soft_grid, pixel_grid=pixel_grid, area_grid=area_grid)
@@ -352,7 +355,7 @@ def tune(*, workdir, out=None, pixel_grid=PIXEL_GRID, area_grid=AREA_GRID, gate_
                                          component_grid=component_grid, soft_grid=soft_grid, lower_grid=lower_grid)
 
     def choose_on(subset):
-        own = first_stage(subset, pixel_grid)[0]
+        own = first_stage(subset, pixel_grid=pixel_grid, area_grid=area_grid, gate_grid=gate_grid, extend=False)[0]
         own = _double_stage(subset, own, pixel_grid=pixel_grid, area_grid=area_grid)[0] if double else own
         return tune_gain.switch_off(subset, own, dice_of(subset, own), min_gain=min_gain)[0]
 

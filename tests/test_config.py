@@ -122,8 +122,7 @@ def test_softmax_head_with_cce_and_class_weights():
 @pytest.mark.parametrize("overrides, message", [
     (["segment.model.head=softmax"],  # the preset's bce + dice
      r"--set segment\.train\.loss=\{'bce': 0\.5, 'dice': 0\.5\}: model\.head=softmax trains with cce, dice, batch_dice "
-     r"only; "
-     r"bce needs model\.head=sigmoid$"),
+     r"only; bce needs model\.head=sigmoid$"),
     (["segment.model.head=softmax", "segment.train.loss={'focal': 1, 'lovasz': 1, 'cce': 1}"],
      r"focal and lovasz need model\.head=sigmoid$"),
     (["segment.train.loss={'cce': 1}"],
