@@ -5,11 +5,12 @@ on the held-out fold, once per seed.
                                      [--heads multilabel] [--height 128] [--width 800] [--folds 0] [--out DIR] [--smoke]
                                      [--set KEY=VALUE ...]
 
-Per seed: the held-out Kaggle Dice with predict's default thresholds (pixel 0.5, no minimum area, no gate) and with
-a 0.5 gate on the classifier, per class, next to the all-empty baseline on the same images; the training images/s
-of both models; the host memory after each fold and task (resident, and the process's peak: it must not grow with
-folds or seeds). Then, over the seeds, each variant's mean +- standard deviation, per class beside its empty Dice
-with the seeds it beat it in. Seeds change the training (initialisation, order, augmentation), not the data.
+Per seed: the held-out Kaggle Dice with predict's default thresholds (pixel 0.5, no minimum area, no gate), with a
+0.5 gate on the classifier, and with what `tune` chooses on the other half of the held-out images (cross_fitted_dice),
+per class, next to the all-empty baseline on the same images; the training images/s of both models; the host memory
+after each fold and task (resident, and the process's peak: it must not grow with folds or seeds). Then, over the
+seeds, each variant's mean +- standard deviation, per class beside its empty Dice with the seeds it beat it in.
+Seeds change the training (initialisation, order, augmentation), not the data.
 Target (issue 14): every class above its empty Dice in every seed, and mean Dice >= 0.95.
 """
 
@@ -80,7 +81,8 @@ def train_seed(*, shards, work, cfg, folds):
 
 
 # predict's defaults (postprocess.PostProcess(): pixel 0.5, no minimum area, no gate) are what a workdir scores with
-# before `tune` has chosen a gate; the gated rows show what a 0.5 gate on the classifier would do.
+# before `tune` has chosen a gate; the gated rows show what a 0.5 gate on the classifier would do, the tuned rows what
+# `tune` then `predict` would score.
 VARIANTS = {"ungated": "default thresholds (pixel 0.5)", "gated": "with classifier gate 0.5",
             "tuned": "tuned on the other half (1/4 res.)"}
 
@@ -157,9 +159,9 @@ def main(argv=None):
               f"{args.height}x{args.width}")
         for variant, label in VARIANTS.items():
             d = dice[variant]
-            print(f"  Kaggle Dice, {label:31s} {d.mean():.4f}  margin over empty {d.mean() - empty.mean():+.4f}  "
+            print(f"  Kaggle Dice, {label:35s} {d.mean():.4f}  margin over empty {d.mean() - empty.mean():+.4f}  "
                   "per class " + " ".join(f"{v:.4f}" for v in d.mean(axis=0)))
-        print(f"  all-empty baseline                        {empty.mean():.4f}  per class "
+        print(f"  all-empty baseline                            {empty.mean():.4f}  per class "
               + " ".join(f"{v:.4f}" for v in empty.mean(axis=0)))
         print(f"  training images/s: classifier {rates['classify']:.1f}, segmenter {rates['segment']:.1f} "
               f"(median epoch after the first); wall time {minutes:.1f} min", flush=True)
