@@ -7,10 +7,11 @@ DEMO_DIR ?= demo_out
 
 .PHONY: venv test test-fast demo bench clean
 
-$(STAMP): requirements/cpu-lock.txt setup.cfg
+$(STAMP): requirements/cpu-lock.txt requirements/no-deps.txt setup.cfg
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements/cpu-lock.txt
+	$(PY) -m pip install -q --no-deps -r requirements/no-deps.txt
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

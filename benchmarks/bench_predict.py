@@ -35,7 +35,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timing  # noqa: E402
 
 from steel_tpu import config as config_lib  # noqa: E402
-from steel_tpu import ensemble, kaggle, metrics, postprocess, predict, step, synth, tasks  # noqa: E402
+from steel_tpu import kaggle, metrics, postprocess, predict, step, synth, tasks  # noqa: E402
+from steel_tpu.scoring import ensemble  # noqa: E402
+from steel_tpu.scoring.scorer import submitted_rles  # noqa: E402
+from steel_tpu.scoring.source import ModelSource  # noqa: E402
 from steel_tpu.data import pipeline  # noqa: E402
 from steel_tpu.submission_writer import ChunkedSubmission  # noqa: E402
 from steel_tpu.workdir import Workdir  # noqa: E402
@@ -67,7 +70,7 @@ def _calibrate(model, sample):
 
 def _workdir(work, *, size, sample_paths):
     """A workdir of random-init fold models, saved exactly as training saves them."""
-    cfg = config_lib.tiny()
+    cfg = config_lib.preset("tiny")
     h, w = size
     for task in (cfg.classify, cfg.segment):
         task.data = dataclasses.replace(task.data, image_height=h, image_width=w, batch_size=None,
@@ -173,7 +176,7 @@ def host_path(paths, device, p_any, *, size, batch_size, out, pp):
     for (masks, areas), i in zip(device, range(0, len(paths), batch_size)):
         if pp.filters_components:  # as predict's _host_work: components dropped, areas counted after
             masks, areas = pp.filter(masks)
-        rles = predict.submitted_rles(masks, areas, p_any[i:i + batch_size, None], pp=pp)
+        rles = submitted_rles(masks, areas, p_any[i:i + batch_size, None], pp=pp)
         writer.commit(i // batch_size, list(zip([os.path.basename(p) for p in paths[i:i + batch_size]], rles)))
     writer.finish((len(paths) + batch_size - 1) // batch_size)
     return {"decode": decode, "post": time.perf_counter() - start}
@@ -184,7 +187,8 @@ def predict_stages(work, paths, *, size, batch_size):
     decoded batches. (predict overlaps decoding and post-processing with the models, so its end-to-end time is
     less than the sum.)"""
     start = time.perf_counter()
-    ens = ensemble.load(work, strategy=tf.distribute.get_strategy(), tasks=("classify", "segment"))
+    plan = ModelSource.resolve(work).plan(thresholds=postprocess.PostProcess(), tasks=("classify", "segment"))
+    ens = ensemble.build(plan, strategy=tf.distribute.get_strategy())
     forward = ensemble.make_forward(ens, pp=postprocess.PostProcess())
     predict_step = step.make_predict_step(forward=forward, strategy=tf.distribute.get_strategy(), jit_compile=False)
     batches = [b["image"] for b in pipeline.predict_dataset(source=list(paths), image_size=size,

@@ -23,7 +23,8 @@ import time
 import numpy as np
 
 import over_seeds
-from steel_tpu import config, memory, postprocess, tasks, train, tune, tune_gain
+from steel_tpu import config, memory, postprocess, tasks, train
+from steel_tpu.tuning import gain, oof_stats, search
 from steel_tpu.data.folds import assign_folds
 from steel_tpu.data.shard_folder import MANIFEST
 from steel_tpu.workdir import Workdir
@@ -46,7 +47,7 @@ def cross_fitted_dice(work, *, fold):
     default choice (pixel threshold, min area and gate per class, then classes not worth min_gain images switched
     off) made on the other half of those images, each half in turn: what `steel-tpu tune` then `predict` would
     score, with no image scored by thresholds chosen on its own labels. The halves are stratified as folds are."""
-    stats = tune.collect(work)
+    stats = oof_stats.collect((work,))
     stats = stats.subset(stats.fold_of == fold)
     ids = stats.image_ids.tolist()
     classes = {i: [int(c) + 1 for c in np.flatnonzero(area)] for i, area in zip(ids, stats.truth_area)}
@@ -55,9 +56,9 @@ def cross_fitted_dice(work, *, fold):
     dice = np.zeros(stats.truth_area.shape)
     for scored in (half == 0, half == 1):
         fit = stats.subset(~scored)
-        chosen = tune.first_stage(fit)[0]
-        chosen = tune_gain.switch_off(fit, chosen, tune.dice_of(fit, chosen))[0]
-        dice[scored] = tune.dice_of(stats.subset(scored), chosen)
+        chosen = search.first_stage(fit)[0]
+        chosen = gain.switch_off(fit, chosen, oof_stats.dice_of(fit, chosen))[0]
+        dice[scored] = oof_stats.dice_of(stats.subset(scored), chosen)
     return dice
 
 

@@ -6,6 +6,7 @@ import math
 import sys
 
 from steel_tpu import __version__, config, console
+from steel_tpu.config.choices import DEVICES
 from steel_tpu.cli_errors import user_error
 
 EXAMPLES = {
@@ -24,7 +25,6 @@ EXAMPLES = {
     "env": "steel-tpu env --device auto",
     "export": "steel-tpu export --workdir work --out kit",
 }
-DEVICES = ("auto", "tpu", "gpu", "cpu")  # choices.DEVICES, spelled here so --help needs no import
 RESCORE_TOLERANCE = 0.01  # rescore.TOLERANCE, likewise (it imports TensorFlow)
 
 
@@ -80,10 +80,27 @@ def _verify(args):
     print(verify(args.shards, data=args.data, workers=args.workers))
 
 
+def _device(args):
+    """The device `--device` chose (auto: None, the command detects it), built only when asked for explicitly."""
+    if args.device in (None, "auto"):
+        return None
+    from steel_tpu import distribute
+
+    return distribute.select_strategy(prefer=args.device)
+
+
+def _models(args):
+    """The one model source the --workdir arguments name (workdirs, a system folder or a kit), resolved once."""
+    from steel_tpu.scoring.source import ModelSource
+
+    return ModelSource.resolve(args.workdir)
+
+
 def _train(args):
     # Built and validated before TensorFlow loads and anything is written: a bad --set fails in a second and never
     # leaves a workdir holding its config.
-    members = config.members_of(args.config, args.set)
+    overrides = [*args.set, *([f"device={args.device}"] if args.device else [])]
+    members = config.members_of(args.config, overrides)
     from steel_tpu import train
 
     tasks = None if args.task == "both" else (args.task,)
@@ -91,18 +108,13 @@ def _train(args):
                      folds=args.folds, pseudo=args.pseudo)
 
 
-def _workdirs(args):
-    """The one --workdir as given, or the list of several (an ensemble)."""
-    return args.workdir[0] if len(args.workdir) == 1 else args.workdir
-
-
 def _tune(args):
-    from steel_tpu.tune import tune
-    from steel_tpu.tune_components import COMPONENT_GRID
-    from steel_tpu.tune_gain import MIN_GAIN
-    from steel_tpu.tune_soft import SOFT_GRID
+    from steel_tpu.tuning.components import COMPONENT_GRID
+    from steel_tpu.tuning.gain import MIN_GAIN
+    from steel_tpu.tuning.soft import SOFT_GRID
+    from steel_tpu.tuning.tune import tune
 
-    tune(workdir=_workdirs(args), out=args.out, component_grid=COMPONENT_GRID if args.components else (0,),
+    tune(workdir=_models(args), out=args.out, component_grid=COMPONENT_GRID if args.components else (0,),
          soft_grid=SOFT_GRID if args.soft_gate else (0.0,), double=args.double,
          min_gain=MIN_GAIN if args.min_gain is None else args.min_gain)
 
@@ -110,13 +122,12 @@ def _tune(args):
 def _rescore(args):
     from steel_tpu.rescore import rescore  # TensorFlow: the models score the OOF images again
 
-    device = None
-    if args.device != "auto":
-        from steel_tpu import distribute
+    rescore(workdir=_models(args), shards=args.shards, thresholds=args.thresholds, tolerance=args.tolerance,
+            batch_size=args.batch_size, device=_device(args))
 
-        device = distribute.select_strategy(prefer=args.device)
-    rescore(workdir=args.workdir, shards=args.shards, thresholds=args.thresholds, tolerance=args.tolerance,
-            batch_size=args.batch_size, device=device)
+
+# Single-machine options a Beam run cannot honour: refused by the parser, never silently dropped.
+_NOT_WITH_RUNNER = {"predict": ("chunk_size", "device")}
 
 
 def _predict(args):
@@ -127,34 +138,24 @@ def _predict(args):
         _quiet_beam(args)
         from steel_tpu.beam.predict import predict as beam_predict
 
-        beam_predict(workdir=_workdirs(args), images=args.images, out=args.out, runner=args.runner,
+        beam_predict(workdir=_models(args), images=args.images, out=args.out, runner=args.runner,
                      pipeline_flags=args.pipeline_flags, batch_size=args.batch_size, tta=args.tta,
                      skip_bad=args.skip_bad, thresholds=args.thresholds, folds=args.folds)
         return
     from steel_tpu.predict import predict
 
-    device = None
-    if args.device != "auto":
-        from steel_tpu import distribute
-
-        device = distribute.select_strategy(prefer=args.device)
-    predict(workdir=_workdirs(args), images=args.images, out=args.out, batch_size=args.batch_size, tta=args.tta,
-            skip_bad=args.skip_bad, thresholds=args.thresholds, folds=args.folds, chunk_size=args.chunk_size,
-            device=device)
+    predict(workdir=_models(args), images=args.images, out=args.out, batch_size=args.batch_size, tta=args.tta,
+            skip_bad=args.skip_bad, thresholds=args.thresholds, folds=args.folds, device=_device(args),
+            **({} if args.chunk_size is None else {"chunk_size": args.chunk_size}))
 
 
 def _pseudo(args):
     from steel_tpu.pseudo import pseudo_label
 
-    device = None
-    if args.device != "auto":
-        from steel_tpu import distribute
-
-        device = distribute.select_strategy(prefer=args.device)
-    pseudo_label(workdir=args.workdir, images=args.images, out=args.out, hi=args.min_confidence,
+    pseudo_label(workdir=_models(args), images=args.images, out=args.out, hi=args.min_confidence,
                  lo=1.0 - args.min_confidence if args.max_absent is None else args.max_absent,
                  min_area=args.min_area, thresholds=args.thresholds, folds=args.folds, batch_size=args.batch_size,
-                 tta=args.tta, shard_mb=args.shard_mb, device=device)
+                 tta=args.tta, shard_mb=args.shard_mb, device=_device(args))
 
 
 def min_areas(text):
@@ -206,7 +207,7 @@ def _env(args):
 def _export(args):
     from steel_tpu.export import export
 
-    export(workdir=args.workdir, out=args.out, thresholds=args.thresholds, folds=args.folds)
+    export(workdir=_models(args), out=args.out, thresholds=args.thresholds, folds=args.folds)
 
 
 def _bounded(kind, low, *, strict=False, high=None):
@@ -338,6 +339,9 @@ def _add_parsers(sub, common):
     p.add_argument("--pseudo", default=None, metavar="PSEUDO_SHARDS",
                    help="a pseudo-label shard folder (steel-tpu pseudo) mixed into each training batch at "
                         "TASK.data.pseudo_share (e.g. --set segment.data.pseudo_share=0.125); never validated on")
+    p.add_argument("--device", choices=DEVICES, default=None,
+                   help="where to train (default: the config's `device`; auto: a TPU when the host shows one, else "
+                        "local GPUs, else the CPU); the same as --set device=...")
 
     p = _add(sub, "tune", _tune, "choose thresholds and minimum areas on out-of-fold predictions", common)
     p.add_argument("--workdir", required=True, action="append",
@@ -361,8 +365,10 @@ def _add_parsers(sub, common):
 
     p = _add(sub, "rescore", _rescore, "score the tuned post-processing at full resolution on the out-of-fold images "
                                        "(each fold's own models), beside tune's 1/4-resolution estimate", common)
-    p.add_argument("--workdir", required=True, help="a trained and tuned workdir, local or gs://; writes rescore.json")
-    p.add_argument("--shards", required=True, help="the shard folder the workdir was trained from")
+    p.add_argument("--workdir", required=True, action="append",
+                   help="a trained and tuned workdir or system folder, local or gs://; repeated: an ensemble of "
+                        "workdirs (with --thresholds from `tune` over them); rescore.json goes beside the thresholds")
+    p.add_argument("--shards", required=True, help="the shard folder the workdirs were trained from")
     p.add_argument("--thresholds", default=None, help="a thresholds.json (default: the workdir's)")
     p.add_argument("--tolerance", type=_bounded(float, 0.0), default=RESCORE_TOLERANCE,
                    help="warn about a class whose full-resolution Dice differs from the estimate by more")
@@ -373,8 +379,8 @@ def _add_parsers(sub, common):
     p = _add(sub, "predict", _predict, "score images with the workdir's fold ensemble into a Kaggle submission",
              common)
     p.add_argument("--workdir", required=True, action="append",
-                   help="a training workdir or exported kit, local or gs://; repeated: every fold model of every "
-                        "workdir averaged (needs --thresholds from `tune` over the same workdirs)")
+                   help="a training workdir, system folder or exported kit, local or gs://; repeated: every fold "
+                        "model of every workdir averaged (needs --thresholds from `tune` over the same workdirs)")
     p.add_argument("--images", required=True, help="a folder of JPEGs or of test shards (local or gs://)")
     p.add_argument("--out", required=True, help="the submission CSV, current Kaggle layout (local or gs://)")
     p.add_argument("--batch-size", type=_POSITIVE_INT, default=None, help="global batch (default: the segmenter's)")
@@ -384,15 +390,18 @@ def _add_parsers(sub, common):
                                                       "required with several --workdir)")
     p.add_argument("--folds", type=fold_list, default=None,
                    help="comma-separated fold models to use, of every workdir (default: all)")
-    p.add_argument("--chunk-size", type=_POSITIVE_INT, default=1024,
-                   help="images per committed chunk (the resume unit; single machine only)")
-    p.add_argument("--device", choices=DEVICES, default="auto",
-                   help="auto: a TPU when the host shows one, else local GPUs, else the CPU")
+    p.add_argument("--chunk-size", type=_POSITIVE_INT, default=None,
+                   help="images per committed chunk (the resume unit; single machine only; default 1024)")
+    p.add_argument("--device", choices=DEVICES, default=None,
+                   help="auto: a TPU when the host shows one, else local GPUs, else the CPU (single machine only: "
+                        "Beam workers use their own)")
     _add_runner(p)
 
     p = _add(sub, "pseudo", _pseudo, "pseudo-label unlabelled JPEGs with the workdir's ensemble: keep the images "
                                      "whose classifier and segmenter confidently agree, as pseudo shards", common)
-    p.add_argument("--workdir", required=True, help="a trained and tuned workdir (or kit), local or gs://")
+    p.add_argument("--workdir", required=True, action="append",
+                   help="a trained and tuned workdir, system folder or kit, local or gs://; repeated: an ensemble "
+                        "of workdirs (with --thresholds from `tune` over them)")
     p.add_argument("--images", required=True, help="a folder of unlabelled JPEGs (e.g. test_images), local or gs://")
     p.add_argument("--out", required=True, help="the pseudo shard folder to write: new or empty")
     p.add_argument("--min-confidence", type=_bounded(float, 0.5, strict=True, high=1.0), default=0.9,
@@ -438,7 +447,9 @@ def _add_parsers(sub, common):
 
     p = _add(sub, "export", _export, "a kit that scores offline (Kaggle): wheel, .keras fold models, thresholds, "
                                      "score.py", common)
-    p.add_argument("--workdir", required=True, help="a trained and tuned workdir, local or gs://")
+    p.add_argument("--workdir", required=True, action="append",
+                   help="a trained and tuned workdir or system folder, local or gs://; repeated: an ensemble of "
+                        "workdirs (with --thresholds from `tune` over them), one kit for all of them")
     p.add_argument("--out", required=True, help="the kit folder: new, empty, or an earlier kit")
     p.add_argument("--thresholds", default=None, help="a thresholds.json (default: the workdir's)")
     p.add_argument("--folds", type=fold_list, default=None, help="comma-separated fold models (default: all)")
@@ -466,6 +477,11 @@ def parse(argv=None):
     args, extra = parser.parse_known_args(argv)
     if extra and not getattr(args, "runner", None):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    given = [f"--{dest.replace('_', '-')}" for dest in _NOT_WITH_RUNNER.get(args.command, ())
+             if getattr(args, "runner", None) and getattr(args, dest) is not None]
+    if given:
+        parser.error(f"{', '.join(given)} cannot be used with --runner (a Beam pipeline has no chunked resume and "
+                     "its workers choose their own device): leave them out, or drop --runner")
     args.pipeline_flags = extra
     return args
 

@@ -4,7 +4,11 @@ import html
 import json
 import time
 
-from steel_tpu import config, members, outputs, postprocess, report, storage, system, tune
+from steel_tpu import config, members, outputs, postprocess, storage, system
+from steel_tpu.formats import thresholds as thresholds_format
+from steel_tpu.page import Section, page
+from steel_tpu.scoring.source import ModelSource
+from steel_tpu.tuning.tune import tune
 from steel_tpu.workdir import Workdir
 
 HTML, JSON = "compare.html", "compare.json"
@@ -29,7 +33,7 @@ def _check_workdirs(workdirs, cfgs):
 
 def oof_image_ids(work):
     """The sorted image ids of every completed segment fold's out-of-fold data (what tune scores)."""
-    wd = members.open_oof(work)
+    wd = members.open_oof(ModelSource.resolve(work).paths)
     return sorted(i for fold in wd.completed_folds("segment") for i in wd.oof("segment", fold)["image_ids"].tolist())
 
 
@@ -65,9 +69,9 @@ def verdict(dice, *, empty):
 
 
 def comparison(results):
-    """compare.json's rows from each preset's thresholds.json (`results`: {preset: load_thresholds' dict}): per class
-    and the mean, each preset's report.class_diagnosis numbers, the all-empty Dice once, and the verdict."""
-    diagnoses = {name: report.class_diagnosis(result) for name, result in results.items()}
+    """compare.json's rows from each preset's thresholds.json (`results`: {preset: formats.thresholds.Thresholds}):
+    per class and the mean, each preset's Thresholds.diagnosis numbers, the all-empty Dice once, and the verdict."""
+    diagnoses = {name: result.diagnosis() for name, result in results.items()}
     rows = []
     for i, row in enumerate(next(iter(diagnoses.values()))):
         empties = {name: d[i]["dice_all_empty"] for name, d in diagnoses.items()}
@@ -99,7 +103,7 @@ def _postprocess_text(pp):
 
 def _page(doc):
     names = doc["configs"]
-    section = report.Section("Per class, after tuning")
+    section = Section("Per class, after tuning")
     section.paragraph(f"Out-of-fold Kaggle Dice on the same {doc['n_images']} images (folds {doc['oof_folds']}) for "
                       "each preset after its own `tune`; the Dice of submitting every class empty on those images; "
                       "the share of defect images each preset's submitted mask touches (Dice > 0); and the "
@@ -122,7 +126,7 @@ def _page(doc):
               f"<code>{html.escape(str(doc['shards']))}</code>, folds {html.escape(str(doc['folds']))}, tasks "
               f"{html.escape(', '.join(doc['tasks']))}, overrides "
               f"{html.escape(' '.join(doc['overrides']) or 'none')}. Written {html.escape(doc['written'])}.</p>")
-    return report.page(header, [section], title="steel_tpu comparison")
+    return page(header, [section], title="steel_tpu comparison")
 
 
 def compare(*, shards, configs, folds, out, tasks=("classify", "segment"), overrides=(), device=None):
@@ -149,11 +153,11 @@ def compare(*, shards, configs, folds, out, tasks=("classify", "segment"), overr
     ids = check_same_images(workdirs)
     results = {}
     for name in names:
-        tune.tune(workdir=workdirs[name])
-        results[name] = report.load_thresholds(workdirs[name])
+        tune(workdir=workdirs[name])
+        results[name] = thresholds_format.read(storage.join(workdirs[name], thresholds_format.FILE))
     doc = {"configs": list(names), "workdirs": workdirs, "shards": str(shards), "folds": list(folds),
            "tasks": list(tasks), "overrides": list(overrides), "n_images": len(ids),
-           "oof_folds": results[names[0]]["folds"], "rows": comparison(results),
+           "oof_folds": results[names[0]].record["folds"], "rows": comparison(results),
            "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     storage.write_text(storage.join(out, JSON), json.dumps(doc, indent=2) + "\n")
     index = storage.join(out, HTML)

@@ -38,7 +38,8 @@ def _claim(out):
 
 def run(*, out, n_train=160, n_test=40, seed=0, overrides=()):
     # Imported here so that main() quiets TensorFlow's log lines before TensorFlow loads.
-    from steel_tpu import config, kaggle, metrics, predict, synth, train, tune
+    from steel_tpu import config, kaggle, metrics, predict, synth, train
+    from steel_tpu.tuning.tune import tune
     from steel_tpu.data.shards import build_shards
     from steel_tpu.data.verify import verify
 
@@ -70,7 +71,7 @@ def run(*, out, n_train=160, n_test=40, seed=0, overrides=()):
     train.run(shards=shards, workdir=work, cfg=cfg, folds=(0,))
 
     _stage("tune thresholds, minimum areas and the classifier gate on the out-of-fold predictions")
-    tune.tune(workdir=work)
+    tune(workdir=work)
 
     submission = os.path.join(out, "submission.csv")
     _stage(f"predict the {n_test} test images -> {submission}")

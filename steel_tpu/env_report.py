@@ -5,7 +5,8 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from steel_tpu import config, distribute, install, keras_api, resolve
+from steel_tpu import config, distribute, install, keras_api
+from steel_tpu.config import resolve
 
 
 def _credentials(environ):

@@ -1,4 +1,4 @@
-"""`steel-tpu export`: a workdir's fold models, thresholds and this package as a kit that scores offline (Kaggle)."""
+"""`steel-tpu export`: a model source's fold models, thresholds and this package as a kit that scores offline (Kaggle)."""
 
 import base64
 import hashlib
@@ -15,10 +15,11 @@ import numpy as np
 
 import steel_tpu
 from steel_tpu import config as config_lib
-from steel_tpu import kit, members, postprocess, storage, system
+from steel_tpu import kit, members, storage, system
 from steel_tpu import tasks as tasks_lib
+from steel_tpu.formats import thresholds as thresholds_format
 from steel_tpu.keras_api import keras
-from steel_tpu.workdir import Workdir, read_thresholds
+from steel_tpu.scoring.source import ModelSource
 
 NAME = "steel_tpu"
 # What setup.cfg declares; the kit's wheel carries it so `pip install KIT/*.whl` gives the same command.
@@ -66,22 +67,32 @@ def build_wheel():
     return wheel_name(version), buf.getvalue()
 
 
-def _planned(out, *, models, wheel):
-    """Every file the export writes, by exact path."""
-    names = [kit.CONFIG, kit.THRESHOLDS, kit.SCORE, wheel, kit.KIT_JSON]
-    return [storage.join(out, n) for n in names] + [storage.join(out, kit.MODELS, n) for n in models]
+def _planned(out, *, folders, wheel):
+    """Every file the export writes, by exact path: the kit's own files, and per model-set folder (`folders`:
+    {folder: model file names}) its config and models."""
+    top = [storage.join(out, n) for n in (kit.THRESHOLDS, kit.SCORE, wheel, kit.KIT_JSON)]
+    return top + [path for folder, models in folders.items() for path in
+                  [storage.join(folder, kit.CONFIG)] + [storage.join(folder, kit.MODELS, n) for n in models]]
 
 
 def _refuse_foreign(out, planned):
-    """Promise 1: an --out holding anything this export does not write is refused, its files named."""
-    planned, foreign = set(planned), []
-    models_dir = storage.join(out, kit.MODELS)
-    for folder in (out, models_dir):
+    """Promise 1: an --out holding anything this export does not write is refused, its files named. The folders on
+    the way to a planned file (a member's, its models/) are looked into; any other entry is foreign."""
+    planned, folders = set(planned), set()
+    for path in planned:
+        parent = storage.parent(path)
+        while len(parent) > len(out):
+            folders.add(parent)
+            parent = storage.parent(parent)
+    foreign, todo = [], [out]
+    while todo:
+        folder = todo.pop()
         if not storage.isdir(folder):
             continue
-        for path in storage.listdir(folder):
-            path = path.rstrip("/")
-            if path not in planned and not (folder == out and path == models_dir):
+        for path in (p.rstrip("/") for p in storage.listdir(folder)):
+            if path in folders:
+                todo.append(path)
+            elif path not in planned:
                 foreign.append(path)
     if foreign:
         shown = ", ".join(posixpath.basename(p) for p in sorted(foreign)[:5])
@@ -104,57 +115,77 @@ def _keras_file(model):
             return f.read()
 
 
+def _member_names(source):
+    """A kit folder name per member: a system's own member names; m0, m1, ... for several workdirs; none for one."""
+    if source.kind == "workdir":
+        return [None]
+    if source.kind == "system":
+        return list(system.read(source.home)[1])
+    return [f"m{i}" for i in range(len(source.stores))]
+
+
+def _write_models(member, folder, *, chosen):
+    """Write `member`'s config and its `chosen` fold models ({task: folds}) as .keras files under `folder`."""
+    cfg = member.config
+    for task_name, fs in chosen.items():
+        task = tasks_lib.make(task_name, cfg)
+        for fold in fs:
+            model = task.build_model(pretrained=False)
+            member.models.load_weights(model, task_name, fold)
+            storage.write_bytes(storage.join(folder, kit.MODELS, kit.model_name(task_name, fold)), _keras_file(model))
+    storage.write_text(storage.join(folder, kit.CONFIG), config_lib.to_json(cfg))
+
+
 def export(*, workdir, out, thresholds=None, folds=None):
     """Write the kit of `workdir` into `out` (new, empty, or an earlier kit of the same files); returns a summary.
 
-    `thresholds`: a thresholds.json (default: the workdir's; one is required: a kit scores with tuned values);
-    `folds`: only these fold models (default: every completed one). Classifiers go in only when the thresholds
-    gate on them, as predict would load them.
+    `workdir`: a scoring.source.ModelSource or what resolves into one: one workdir (a format-1 kit), or a system or
+    several workdirs (a format-2 kit: one folder per member, scored as the same ensemble). `thresholds`: a
+    thresholds.json (default: the source's own; one is required: a kit scores with tuned values); `folds`: only
+    these fold models (default: every completed one). Classifiers go in only when the thresholds need them, as
+    predict would load them.
     """
     start = time.perf_counter()
-    system.refuse(workdir, command="export")
-    wd, out = Workdir(workdir), str(out).rstrip("/")
-    cfg = wd.config()
-    path = thresholds or wd.thresholds_path()
-    if not storage.exists(path):
-        raise FileNotFoundError(f"{path}: no thresholds: run `steel-tpu tune --workdir {workdir}` first "
-                                "(or give --thresholds)")
-    doc = read_thresholds(path)
-    members.check_tuned_for(doc, where=path, work=workdir)  # an ensemble's thresholds do not fit one workdir's models
-    pp = postprocess.from_thresholds(doc, where=path)  # a thresholds file predict would refuse is refused now
-    chosen = {t: [f for f in wd.completed_folds(t) if folds is None or f in folds]
-              for t in (("classify", "segment") if pp.gate else ("segment",))}
-    missing = sorted(set(folds or ()) - set(chosen["segment"]))
-    if missing or not chosen["segment"]:
-        raise FileNotFoundError(f"{workdir}: segment folds {missing or 'any'} not complete: nothing to export")
-    if pp.gate and not chosen["classify"]:
-        raise FileNotFoundError(f"{path} gates on a classifier, but {workdir} has no completed classify folds")
-    models = [kit.model_name(t, f) for t, fs in chosen.items() for f in fs]
+    source = ModelSource.resolve(workdir)
+    source.workdirs(command="export")  # a kit is exported already
+    out = str(out).rstrip("/") if storage.is_gcs(out) else os.path.abspath(out)
+    found = source.thresholds(thresholds, required_by="export")
+    plan = source.plan(thresholds=found, folds=folds)  # what predict would load, checked as predict checks it
+    names = _member_names(source)
+    folders = {name: out if name is None else storage.join(out, name) for name in names}
+    by_path = {m.path: m for m in plan.members}
+    files = {folders[n]: [kit.model_name(t, f) for t, fs in by_path[s.path].folds.items() for f in fs]
+             for n, s in zip(names, source.stores) if s.path in by_path}
     wheel, wheel_bytes = build_wheel()
-    _refuse_foreign(out, _planned(out, models=models, wheel=wheel))
+    _refuse_foreign(out, _planned(out, folders=files, wheel=wheel))
 
     # Float32 files whatever policy this process trained under: the kit scores on Kaggle's CPU or GPU.
     policy = keras.mixed_precision.global_policy().name
     keras.mixed_precision.set_global_policy("float32")
     try:
-        for task_name, fs in chosen.items():
-            task = tasks_lib.make(task_name, cfg)
-            for fold in fs:
-                model = task.build_model(pretrained=False)
-                wd.load_weights(model, task_name, fold)
-                storage.write_bytes(storage.join(out, kit.MODELS, kit.model_name(task_name, fold)), _keras_file(model))
+        for name, store in zip(names, source.stores):
+            if store.path in by_path:
+                _write_models(by_path[store.path], folders[name], chosen=by_path[store.path].folds)
     finally:
         keras.mixed_precision.set_global_policy(policy)
     storage.write_bytes(storage.join(out, wheel), wheel_bytes)
-    storage.write_text(storage.join(out, kit.CONFIG), config_lib.to_json(cfg))
-    storage.write_text(storage.join(out, kit.THRESHOLDS), json.dumps(doc, indent=2) + "\n")
+    thresholds_format.write(storage.join(out, kit.THRESHOLDS), found)
     score = _SCORE_TEMPLATE.read_text().replace("{{WHEEL}}", wheel).replace("{{VERSION}}", steel_tpu.__version__)
     storage.write_text(storage.join(out, kit.SCORE), score)
-    info = {"format": kit.FORMAT, "package": wheel, "version": steel_tpu.__version__,
-            "models": {t: fs for t, fs in chosen.items()}, "workdir": str(workdir), "thresholds": str(path)}
+    info = {"package": wheel, "version": steel_tpu.__version__, "workdir": str(source), "thresholds": found.path}
+    if names == [None]:
+        info = {"format": 1, **info, "models": plan.members[0].folds}
+    else:
+        info = {"format": 2, **info, "members": [
+            {"name": name, "workdir": members.normalized(m.path), "models": m.folds,
+             "identity": {task: {str(f): list(item) for f, item in zip(m.folds[task], ident)}
+                          for task, ident in m.identity.items()}}
+            for name, m in ((n, by_path[s.path]) for n, s in zip(names, source.stores) if s.path in by_path)]}
     # Last: a folder is a kit only once everything in it is written.
     storage.write_text(storage.join(out, kit.KIT_JSON), json.dumps(info, indent=2) + "\n")
-    size = sum(storage.size(p) for p in _planned(out, models=models, wheel=wheel))
+    written = _planned(out, folders=files, wheel=wheel)
+    size = sum(storage.size(p) for p in written)
+    models = [f"{'' if n is None else n + '/'}{m}" for n in names for m in files.get(folders[n], [])]
     print(f"export: {len(models)} model(s) ({', '.join(models)}), {wheel}, thresholds and score.py -> {out} "
           f"({size / 1e6:.1f} MB, {time.perf_counter() - start:.1f}s); on Kaggle: "
           f"python {kit.SCORE} --images TEST_IMAGES --out submission.csv")

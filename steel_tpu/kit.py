@@ -1,25 +1,32 @@
-"""The one owner of an exported kit folder (`steel-tpu export`): its file names, and reading it like a workdir.
+"""The one owner of an exported kit folder (`steel-tpu export`): its file names, and reading its model sets.
 
+One workdir's kit (format 1):
 ```
-KIT/kit.json                        what the kit holds: format, package wheel, fold models per task, its source
+KIT/kit.json                        format, package wheel, fold models per task, where they came from
 KIT/config.json                     the training config (the workdir's, as the user wrote it)
-KIT/thresholds.json                 tune's thresholds
 KIT/models/{task}_fold{k}.keras     the fold models, Keras-native (custom layers registered by steel_tpu.models)
+KIT/thresholds.json                 tune's thresholds
 KIT/steel_tpu-V-py3-none-any.whl    this package
 KIT/score.py                        scores a folder of test images into submission.csv, offline
 ```
-`predict --workdir KIT` (and KIT/score.py, which runs it) reads a kit where it would read a workdir.
+An ensemble's or a system's kit (format 2) holds one folder per member, `KIT/<member>/config.json` and
+`KIT/<member>/models/...`, and kit.json lists the members with the workdir each came from and the identity of its
+fold models there (what the ensemble's thresholds.json records). `predict --workdir KIT` (and KIT/score.py, which
+runs it) reads a kit where it would read the workdirs (scoring.source.ModelSource).
 """
 
 import os
+import re
 import tempfile
 
 from steel_tpu import config as config_lib
 from steel_tpu import storage
-from steel_tpu.workdir import Workdir, WorkdirError, read_json, read_thresholds
+from steel_tpu.formats.fold_models import FoldModels
+from steel_tpu.workdir import WorkdirError, read_json
 
-FORMAT = 1
+FORMATS = (1, 2)  # 1: one model set at the root; 2: one folder per member
 KIT_JSON, CONFIG, THRESHOLDS, MODELS, SCORE = "kit.json", "config.json", "thresholds.json", "models", "score.py"
+_MEMBER = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # a member's folder: never a path or a pattern
 
 
 def model_name(task, fold):
@@ -27,45 +34,45 @@ def model_name(task, fold):
 
 
 def is_kit(path):
-    return storage.exists(storage.join(str(path), KIT_JSON))
+    return isinstance(path, (str, os.PathLike)) and storage.exists(storage.join(str(path), KIT_JSON))
 
 
-def open_models(path):
-    """What predict reads models, config and thresholds from: a Kit when `path` holds kit.json, else a Workdir."""
-    return Kit(path) if is_kit(path) else Workdir(path)
+def check_member_name(name, *, where):
+    if not isinstance(name, str) or not _MEMBER.fullmatch(name):
+        raise WorkdirError(f"{where}: member name {name!r} must be lowercase letters, digits, - and _")
+    return name
 
 
-class Kit:
-    """An exported kit at `path`, read through the methods predict and ensemble use on a Workdir."""
+class KitMember(FoldModels):
+    """One model set of a kit: its config and `.keras` fold models under `path` (the kit, or its member folder)."""
 
-    def __init__(self, path):
+    def __init__(self, path, *, models, source=None, identity=None):
         self.path = str(path)
-        self.info = read_json(self._file(KIT_JSON), what="kit description")
-        if self.info.get("format") != FORMAT:
-            raise WorkdirError(f"{self._file(KIT_JSON)}: kit format {self.info.get('format')!r}, this steel_tpu "
-                               f"reads format {FORMAT}: score it with the wheel inside the kit")
-
-    def __str__(self):
-        return self.path
-
-    def _file(self, *parts):
-        return storage.join(self.path, *parts)
+        self.models = {task: sorted(int(f) for f in folds) for task, folds in models.items()}
+        self.source = source  # the workdir it was exported from (format 2), as thresholds.json records it
+        self._identity = identity  # format 2: {task: {fold: (weights path, bytes)}} in the source workdir
 
     def config(self):
-        return config_lib.from_dict(read_json(self._file(CONFIG), what="config file"))
+        path = storage.join(self.path, CONFIG)
+        try:
+            return config_lib.from_json_doc(read_json(path, what="config file"))
+        except WorkdirError:
+            raise
+        except ValueError as error:
+            raise WorkdirError(f"{path}: not a valid config file ({error})") from None
 
     def completed_folds(self, task):
-        return sorted(int(f) for f in self.info["models"].get(task, []))
-
-    def thresholds_path(self):
-        return self._file(THRESHOLDS)
-
-    def thresholds(self):
-        path = self.thresholds_path()
-        return read_thresholds(path) if storage.exists(path) else None
+        return list(self.models.get(task, []))
 
     def model_path(self, task, fold):
-        return self._file(MODELS, model_name(task, fold))
+        return storage.join(self.path, MODELS, model_name(task, fold))
+
+    def identity(self, folds):
+        """The fold models' identity in the workdir they came from (format 2: what an ensemble's thresholds record),
+        else the kit's own files."""
+        if self._identity is None:
+            return super().identity(folds)
+        return {task: [tuple(self._identity[task][str(f)]) for f in use] for task, use in folds.items()}
 
     def load_model(self, task, fold, *, strategy):
         """The fold's `.keras` model of `task` (a task object), loaded under `strategy`'s scope."""
@@ -83,3 +90,34 @@ class Kit:
             except (ValueError, TypeError, KeyError, OSError) as error:
                 raise WorkdirError(f"{path}: not a loadable Keras model ({type(error).__name__}: "
                                    f"{str(error).splitlines()[0] if str(error) else ''})") from None
+
+
+class Kit:
+    """An exported kit at `path`: its description, its thresholds file and its model sets (members)."""
+
+    def __init__(self, path):
+        self.path = str(path).rstrip("/") or str(path)
+        where = storage.join(self.path, KIT_JSON)
+        self.info = read_json(where, what="kit description")
+        if not isinstance(self.info, dict) or self.info.get("format") not in FORMATS:
+            found = self.info.get("format") if isinstance(self.info, dict) else None
+            raise WorkdirError(f"{where}: kit format {found!r}, this steel_tpu reads formats {list(FORMATS)}: score "
+                               "it with the wheel inside the kit")
+
+    def __str__(self):
+        return self.path
+
+    def thresholds_path(self):
+        return storage.join(self.path, THRESHOLDS)
+
+    def members(self):
+        """The kit's model sets: one KitMember (format 1), or one per member folder (format 2)."""
+        where = storage.join(self.path, KIT_JSON)
+        try:
+            if self.info["format"] == 1:
+                return (KitMember(self.path, models=self.info["models"]),)
+            return tuple(KitMember(storage.join(self.path, check_member_name(m["name"], where=where)),
+                                   models=m["models"], source=str(m["workdir"]), identity=m["identity"])
+                         for m in self.info["members"])
+        except (KeyError, TypeError, AttributeError, ValueError) as error:
+            raise WorkdirError(f"{where}: not a valid kit description ({type(error).__name__}: {error})") from None

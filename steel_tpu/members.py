@@ -1,16 +1,16 @@
-"""The workdirs of an ensemble on the host: which fold models each contributes, whether they can be averaged, their
+"""The workdirs of an ensemble on the host: whether their models can be averaged, how their gates combine, their
 averaged out-of-fold data (tune) and the record of them a tuned thresholds.json keeps (predict checks it).
 
-One workdir is the ensemble of its own folds, exactly as before; several (one per encoder, say: seed 004's B0..B5)
-are averaged model by model. Nothing here imports TensorFlow: tune reads it.
+One workdir is the ensemble of its own folds; several (one per encoder, say: seed 004's B0..B5) are averaged model
+by model. Which workdirs a command was given is scoring.source.ModelSource's to resolve. Nothing here imports
+TensorFlow: tune reads it.
 """
 
-import dataclasses
 import os
 
 import numpy as np
 
-from steel_tpu import kit, storage, system
+from steel_tpu import storage
 from steel_tpu.constants import CLASS_IDS
 from steel_tpu.workdir import Workdir
 
@@ -19,32 +19,6 @@ _BATCH = 64  # images averaged at a time: bounds the float32 copy of one fold's 
 
 class MembersError(ValueError):
     """Workdirs that cannot be ensembled, or thresholds tuned for other ones; the message names them."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Member:
-    """What to load from one workdir (or exported kit): its config, the folds of each task, their identity."""
-
-    path: str
-    models: object  # Workdir or kit.Kit: config(), completed_folds(), model_path(), load_model()
-    config: object
-    folds: dict  # task -> fold numbers to load
-    identity: dict  # task -> [(weights path, bytes)]: what a resumed run must find unchanged
-
-
-def paths(work):
-    """The member paths of `work`: one path (a system folder: its members), or a list or tuple of one or more,
-    none given twice."""
-    found = (str(work),) if isinstance(work, (str, os.PathLike)) else tuple(str(p) for p in work)
-    if not found:
-        raise MembersError("no workdir given")
-    found = system.expand(found)
-    seen = {}
-    for path in found:
-        if normalized(path) in seen:
-            raise MembersError(f"workdir {path} is given twice (as {seen[normalized(path)]} too): each member once")
-        seen[normalized(path)] = path
-    return found
 
 
 def normalized(path):
@@ -72,50 +46,6 @@ def check_segment_sizes(members):
     """The segmenters' common input size of `members` [(workdir, config)]."""
     return check_agree([(p, segment_size(c)) for p, c in members], what="segmenter input size (h, w)",
                        why="the pipeline decodes each image once, at the segmenters' size")
-
-
-def model_identity(models, folds):
-    """{task: [(weights path, bytes)]} of the fold models `folds` ({task: fold numbers}) of a Workdir or Kit."""
-    return {task: [(p, storage.size(p)) for p in (models.model_path(task, f) for f in use)]
-            for task, use in folds.items()}
-
-
-def _member(path, *, folds, tasks):
-    models = kit.open_models(path)
-    cfg = models.config()
-    chosen = {name: [f for f in models.completed_folds(name) if folds is None or f in folds]
-              for name in tasks if name in cfg.tasks}
-    if "segment" in chosen:
-        # The segmenters make the masks: every requested fold must have one (checked before any model is built);
-        # classifiers only gate.
-        missing = sorted(set(folds or ()) - set(chosen["segment"]))
-        if missing:
-            raise FileNotFoundError(f"{path}: segment folds {missing} are not complete")
-        if not chosen["segment"]:
-            raise FileNotFoundError(f"{path}: no completed segment folds (segment/fold*/done.json): "
-                                    "nothing to predict with")
-    elif "classify" in chosen and not chosen["classify"]:
-        raise FileNotFoundError(f"{path}: no completed classify folds (classify/fold*/done.json): its config "
-                                "trains only a classifier, and it has none to gate with")
-    return Member(path=path, models=models, config=cfg, folds=chosen, identity=model_identity(models, chosen))
-
-
-def plan(work, *, folds=None, tasks):
-    """The Members of `work` (one workdir or kit, or several) that hold a task in `tasks`: every completed fold
-    of each (or just `folds`, which each segmenting member must have), checked to be averageable before any model
-    is built: the segmenters take one input size, the classifiers gate with one rule (gate_rule)."""
-    planned = tuple(m for m in (_member(p, folds=folds, tasks=tasks) for p in paths(work)) if m.folds)
-    if not segmenting(planned):
-        raise MembersError(f"{', '.join(paths(work))}: no workdir trains a segmenter (config `tasks`): nothing "
-                           "draws a mask")
-    check_segment_sizes([(m.path, m.config) for m in segmenting(planned)])
-    gate_rule([(m.path, gate_kind(m.config)) for m in planned if "classify" in m.folds])
-    return planned
-
-
-def segmenting(planned):
-    """The Members of `planned` that bring segmenters (the input size and scoring batch are theirs)."""
-    return [m for m in planned if "segment" in m.folds]
 
 
 def gate_kind(cfg):
@@ -168,8 +98,8 @@ class AveragedOof:
     There is no ensemble "dice" (training's full-resolution Dice of one model): the OOF maps hold none.
     """
 
-    def __init__(self, work):
-        self.paths = paths(work)
+    def __init__(self, paths):
+        self.paths = tuple(paths)
         self.members = [Workdir(p) for p in self.paths]
         self.configs = {wd.path: wd.config() for wd in self.members}  # read once: each read is a GCS call
         self._check_shards()
@@ -260,76 +190,19 @@ class AveragedOof:
                 f"complete in every one, their OOF maps averaged{extra}")
 
 
-def open_oof(work):
-    """What tune reads out-of-fold data from: a Workdir for one path, an AveragedOof for several."""
-    found = paths(work)
-    return Workdir(found[0]) if len(found) == 1 else AveragedOof(found)
+def open_oof(paths):
+    """What tune reads out-of-fold data from: a Workdir for one member path, an AveragedOof for several."""
+    return Workdir(paths[0]) if len(paths) == 1 else AveragedOof(paths)
 
 
-def record(work, *, folds):
-    """thresholds.json's "members": per member its workdir and the (weights path, bytes) of the fold models whose
+def record(paths, *, folds):
+    """thresholds.json's "members": per member workdir (`paths`) the (weights path, bytes) of the fold models whose
     OOF data was averaged (`folds`: {task: fold numbers}), paths as `normalized` writes them."""
     recorded = []
-    for p in paths(work):
+    for p in paths:
         wd = Workdir(normalized(p))
         own = {task: use for task, use in folds.items() if task in wd.config().tasks}
-        identity = model_identity(wd, own)
+        identity = wd.identity(own)
         recorded.append({"workdir": normalized(p),
                          "models": {task: [[w, n] for w, n in ident] for task, ident in identity.items()}})
     return recorded
-
-
-def _tuned_members(doc, where):
-    """The recorded members of a thresholds doc as [(workdir, {weights path: bytes})], or None; a malformed
-    record is named."""
-    if "members" not in doc:
-        return None
-    try:
-        return [(str(m["workdir"]), {str(p): int(n) for ident in m["models"].values() for p, n in ident})
-                for m in doc["members"]]
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise MembersError(f"{where}: `members` is not tune's record of the workdirs it averaged") from None
-
-
-def check_tuned_for(doc, *, where, work):
-    """Refuse a thresholds doc (read from `where`) tuned for other workdirs than `work`'s: one workdir needs one
-    tuned without members (its own OOF), several need one tuned for exactly them. The thresholds of other
-    models' averaged OOF maps would be applied silently to different probabilities: refused, never warned."""
-    given = [normalized(p) for p in paths(work)]
-    tuned = _tuned_members(doc, where)
-    names = lambda ps: ", ".join(ps)  # noqa: E731
-    if tuned is None and len(given) > 1:
-        raise MembersError(f"{where}: tuned for one workdir, not for the ensemble of {names(given)}; run `steel-tpu "
-                           "tune` with every --workdir and --out DIR, then give --thresholds DIR/thresholds.json")
-    if tuned is not None and sorted(p for p, _ in tuned) != sorted(given):
-        raise MembersError(f"{where}: tuned for the ensemble of {names(p for p, _ in tuned)}, not of "
-                           f"{names(given)}; run `steel-tpu tune` with these --workdir's and --out DIR")
-
-
-def check_models(doc, *, where, members):
-    """Refuse a fold model `members` (Members to load) would use whose bytes differ from when `doc` (tuned for
-    them: check_tuned_for) was tuned; returns the paths of fold models tune did not average (none for one
-    workdir's thresholds, which record no members)."""
-    tuned = _tuned_members(doc, where)
-    if tuned is None:
-        return []
-    sizes = {p: n for _, ident in tuned for p, n in ident.items()}
-    unseen = []
-    for member in members:
-        for path, n in (item for ident in member.identity.values() for item in ident):
-            key = normalized(path)
-            if key not in sizes:
-                unseen.append(path)
-            elif sizes[key] != n:
-                raise MembersError(f"{where}: {path} is {n} bytes, {sizes[key]} when these thresholds were tuned: "
-                                   "the model changed since; run `steel-tpu tune` again")
-    return unseen
-
-
-def require_thresholds(work, thresholds):
-    """Several workdirs score only with their ensemble's thresholds: refuse none given (a system's are its own,
-    predict.load_thresholds reads them)."""
-    if thresholds is None and len(paths(work)) > 1 and system.home(work) is None:
-        raise MembersError("several --workdir need --thresholds: the ensemble's thresholds.json from `steel-tpu "
-                           "tune --workdir W0 --workdir W1 ... --out DIR` (no member's own thresholds fit them)")
-

@@ -1,7 +1,6 @@
 """Output locations: the checks every writing command makes before any work (literal paths, foreign files refused)."""
 
 import os
-import posixpath
 import re
 
 from steel_tpu import storage
@@ -19,10 +18,6 @@ def temp_of(name):
     """The file name a leftover atomic_write temp file `name` was for, or None."""
     m = _TEMP.fullmatch(name)
     return m[1] if m else None
-
-
-def _parent(path):
-    return posixpath.dirname(path.rstrip("/")) if storage.is_gcs(path) else os.path.dirname(os.path.abspath(path))
 
 
 def _check_local_folder_writable(folder, *, flag):
@@ -52,7 +47,7 @@ def check_file(path, *, flag="--out"):
     if storage.isdir(path):
         raise OutputError(f"{flag} {path}: is a folder; give the path of a file to write")
     if not storage.is_gcs(path):
-        _check_local_folder_writable(_parent(path), flag=flag)
+        _check_local_folder_writable(storage.parent(path), flag=flag)
 
 
 def claim_folder(folder, *, ours, command, flag="--out"):

@@ -260,11 +260,3 @@ def switched_off(pp, classes):
 def _finite_number(value):
     return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
         and np.isfinite(value)
-
-
-def from_thresholds(doc, *, where):
-    """The PostProcess of a thresholds.json document (tune writes it); a bad one is refused naming `where`."""
-    try:
-        return PostProcess.from_dict(doc)
-    except (ValueError, TypeError, KeyError, AttributeError) as error:
-        raise ValueError(f"{where}: not a valid thresholds file: {error}") from None

@@ -1,7 +1,7 @@
 """Pseudo-labels: score unlabelled JPEGs with a workdir's ensemble, keep the confident ones, write pseudo shards.
 
-The scoring is predict's (ensemble.make_forward, predict.run_batches, the workdir's tuned pixel thresholds, soft
-gate and component filter); pseudo_rule.ConfidenceRule decides which images are kept; the shard builder writes
+The scoring is predict's (scoring/: the model source's ensemble, its tuned pixel thresholds, soft gate and component
+filter); pseudo_rule.ConfidenceRule decides which images are kept; the shard builder writes
 them as a folder of split "pseudo" whose manifest's "pseudo" block records the provenance. Such a folder has no
 folds: training mixes it into its batches (data.pseudo_share), validation and out-of-fold data never read it.
 """
@@ -14,13 +14,15 @@ import time
 
 import numpy as np
 
-from steel_tpu import custom_gradients, distribute, ensemble, kit, outputs, predict, rle, step, storage, system
+from steel_tpu import outputs, rle, storage
 from steel_tpu.data import pipeline
 from steel_tpu.data import shards as shards_lib
 from steel_tpu.data import source as source_lib
 from steel_tpu.data.shard_folder import holds_shards
 from steel_tpu.kaggle import Labels
 from steel_tpu.pseudo_rule import ConfidenceRule
+from steel_tpu.scoring.scorer import scorer
+from steel_tpu.scoring.source import ModelSource
 
 
 class PseudoError(ValueError):
@@ -59,21 +61,13 @@ def _claim_empty(out):
                           "nothing was changed")
 
 
-def _postprocess(workdir, models, thresholds):
-    """(PostProcess, where from): the given thresholds.json or the workdir's; never silent defaults."""
-    if thresholds is None and models.thresholds() is None:
-        raise PseudoError(f"{models.thresholds_path()}: not found: pseudo-labels are cut with tuned thresholds; run "
-                          f"`steel-tpu tune --workdir {workdir}` first, or give --thresholds FILE")
-    pp, pp_from, _ = predict.load_thresholds(workdir, thresholds)
-    return pp, pp_from
-
-
-def _provenance(*, workdir, images, ens, pp, pp_from, rule, tta, selection):
+def _provenance(*, source, images, ens, pp, pp_from, rule, tta, selection):
     labels = json.dumps(sorted(selection.labels.items())).encode()
     return {
-        "workdir": str(workdir),
-        "models": {task: [[str(p), n] for p, n in ident] for task, ident in ens.identity.items()},
-        "folds": {task: list(f) for task, f in ens.folds.items()},
+        "workdir": str(source),
+        # One member: {task: [[file, bytes]]} and {task: folds}; several: those per member path (Ensemble's).
+        "models": ens.identity,
+        "folds": ens.folds,
         "thresholds": {"from": str(pp_from), **pp.to_dict()},
         "rule": rule.to_dict(),
         "tta": tta,
@@ -105,13 +99,14 @@ def pseudo_label(*, workdir, images, out, hi=0.9, lo=0.1, min_area=None, thresho
     """Write the confident pseudo-labels of the JPEGs in `images` as a pseudo shard folder `out`; returns its
     manifest.
 
-    `hi`, `lo`, `min_area` (per class; None: the thresholds' min areas): the ConfidenceRule. `thresholds`: a
-    thresholds.json (default: the workdir's; a workdir without one is refused) whose pixel thresholds, soft gate and
-    min components make the masks; its hard gate is not applied: hi and lo judge the classifier instead.
-    `folds`: only these fold models.
+    `workdir`: a scoring.source.ModelSource or what resolves into one (a workdir, a system, a kit, several
+    workdirs). `hi`, `lo`, `min_area` (per class; None: the thresholds' min areas): the ConfidenceRule.
+    `thresholds`: a thresholds.json (default: the source's own; an untuned source is refused) whose pixel
+    thresholds, soft gate and min components make the masks; its hard gate is not applied: hi and lo judge the
+    classifier instead. `folds`: only these fold models.
     """
     start = time.perf_counter()
-    system.refuse(workdir, command="pseudo")
+    source = ModelSource.resolve(workdir)
     _claim_empty(out)
     # Cheap checks first (listings, small files); checking every JPEG and loading models come after.
     if holds_shards(images):
@@ -119,34 +114,28 @@ def pseudo_label(*, workdir, images, out, hi=0.9, lo=0.1, min_area=None, thresho
                           "(their bytes go into the pseudo shards as they are)")
     if not source_lib.locate(images, split="test")[2]:
         raise PseudoError(f"--images {images}: no JPEG files (.jpg, .jpeg) there: nothing to pseudo-label")
-    models = kit.open_models(workdir)
-    cfg = models.config()
-    pp, pp_from = _postprocess(workdir, models, thresholds)
-    rule = ConfidenceRule(hi=hi, lo=lo, min_area=pp.min_area if min_area is None else tuple(min_area))
-    if not models.completed_folds("classify"):
-        raise PseudoError(f"{workdir}: no completed classify folds: pseudo-labels need the classifier to agree "
+    tuned = source.thresholds(thresholds, required_by="pseudo")  # never silent defaults
+    if not any(m.completed_folds("classify") for m in source.stores):
+        raise PseudoError(f"{source}: no completed classify folds: pseudo-labels need the classifier to agree "
                           "with the segmenter")
+    plan = source.plan(thresholds=tuned, folds=folds, tasks=("classify", "segment"))
+    pp, pp_from = plan.postprocess, plan.thresholds_from
+    rule = ConfidenceRule(hi=hi, lo=lo, min_area=pp.min_area if min_area is None else tuple(min_area))
     found = source_lib.scan(images, split="test", workers=workers or os.cpu_count(), skip_bad=False)
     ids = sorted(found.paths)
-    device, batch_size = predict.device_and_batch(cfg, device=device, batch_size=batch_size)
     selection = Selection(rule)
-    # As in predict: the traced ensemble must die with this call, not stay in the custom-gradient registry.
-    with custom_gradients.forgotten_after():
-        ens = ensemble.load(workdir, strategy=device.strategy, folds=folds, tasks=("classify", "segment"))
-        forward = ensemble.make_forward(ens, pp=pp, tta=tta)
-        predict_step = step.make_predict_step(forward=forward, strategy=device.strategy,
-                                              jit_compile=distribute.use_xla(device, jit_compile))
-        dataset = pipeline.predict_dataset(source=[found.paths[i] for i in ids], image_size=ens.segment_size,
-                                           batch_size=batch_size)
-        predict.run_batches(dataset, predict_step=predict_step, pending=lambda: [], total=len(ids),
-                            progress=progress, desc="pseudo", host_work=lambda batch, outputs: selection.add(
-                                *predict.scored_rows(batch, outputs, pp=pp)))
+    with scorer(plan, device=device, batch_size=batch_size, tta=tta, jit_compile=jit_compile) as scored:
+        dataset = pipeline.predict_dataset(source=[found.paths[i] for i in ids], image_size=plan.segment_size,
+                                           batch_size=scored.batch_size)
+        scored.run(dataset, total=len(ids), progress=progress, desc="pseudo",
+                   host_work=lambda batch, outputs: selection.add(*scored.rows(batch, outputs)))
+        ens = scored.ensemble
     if not selection.labels:
         first = selection.dropped[0] if selection.dropped else ("-", "-")
         raise PseudoError(f"{images}: none of {len(selection.scores)} images passed the confidence rule (hi {rule.hi:g}, "
                           f"lo {rule.lo:g}, min area {list(rule.min_area)}; e.g. {first[0]}: {first[1]}); nothing "
                           "was written")
-    provenance = _provenance(workdir=workdir, images=images, ens=ens, pp=pp, pp_from=pp_from, rule=rule, tta=tta,
+    provenance = _provenance(source=source, images=images, ens=ens, pp=pp, pp_from=pp_from, rule=rule, tta=tta,
                              selection=selection)
     manifest = write_pseudo_shards(out=out, found=found, labels=selection.labels, provenance=provenance,
                                    shard_mb=shard_mb, workers=workers, progress=progress)

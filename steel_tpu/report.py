@@ -4,16 +4,18 @@ import html
 import io
 import re
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
-from steel_tpu import figures, metrics, outputs, postprocess, storage, system, tune, tune_checks, tune_plots
-from steel_tpu.workdir import THRESHOLDS, Workdir
+from steel_tpu import figures, metrics, outputs, postprocess, storage, system
 from steel_tpu.constants import CLASS_IDS, NUM_CLASSES
 from steel_tpu.data import example
 from steel_tpu.data.shard_folder import ShardFolder, read_records
+from steel_tpu.formats import thresholds as thresholds_format
+from steel_tpu.page import Section, page
+from steel_tpu.tuning import checks, plot_data, plots
+from steel_tpu.workdir import THRESHOLDS, Workdir
 
 INDEX = "index.html"
 EXAMPLES_PER_SIDE = 4  # best and worst validation images shown
@@ -29,38 +31,6 @@ _TUNE_CAPTIONS = {  # tune_plots' files; circles mark the chosen settings
 FILES = frozenset({INDEX, "dice_per_class.png", "confusion.png", "examples.png",
                    *(f"curves_{task}.png" for task in CURVE_METRICS), *(f"tune_{name}" for name in _TUNE_CAPTIONS)})
 _MEMBER_CURVES = re.compile(r"curves_[a-z][a-z0-9_-]{0,31}_(%s)\.png" % "|".join(CURVE_METRICS))
-_STYLE = ("body{font-family:sans-serif;max-width:1300px;margin:auto;padding:0 1em}"
-          "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
-          "th{background:#f3f3f3}img{max-width:100%;display:block;margin:.5em 0}.note{color:#777}.warning{color:#a40}")
-
-
-@dataclass
-class Section:
-    title: str
-    parts: list = field(default_factory=list)  # HTML fragments, in order
-    files: dict = field(default_factory=dict)  # PNG name -> bytes
-
-    def note(self, text):
-        """A missing input, said in grey (a complete workdir's page has none)."""
-        self.parts.append(f'<p class="note">{html.escape(text)}</p>')
-
-    def paragraph(self, text, *, warning=False):
-        self.parts.append(f'<p class="warning">{html.escape(text)}</p>' if warning else f"<p>{html.escape(text)}</p>")
-
-    def figure(self, name, png, caption):
-        self.files[name] = png
-        self.parts.append(f'<img src="{html.escape(name)}" alt="{html.escape(caption)}">'
-                          f"<p>{html.escape(caption)}</p>")
-
-    def table(self, header, rows):
-        def cell(v):
-            return f"{v:.4g}" if isinstance(v, float) else html.escape(str(v))
-
-        head = "".join(f"<th>{cell(h)}</th>" for h in header)
-        body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row) + "</tr>" for row in rows)
-        self.parts.append(f"<table><tr>{head}</tr>{body}</table>")
-
-
 def training_logs(work, task):
     """{fold: log rows} of every fold of `task` with a non-empty log.csv, finished or not."""
     wd = Workdir(work)
@@ -80,16 +50,6 @@ def _load_segment_oof(wd, fold):
         raise ValueError(f"{path}: expected {n} uint8 maps, bool truth [N, h, w, {NUM_CLASSES}] and dice "
                          f"[N, {NUM_CLASSES}]; got {probs.dtype} {probs.shape}, {truth.shape}, {oof['dice'].shape}")
     return oof
-
-
-def load_thresholds(work):
-    """thresholds.json of `work` as a dict (with its PostProcess), or None when tuning has not run."""
-    wd = Workdir(work)
-    result = wd.thresholds()
-    if result is None:
-        return None
-    result["postprocess"] = postprocess.from_thresholds(result, where=wd.thresholds_path())
-    return result
 
 
 def read_images(data, wanted):
@@ -198,48 +158,19 @@ def _confusion_section(seg, thresholds, tuned):
     return section
 
 
-def _gate_text(gate, c):
-    value = (gate[0] if len(gate) == 1 else gate[c]) if gate else 0.0
-    if value == 0.0:
-        return "none"  # a gate of 0 passes every image
-    return f"p_any ≥ {value:g}" if len(gate) == 1 else f"p ≥ {value:g}"
-
-
-def class_diagnosis(result):
-    """Per class, then a "mean" row: tune's OOF Dice at 0.5 and tuned, the Dice of submitting nothing on the same
-    images, the share of defect images hit (Dice > 0) and the chosen post-processing, from thresholds.json
-    (`result`, as load_thresholds gives it). A tuned Dice near the all-empty one with few defect images hit is a
-    class not learned, however high the Dice. Files from before tune recorded the last two hold None there."""
-    pp, before, after = result["postprocess"], result["dice_before"], result["dice_after"]
-    empty, hits = result.get("dice_all_empty"), result.get("defect_hit_rate")
-    rows = [{"class": CLASS_IDS[c], "dice_before": before["per_class"][c], "dice_after": after["per_class"][c],
-             "dice_all_empty": empty["per_class"][c] if empty else None,
-             "defect_hit_rate": hits[c] if hits else None,
-             "postprocess": {"pixel_threshold": pp.pixel_threshold[c],
-                             "mask_threshold": pp.mask_threshold[c] if pp.mask_threshold else None,
-                             "min_area": pp.min_area[c], "min_component": pp.min_component[c],
-                             "gate": _gate_text(pp.gate, c), "soft_gate": pp.soft_gate[c] if pp.soft_gate else None}}
-            for c in range(NUM_CLASSES)]
-    # The hit rate's mean is over the classes that have defect images (a class without any has none to hit).
-    known = [h for h in hits or () if h is not None]
-    rows.append({"class": "mean", "dice_before": before["mean"], "dice_after": after["mean"],
-                 "dice_all_empty": empty["mean"] if empty else None,
-                 "defect_hit_rate": float(np.mean(known)) if known else None, "postprocess": None})
-    return rows
-
-
 def _settings_shown(pp):
-    """A class_diagnosis row's post-processing as the report's cells: an off class shows "off" and no settings."""
+    """A Thresholds.diagnosis row's post-processing as the report's cells: an off class shows "off" and no settings."""
     if postprocess.is_off(pp["pixel_threshold"]):
         return ["off (never submitted)"] + [None] * (len(pp) - 1)
     return list(pp.values())
 
 
-def _tune_section(work, result):
+def _tune_section(work, tuned):
     section = Section("Thresholds (tune)")
-    if result is None:
+    if tuned is None:
         section.note(f"No {THRESHOLDS} in the workdir: run `steel-tpu tune --workdir {work}` to choose them.")
         return section
+    result = tuned.record
     before, after = result["dice_before"], result["dice_after"]
     section.parts.append(f"<p>{result['n_images']} OOF images of folds {html.escape(str(result['folds']))}: "
                          f"mean Dice {before['mean']:.4f} at 0.5 → {after['mean']:.4f} tuned.</p>")
@@ -252,7 +183,7 @@ def _tune_section(work, result):
                    "Dice all-empty", "defect images hit"],
                   [[f"class {row['class']}", *(shown(v) for v in _settings_shown(row["postprocess"])),
                     *(shown(row[k]) for k in ("dice_before", "dice_after", "dice_all_empty", "defect_hit_rate"))]
-                   for row in class_diagnosis(result)[:NUM_CLASSES]])
+                   for row in tuned.diagnosis()[:NUM_CLASSES]])
     for warning in result.get("warnings", []):
         section.paragraph(f"Warning: {warning}.", warning=True)
     stability = result.get("fold_stability")
@@ -260,16 +191,16 @@ def _tune_section(work, result):
         section.paragraph("Per fold: the pixel threshold tune chooses on that fold alone / the Dice of the overall "
                      "choice on it. Thresholds that move between folds, or Dice that does, are fragile.")
         section.table(["fold", "images", *(f"class {i}: threshold / Dice" for i in CLASS_IDS)],
-                      [[fold, f["n_images"], *(f"{tune_checks.threshold_text(f['pixel_threshold'][c])} / "
+                      [[fold, f["n_images"], *(f"{checks.threshold_text(f['pixel_threshold'][c])} / "
                                                f"{f['dice'][c]:.4f}"
                                                for c in range(NUM_CLASSES))]
                        for fold, f in stability["per_fold"].items()])
-    data = tune.load_plot_data(Workdir(work).tune_dir())
+    data = plot_data.load(Workdir(work).tune_dir())
     if data is None:
-        section.note(f"No tune/{tune.PLOT_DATA} (tuned by an older version): run `steel-tpu tune --workdir "
+        section.note(f"No tune/{plot_data.PLOT_DATA} (tuned by an older version): run `steel-tpu tune --workdir "
                      f"{work}` again for the tuning plots.")
         return section
-    for name, png in tune_plots.draw(data).items():
+    for name, png in plots.draw(data).items():
         section.figure(f"tune_{name}", png, _TUNE_CAPTIONS[name])
     return section
 
@@ -317,20 +248,20 @@ def _header(work, cfg, data):
             f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}.</p>")
 
 
-def _workdir_sections(workdir, result, *, shards, examples):
+def _workdir_sections(workdir, tuned, *, shards, examples):
     """(header, sections) of one training workdir's page."""
     cfg = Workdir(workdir).config()
-    thresholds = result["postprocess"].lower if result else (0.5,) * NUM_CLASSES  # where masks are drawn
+    thresholds = tuned.postprocess.lower if tuned else (0.5,) * NUM_CLASSES  # where masks are drawn
     folds = Workdir(workdir).completed_folds("segment")
     seg = (_summarize_segment(workdir, folds, thresholds, k=examples,
                               eval_threshold=cfg.segment.train.eval_threshold) if folds else None)
     return _header(workdir, cfg, shards), [
         _curves_section(workdir, tasks=cfg.tasks), _dice_section(workdir, seg, cfg),
-        _confusion_section(seg, thresholds, result is not None), _tune_section(workdir, result),
+        _confusion_section(seg, thresholds, tuned is not None), _tune_section(workdir, tuned),
         _examples_section(seg, shards)]
 
 
-def _system_sections(folder, result):
+def _system_sections(folder, tuned):
     """(header, sections) of a system's page: its members' training curves, then the ensemble's tuned Dice per class
     beside all-empty (the system is scored only as one ensemble: its members' maps mean nothing alone)."""
     name, names = system.read(folder)
@@ -353,14 +284,7 @@ def _system_sections(folder, result):
     header = (f"<h1>steel_tpu report</h1><p>system <code>{html.escape(str(folder))}</code>, preset "
               f"<b>{html.escape(name)}</b>, {len(names)} members. Written "
               f"{time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}.</p>")
-    return header, [summary, *sections, _tune_section(folder, result)]
-
-
-def page(header, sections, *, title="steel_tpu report"):
-    """A whole HTML page: `header` (HTML) then each Section under its title."""
-    body = "".join(f"<h2>{html.escape(s.title)}</h2>" + "".join(s.parts) for s in sections)
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{_STYLE}</style></head><body>{header}{body}</body></html>\n")
+    return header, [summary, *sections, _tune_section(folder, tuned)]
 
 
 def report(*, workdir, out, shards=None, examples=EXAMPLES_PER_SIDE):
@@ -373,11 +297,11 @@ def report(*, workdir, out, shards=None, examples=EXAMPLES_PER_SIDE):
     index = storage.join(out, INDEX)
     storage.remove(index)  # an old page must not present half-rewritten figures as a finished report
     outputs.remove_temps(out, found, ours=_ours)
-    result = load_thresholds(workdir)
+    tuned = thresholds_format.read_if_present(storage.join(workdir, THRESHOLDS))
     if system.is_system(workdir):
-        header, sections = _system_sections(workdir, result)
+        header, sections = _system_sections(workdir, tuned)
     else:
-        header, sections = _workdir_sections(workdir, result, shards=shards, examples=examples)
+        header, sections = _workdir_sections(workdir, tuned, shards=shards, examples=examples)
     storage.makedirs(out)
     for section in sections:
         for name, png in section.files.items():

@@ -1,45 +1,45 @@
 """Score a workdir's chosen post-processing at full resolution on its out-of-fold images, beside tune's estimate."""
 
 import hashlib
+import json
 
 import numpy as np
 
-from steel_tpu import custom_gradients, distribute, ensemble, metrics, predict, step, storage, system, tune
+from steel_tpu import metrics, storage
 from steel_tpu.constants import NUM_CLASSES
 from steel_tpu.data import pipeline
 from steel_tpu.data.shard_folder import ShardFolder
-from steel_tpu.workdir import Workdir
+from steel_tpu.scoring.scorer import device_and_batch, scorer
+from steel_tpu.scoring.source import ModelSource
+from steel_tpu.tuning import components, oof_stats
 
+RESCORE = "rescore.json"  # beside the thresholds it scores: a workdir's, a system's or an ensemble's folder
 # Dice points between the full-resolution score and tune's 1/4-resolution one worth a warning: the 7th Severstal
 # place saw a 0.03 threshold change move the private board by places.
 TOLERANCE = 0.01
 
 
-def _fold_dice(work, fold, *, folder, pp, device, batch_size):
-    """{image id: float64 [C] Dice} of fold `fold`'s validation records, scored by that fold's own models the way
-    predict scores images: ensemble forward and thresholds on the device, then predict's host rules."""
+def _fold_dice(source, fold, *, folder, thresholds, device, batch_size):
+    """{image id: float64 [C] Dice} of fold `fold`'s validation records, scored by that fold's own models of every
+    member the way predict scores images: ensemble forward and thresholds on the device, then predict's host rules."""
     dice = {}
+    plan = source.plan(thresholds=thresholds, folds=[fold])
 
     def host_work(batch, outputs):
         valid = batch["valid"]
-        ids, masks, areas, probs = predict.scored_rows(batch, outputs, pp=pp)
-        submitted = masks & pp.keep(areas, probs)[:, None, None, :]  # predict writes '' where keep says no
+        ids, masks, areas, probs = scored.rows(batch, outputs)
+        submitted = masks & plan.postprocess.keep(areas, probs)[:, None, None, :]  # predict writes '' where not kept
         for image_id, row in zip(ids, metrics.dice_matrix(submitted, batch["mask"][valid] > 0)):
             if image_id in dice:
                 raise ValueError(f"{folder.path}: image {image_id} appears twice in fold {fold}'s shards")
             dice[image_id] = row
         return len(ids)
 
-    with custom_gradients.forgotten_after():
-        ens = ensemble.load(work, strategy=device.strategy, folds=[fold], tasks=pp.tasks)
-        forward = ensemble.make_forward(ens, pp=pp)
-        predict_step = step.make_predict_step(forward=forward, strategy=device.strategy,
-                                              jit_compile=distribute.use_xla(device, None))
-        files = folder.files(folds=[fold])
-        dataset = pipeline.eval_dataset(files=files, image_size=ens.segment_size, batch_size=batch_size)
+    with scorer(plan, device=device, batch_size=batch_size) as scored:
+        dataset = pipeline.eval_dataset(files=folder.files(folds=[fold]), image_size=plan.segment_size,
+                                        batch_size=scored.batch_size)
         total = sum(e["records"] for e in folder.entries_of([fold]))
-        predict.run_batches(dataset, predict_step=predict_step, host_work=host_work, pending=lambda: [],
-                            total=total, progress=False, desc=f"rescore fold {fold}")
+        scored.run(dataset, host_work=host_work, total=total, progress=False, desc=f"rescore fold {fold}")
     return dice
 
 
@@ -47,43 +47,42 @@ def _per_class(dice):
     return [float(d) for d in dice.mean(axis=0)]
 
 
-def _thresholds(work, thresholds):
-    """(PostProcess, its file, the file's sha256): `thresholds` or the workdir's, refused when there is none."""
-    path = thresholds or Workdir(work).thresholds_path()
-    if not storage.exists(path):
-        raise FileNotFoundError(f"{path}: no such thresholds file; run `steel-tpu tune --workdir {work}` first")
-    sha256 = hashlib.sha256(storage.read_bytes(path)).hexdigest()
-    pp, _, _ = predict.load_thresholds(work, path)
-    return pp, path, sha256
-
-
 def rescore(*, workdir, shards, thresholds=None, tolerance=TOLERANCE, batch_size=None, device=None):
-    """Write W/rescore.json: per class the full-resolution Dice of the chosen post-processing (`thresholds` or
-    W's thresholds.json) on every completed segment fold's validation records, scored by that fold's models, beside
-    tune's OOF-resolution estimate on the same images; returns its content. A class further than `tolerance`
-    from its estimate is warned about. `shards` must be the folder W was trained from."""
-    system.refuse(workdir, command="rescore")
-    wd = Workdir(workdir)
+    """Write rescore.json beside the thresholds it scores (a workdir's or system's folder, else the given
+    thresholds file's): per class the full-resolution Dice of the chosen post-processing (`thresholds`, default the
+    source's own) on every completed segment fold's validation records, scored by that fold's models (of every
+    member: a system or an ensemble of workdirs rescore as one), beside tune's OOF-resolution estimate on the same
+    images; returns its content. A class further than `tolerance` from its estimate is warned about. `shards`
+    must be the folder every member was trained from."""
+    source = ModelSource.resolve(workdir)
+    members = source.workdirs(command="rescore")
     folder = ShardFolder.open(shards, split="train").check()
-    wd.check_shards(folder)
-    pp, pp_path, pp_sha256 = _thresholds(workdir, thresholds)
+    for wd in members:
+        wd.check_shards(folder)
+    found = source.thresholds(thresholds, required_by="rescore")
+    pp, pp_path = found.postprocess, found.path
+    pp_sha256 = hashlib.sha256(storage.read_bytes(pp_path)).hexdigest()
+    out = storage.join(source.own_folder() or storage.parent(pp_path), RESCORE)
     # An old result must not outlive a failed run looking like its result.
-    storage.remove(wd.rescore_path())
-    stats = tune.collect(workdir)
-    if pp.needs_classifier:
+    storage.remove(out)
+    paths = tuple(wd.path for wd in members)
+    stats = oof_stats.collect(paths)
+    for wd in members:
         missing = sorted(set(stats.folds) - set(wd.completed_folds("classify")))
-        if missing:
-            raise FileNotFoundError(f"{pp_path} gates on a classifier, but classify folds {missing} of {workdir} "
+        if pp.needs_classifier and "classify" in wd.config().tasks and missing:
+            raise FileNotFoundError(f"{pp_path} gates on a classifier, but classify folds {missing} of {wd.path} "
                                     "are not complete")
-    estimate = tune.estimate(workdir, stats, pp)
-    device, batch_size = predict.device_and_batch(wd.config(), device=device, batch_size=batch_size)
+    estimate = components.estimate(paths, stats, pp)
+    device, batch_size = device_and_batch([wd.config() for wd in members if "segment" in wd.config().tasks],
+                                          device=device, batch_size=batch_size)
     full = {}
     for fold in stats.folds:
-        scored = _fold_dice(workdir, fold, folder=folder, pp=pp, device=device, batch_size=batch_size)
+        scored = _fold_dice(source, fold, folder=folder, thresholds=pp_path, device=device, batch_size=batch_size)
         oof_ids = set(stats.image_ids[stats.fold_of == fold].tolist())
         if set(scored) != oof_ids:
             extra, lost = sorted(set(scored) - oof_ids), sorted(oof_ids - set(scored))
-            raise ValueError(f"{wd.oof_path('segment', fold)}: its images differ from fold {fold} of {folder.path} "
+            raise ValueError(f"{members[0].oof_path('segment', fold)}: its images differ from fold {fold} of "
+                             f"{folder.path} "
                              f"({len(extra)} only in the shards, e.g. {extra[:3]}; {len(lost)} only in the OOF "
                              f"file, e.g. {lost[:3]})")
         full.update(scored)
@@ -111,13 +110,13 @@ def rescore(*, workdir, shards, thresholds=None, tolerance=TOLERANCE, batch_size
         "tolerance": tolerance,
         "warnings": warnings,
     }
-    wd.save_rescore(result)
+    storage.write_text(out, json.dumps(result, indent=2) + "\n")
     for c in range(NUM_CLASSES):
         print(f"rescore: class {c + 1}: full-resolution dice {result['dice_full_resolution']['per_class'][c]:.4f}, "
               f"tune's 1/{stats.scale}-resolution estimate {result['dice_oof_estimate']['per_class'][c]:.4f}, "
               f"difference {difference[c]:+.4f}")
     print(f"rescore: {result['n_images']} OOF images (folds {result['folds']}), thresholds {pp_path} "
-          f"(sha256 {pp_sha256[:12]}) -> {wd.rescore_path()}")
+          f"(sha256 {pp_sha256[:12]}) -> {out}")
     for line in warnings:
         print(f"rescore: WARNING {line}")
     return result

@@ -34,6 +34,12 @@ def join(base, *parts):
     return posixpath.join(base, *parts) if is_gcs(base) else os.path.join(base, *parts)
 
 
+def parent(path):
+    """The folder holding `path` (absolute when local)."""
+    path = str(path)
+    return posixpath.dirname(path.rstrip("/")) if is_gcs(path) else os.path.dirname(os.path.abspath(path))
+
+
 def open(path, mode="rb"):  # noqa: A001 - mirrors builtins.open on purpose
     fs, p = _fs(path)
     return fs.open(p, mode)

@@ -6,12 +6,12 @@ W/<member>/        a training workdir of its own (workdir.py's layout), one per 
 W/thresholds.json  the system's tuned thresholds, W/tune/ its plots (tune's; the ensemble of the members)
 ```
 
-Everywhere a workdir list is read (members.paths), a system folder stands for its members, so tune, predict,
-Beam and compare need nothing of their own; `home` is where the ensemble's thresholds go by default.
+A system folder given as --workdir is a model source of its members (scoring.source.ModelSource), so tune,
+predict, rescore, pseudo, export, Beam and compare need nothing of their own; its folder is where the ensemble's
+thresholds go by default.
 """
 
 import json
-import os
 import re
 
 from steel_tpu import storage
@@ -76,28 +76,3 @@ def claim(folder, *, name, members):
         return
     storage.makedirs(str(folder))
     storage.write_text(where, json.dumps({"name": name, "members": list(names)}, indent=2) + "\n")
-
-
-def refuse(folder, *, command):
-    """Refuse a system folder where `command` takes one training workdir (a system's kit, rescore and pseudo-labels
-    are not built): the message names a member to give instead."""
-    if is_system(str(folder)):
-        raise SystemFileError(f"{folder} is a system (system.json) of {', '.join(read(folder)[1])}: `steel-tpu "
-                              f"{command}` takes one training workdir, not a system of them (e.g. "
-                              f"{member_paths(folder)[0]})")
-
-
-def expand(paths):
-    """`paths` (a tuple of workdir paths) with a lone system folder replaced by its members."""
-    if len(paths) == 1 and is_system(paths[0]):
-        return member_paths(paths[0])
-    for path in paths:
-        if len(paths) > 1 and is_system(path):
-            raise SystemFileError(f"{path} is a system (system.json): give it alone as --workdir, or its members")
-    return paths
-
-
-def home(work):
-    """The system folder `work` names (where its thresholds go by default), else None."""
-    found = (str(work),) if isinstance(work, (str, os.PathLike)) else tuple(str(p) for p in work)
-    return found[0] if len(found) == 1 and is_system(found[0]) else None

@@ -5,8 +5,8 @@ W/config.json                      the user's config (per-replica batches: the s
 W/shards.json                      which shard folder (path and fingerprint) every fold was trained on, and
                                    which pseudo-label folder (path, fingerprint, manifest sha256) if any
 W/runs.jsonl                       one line per train invocation: host, device, versions, resolved batches/LRs
-W/thresholds.json, W/tune/         tune's choice (its content is tune's) and its plots
-W/rescore.json                     that choice scored at full resolution on the OOF images (rescore's content)
+W/thresholds.json, W/tune/         tune's choice (formats/thresholds.py owns its content) and its plots
+W/rescore.json                     that choice scored at full resolution on the OOF images (rescore.py's)
 W/{classify,segment}/fold{k}/
     ckpt/                          latest tf.train.Checkpoint (model + optimizer + epoch), for resume
     best.weights.h5                weights of the best validation epoch
@@ -30,18 +30,12 @@ import numpy as np
 
 from steel_tpu import config as config_lib
 from steel_tpu import storage
+from steel_tpu.formats import thresholds as thresholds_format
+from steel_tpu.formats.fold_models import FoldModels
 
-CONFIG, SHARDS, RUNS, THRESHOLDS, TUNE = "config.json", "shards.json", "runs.jsonl", "thresholds.json", "tune"
-RESCORE = "rescore.json"
+CONFIG, SHARDS, RUNS, THRESHOLDS, TUNE = "config.json", "shards.json", "runs.jsonl", thresholds_format.FILE, "tune"
 CKPT, TB, WEIGHTS, LOG, OOF, DONE = "ckpt", "tb", "best.weights.h5", "log.csv", "oof.npz", "done.json"
 _FOLD = re.compile(r"fold(\d+)")
-# thresholds.json: what predict applies (postprocess.PostProcess's fields), and tune's record of how it chose them.
-THRESHOLDS_KEYS = ("pixel_threshold", "min_area", "gate")
-# Rules added later: a file from before them (no key) means the rule is off.
-OPTIONAL_RULE_KEYS = ("min_component", "soft_gate", "mask_threshold")
-TUNE_RECORD_KEYS = ("gate_head", "dice_before", "dice_after", "dice_before_full_resolution", "n_images", "folds",
-                    "oof_scale", "grid", "dice_all_empty", "defect_hit_rate", "gain_over_empty", "min_gain",
-                    "switched_off", "fold_stability", "warnings", "members")
 # What each task's oof.npz holds (save_oof says what each array is); a file missing one is named, not a KeyError.
 OOF_KEYS = {"classify": ("image_ids", "labels", "probs"),
             "segment": ("image_ids", "labels", "probs", "truth", "truth_area", "dice")}
@@ -58,26 +52,6 @@ def read_json(path, *, what):
         return json.loads(storage.read_text(path))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise WorkdirError(f"{path}: not a valid {what} (bad JSON: {error})") from None
-
-
-def read_thresholds(path):
-    """A thresholds.json anywhere (the workdir's or one a user names) as a dict; its keys are tune's.
-
-    A missing or unknown key is refused, naming them: a misspelt `min_areas` would otherwise leave every minimum
-    area at its default without a word.
-    """
-    if not storage.exists(path):
-        raise FileNotFoundError(f"{path}: no such thresholds file")
-    doc = read_json(path, what="thresholds file")
-    if not isinstance(doc, dict):
-        raise WorkdirError(f"{path}: not a valid thresholds file (a JSON object expected, got {type(doc).__name__})")
-    missing = [k for k in THRESHOLDS_KEYS if k not in doc]
-    unknown = sorted(k for k in doc if k not in THRESHOLDS_KEYS + OPTIONAL_RULE_KEYS + TUNE_RECORD_KEYS)
-    if missing or unknown:
-        raise WorkdirError(f"{path}: not a valid thresholds file: missing key(s) {missing or 'none'}, unknown key(s) "
-                           f"{unknown or 'none'} (expected {list(THRESHOLDS_KEYS)}, optionally "
-                           f"{list(OPTIONAL_RULE_KEYS)} and tune's {list(TUNE_RECORD_KEYS)})")
-    return doc
 
 
 def _identity(record):
@@ -103,14 +77,11 @@ def check_weights(path, data):
                            "diverged and cannot be used")
 
 
-class Workdir:
+class Workdir(FoldModels):
     """A training workdir at `path`; all reads and writes of its files go through this object."""
 
     def __init__(self, path):
         self.path = str(path)
-
-    def __str__(self):
-        return self.path
 
     def _file(self, *parts):
         return storage.join(self.path, *parts)
@@ -143,7 +114,7 @@ class Workdir:
     @staticmethod
     def _read_config(path):
         try:
-            return config_lib.from_dict(read_json(path, what="config file"))
+            return config_lib.from_json_doc(read_json(path, what="config file"))
         except WorkdirError:
             raise
         except ValueError as error:  # valid JSON, but not a config this code builds: the key is named, the file too
@@ -329,7 +300,7 @@ class Workdir:
                 storage.write_bytes(self.weights_path(task, fold), f.read())
 
     def load_model(self, task, fold, *, strategy):
-        """`task`'s model (a task object) built under `strategy` with the fold's best weights (ensemble.load)."""
+        """`task`'s model (a task object) built under `strategy` with the fold's best weights (scoring.ensemble)."""
         with strategy.scope():
             model = task.build_model(pretrained=False)
         self.load_weights(model, task.name, fold)
@@ -384,21 +355,9 @@ class Workdir:
     def thresholds_path(self):
         return self._file(THRESHOLDS)
 
-    def save_thresholds(self, doc):
-        storage.write_text(self.thresholds_path(), json.dumps(doc, indent=2) + "\n")
-
     def thresholds(self):
-        """thresholds.json as a dict, or None before tuning."""
-        path = self.thresholds_path()
-        return read_thresholds(path) if storage.exists(path) else None
+        """thresholds.json as a formats.thresholds.Thresholds, or None before tuning."""
+        return thresholds_format.read_if_present(self.thresholds_path())
 
     def tune_dir(self):
         return self._file(TUNE)
-
-    # --- rescore.json ---
-
-    def rescore_path(self):
-        return self._file(RESCORE)
-
-    def save_rescore(self, doc):
-        storage.write_text(self.rescore_path(), json.dumps(doc, indent=2) + "\n")

@@ -53,17 +53,25 @@ def single():
 
 
 @pytest.fixture(scope="session")
-def gcs_server():
-    """A loopback GCS for the session: gcsfs and TensorFlow's gs:// in this process (and in subprocesses
-    given `gcs_server.env`) talk to it; stopped at session end."""
-    with GcsEmulator() as server, pytest.MonkeyPatch.context() as patch:
-        for key, value in server.env.items():
+def _gcs_emulator():
+    """The loopback GCS server, started once a session; it changes no environment (gcs_server does, per test)."""
+    with GcsEmulator() as server:
+        yield server
+
+
+@pytest.fixture
+def gcs_server(_gcs_emulator):
+    """The loopback GCS for one test: gcsfs and TensorFlow's gs:// in this process (and in subprocesses given
+    `gcs_server.env`) talk to it while the test runs. Its variables (a CONNECT proxy, a CA bundle) are set for the
+    test only: set for the session, they reached every later test's subprocesses (pip among them)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in _gcs_emulator.env.items():
             patch.setenv(key, value)
         # fsspec read FSSPEC_GCS_TOKEN when it was imported; anonymous, so no real credentials are looked up.
         patch.setitem(fsspec.config.conf, "gcs", {**fsspec.config.conf.get("gcs", {}), "token": "anon"})
         gcs_class = fsspec.get_filesystem_class("gs")
         gcs_class.clear_instance_cache()
-        yield server
+        yield _gcs_emulator
         gcs_class.clear_instance_cache()
 
 
@@ -205,6 +213,26 @@ def _group(item):
 
 def pytest_itemcollected(item):
     item.add_marker(pytest.mark.xdist_group(_group(item)))
+    if _shared_run(item) is not None:
+        item.add_marker(pytest.mark.slow)  # a shared training run: `make test-fast` trains nothing
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fast_runs_train_nothing(request):
+    """Under `-m "not slow"` (make test-fast) any training fails the test that started it: a test that trains (itself
+    or through a fixture) must be marked slow."""
+    if "not slow" not in (request.config.option.markexpr or ""):
+        yield
+        return
+    from steel_tpu import train
+
+    def refuse(**_):
+        raise AssertionError("a test not marked slow trains a model (itself or through a fixture): mark it "
+                             "@pytest.mark.slow, `make test-fast` trains nothing")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "train_fold", refuse)
+        yield
 
 
 # Modules of a few long tests each (minutes a test on 2 cores in CI): started early, not left as the run's tail.

@@ -119,7 +119,7 @@ def test_beam_predict_is_byte_identical_to_predict(work, images, tmp_path):  # n
 @pytest.fixture(scope="module")
 def other_member(tmp_path_factory, images):  # noqa: F811
     """A second random-init workdir with another decoder (U-Net) and other seeds: seed 004's one workdir per model."""
-    cfg = config_lib.apply_overrides(config_lib.tiny(), ["segment.model.arch=unet"])
+    cfg = config_lib.apply_overrides(config_lib.preset("tiny"), ["segment.model.arch=unet"])
     return random_workdir(str(tmp_path_factory.mktemp("other")), images, cfg=cfg, seed=7)
 
 

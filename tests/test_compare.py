@@ -9,7 +9,8 @@ import pytest
 from conftest import compare_args
 from test_tune import _write_workdir
 
-from steel_tpu import cli, compare, config, report, system, tune
+from steel_tpu import cli, compare, config, system
+from steel_tpu.tuning import tune
 from steel_tpu.workdir import Workdir
 
 
@@ -94,11 +95,11 @@ def test_rows_are_each_workdirs_diagnosis_with_a_verdict(tmp_path):
     results = {}
     for name, work in works.items():
         tune.tune(workdir=work, plots=False)
-        results[name] = report.load_thresholds(work)
+        results[name] = Workdir(work).thresholds()
     rows = compare.comparison(results)
     assert [r["class"] for r in rows] == [1, 2, 3, 4, "mean"]
     for name, work in works.items():
-        saved = Workdir(work).thresholds()
+        saved = Workdir(work).thresholds().to_doc()
         for c, row in enumerate(rows[:4]):
             assert row["presets"][name]["dice_after"] == saved["dice_after"]["per_class"][c]
             assert row["presets"][name]["defect_hit_rate"] == saved["defect_hit_rate"][c]
@@ -122,7 +123,7 @@ def test_other_truth_under_the_same_ids_is_refused(tmp_path):
     results = {}
     for name, work in works.items():
         tune.tune(workdir=work, plots=False)
-        results[name] = report.load_thresholds(work)
+        results[name] = Workdir(work).thresholds()
     with pytest.raises(ValueError, match="all-empty Dice differ .* were they trained on different shard folders"):
         compare.comparison(results)
 
@@ -157,11 +158,11 @@ def test_presets_trained_tuned_and_compared(compared_presets, capsys):
             for t in ("classify", "segment"):
                 assert wd.completed_folds(t) == ([fold] if t in wd.config().tasks and t in tasks else [])
                 trained += t in wd.config().tasks and t in tasks
-        saved = Workdir(str(out / name)).thresholds()  # a system's own, beside its members
+        saved = Workdir(str(out / name)).thresholds().to_doc()  # a system's own, beside its members
         assert saved["n_images"] == len(ids) and saved["folds"] == doc["oof_folds"] == [fold]
         assert ("members" in saved) == (name in config.SYSTEMS)
         # compare.json holds the workdir's own tune numbers, as the report's per-class table reads them.
-        expected = report.class_diagnosis(report.load_thresholds(str(out / name)))
+        expected = Workdir(str(out / name)).thresholds().diagnosis()
         for row, want in zip(doc["rows"], expected):
             got = row["presets"][name]
             assert got["dice_after"] == want["dice_after"] and got["dice_before"] == want["dice_before"]

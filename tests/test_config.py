@@ -14,7 +14,7 @@ ALL = sorted([*config.PRESETS, *config.SYSTEMS])  # a system's members are each 
 @pytest.mark.parametrize("name", ALL)
 def test_presets_round_trip_through_json(name):
     for cfg in config.members_of(name).values():
-        again = config.from_dict(json.loads(config.to_json(cfg)))
+        again = config.from_json_doc(json.loads(config.to_json(cfg)))
         assert again == cfg
 
 
@@ -39,20 +39,20 @@ def test_a_system_is_not_one_config_and_its_overrides_reach_every_member():
     assert list(config.members_of("tiny")) == [None]
 
 
-def test_a_config_from_before_tasks_and_classes_trains_both_tasks_on_every_class():
-    old = json.loads(config.to_json(config.preset("tiny")))
-    del old["tasks"]
-    for task in ("classify", "segment"):
-        del old[task]["model"]["classes"]
-    cfg = config.from_dict(old)
-    assert cfg.tasks == ("classify", "segment") and cfg.segment.model.classes == (1, 2, 3, 4)
+def test_a_config_json_of_an_unreleased_format_is_refused_in_one_line():
+    old = config.to_dict(config.preset("tiny"))  # no "format": written before classifier and segmenter configs
+    with pytest.raises(ValueError, match=r"config format None, this steel_tpu reads format 2 .*new --workdir$"):
+        config.from_json_doc(old)
+    assert config.from_json_doc(json.loads(config.to_json(config.preset("tiny")))) == config.preset("tiny")
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["segment.model.classes=[3, 2]"], "distinct class ids"),
     (["segment.model.classes=[]"], "distinct class ids"),
     (["segment.model.classes=[5]"], "distinct class ids"),
-    (["classify.model.classes=[2]"], "a classifier gates every class"),
+    (["classify.model.classes=[2]"], "no config key 'classes' in ClassifierModel"),
+    (["classify.model.arch=unet"], "no config key 'arch' in ClassifierModel"),
+    (["segment.model.heads=binary"], "no config key 'heads' in SegmenterModel"),
     (["tasks=[]"], "classify, segment or both"),
     (['tasks=["segment", "segment"]'], "classify, segment or both"),
     (['tasks=["train"]'], "classify, segment or both"),
@@ -115,7 +115,7 @@ SOFTMAX = ["segment.model.head=softmax", "segment.train.loss={'cce': 1.0, 'dice'
 def test_softmax_head_with_cce_and_class_weights():
     cfg = config.apply_overrides(config.preset("tiny"), [*SOFTMAX, "segment.train.class_weights=[0.5, 2, 4, 1, 2]"])
     assert cfg.segment.model.head == "softmax" and cfg.segment.train.class_weights == (0.5, 2.0, 4.0, 1.0, 2.0)
-    assert config.from_dict(json.loads(config.to_json(cfg))) == cfg
+    assert config.from_json_doc(json.loads(config.to_json(cfg))) == cfg
     assert config.preset("tiny").segment.model.head == "sigmoid"  # the default everywhere
 
 
@@ -129,7 +129,7 @@ def test_softmax_head_with_cce_and_class_weights():
      r"segment\.train\.loss=\{'cce': 1\}: model\.head=sigmoid trains with bce, dice, batch_dice, focal, lovasz only; "
      r"cce needs model\.head=softmax$"),
     (["segment.train.class_weights=[1, 1, 1, 1, 1]"], r"class_weights=.*weights the cce loss term, which loss="),
-    (["classify.model.head=softmax"], r"classify\.model\.head='softmax': the softmax head is the segmenter's"),
+    (["classify.model.head=softmax"], r"no config key 'head' in ClassifierModel"),
     ([*SOFTMAX, "segment.train.pos_weight=auto"], r"segment\.train: pos_weight='auto', label_smoothing=0\.0: bce "),
     ([*SOFTMAX, "segment.train.label_smoothing=0.1"], r"label_smoothing=0\.1: bce options"),
 ])
@@ -137,18 +137,6 @@ def test_head_and_loss_terms_must_agree(overrides, message):
     with pytest.raises(ValueError, match=message) as error:
         config.apply_overrides(config.preset("tiny"), overrides)
     assert "\n" not in str(error.value)
-
-
-def test_a_config_json_written_before_the_head_key_loads_as_sigmoid():
-    d = config.to_dict(config.preset("tiny"))
-    for task in ("classify", "segment"):
-        del d[task]["model"]["head"], d[task]["train"]["class_weights"]
-    cfg = config.from_dict(json.loads(json.dumps(d)))
-    assert cfg == config.preset("tiny")
-    half = json.loads(json.dumps(d))
-    half["segment"]["model"]["head"] = "sigmoid"  # some keys of the change but not all: named, not guessed
-    with pytest.raises(ValueError, match=r"classify\.model\.: missing keys \['head'\]"):
-        config.from_dict(half)
 
 
 def test_override_values_are_coerced_to_the_field_type():
@@ -176,7 +164,9 @@ def test_presets_and_direct_construction_are_validated():
     with pytest.raises(ValueError, match="batch_size"):
         config.DataConfig(batch_size=0)
     with pytest.raises(ValueError, match="encoder"):
-        config.ModelConfig(encoder="efficientnetb9")
+        config.SegmenterModel(encoder="efficientnetb9")
+    with pytest.raises(ValueError, match="encoder"):
+        config.ClassifierModel(encoder="resnet34")  # a segmentation-models backbone: segmenters only
 
 
 def test_config_json_with_unknown_missing_or_bad_keys_names_them():
@@ -197,14 +187,36 @@ def test_config_imports_no_tensorflow():
     assert out.strip() == "False"
 
 
-def test_known_names_match_the_builders():
-    from steel_tpu import choices, losses, models
-    from steel_tpu.models import classifier, encoders
+def test_every_name_a_config_may_choose_has_its_builder():
+    from steel_tpu import losses, models
+    from steel_tpu.config import choices
+    from steel_tpu.models import encoders
 
-    assert choices.ENCODERS == encoders.encoder_names() and choices.WEIGHTS == encoders.WEIGHT_CHOICES
-    assert choices.SEGMENTER_ARCHS == models.SEGMENTER_ARCHS and choices.CLASSIFIER_HEADS == classifier.HEAD_CHOICES
-    assert choices.SEGMENTER_HEADS == models.SEGMENTER_HEADS == tuple(choices.HEAD_LOSS_TERMS)
+    # The names live in config.choices only (no TensorFlow there); each has what builds it.
+    assert choices.ENCODERS == encoders.encoder_names()
+    assert tuple(models.BUILDERS) == choices.SEGMENTER_ARCHS
+    assert choices.SEGMENTER_HEADS == tuple(choices.HEAD_LOSS_TERMS)
     assert set(choices.LOSS_TERMS) == set(losses.TERMS)
+
+
+def test_the_config_reference_is_generated_from_the_schema():
+    from pathlib import Path
+
+    from steel_tpu.config import reference
+
+    text = reference.markdown()
+    assert (Path(__file__).resolve().parents[1] / "docs" / "config.md").read_text() == text
+    rows = reference.rows()
+    assert all(meaning for _, _, _, meaning in rows), [key for key, _, _, meaning in rows if not meaning]
+    assert {key for key, *_ in rows} == set(_leaves(config.to_dict(config.Config())))
+
+
+def _leaves(d, prefix=""):
+    for key, value in d.items():
+        if isinstance(value, dict) and key not in ("oversample", "loss"):
+            yield from _leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}"
 
 
 def test_a_bad_set_fails_fast_and_writes_nothing(tmp_path):

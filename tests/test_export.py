@@ -12,7 +12,8 @@ import zipfile
 import pytest
 
 import steel_tpu
-from steel_tpu import cli, export, kit, tune
+from steel_tpu import cli, export, kit
+from steel_tpu.tuning import tune
 
 pytestmark = pytest.mark.slow
 

@@ -1,7 +1,6 @@
 """The install decision on simulated hosts, and pip's own resolver on what it decides for a TPU host."""
 
 import json
-import os
 import tempfile
 from pathlib import Path
 import subprocess
@@ -106,10 +105,6 @@ def test_dry_run_prints_the_commands_and_installs_nothing(capsys, monkeypatch, t
 
 # --- pip's own resolver (metadata only) -------------------------------------------------------------------------
 
-# The environment as the suite started: pip must not see what another test's fixtures left in os.environ.
-_ENV = dict(os.environ)
-
-
 def _resolve(tmp_path, requirements, *, no_deps=False):
     report = tmp_path / f"report{len(list(tmp_path.glob('report*')))}.json"
     args = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
@@ -117,7 +112,7 @@ def _resolve(tmp_path, requirements, *, no_deps=False):
             "--platform", "manylinux_2_31_x86_64", "--platform", "manylinux_2_17_x86_64",
             "--platform", "manylinux2014_x86_64", "--target", str(tmp_path / "target"), "--report", str(report),
             *(["--no-deps"] if no_deps else []), *requirements]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=600, env=_ENV)
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
     offline = ("NewConnectionError", "Could not fetch", "ProxyError", "Network is unreachable", "Temporary failure")
     if done.returncode != 0 and any(s in done.stderr for s in offline):
         pytest.skip(f"PyPI is unreachable: {done.stderr.strip().splitlines()[-1]}")
@@ -138,3 +133,20 @@ def test_pip_resolves_one_tensorflow_and_the_pinned_libtpu_for_a_tpu_host(tmp_pa
     assert resolved["libtpu"] == install.LIBTPU_VERSION
     legacy = _resolve(tmp_path, list(plan.commands[1][1:]), no_deps=True)
     assert list(legacy) == ["tf-keras"] and legacy["tf-keras"].startswith("2.20.")
+
+
+def test_the_lock_installs_one_tensorflow_distribution():
+    """What `make test` installs holds one TensorFlow (as `install` promises users): tf-keras, which requires the
+    `tensorflow` distribution by name, is installed without its dependencies."""
+    root = Path(__file__).resolve().parents[1]
+    pinned = {}
+    for name in ("cpu-lock.txt", "no-deps.txt"):
+        for line in (root / "requirements" / name).read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                package, _, version = line.partition("==")
+                pinned[install._normalise(package)] = (name, version)
+    flavours = {n: v for n, v in pinned.items() if n in install.TF_DISTRIBUTIONS}
+    assert flavours == {"tensorflow-cpu": ("cpu-lock.txt", install.TF_VERSION)}
+    assert pinned["tf-keras"][0] == "no-deps.txt"
+    makefile = (root / "Makefile").read_text()
+    assert "--no-deps -r requirements/no-deps.txt" in makefile

@@ -12,7 +12,11 @@ import pytest
 import tensorflow as tf
 from test_tune import _write_workdir
 
-from steel_tpu import cli, config, ensemble, kaggle, members, postprocess, predict, storage, tasks, tune
+from steel_tpu import cli, config, kaggle, members, postprocess, predict, storage, tasks
+from steel_tpu.formats import thresholds as thresholds_format
+from steel_tpu.scoring import ensemble
+from steel_tpu.scoring.source import Member, ModelSource, unseen_models
+from steel_tpu.tuning import oof_stats, plot_data, tune
 from steel_tpu.constants import CLASS_IDS
 from steel_tpu.data import pipeline
 from steel_tpu.submission_writer import parts_dir
@@ -81,7 +85,7 @@ def _same_tuning(ens, reference):
     assert "dice_before_full_resolution" not in got and "dice_before_full_resolution" in want
     for key in set(want) - {"dice_before_full_resolution"}:
         assert got[key] == want[key], key
-    plots = [tune.load_plot_data(Workdir(w).tune_dir()) for w in (ens, reference)]
+    plots = [plot_data.load(Workdir(w).tune_dir()) for w in (ens, reference)]
     for key in plots[1]:
         np.testing.assert_array_equal(plots[0][key], plots[1][key], err_msg=key)
     return got
@@ -118,7 +122,7 @@ def test_only_folds_complete_in_every_member_are_averaged(two_members, tmp_path,
     storage.remove(Workdir(extra).done_path("segment", 1))
     wd = members.open_oof([a, extra])
     assert wd.completed_folds("segment") == [0] and wd.left_out("segment") == {a: [1]}
-    stats = tune.collect([a, extra])
+    stats = oof_stats.collect([a, extra])
     assert stats.folds == (0,) and stats.dice_full is None
     assert f"{a} also has fold(s) [1], not used" in capsys.readouterr().out
 
@@ -162,31 +166,32 @@ def test_tune_refuses_members_that_cannot_be_averaged(two_members, tmp_path, cap
 def test_thresholds_record_is_checked_against_the_members(two_members, tmp_path):
     a, b = (_perturbed_copy(w, str(tmp_path / name), seed=7) for w, name in zip(two_members, "ab"))
     ens = str(tmp_path / "ens")
-    doc = tune.tune(workdir=[a, b], out=ens, plots=False)
+    tune.tune(workdir=[a, b], out=ens, plots=False)
     where = os.path.join(ens, "thresholds.json")
-    members.check_tuned_for(doc, where=where, work=[b, os.path.relpath(a)])  # order and spelling do not matter
+    found = thresholds_format.read(where)
+    ModelSource.resolve([b, os.path.relpath(a)]).check_tuned(found)  # order and spelling do not matter
     with pytest.raises(members.MembersError, match="tuned for the ensemble of .*, not of"):
-        members.check_tuned_for(doc, where=where, work=a)
+        ModelSource.resolve(a).check_tuned(found)
     with pytest.raises(members.MembersError, match="tuned for the ensemble of"):
-        members.check_tuned_for(doc, where=where, work=[a, str(tmp_path / "c")])
+        ModelSource.resolve([a, str(tmp_path / "c")]).check_tuned(found)
     single = tune.tune(workdir=a, out=str(tmp_path / "single"), plots=False)
     assert "members" not in single
+    single = thresholds_format.read(os.path.join(tmp_path, "single", "thresholds.json"))
     with pytest.raises(members.MembersError, match="tuned for one workdir, not for the ensemble"):
-        members.check_tuned_for(single, where=Workdir(a).thresholds_path(), work=[a, b])
+        ModelSource.resolve([a, b]).check_tuned(single)
     # Predict's members: the fold models tune averaged, and one it did not (a fold finished after tuning).
     storage.write_text(Workdir(b).weights_path("segment", 2), "x" * 100)
     planned = [_planned(a, {"segment": [0, 1]}), _planned(b, {"segment": [0, 1, 2], "classify": [0]})]
-    assert members.check_models(doc, where=where, members=planned) == [Workdir(b).weights_path("segment", 2)]
-    assert members.check_models(single, where=where, members=planned) == []
+    assert unseen_models(found, planned) == [Workdir(b).weights_path("segment", 2)]
     storage.write_text(Workdir(b).weights_path("segment", 1), "x" * 101)  # retrained into another model since
     with pytest.raises(members.MembersError, match="is 101 bytes, 100 when these thresholds were tuned"):
-        members.check_models(doc, where=where, members=[_planned(b, {"segment": [1]})])
+        unseen_models(found, [_planned(b, {"segment": [1]})])
 
 
 def _planned(work, folds):
-    """The Member predict would plan for `folds` of `work` (its identity is what check_models reads)."""
-    return members.Member(path=work, models=Workdir(work), config=Workdir(work).config(), folds=folds,
-                          identity=members.model_identity(Workdir(work), folds))
+    """The Member predict would plan for `folds` of `work` (its identity is what unseen_models reads)."""
+    return Member(path=work, models=Workdir(work), config=Workdir(work).config(), folds=folds,
+                  identity=Workdir(work).identity(folds))
 
 
 def test_predict_needs_thresholds_for_several_workdirs(two_members, tmp_path, capsys):
@@ -235,7 +240,7 @@ def test_tune_over_trained_members_is_tune_over_their_hand_averaged_oof(trained_
     assert got["folds"] == [0] and Workdir(trained_workdir).completed_folds("segment") == [0, 1]
     for member, work in zip(got["members"], (trained_workdir, second_member)):
         assert member["workdir"] == os.path.abspath(work)
-        identity = members.model_identity(Workdir(work), {"segment": [0], "classify": [0]})
+        identity = Workdir(work).identity({"segment": [0], "classify": [0]})
         assert member["models"] == {t: [[p, n] for p, n in ident] for t, ident in identity.items()}
 
 
@@ -334,11 +339,12 @@ def test_predict_cli_with_the_ensembles_thresholds_and_its_refusals(trained_work
     # Members whose segmenters take another size are refused before any model is built.
     _with_config(str(copy), ["segment.data.image_width=352"])
     with pytest.raises(members.MembersError, match=r"segmenter input size \(h, w\) \(64, 320\) vs \(64, 352\)"):
-        members.plan([trained_workdir, str(copy)], tasks=("segment",))
+        _plan([trained_workdir, str(copy)], tasks=("segment",))
     # Classifiers gating with different heads cannot be averaged: refused naming both, before loading weights.
     _with_config(str(copy), ["segment.data.image_width=320", "classify.model.heads=binary"])
     with pytest.raises(members.MembersError, match=r"classifier gate heads multilabel vs binary") as refused:
-        ensemble.load([trained_workdir, str(copy)], strategy=tf.distribute.get_strategy())
+        ensemble.build(_plan([trained_workdir, str(copy)], tasks=("classify", "segment")),
+                       strategy=tf.distribute.get_strategy())
     assert trained_workdir in str(refused.value) and str(copy) in str(refused.value)
 
 
@@ -442,11 +448,16 @@ def test_gates_that_cannot_combine_and_members_that_draw_nothing_are_refused(see
         with pytest.raises(members.MembersError, match="classifier gate heads"):
             members.open_oof([*pair, class1]).oof("classify", 0)
         with pytest.raises(members.MembersError, match="classifier gate heads"):
-            members.plan([*pair, class1], tasks=("classify", "segment"))
+            _plan([*pair, class1], tasks=("classify", "segment"))
     with pytest.raises(members.MembersError, match="no workdir trains a segmenter"):
-        members.plan([binary, given], tasks=("classify", "segment"))
+        _plan([binary, given], tasks=("classify", "segment"))
     # Scoring without a gate loads no classifier: a classifier-only member is left out of the plan.
-    assert [m.path for m in members.plan([binary, class1], tasks=("segment",))] == [class1]
+    assert [m.path for m in _plan([binary, class1], tasks=("segment",)).members] == [class1]
+
+
+def _plan(paths, *, tasks):
+    """What scoring plans for the workdirs `paths` with untuned thresholds (the checks before any model loads)."""
+    return ModelSource.resolve(paths).plan(thresholds=postprocess.PostProcess(), tasks=tasks)
 
 
 def _constant_model(value, *, units, per_pixel):

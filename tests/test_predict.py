@@ -18,6 +18,7 @@ from steel_tpu.data import pipeline, shards
 from steel_tpu.data.source import SourceError
 from steel_tpu.submission_writer import parts_dir
 from steel_tpu.synth import synthesize
+from steel_tpu.scoring.source import ModelSource
 from steel_tpu.workdir import Workdir, WorkdirError
 
 SIZE = (64, 320)
@@ -71,7 +72,7 @@ def random_workdir(work, images, *, cfg, seed=0):
 @pytest.fixture(scope="module")
 def work(tmp_path_factory, images):
     """A workdir of random-init tiny models (2 segment folds, 1 classifier), saved exactly as training saves."""
-    return random_workdir(str(tmp_path_factory.mktemp("work")), images, cfg=config_lib.tiny())
+    return random_workdir(str(tmp_path_factory.mktemp("work")), images, cfg=config_lib.preset("tiny"))
 
 
 def _decoded(ids, folder):
@@ -254,7 +255,8 @@ def test_test_shards_score_like_the_jpeg_folder(plain, work, images, tmp_path):
 def test_thresholds_come_from_the_workdir_and_gate_needs_a_classifier(work, images, tmp_path):
     own = tmp_path / "work"
     shutil.copytree(work, own)
-    Workdir(own).save_thresholds({"pixel_threshold": [0.5] * 4, "min_area": [0] * 4, "gate": [1.0] * 4})
+    storage.write_text(Workdir(own).thresholds_path(),
+                       json.dumps({"pixel_threshold": [0.5] * 4, "min_area": [0] * 4, "gate": [1.0] * 4}))
     summary = _run(str(own), images, tmp_path / "gated.csv", batch_size=8)
     assert summary["thresholds"] == Workdir(own).thresholds_path()
     # Sigmoid probabilities stay below 1.0: a gate of 1.0 empties every image.
@@ -349,7 +351,7 @@ def test_predict_applies_a_double_threshold_file_as_the_numpy_reference(trained,
     path = tmp_path / "thresholds.json"
     path.write_text(json.dumps({"pixel_threshold": upper.tolist(), "mask_threshold": lower.tolist(),
                                 "min_area": min_area.tolist(), "gate": []}))
-    pp = predict.load_thresholds(work, str(path))[0]
+    pp = ModelSource.resolve(work).thresholds(str(path)).postprocess
     assert pp.mask_threshold == tuple(lower)
     out = tmp_path / "sub.csv"
     summary = _run(work, images, out, thresholds=str(path), batch_size=8)

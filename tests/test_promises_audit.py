@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from steel_tpu import cli, config, distribute, storage, train, tune
+from steel_tpu import cli, config, distribute, storage, train
+from steel_tpu.tuning import plot_data
 from steel_tpu.data.shard_folder import MANIFEST, ShardFolder
 from steel_tpu.data.shards import build_shards
 from steel_tpu.data.tfrecord import TFRecordError
@@ -105,7 +106,7 @@ def test_numeric_options_out_of_bounds_are_usage_errors(argv, capsys):
 # --- promise 6: a file that is not what it claims is named ---
 
 def test_a_config_json_of_another_shape_is_named(tmp_path):
-    doc = config.to_dict(config.preset("tiny"))
+    doc = json.loads(config.to_json(config.preset("tiny")))
     del doc["segment"]["train"]["epochs"]
     (tmp_path / "config.json").write_text(json.dumps(doc))
     with pytest.raises(WorkdirError, match=r"config.json: not a valid config file \(segment.train.: missing keys"):
@@ -113,9 +114,9 @@ def test_a_config_json_of_another_shape_is_named(tmp_path):
 
 
 def test_broken_tune_plot_data_is_named(tmp_path):
-    (tmp_path / tune.PLOT_DATA).write_bytes(b"not an npz")
-    with pytest.raises(ValueError, match=rf"{tune.PLOT_DATA}: not tune's plot data"):
-        tune.load_plot_data(str(tmp_path))
+    (tmp_path / plot_data.PLOT_DATA).write_bytes(b"not an npz")
+    with pytest.raises(ValueError, match=rf"{plot_data.PLOT_DATA}: not tune's plot data"):
+        plot_data.load(str(tmp_path))
 
 
 def test_an_unreadable_predict_plan_is_predicts_own_and_means_starting_over(tmp_path):
@@ -196,12 +197,12 @@ def test_an_unreachable_gcs_endpoint_is_one_line_naming_the_bucket(tmp_path):
     ([0, 0, 0, True], "list of finite numbers"),
 ])
 def test_thresholds_values_are_strict(tmp_path, min_area, problem):
-    from steel_tpu.predict import load_thresholds
+    from steel_tpu.formats import thresholds as thresholds_format
 
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"pixel_threshold": [0.5] * 4, "min_area": min_area, "gate": []}))
     with pytest.raises(ValueError, match=rf"t.json: not a valid thresholds file: .*{problem}"):
-        load_thresholds(str(tmp_path), str(path))
+        thresholds_format.read(str(path))
 
 
 def test_swapped_csv_columns_are_one_short_line(tmp_path, capsys):

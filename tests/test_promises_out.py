@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu import demo, predict, report, storage, synth, tune
+from steel_tpu import demo, predict, report, storage, synth
+from steel_tpu.tuning import tune
 from steel_tpu.outputs import OutputError
 from steel_tpu.submission_writer import parts_dir
 from steel_tpu.workdir import Workdir
@@ -157,7 +158,7 @@ def test_report_on_gcs_touches_only_its_own_objects(trained_workdir, gcs_bucket)
 
 def test_tune_writes_only_its_files_and_a_failed_tune_leaves_no_old_thresholds(trained_workdir, tmp_path):
     for sibling in ("aXb", "ab"):
-        Workdir(tmp_path / sibling).save_thresholds({"mine": True})
+        storage.write_text(Workdir(tmp_path / sibling).thresholds_path(), '{"mine": true}')
     out = tmp_path / "a*b"
     out.mkdir()
     (out / "notes.txt").write_text("mine")

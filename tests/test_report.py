@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from steel_tpu import config as config_lib
-from steel_tpu import metrics, postprocess, report, rle, storage, tune, tune_plots
+from steel_tpu import metrics, postprocess, report, rle, storage
+from steel_tpu.tuning import plot_data, tune
 from steel_tpu.data import example, shards
 from steel_tpu.data.shard_folder import ShardFolder, read_records
 from steel_tpu.workdir import Workdir
@@ -47,7 +48,7 @@ def _write_workdir(work, shard_dir, *, seed=0):
     maps are the masks' negative: the known worst image.
     """
     rng = np.random.default_rng(seed)
-    cfg = config_lib.tiny()
+    cfg = config_lib.preset("tiny")
     cfg.oof_scale = SCALE
     wd = Workdir(work)
     wd.save_config(cfg)
@@ -142,7 +143,7 @@ def test_report_with_tuned_thresholds_and_images(work, shard_dir, tmp_path):
     out = str(tmp_path / "report")
     page, images = _referenced_pngs(report.report(workdir=tuned, out=out, shards=shard_dir))
     assert "tuned thresholds from thresholds.json" in page and "over the image" in page
-    for name in tune_plots.FILES:
+    for name in plot_data.PLOT_FILES:
         assert f"tune_{name}" in images
         with open(os.path.join(Workdir(tuned).tune_dir(), name), "rb") as a, open(os.path.join(out, f"tune_{name}"), "rb") as b:
             assert a.read() == b.read()
@@ -155,22 +156,22 @@ def test_report_with_tuned_thresholds_and_images(work, shard_dir, tmp_path):
 
     # The report draws tune's figures from tune's plot data alone: without the PNGs they come out the same, and
     # without the data (a workdir tuned before tune saved it) the section says to tune again, searching nothing.
-    for name in tune_plots.FILES:
+    for name in plot_data.PLOT_FILES:
         os.remove(os.path.join(Workdir(tuned).tune_dir(), name))
     again = str(tmp_path / "again")
     _, images = _referenced_pngs(report.report(workdir=tuned, out=again))
-    for name in tune_plots.FILES:
+    for name in plot_data.PLOT_FILES:
         with open(os.path.join(out, f"tune_{name}"), "rb") as a, open(os.path.join(again, f"tune_{name}"), "rb") as b:
             assert a.read() == b.read()
-    os.remove(os.path.join(Workdir(tuned).tune_dir(), tune.PLOT_DATA))
+    os.remove(os.path.join(Workdir(tuned).tune_dir(), plot_data.PLOT_DATA))
     page, images = _referenced_pngs(report.report(workdir=tuned, out=str(tmp_path / "old")))
     assert not any(name.startswith("tune_") for name in images)
-    assert f"No tune/{tune.PLOT_DATA} (tuned by an older version)" in page
+    assert f"No tune/{plot_data.PLOT_DATA} (tuned by an older version)" in page
 
 
 def test_sections_without_inputs_are_notes(tmp_path):
     work, out = str(tmp_path / "work"), str(tmp_path / "out")
-    Workdir(work).save_config(config_lib.tiny())
+    Workdir(work).save_config(config_lib.preset("tiny"))
     page, images = _referenced_pngs(report.report(workdir=work, out=out))
     assert images == [] and os.listdir(out) == [report.INDEX]
     assert page.count('class="note"') == 7
@@ -243,7 +244,7 @@ def test_report_of_a_real_training_run(trained, tiny_data, tmp_path):
     page, images = _referenced_pngs(index)
     assert 'class="note"' not in page  # every section found its inputs
     assert sorted(images) == sorted(["curves_classify.png", "curves_segment.png", "dice_per_class.png",
-                                     "confusion.png", "examples.png", *[f"tune_{n}" for n in tune_plots.FILES]])
+                                     "confusion.png", "examples.png", *[f"tune_{n}" for n in plot_data.PLOT_FILES]])
     _check_pngs(os.path.dirname(index), images)
     dice = np.concatenate([Workdir(trained).oof("segment", f)["dice"]
                            for f in (0, 1)])

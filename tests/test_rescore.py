@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from test_tune import _write_workdir
 
-from steel_tpu import cli, kaggle, metrics, predict, rescore, tune
+from steel_tpu import cli, kaggle, metrics, predict, rescore
+from steel_tpu.tuning import components, oof_stats, tune
 from steel_tpu.data.shard_folder import ShardFolder
 from steel_tpu.data.shards import build_shards
-from steel_tpu.tune_components import COMPONENT_GRID
+from steel_tpu.tuning.components import COMPONENT_GRID
 from steel_tpu.workdir import Workdir, WorkdirError
 
 
@@ -153,8 +154,8 @@ def test_the_estimate_is_tunes_own_dice_after(tmp_path):
     _write_workdir(work)
     for grid in ((0,), COMPONENT_GRID):
         result = tune.tune(workdir=work, plots=False, component_grid=grid)
-        pp = predict.load_thresholds(work)[0]
-        estimate = tune.estimate(work, tune.collect(work), pp)
+        pp = Workdir(work).thresholds().postprocess
+        estimate = components.estimate((work,), oof_stats.collect((work,)), pp)
         np.testing.assert_allclose(estimate.mean(axis=0), result["dice_after"]["per_class"], atol=1e-12)
     assert pp.filters_components  # the component stage chose something: its path was the one checked last
 

@@ -1,11 +1,12 @@
 """Each seed system's preset, at tiny scale: trained (its seed's models) and tuned by `steel-tpu compare` (conftest's
 compared_presets), then predicted and reported, end to end; seed 000 as a system of six member workdirs."""
 
+import json
 import os
 
 import pytest
 
-from steel_tpu import config, kaggle, predict, report, system
+from steel_tpu import cli, config, kaggle, kit, predict, report, system
 from steel_tpu.workdir import Workdir
 
 pytestmark = pytest.mark.slow  # one tiny training run per preset
@@ -59,3 +60,38 @@ def test_seed_presets_train_tune_predict_and_report(compared_presets, tiny_data,
             for member in SEED000:
                 assert f"Member {member}: training curves" in page
                 assert os.path.exists(tmp_path / f"report_{name}" / f"curves_{member}_{SEED000[member][0]}.png")
+
+
+def test_a_system_or_an_ensemble_is_one_model_source_everywhere(compared_presets, tiny_data, tmp_path):
+    """Seed 000's system, or seed 003's and 004's workdirs as an ensemble: exported as one kit that scores like the
+    source, rescored as one, and scored on Beam like on one machine."""
+    out, names = compared_presets["out"], compared_presets["configs"]
+    if "seed000" in names:
+        given, thresholds = [str(out / "seed000")], str(out / "seed000" / "thresholds.json")
+    else:
+        given, ens = [str(out / n) for n in names], str(tmp_path / "ens")
+        assert cli.main(["tune", *[a for w in given for a in ("--workdir", w)], "--out", ens]) == 0
+        thresholds = os.path.join(ens, "thresholds.json")
+    workdirs = [a for w in given for a in ("--workdir", w)]
+    images = os.path.join(tiny_data["data"], "test_images")
+    kit_dir, reference = str(tmp_path / "kit"), str(tmp_path / "source.csv")
+    assert cli.main(["predict", *workdirs, "--thresholds", thresholds, "--images", images, "--out", reference]) == 0
+    assert cli.main(["export", *workdirs, "--thresholds", thresholds, "--out", kit_dir]) == 0
+    info = json.loads(open(os.path.join(kit_dir, kit.KIT_JSON)).read())
+    members = [m["name"] for m in info["members"]]
+    # A member whose models the thresholds do not use (a classifier, where no gate was tuned) is left out.
+    expected = [m for m in SEED000 if m.startswith("class") or m in members] if "seed000" in names else ["m0", "m1"]
+    assert info["format"] == 2 and members == expected
+    assert all(os.path.exists(os.path.join(kit_dir, m, kit.CONFIG)) for m in members)
+    from_kit = str(tmp_path / "kit.csv")
+    assert cli.main(["predict", "--workdir", kit_dir, "--images", images, "--out", from_kit]) == 0
+    assert open(from_kit, "rb").read() == open(reference, "rb").read()
+
+    assert cli.main(["rescore", *workdirs, "--thresholds", thresholds, "--shards", tiny_data["shards"]]) == 0
+    rescored = json.loads(open(os.path.join(os.path.dirname(thresholds), "rescore.json")).read())
+    assert rescored["folds"] == [compared_presets["fold"]] and rescored["n_images"] > 0
+
+    on_beam = str(tmp_path / "beam.csv")
+    assert cli.main(["predict", *workdirs, "--thresholds", thresholds, "--images", images, "--out", on_beam,
+                     "--runner", "DirectRunner"]) == 0
+    assert open(on_beam, "rb").read() == open(reference, "rb").read()

@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from steel_tpu import cli, config, distribute, resolve, train
+from steel_tpu import cli, config, distribute, train
+from steel_tpu.config import resolve
 from steel_tpu.workdir import Workdir
 
 
@@ -42,36 +43,12 @@ def test_a_fixed_global_batch_keeps_its_meaning_and_must_split():
                                ["segment.data.batch_size=16", "segment.data.batch_per_replica=4"])
 
 
-def _legacy_dict(batch_size):
-    """A config.json as written before per-replica batches and the device key (and so before every key added since:
-    the learning options, the segmenter head, pseudo-labels)."""
-    d = config.to_dict(config.preset("tiny"))
-    del d["device"]
-    for task in ("classify", "segment"):
-        del d[task]["data"]["batch_per_replica"], d[task]["train"]["reference_batch"]
-        del d[task]["augment"]["defect_crop_prob"], d[task]["augment"]["defect_crop_weights"]
-        del d[task]["train"]["ema_decay"]
-        del d[task]["model"]["head"], d[task]["train"]["class_weights"]
-        del d[task]["data"]["pseudo_share"]
-        d[task]["data"]["batch_size"] = batch_size
-    return d
-
-
-def test_a_workdir_written_before_per_replica_batches_loads_as_it_meant(tmp_path):
+def test_a_workdir_of_an_unreleased_config_format_is_refused_in_one_line(tmp_path):
     work = tmp_path / "old"
     work.mkdir()
-    (work / "config.json").write_text(json.dumps(_legacy_dict(8)))
-    cfg = Workdir(str(work)).config()
-    assert cfg.device == "auto" and cfg.segment.data.batch_size == 8 and cfg.segment.train.reference_batch is None
-    for replicas in (1, 8):
-        resolved = resolve.resolve_for(cfg, replicas=replicas)
-        # A global batch of 8 on any slice, the learning rate as written: what the file meant.
-        assert resolved.segment.data.batch_size == 8 and resolved.segment.train.learning_rate == 2e-3
-    Workdir(str(work)).save_config(cfg)  # resuming with the same (loaded) config is accepted
-    half_upgraded = _legacy_dict(8)
-    half_upgraded["device"] = "auto"  # some new keys but not all: a hand-edited file, named
-    with pytest.raises(ValueError, match="missing keys"):
-        config.from_dict(half_upgraded)
+    (work / "config.json").write_text(json.dumps(config.to_dict(config.preset("tiny"))))  # no "format" key
+    with pytest.raises(ValueError, match=r"config.json: not a valid config file \(config format None"):
+        Workdir(str(work)).config()
 
 
 @pytest.mark.slow

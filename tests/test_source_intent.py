@@ -5,8 +5,12 @@ import json
 import pytest
 from test_tune import _write_workdir
 
-from steel_tpu import cli, postprocess, predict, tune
-from steel_tpu.workdir import Workdir, WorkdirError, read_thresholds
+from steel_tpu import cli
+from steel_tpu.formats import thresholds as thresholds_format
+from steel_tpu.formats.thresholds import ThresholdsError
+from steel_tpu.scoring.source import ModelSource
+from steel_tpu.tuning import tune
+from steel_tpu.workdir import Workdir
 
 
 @pytest.fixture(scope="module")
@@ -18,17 +22,17 @@ def tuned(tmp_path_factory):
 
 
 def test_tune_output_loads_everywhere(tuned):
-    doc = Workdir(tuned).thresholds()
-    pp, where, _ = predict.load_thresholds(tuned)
-    assert where == Workdir(tuned).thresholds_path()
-    assert pp == postprocess.from_thresholds(doc, where=where)
-    assert predict.load_thresholds(tuned, thresholds=where)[0] == pp
+    doc = Workdir(tuned).thresholds().to_doc()
+    found = ModelSource.resolve(tuned).thresholds()
+    assert found.path == Workdir(tuned).thresholds_path()
+    assert found.postprocess == thresholds_format.from_doc(doc, where=found.path).postprocess
+    assert ModelSource.resolve(tuned).thresholds(found.path).postprocess == found.postprocess
 
 
 def test_a_hand_written_file_with_the_three_keys_loads(tmp_path):
     path = tmp_path / "t.json"
     path.write_text(json.dumps({"pixel_threshold": [0.4] * 4, "min_area": [10] * 4, "gate": []}))
-    assert predict.load_thresholds(str(tmp_path), thresholds=str(path))[0].min_area == (10,) * 4
+    assert ModelSource.resolve(str(tmp_path)).thresholds(str(path)).postprocess.min_area == (10,) * 4
 
 
 @pytest.mark.parametrize("edit, named", [
@@ -37,22 +41,22 @@ def test_a_hand_written_file_with_the_three_keys_loads(tmp_path):
     (lambda d: (d.pop("gate"), d.update(gates=[])), "missing key(s) ['gate'], unknown key(s) ['gates']"),
 ])
 def test_missing_or_unknown_keys_are_named(tuned, tmp_path, edit, named):
-    doc = Workdir(tuned).thresholds()
+    doc = Workdir(tuned).thresholds().to_doc()
     edit(doc)
     path = tmp_path / "thresholds.json"
     path.write_text(json.dumps(doc))
-    with pytest.raises(WorkdirError, match=str(path).replace(".", r"\.") + ": not a valid thresholds file") as error:
-        read_thresholds(str(path))
+    with pytest.raises(ThresholdsError, match=str(path).replace(".", r"\.") + ": not a valid thresholds file") as error:
+        thresholds_format.read(str(path))
     assert named in str(error.value)
-    with pytest.raises(WorkdirError):
-        predict.load_thresholds(tuned, thresholds=str(path))
+    with pytest.raises(ThresholdsError):
+        ModelSource.resolve(tuned).thresholds(str(path))
 
 
 def test_a_thresholds_file_that_is_not_an_object_is_named(tmp_path):
     path = tmp_path / "t.json"
     path.write_text("[0.5, 0.5]")
-    with pytest.raises(WorkdirError, match="a JSON object expected"):
-        read_thresholds(str(path))
+    with pytest.raises(ThresholdsError, match="a JSON object expected"):
+        thresholds_format.read(str(path))
 
 
 @pytest.mark.parametrize("argv", [

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from steel_tpu import cli, config, members, system
+from steel_tpu.scoring.source import ModelSource
 
 
 def _claim(folder, names=("binary", "class1")):
@@ -17,13 +18,16 @@ def test_a_system_folder_stands_for_its_members(tmp_path):
     w = tmp_path / "w"
     _claim(w)
     assert json.loads((w / "system.json").read_text()) == {"name": "seed000", "members": ["binary", "class1"]}
-    assert members.paths(str(w)) == (str(w / "binary"), str(w / "class1"))
-    assert system.home(str(w)) == str(w) and system.home([str(w / "binary")]) is None
+    source = ModelSource.resolve(str(w))
+    assert source.paths == (str(w / "binary"), str(w / "class1"))
+    assert (source.kind, source.home, source.own_folder()) == ("system", str(w), str(w))
+    member = ModelSource.resolve([str(w / "binary")])
+    assert (member.kind, member.home, member.own_folder()) == ("workdir", None, str(w / "binary"))
     _claim(w)  # the same system again: a resume
     with pytest.raises(system.SystemFileError, match="not seed000 of binary, class2"):
         _claim(w, ("binary", "class2"))
-    with pytest.raises(system.SystemFileError, match="give it alone"):
-        members.paths([str(w), str(tmp_path / "other")])
+    with pytest.raises(members.MembersError, match="give it alone"):
+        ModelSource.resolve([str(w), str(tmp_path / "other")])
 
 
 @pytest.mark.parametrize("text, message", [
@@ -36,7 +40,7 @@ def test_a_system_folder_stands_for_its_members(tmp_path):
 def test_a_bad_system_file_is_named(tmp_path, text, message):
     (tmp_path / "system.json").write_text(text)
     with pytest.raises(system.SystemFileError, match=message) as refused:
-        members.paths(str(tmp_path))
+        ModelSource.resolve(str(tmp_path))
     assert str(tmp_path / "system.json") in str(refused.value)
 
 

@@ -163,7 +163,8 @@ def test_a_diverging_run_stops_in_one_line_and_is_not_done(tiny_data, tiny_confi
 
 
 def test_a_softmax_segmenter_trains_tunes_predicts_exports_and_reports(tiny_data, tiny_config, tmp_path):
-    from steel_tpu import export, predict, report, tune
+    from steel_tpu import export, predict, report
+    from steel_tpu.tuning import tune
 
     cfg = config.apply_overrides(tiny_config, [
         "segment.model.head=softmax", "segment.train.loss={'cce': 1.0, 'dice': 1.0}",

@@ -10,7 +10,10 @@ import pytest
 import tensorflow as tf
 
 from steel_tpu import config as config_lib
-from steel_tpu import cli, metrics, postprocess, report, storage, tune, tune_checks, tune_plots
+from steel_tpu import cli, metrics, postprocess, report, storage
+from steel_tpu.formats import thresholds as thresholds_format
+from steel_tpu.tuning import checks as tune_checks
+from steel_tpu.tuning import oof_stats, plot_data, plots, search, tune
 from steel_tpu.workdir import Workdir
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
 
@@ -37,7 +40,7 @@ def _write_workdir(work, *, n=40, folds=(0, 1), seed=0, speck_prob=0.3, clean_sp
                    classifier="binary", make_image=_image):
     """A workdir with real oof.npz / done.json files for each fold (no models: tune needs none)."""
     rng = np.random.default_rng(seed)
-    cfg = config_lib.tiny()
+    cfg = config_lib.preset("tiny")
     cfg.oof_scale = SCALE
     wd = Workdir(work)
     wd.save_config(cfg)
@@ -91,17 +94,16 @@ def tuned(tmp_path_factory):
 
 def test_tune_writes_thresholds_and_plots(tuned):
     work, result = tuned
-    assert Workdir(work).thresholds() == result
+    assert Workdir(work).thresholds().to_doc() == result
     assert result["n_images"] == 80 and result["folds"] == [0, 1] and result["oof_scale"] == SCALE
     assert result["gate_head"] == "binary" and len(result["gate"]) <= 1  # () when no gate beats none
-    assert all(t in tune.PIXEL_GRID for t in result["pixel_threshold"])
-    assert all(a in tune.AREA_GRID for a in result["min_area"])
+    assert all(t in search.PIXEL_GRID for t in result["pixel_threshold"])
+    assert all(a in search.AREA_GRID for a in result["min_area"])
     assert result["dice_after"]["mean"] >= result["dice_before"]["mean"]
-    for name in tune_plots.FILES:
+    for name in plot_data.PLOT_FILES:
         with open(os.path.join(Workdir(work).tune_dir(), name), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert postprocess.from_thresholds(Workdir(work).thresholds(), where=work) == postprocess.PostProcess.from_dict(
-        result)
+    assert Workdir(work).thresholds().postprocess == postprocess.PostProcess.from_dict(result)
 
 
 @pytest.mark.parametrize("classifier", ["binary", "multilabel", None])
@@ -109,7 +111,7 @@ def test_plot_data_holds_the_search_at_the_chosen_settings(tmp_path, classifier)
     work = str(tmp_path)
     _write_workdir(work, n=12, seed=2, classifier=classifier)
     result = tune.tune(workdir=work, plots=False)
-    data = tune.load_plot_data(Workdir(work).tune_dir())
+    data = plot_data.load(Workdir(work).tune_dir())
     assert str(data["gate_head"]) == (classifier or "none")
     g, k, a = data["chosen"]
     assert [data["pixel_grid"][i] for i in k] == result["pixel_threshold"]
@@ -122,14 +124,14 @@ def test_plot_data_holds_the_search_at_the_chosen_settings(tmp_path, classifier)
     raw = postprocess.binarize(oof[0], pp.pixel_threshold).sum(axis=(1, 2)) * SCALE ** 2
     np.testing.assert_array_equal(data["raw_area"], raw)
     np.testing.assert_array_equal(data["submitted_area"], raw * pp.keep(raw, oof[2]))
-    assert set(tune_plots.draw(data)) == set(tune_plots.FILES)
+    assert set(plots.draw(data)) == set(plot_data.PLOT_FILES)
 
 
 def test_plot_data_files_are_checked(tmp_path):
-    assert tune.load_plot_data(str(tmp_path)) is None  # tuned before tune saved its plot data
-    np.savez(tmp_path / tune.PLOT_DATA, dice=np.zeros(3))
+    assert plot_data.load(str(tmp_path)) is None  # tuned before tune saved its plot data
+    np.savez(tmp_path / plot_data.PLOT_DATA, dice=np.zeros(3))
     with pytest.raises(ValueError, match=r"plot_data\.npz: not tune's plot data \(missing \['pixel_grid'"):
-        tune.load_plot_data(str(tmp_path))
+        plot_data.load(str(tmp_path))
 
 
 def test_reported_dice_is_what_direct_post_processing_scores(tuned):
@@ -154,9 +156,9 @@ def test_search_finds_the_brute_force_optimum(tmp_path, classifier):
     work = str(tmp_path)
     _write_workdir(work, n=12, seed=3, classifier=classifier)
     grids = dict(pixel_grid=(0.4, 0.5, 0.6), area_grid=(0, 300, 3000), gate_grid=(0.0, 0.5, 0.8))
-    stats = tune.collect(work)
-    tables, kind, gates = tune.search_tables(stats, **grids)
-    chosen = tune.choose(stats, tables, kind=kind, gates=gates, pixel_grid=grids["pixel_grid"],
+    stats = oof_stats.collect((work,))
+    tables, kind, gates = search.search_tables(stats, **grids)
+    chosen = search.choose(stats, tables, kind=kind, gates=gates, pixel_grid=grids["pixel_grid"],
                          area_grid=grids["area_grid"])
     oof = _load_oof(work)
     settings = list(itertools.product(grids["gate_grid"] if classifier else [None], grids["pixel_grid"],
@@ -172,7 +174,7 @@ def test_search_finds_the_brute_force_optimum(tmp_path, classifier):
         best = scores.max(axis=0).mean()
     assert kind == classifier
     assert _oof_dice_direct(oof, chosen).mean() == pytest.approx(best, abs=1e-12)
-    assert tune.dice_of(stats, chosen).mean() == pytest.approx(best, abs=1e-12)
+    assert oof_stats.dice_of(stats, chosen).mean() == pytest.approx(best, abs=1e-12)
 
 
 def test_gate_is_chosen_when_the_classifier_knows_clean_images(tmp_path):
@@ -182,7 +184,7 @@ def test_gate_is_chosen_when_the_classifier_knows_clean_images(tmp_path):
     # Specks on clean images, min area disabled: only the gate (clean images score p < 0.4) can remove them.
     assert 0.4 <= result["gate"][0] <= 0.6  # clean images have p < 0.4, defective ones p >= 0.6
     assert result["dice_after"]["mean"] > result["dice_before"]["mean"] + 0.05
-    assert Workdir(tmp_path / "elsewhere").thresholds() == result
+    assert Workdir(tmp_path / "elsewhere").thresholds().to_doc() == result
     assert Workdir(work).thresholds() is None
 
 
@@ -190,7 +192,7 @@ def test_missing_folds_and_bad_files_are_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no completed segment folds"):
         tune.tune(workdir=str(tmp_path))
     with pytest.raises(ValueError, match="t.json: not a valid thresholds file"):
-        postprocess.from_thresholds({"pixel_threshold": [0.5] * 4, "min_area": [0] * 3}, where="t.json")
+        thresholds_format.from_doc({"pixel_threshold": [0.5] * 4, "min_area": [0] * 3, "gate": []}, where="t.json")
 
 
 def test_post_process_rules():
@@ -222,7 +224,7 @@ def test_tune_on_a_trained_workdir(trained_workdir, tmp_path):
     searched = after + np.array(result["switched_off"]) * gains / result["n_images"]
     assert np.all(searched >= np.array(result["dice_before"]["per_class"]) - 1e-12)
     assert np.all(gains[result["switched_off"]] < result["min_gain"])
-    assert Workdir(tmp_path).thresholds() == result
+    assert Workdir(tmp_path).thresholds().to_doc() == result
 
 
 def _oof_dice_with_components(oof, pp):
@@ -235,7 +237,7 @@ def _oof_dice_with_components(oof, pp):
 
 @pytest.mark.parametrize("classifier", ["binary", "multilabel", None])
 def test_component_stage_is_the_brute_force_optimum_and_removes_specks_on_defective_images(tmp_path, classifier):
-    from steel_tpu import tune_components
+    from steel_tpu.tuning import components as tune_components
 
     work = str(tmp_path)
     _write_workdir(work, n=20, seed=4, speck_prob=0.8, classifier=classifier)
@@ -268,7 +270,7 @@ def test_edge_choices_extend_the_pixel_grid_or_are_warned_about(tmp_path, capsys
     expected = [f"class {c + 1}: pixel_threshold 0.95" for c, t in enumerate(result["pixel_threshold"]) if t == 0.95]
     expected += [f"class {c + 1}: min_area 100" for c, a in enumerate(result["min_area"]) if a == 100]
     assert expected and sorted(w.split(" is at")[0] for w in result["warnings"]) == sorted(expected)
-    assert Workdir(work).thresholds()["warnings"] == result["warnings"]
+    assert Workdir(work).thresholds().record["warnings"] == result["warnings"]
     assert f"WARNING {result['warnings'][0]}" in capsys.readouterr().out
 
 
@@ -285,7 +287,7 @@ def test_fold_stability_is_each_fold_tuned_alone_and_the_overall_dice_per_fold(t
         assert stability["per_fold"][fold]["dice"] == pytest.approx(direct[k * 20:(k + 1) * 20].mean(axis=0), abs=1e-12)
     dice = np.array([f["dice"] for f in stability["per_fold"].values()])
     assert stability["spread"]["dice"] == pytest.approx(dice.max(axis=0) - dice.min(axis=0))
-    assert Workdir(both).thresholds()["fold_stability"] == stability
+    assert Workdir(both).thresholds().record["fold_stability"] == stability
 
 
 def test_class_diagnosis_beside_the_dice(tuned):
@@ -310,7 +312,7 @@ def _oof_dice_soft(oof, pp):
 
 @pytest.mark.parametrize("classifier", ["binary", "multilabel"])
 def test_soft_gate_stage_is_the_brute_force_optimum_of_direct_thresholding(tmp_path, classifier):
-    from steel_tpu import tune_soft
+    from steel_tpu.tuning import soft as tune_soft
 
     work = str(tmp_path)
     _write_workdir(work, n=20, seed=8, speck_prob=0.6, classifier=classifier)
@@ -321,7 +323,7 @@ def test_soft_gate_stage_is_the_brute_force_optimum_of_direct_thresholding(tmp_p
     direct = _oof_dice_soft(oof, pp)
     assert result["dice_after"]["per_class"] == pytest.approx(direct.mean(axis=0).tolist(), abs=1e-12)
     # Every table entry equals direct thresholding: each image's threshold is its own lookup.
-    stats = tune.collect(work)
+    stats = oof_stats.collect((work,))
     tables = tune_soft.tables(stats, pp, soft_grid=soft, pixel_grid=pixels, area_grid=areas)
     for (s, k), (t, thr), (a, area) in itertools.product(enumerate(soft), enumerate(pixels), enumerate(areas)):
         one = dataclasses.replace(pp, soft_gate=[k] * 4, pixel_threshold=[thr] * 4, min_area=[area] * 4)
@@ -412,14 +414,13 @@ def test_double_threshold_rule_identity_device_and_refusals():
 
 
 def test_thresholds_files_from_before_the_double_threshold_load_as_before(tuned, tmp_path):
-    from steel_tpu import predict
-
     work, result = tuned
     old = {k: v for k, v in result.items() if k != "mask_threshold"}  # tune's file as written before this option
     old["grid"] = {k: v for k, v in old["grid"].items() if k != "mask_threshold"}
     path = tmp_path / "thresholds.json"
     path.write_text(json.dumps(old))
-    pp, where, _ = predict.load_thresholds(work, str(path))
+    found = thresholds_format.read(str(path))
+    pp, where = found.postprocess, found.path
     assert where == str(path) and pp.mask_threshold == () and pp.lower == pp.pixel_threshold
     assert {k: v for k, v in pp.to_dict().items() if k != "mask_threshold"} == {
         k: old.get(k, []) if k == "soft_gate" else old[k] for k in pp.to_dict() if k != "mask_threshold"}
@@ -430,7 +431,7 @@ def test_thresholds_files_from_before_the_double_threshold_load_as_before(tuned,
 # A binary head barely gates here (most images have some defect); a multilabel one would separate the halos.
 @pytest.mark.parametrize("classifier, soft", [(None, (0.0,)), ("binary", (0.0, 0.1, 0.3))])
 def test_double_threshold_stage_is_the_brute_force_optimum_of_postprocess_rule(tmp_path, classifier, soft):
-    from steel_tpu import tune_double
+    from steel_tpu.tuning import double as tune_double
 
     work = str(tmp_path)
     _write_workdir(work, n=16, seed=9, classifier=classifier, make_image=_halo_image)
@@ -439,14 +440,14 @@ def test_double_threshold_stage_is_the_brute_force_optimum_of_postprocess_rule(t
     plain = tune.tune(workdir=work, out=str(tmp_path / "plain"), pixel_grid=pixels, area_grid=areas, soft_grid=soft,
                       plots=False)
     pp, oof = postprocess.PostProcess.from_dict(result), _load_oof(work)
-    assert Workdir(work).thresholds() == result and plain["mask_threshold"] == []
+    assert Workdir(work).thresholds().to_doc() == result and plain["mask_threshold"] == []
     # Tune's OOF Dice for the chosen values == the Dice of postprocess' own rule applied to the same maps.
     direct = _oof_dice_rule(oof, pp)
     assert result["dice_after"]["per_class"] == pytest.approx(direct.mean(axis=0).tolist(), abs=1e-12)
     # Every table entry == brute force with that (upper, lower, min area); lower > upper is never chosen.
     uppers, lowers = result["grid"]["pixel_threshold"], result["grid"]["mask_threshold"]
     assert lowers[0] < pixels[0] and lowers[-1] == uppers[-1]  # a lower threshold at 0.3 extended its grid down
-    stats = tune.collect(work)
+    stats = oof_stats.collect((work,))
     table = tune_double.tables(stats, pp, upper_grid=uppers, lower_grid=lowers, area_grid=areas)
     for (i, up), (j, low), (a, area) in itertools.product(enumerate(uppers), enumerate(lowers), enumerate(areas)):
         if low > up:
@@ -457,7 +458,7 @@ def test_double_threshold_stage_is_the_brute_force_optimum_of_postprocess_rule(t
     np.testing.assert_allclose(direct.mean(axis=0), table.max(axis=(1, 2, 3)), atol=1e-12)
     # lower == upper is the single threshold: the diagonal is the first stage's table at the chosen gate.
     if classifier is None and len(soft) == 1:
-        single, _, _ = tune.search_tables(stats, pixel_grid=uppers, area_grid=areas)
+        single, _, _ = search.search_tables(stats, pixel_grid=uppers, area_grid=areas)
         diagonal = np.stack([table[:, i, lowers.index(up)] for i, up in enumerate(uppers)], axis=1)
         np.testing.assert_allclose(diagonal, single[:, 0] / len(stats.image_ids), atol=1e-12)
     # On halos every class is better doubled, and a class is never worse than with the single threshold.
@@ -480,8 +481,6 @@ def test_double_threshold_stays_single_where_it_is_no_better(tuned, tmp_path):
 
 
 def test_double_threshold_edges_and_fold_stability(tmp_path):
-    from steel_tpu import tune_checks
-
     both, alone = str(tmp_path / "both"), str(tmp_path / "alone")
     _write_workdir(both, n=16, seed=10, classifier=None, make_image=_halo_image)
     _write_workdir(alone, n=16, seed=10, classifier=None, make_image=_halo_image, folds=(0,))
@@ -547,21 +546,21 @@ def test_a_class_gaining_less_than_min_gain_over_empty_is_switched_off(tmp_path,
     full = np.full((2, 4, 6, NUM_CLASSES), 255, np.uint8)
     masks, _ = postprocess.threshold_maps(full, pp, oof[2][:2] if classifier else None)
     assert not masks[..., [1, 3]].any() and masks[..., [0, 2]].all()
-    with open(os.path.join(Workdir(work).tune_dir(), tune_plots.FILES[0]), "rb") as f:
+    with open(os.path.join(Workdir(work).tune_dir(), plot_data.PLOT_FILES[0]), "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"  # the plots circle an off class's best setting, not OFF
     with open(report.report(workdir=work, out=str(tmp_path / "report"))) as f:
         assert f.read().count("<td>off (never submitted)</td>") == 2
     # min_gain 0.5 lets class 2's 2/3 through; 0 keeps a class that ties with empty (the old rule).
     assert cli.main(["tune", "--workdir", work, "--out", str(tmp_path / "half"), "--min-gain", "0.5"]) == 0
-    lower = Workdir(str(tmp_path / "half")).thresholds()
+    lower = Workdir(str(tmp_path / "half")).thresholds().to_doc()
     assert lower["switched_off"] == [False, False, False, True]
     assert lower["dice_after"]["per_class"][1] > result["dice_after"]["per_class"][1]
     ties = tune.tune(workdir=work, out=str(tmp_path / "ties"), plots=False, min_gain=0)
     assert ties["switched_off"] == [False] * 4
     assert cli.main(["tune", "--workdir", work, "--out", str(tmp_path / "neg"), "--min-gain", "-1"]) != 0
     assert "min_gain must be a number of images >= 0, got -1" in capsys.readouterr().err
-    assert not tune_checks.edge_warnings(pp, pixel_grid=tune.PIXEL_GRID, area_grid=tune.AREA_GRID,
-                                         gate_grid=tune.GATE_GRID, component_grid=(0,))  # OFF is no grid edge
+    assert not tune_checks.edge_warnings(pp, pixel_grid=search.PIXEL_GRID, area_grid=search.AREA_GRID,
+                                         gate_grid=search.GATE_GRID, component_grid=(0,))  # OFF is no grid edge
     per_fold = result["fold_stability"]["per_fold"]
     assert [f["pixel_threshold"][3] for f in per_fold.values()] == [postprocess.OFF] * 2  # each fold alone too
 

@@ -10,6 +10,7 @@ import pytest
 from steel_tpu import config as config_lib
 from steel_tpu import storage
 from steel_tpu.keras_api import keras
+from steel_tpu.formats.thresholds import ThresholdsError
 from steel_tpu.workdir import Workdir, WorkdirError
 
 
@@ -55,7 +56,7 @@ def test_an_old_workdir_with_pattern_characters_in_its_path_still_reads(tmp_path
         (root / "segment" / f"fold{fold}" / "log.csv").write_text("epoch,loss,dice\n0,0.5,0.1\n1,0.4,0.2\n")
     (root / "segment" / "fold2" / "done.json").write_text("{}")
     os.makedirs(root / "segment" / "fold_notes")
-    cfg = config_lib.tiny()
+    cfg = config_lib.preset("tiny")
     (root / "config.json").write_text(config_lib.to_json(cfg))
     wd = Workdir(str(root))
     assert wd.config() == cfg
@@ -71,7 +72,7 @@ def test_bad_files_are_named(tmp_path):
     with pytest.raises(WorkdirError, match=r"log\.csv: line 3"):
         wd.read_log("classify", 0)
     storage.write_text(wd.thresholds_path(), "{not json")
-    with pytest.raises(WorkdirError, match=r"thresholds\.json: not a valid thresholds file"):
+    with pytest.raises(ThresholdsError, match=r"thresholds\.json: not a valid thresholds file"):
         wd.thresholds()
     storage.write_bytes(wd.oof_path("segment", 0), b"garbage")
     with pytest.raises(WorkdirError, match=r"oof\.npz: not a readable out-of-fold file"):

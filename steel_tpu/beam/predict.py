@@ -1,6 +1,6 @@
-"""Batch scoring on Beam: list a JPEG folder, check and decode each image, run the ensemble (the fold models of one
-or several workdirs) with RunInference, then the single-machine post-processing, RLE and CSV layout
-(steel_tpu.predict, steel_tpu.submission_writer).
+"""Batch scoring on Beam: list a JPEG folder, check and decode each image, run the model source's ensemble (a
+workdir, a system, a kit or several workdirs) with RunInference, then the single-machine post-processing, RLE and
+CSV layout (steel_tpu.scoring, steel_tpu.submission_writer).
 
 The submission is written once, sorted by image id, so it is byte-identical to `steel-tpu predict` on the same
 images; bad images follow the same rules (an error naming every one, or with --skip-bad empty rows plus
@@ -13,45 +13,43 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
-from steel_tpu import distribute, ensemble, members, resolve, step, storage
+from steel_tpu import distribute, storage
+from steel_tpu.config import resolve
 from steel_tpu.beam.options import pipeline_options
 from steel_tpu.data import decode, source
 from steel_tpu.kaggle import EMPTY
-from steel_tpu.predict import scoring_plan, submitted_rles, write_errors
+from steel_tpu.predict import write_errors
+from steel_tpu.scoring import scorer as scorer_lib
+from steel_tpu.scoring.source import ModelSource
 from steel_tpu.submission_writer import HEADER, claim, rows_text
 
 _METRICS = "steel_tpu.predict"
 
 
 class EnsembleHandler(ModelHandler):
-    """Decoded luma planes -> the ensemble's full-resolution masks, areas (and gate probabilities) per image: the
-    fold models of one workdir, or of several (members.plan), averaged.
+    """Decoded luma planes -> the ensemble's full-resolution masks, areas (and gate probabilities) per image.
 
-    The model is the single-machine predict step (ensemble.make_forward under the worker's strategy); batches are
-    padded to `batch_size` as the single-machine input pipeline pads them, so each worker compiles one shape.
+    The model is the single-machine predict step (scoring.scorer under the worker's strategy); batches are padded
+    to `batch_size` as the single-machine input pipeline pads them, so each worker compiles one shape.
     """
 
-    def __init__(self, *, workdirs, folds, pp, tta, batch_size, image_size, jit_compile):
+    def __init__(self, *, given, thresholds, folds, tta, batch_size, image_size, jit_compile):
         super().__init__()
-        self.workdirs, self.folds, self.pp, self.tta = workdirs, folds, pp, tta
+        # The worker resolves the source again from the paths as given: open model sets are not shipped to it.
+        self.given, self.thresholds, self.folds, self.tta = given, thresholds, folds, tta
         self.batch_size, self.image_size = batch_size, image_size
         self.jit_compile = jit_compile
+        self._held = None
 
     def load_model(self):
+        plan = ModelSource.resolve(self.given).plan(thresholds=self.thresholds, folds=self.folds)
         device = distribute.select_strategy(verbose=False)
-        # The worker plans again: a Member holds open workdirs, which are not shipped to it.
-        planned = members.plan(self.workdirs, folds=self.folds, tasks=self.pp.tasks)
-        distribute.set_precision(device.kind, gpu_float16=all(m.config.gpu_float16 for m in planned))
-        distribute.per_replica_batch_size(device, self.batch_size)
-        ens = ensemble.build(planned, strategy=device.strategy)
-        # The single-machine forward with the whole PostProcess: soft gate and double threshold act on the device.
-        forward = ensemble.make_forward(ens, pp=self.pp, tta=self.tta)
-        return step.make_predict_step(forward=forward, strategy=device.strategy,
-                                      jit_compile=distribute.use_xla(device, self.jit_compile))
+        self._held = scorer_lib.scorer(plan, device=device, batch_size=self.batch_size, tta=self.tta,
+                                       jit_compile=self.jit_compile)
+        return self._held.__enter__().predict_step  # held for the worker's life: Beam calls it batch after batch
 
     def run_inference(self, batch, model, inference_args=None):
-        grays = np.stack(batch)
-        padded = np.concatenate([grays, np.zeros((self.batch_size - len(batch), *grays.shape[1:]), grays.dtype)])
+        padded = scorer_lib.pad_batch(np.stack(batch), batch_size=self.batch_size)
         outputs = model(decode.to_images(padded, image_size=self.image_size).numpy())
         return [{k: v[i] for k, v in outputs.items()} for i in range(len(batch))]
 
@@ -82,7 +80,7 @@ def _decode(item, *, image_size):
 def _rles(item, *, pp):
     image_id, out = item
     probs = out["probs"][None] if "probs" in out else None
-    return image_id, submitted_rles(out["masks"][None], out["areas"][None], probs, pp=pp)[0]
+    return image_id, scorer_lib.submitted_rles(out["masks"][None], out["areas"][None], probs, pp=pp)[0]
 
 
 def _write(rows, *, bad, images, out, skip_bad):
@@ -103,18 +101,21 @@ def _write(rows, *, bad, images, out, skip_bad):
 def predict(*, workdir, images, out, runner, pipeline_flags=(), batch_size=None, tta=False, skip_bad=False,
             thresholds=None, folds=None, jit_compile=None):
     """`steel-tpu predict` on `runner`: the same submission CSV and errors file; returns a summary dict. `workdir`
-    is one workdir or kit, or several (a list, with their ensemble's `thresholds`), as single-machine predict."""
+    is what single-machine predict takes (a ModelSource or what resolves into one: a workdir, system or kit, or
+    several workdirs with their ensemble's `thresholds`)."""
     start = time.perf_counter()
     options = pipeline_options(runner, pipeline_flags)
-    members.require_thresholds(workdir, thresholds)  # before claim(out) deletes a previous submission
+    models = ModelSource.resolve(workdir)
+    if thresholds is None and models.own_folder() is None:
+        models.thresholds()  # several workdirs without --thresholds: refused before claim(out) deletes anything
     claim(out)  # as single-machine predict: an unusable --out fails now, and the previous OUT goes before the work
-    pp, pp_from, planned = scoring_plan(workdir, thresholds=thresholds, folds=folds)
-    size = members.segment_size(members.segmenting(planned)[0].config)  # every segmenter's (members.plan checked)
+    plan = models.plan(thresholds=thresholds, folds=folds)
+    pp, pp_from, size = plan.postprocess, plan.thresholds_from, plan.segment_size
     # Beam batches are sized when the pipeline is built, before any worker's device is known: one replica's batch
     # (a CPU or one-GPU worker), the smallest member's; give --batch-size for workers with more replicas. Scores do
     # not depend on it.
-    launch_batch = min(resolve.global_batch(m.config.segment.data, replicas=1) for m in members.segmenting(planned))
-    handler = EnsembleHandler(workdirs=[m.path for m in planned], folds=folds, pp=pp, tta=tta,
+    launch_batch = min(resolve.global_batch(m.config.segment.data, replicas=1) for m in plan.segmenting)
+    handler = EnsembleHandler(given=list(models.given), thresholds=plan.thresholds, folds=folds, tta=tta,
                               batch_size=batch_size or launch_batch, image_size=size, jit_compile=jit_compile)
     p = beam.Pipeline(options=options)
     checked = (p

@@ -4,15 +4,26 @@ from collections.abc import Sequence
 
 from steel_tpu.keras_api import keras
 from steel_tpu.models.classifier import build_classifier
-from steel_tpu.models.heads import HEADS as SEGMENTER_HEADS
 from steel_tpu.models.sm import build_sm
 from steel_tpu.models.unetpp import build_unet, build_unetpp
 
-SEGMENTER_ARCHS = ("unetpp", "unet", "sm-unet", "sm-fpn", "sm-linknet")
+
+
+def _sm(family):
+    """A builder of segmentation-models' `family` (an optional extra, imported only when one is built)."""
+
+    def build(*, encoder, **options):
+        return build_sm(arch=family, backbone=encoder, **options)
+
+    return build
+
+
+# What builds each segmenter architecture a config may name (config.choices.SEGMENTER_ARCHS, in its order).
+BUILDERS = {"unetpp": build_unetpp, "unet": build_unet, "sm-unet": _sm("unet"), "sm-fpn": _sm("fpn"),
+            "sm-linknet": _sm("linknet")}
 
 __all__ = [
-    "SEGMENTER_ARCHS",
-    "SEGMENTER_HEADS",
+    "BUILDERS",
     "build_classifier",
     "build_segmenter",
     "build_sm",
@@ -23,14 +34,10 @@ __all__ = [
 
 
 def build_segmenter(*, arch: str = "unetpp", encoder: str, input_shape: Sequence[int], **options) -> keras.Model:
-    """Segmenter by arch name; `encoder` is the backbone name for sm-* archs (segmentation-models is an
-    optional extra, imported only when one is built); options go to the builder."""
-    if arch not in SEGMENTER_ARCHS:
-        raise ValueError(f"segmenter arch must be one of {SEGMENTER_ARCHS}, got {arch!r}")
-    if arch.startswith("sm-"):
-        return build_sm(arch=arch.removeprefix("sm-"), backbone=encoder, input_shape=input_shape, **options)
-    builder = build_unetpp if arch == "unetpp" else build_unet
-    return builder(encoder=encoder, input_shape=input_shape, **options)
+    """Segmenter by arch name (BUILDERS); `encoder` is the backbone name for sm-* archs; options go to the builder."""
+    if arch not in BUILDERS:
+        raise ValueError(f"segmenter arch must be one of {tuple(BUILDERS)}, got {arch!r}")
+    return BUILDERS[arch](encoder=encoder, input_shape=input_shape, **options)
 
 
 def set_batchnorm_momentum(model: keras.Model, momentum: float) -> int:

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from steel_tpu.config.choices import CLASSIFIER_HEADS
 from steel_tpu.constants import NUM_CLASSES
 from steel_tpu.keras_api import keras
 from steel_tpu.models.encoders import build_encoder
 
 HEAD_UNITS = {"binary": 1, "multilabel": NUM_CLASSES}
-HEAD_CHOICES = (*HEAD_UNITS, "both")
 
 
 def _head(features: keras.KerasTensor, *, name: str) -> keras.KerasTensor:
@@ -31,8 +31,8 @@ def build_classifier(
 ) -> keras.Model:
     """Classifier on 0..255 images; heads "binary" -> [B, 1] (any defect), "multilabel" -> [B, 4],
     "both" -> {"binary": [B, 1], "multilabel": [B, 4]}; probabilities in float32."""
-    if heads not in HEAD_CHOICES:
-        raise ValueError(f"heads must be one of {HEAD_CHOICES}, got {heads!r}")
+    if heads not in CLASSIFIER_HEADS:
+        raise ValueError(f"heads must be one of {CLASSIFIER_HEADS}, got {heads!r}")
     backbone = build_encoder(encoder, input_shape=input_shape, weights=weights, allow_random=allow_random)
     images = keras.Input(tuple(input_shape), name="images")
     deepest = backbone(images)[-1]

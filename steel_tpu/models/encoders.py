@@ -3,11 +3,10 @@
 import dataclasses
 from collections.abc import Callable, Sequence
 
-from steel_tpu.choices import RANDOM_INIT_ENCODERS
+from steel_tpu.config.choices import RANDOM_INIT_ENCODERS, WEIGHTS
 from steel_tpu.keras_api import keras
 
 STRIDES = (2, 4, 8, 16, 32)
-WEIGHT_CHOICES = (None, "imagenet")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,8 +104,8 @@ def resolve_weights(
     Called while building, so a run that cannot get its pretrained weights stops (or says so) before
     training starts rather than silently training from scratch.
     """
-    if requested not in WEIGHT_CHOICES:
-        raise ValueError(f"weights must be one of {WEIGHT_CHOICES} for {name}, got {requested!r}")
+    if requested not in WEIGHTS:
+        raise ValueError(f"weights must be one of {WEIGHTS} for {name}, got {requested!r}")
     if requested is None:
         return build(None)
     try:

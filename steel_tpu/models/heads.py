@@ -1,10 +1,10 @@
 """The segmenter's final activation: a sigmoid per class, or a softmax over background + the classes, in float32."""
 
+from steel_tpu.config.choices import SEGMENTER_HEADS as HEADS
 from steel_tpu.keras_api import keras
 
 # sigmoid: one independent probability per class (channels = classes). softmax: one distribution per pixel over
 # background then the classes (channels = classes + 1, background first), as seed 002's residual U-Net.
-HEADS = ("sigmoid", "softmax")
 
 
 def check_head(head: str) -> None:

@@ -7,7 +7,7 @@ from types import ModuleType
 
 import tensorflow as tf
 
-from steel_tpu.choices import SM_PREPROCESSING
+from steel_tpu.config.choices import SM_PREPROCESSING
 from steel_tpu.constants import NUM_CLASSES
 from steel_tpu.keras_api import keras
 from steel_tpu.models import heads

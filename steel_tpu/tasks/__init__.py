@@ -11,7 +11,7 @@ __all__ = ["NAMES", "TASKS", "Classify", "Segment", "Task", "make"]
 
 
 def make(name, cfg):
-    """The task object `name` for a run Config (its TaskConfig and the run-wide OOF scale)."""
+    """The task object `name` for a run Config (its ClassifyConfig or SegmentConfig and the run-wide OOF scale)."""
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}: choose from {NAMES}")
     return TASKS[name](getattr(cfg, name), oof_scale=cfg.oof_scale)

@@ -6,7 +6,7 @@ import numpy as np
 from steel_tpu import storage
 from steel_tpu.constants import CLASS_IDS, NUM_CLASSES
 from steel_tpu.figures import CLASS_COLORS, png  # figures selects the Agg backend
-from steel_tpu.tune import PLOT_FILES as FILES
+from steel_tpu.tuning.plot_data import PLOT_FILES as FILES
 
 
 def _curves(*, x, ys, xlabel, marks, title, labels=None):
@@ -42,7 +42,7 @@ def draw(data):
     """{name in FILES: PNG bytes} from tune.plot_data's arrays (as saved, or as tune computed them)."""
     dice, (g, k, a) = data["dice"], data["chosen"]
     classes = range(NUM_CLASSES)
-    off = data.get("off", np.zeros(NUM_CLASSES, bool))  # plot data from before tune_gain has none
+    off = data.get("off", np.zeros(NUM_CLASSES, bool))  # plot data from before the switch-off has none
     labels = [f"class {c}" + (" (off: circle = best setting)" if o else "") for c, o in zip(CLASS_IDS, off)]
     pngs = {
         FILES[0]: _curves(x=data["pixel_grid"], xlabel="pixel threshold", marks=k, labels=labels,

@@ -6,32 +6,10 @@ import numpy as np
 
 from steel_tpu import postprocess
 from steel_tpu.constants import NUM_CLASSES
+from steel_tpu.tuning.oof_stats import counts_at, dice, gate_passes
+from steel_tpu.tuning.search import best
 
 SOFT_GRID = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5)  # 0: off, so this stage is never worse on OOF data
-
-
-def counts_at(stats, image_levels):
-    """(predicted pixels, intersection) [N, C, ...] at OOF resolution, thresholding image i's class c at
-    `image_levels[i, c, ...]` (uint8, `q > level`): one lookup per image into its histogram."""
-    index = np.asarray(image_levels).astype(np.int64) + 1
-    shape = index.shape
-    index = index.reshape(shape[0], NUM_CLASSES, -1)
-    pred, inter = (np.take_along_axis(x, index, axis=2).reshape(shape) for x in (stats.at_least,
-                                                                                   stats.truth_at_least))
-    return pred, inter
-
-
-def gate_passes(stats, pp):
-    """bool [N, C]: which images the hard gate of `pp` lets through."""
-    n = len(stats.image_ids)
-    if not pp.gate:
-        return np.ones((n, NUM_CLASSES), bool)
-    return np.broadcast_to(postprocess.gate_kept(stats.class_probs, pp.gate), (n, NUM_CLASSES))
-
-
-def _dice(inter, pred, truth):
-    total = pred + truth
-    return np.divide(2.0 * inter, total, out=np.ones(total.shape), where=total > 0)
 
 
 def tables(stats, chosen, *, soft_grid=SOFT_GRID, pixel_grid, area_grid):
@@ -47,9 +25,9 @@ def tables(stats, chosen, *, soft_grid=SOFT_GRID, pixel_grid, area_grid):
         full[:, c] = lv
         pred, inter = (x[:, c] for x in counts_at(stats, full))
         empty = (truth[:, c] == 0).astype(np.float64)
-        dice = _dice(inter, pred, truth[:, c, None, None])  # [N, S, K]
+        per_image = dice(inter, pred, truth[:, c, None, None])  # [N, S, K]
         kept = postprocess.area_kept(pred[..., None] * stats.scale ** 2, area) & passes[:, c, None, None, None]
-        out.append(np.where(kept, dice[..., None], empty[:, None, None, None]).mean(axis=0))
+        out.append(np.where(kept, per_image[..., None], empty[:, None, None, None]).mean(axis=0))
     return np.stack(out)
 
 
@@ -60,10 +38,7 @@ def refine(stats, chosen, *, soft_grid=SOFT_GRID, pixel_grid, area_grid):
     s, k, a = np.meshgrid(np.arange(len(soft_grid)), np.abs(np.asarray(pixel_grid) - 0.5), np.arange(len(area_grid)),
                           indexing="ij")
     prefer = s * 1e6 + a * 1e3 + k  # ties: no soft gate, then a small area, then a threshold near 0.5
-    picks = []
-    for t in table:
-        ties = np.flatnonzero(t.ravel() >= t.max() - 1e-12)
-        picks.append(np.unravel_index(ties[np.argmin(prefer.ravel()[ties])], t.shape))
+    picks = [best(t, prefer=prefer, tolerance=1e-12) for t in table]
     pp = dataclasses.replace(chosen, soft_gate=[soft_grid[p[0]] for p in picks],
                              pixel_threshold=[pixel_grid[p[1]] for p in picks],
                              min_area=[area_grid[p[2]] for p in picks])

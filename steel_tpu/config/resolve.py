@@ -16,9 +16,7 @@ config one run trains with, once per run; the run records `summary` of it in the
 import dataclasses
 import math
 
-from steel_tpu.config import Config, TaskConfig
-
-TASKS = ("classify", "segment")
+from steel_tpu.config.schema import TASKS, Config
 
 
 def global_batch(data, *, replicas):
@@ -31,7 +29,7 @@ def global_batch(data, *, replicas):
     return data.batch_size
 
 
-def _task(tcfg: TaskConfig, *, replicas, where):
+def _task(tcfg, *, replicas, where):
     try:
         batch = global_batch(tcfg.data, replicas=replicas)
     except ValueError as error:

@@ -1,19 +1,13 @@
 """Keep a class off unless switching it on gains at least `min_gain` images' worth of out-of-fold Dice over all-empty."""
 
-import numpy as np
-
 from steel_tpu import postprocess
 from steel_tpu.constants import NUM_CLASSES
+from steel_tpu.tuning.oof_stats import empty_dice
 
 # One image's Dice: below it, a class is switched on by a single image's luck (measured on the demo: a class tuned
 # on from 1 defect image among 32 OOF images drew 8 false positives on the 40 test images). Ties at a gain of 0
 # (no setting draws anything on OOF) would otherwise keep the loosest setting, which draws on unseen images.
 MIN_GAIN = 1.0
-
-
-def empty_dice(stats):
-    """float64 [N, C]: the OOF Dice of submitting nothing (1 where the class is absent, else 0)."""
-    return (stats.truth == 0).astype(np.float64)
 
 
 def switch_off(stats, pp, dice, *, min_gain=MIN_GAIN):

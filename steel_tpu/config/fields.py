@@ -10,9 +10,9 @@ _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a finite number
                dict: "a dict", type(None): "None"}
 
 
-def _describe(hint):
+def describe(hint):
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return " or ".join(_describe(h) for h in typing.get_args(hint))
+        return " or ".join(describe(h) for h in typing.get_args(hint))
     origin = typing.get_origin(hint) or hint
     return _TYPE_NAMES.get(origin, getattr(origin, "__name__", str(origin)))
 
@@ -56,7 +56,7 @@ def coerce(value, hint, *, name):
             return value
     else:
         raise TypeError(f"{name}: no coercion for annotation {hint!r}")
-    raise ValueError(f"{name} must be {_describe(hint)}, got {value!r}")
+    raise ValueError(f"{name} must be {describe(hint)}, got {value!r}")
 
 
 def check(obj):

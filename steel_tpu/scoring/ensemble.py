@@ -40,29 +40,21 @@ class Ensemble:
 
     @property
     def identity(self):
-        """task -> [(weights path, bytes)]; with several members, [workdir, that] per member: a resumed run
-        must find the same members with the same models."""
-        if len(self.members) == 1:
-            return self.members[0].identity
-        return [[m.path, m.identity] for m in self.members]
+        """task -> [[weights path, bytes]]; with several members, [workdir, that] per member: a resumed run
+        must find the same members with the same models (JSON-shaped: it goes into plans and manifests)."""
+        own = [{task: [list(item) for item in ident] for task, ident in m.identity.items()} for m in self.members]
+        return own[0] if len(own) == 1 else [[m.path, i] for m, i in zip(self.members, own)]
 
     @property
     def has_classifiers(self):
         return any(m.classifiers for m in self.members)
 
 
-def load(work, *, strategy, folds=None, tasks=tasks_lib.NAMES):
-    """Every completed fold of each task in `tasks` (or just `folds`), built under `strategy`'s scope, from a
-    training workdir or an exported kit, or from several (members.plan): see build.
-
-    A fold whose best weights are missing, not HDF5 or not finite is refused naming the file.
-    """
-    return build(members.plan(work, folds=folds, tasks=tasks), strategy=strategy)
-
-
-def build(planned, *, strategy):
-    """The Ensemble of members.plan's Members (checked there to be averageable), each member's models built with
-    its own task objects (members may differ in encoder, arch, segmenter head or classes, classifier size)."""
+def build(plan, *, strategy):
+    """The Ensemble of a scoring.source.Plan's members (checked there to be averageable), each member's models built
+    with its own task objects (members may differ in encoder, arch, segmenter head or classes, classifier size).
+    A fold whose model is missing, unreadable or not finite is refused naming the file."""
+    planned = plan.members
     objects = [{name: tasks_lib.make(name, m.config) for name in m.folds} for m in planned]
     loaded = []
     for m, tasks in zip(planned, objects):
@@ -73,7 +65,7 @@ def build(planned, *, strategy):
                              tasks=tasks, classify_size=(data.image_height, data.image_width), folds=m.folds,
                              identity=m.identity, coverage=tuple(members.coverage(m.config).tolist()),
                              gate_kind=members.gate_kind(m.config)))
-    return Ensemble(members=tuple(loaded), segment_size=members.segment_size(members.segmenting(planned)[0].config))
+    return Ensemble(members=tuple(loaded), segment_size=plan.segment_size)
 
 
 def _flips(x, tta):

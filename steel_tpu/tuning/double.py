@@ -5,13 +5,10 @@ import dataclasses
 
 import numpy as np
 
-from steel_tpu import postprocess, tune_soft
+from steel_tpu import postprocess
 from steel_tpu.constants import NUM_CLASSES
-
-
-def _dice(inter, pred, truth):
-    total = pred + truth
-    return np.divide(2.0 * inter, total, out=np.ones(total.shape), where=total > 0)
+from steel_tpu.tuning.oof_stats import counts_at, dice, gate_passes
+from steel_tpu.tuning.search import best
 
 
 def _grid_counts(stats, chosen, grid):
@@ -20,21 +17,21 @@ def _grid_counts(stats, chosen, grid):
     n = len(stats.image_ids)
     lv = np.stack([dataclasses.replace(chosen, pixel_threshold=[t] * NUM_CLASSES, mask_threshold=())
                    .image_levels(stats.class_probs, n=n) for t in grid], axis=-1)
-    return tune_soft.counts_at(stats, lv)
+    return counts_at(stats, lv)
 
 
 def tables(stats, chosen, *, upper_grid, lower_grid, area_grid):
     """Mean OOF Dice float64 [C, U, L, A] of every (upper u, lower l, min area a) at `chosen`'s gate and soft
     gate; -inf where the lower threshold is above the upper one."""
     n, truth, area = len(stats.image_ids), stats.truth, np.asarray(area_grid)
-    passes = tune_soft.gate_passes(stats, chosen)
+    passes = gate_passes(stats, chosen)
     presence, _ = _grid_counts(stats, chosen, upper_grid)
     pred, inter = _grid_counts(stats, chosen, lower_grid)
     invalid = np.asarray(lower_grid)[None, :] > np.asarray(upper_grid)[:, None]  # [U, L]
     out = []
     for c in range(NUM_CLASSES):
         empty = (truth[:, c] == 0).astype(np.float64)  # Dice of a submitted empty mask
-        gain = _dice(inter[:, c], pred[:, c], truth[:, c, None]) - empty[:, None]  # [N, L]
+        gain = dice(inter[:, c], pred[:, c], truth[:, c, None]) - empty[:, None]  # [N, L]
         kept = postprocess.area_kept(presence[:, c, :, None] * stats.scale ** 2, area[None, None])  # [N, U, A]
         kept &= passes[:, c, None, None]
         table = (empty.sum() + np.einsum("nua,nl->ula", kept.astype(np.float64), gain)) / n  # [U, L, A]
@@ -58,8 +55,7 @@ def refine(stats, chosen, *, pixel_grid, lower_grid, area_grid):
         single = np.where(diagonal, t, -np.inf).max()
         if t.max() <= single + 1e-12:
             continue  # the double threshold is not better here: the single threshold stays
-        ties = np.flatnonzero(t.ravel() >= t.max() - 1e-12)
-        i, j, k = np.unravel_index(ties[np.argmin(prefer.ravel()[ties])], t.shape)
+        i, j, k = best(t, prefer=prefer, tolerance=1e-12)
         uppers[c], lowers[c], areas[c] = float(up[i]), float(low[j]), int(area_grid[k])
     pp = dataclasses.replace(chosen, pixel_threshold=uppers, mask_threshold=lowers, min_area=areas)
     return pp, table
