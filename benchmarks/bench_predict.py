@@ -35,7 +35,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timing  # noqa: E402
 
 from steel_tpu import config as config_lib  # noqa: E402
-from steel_tpu import kaggle, metrics, postprocess, predict, step, synth, tasks  # noqa: E402
+from steel_tpu import kaggle, metrics, postprocess, predict, synth, tasks  # noqa: E402
+from steel_tpu.device import step
 from steel_tpu.scoring import ensemble  # noqa: E402
 from steel_tpu.scoring.scorer import submitted_rles  # noqa: E402
 from steel_tpu.scoring.source import ModelSource  # noqa: E402

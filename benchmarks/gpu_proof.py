@@ -14,7 +14,9 @@ import time
 
 import tensorflow as tf
 
-from steel_tpu import config, distribute, keras_api
+from steel_tpu import config, keras_api
+
+from steel_tpu.device import distribute
 from steel_tpu.keras_api import keras
 from steel_tpu.models import build_segmenter
 

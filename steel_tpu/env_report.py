@@ -5,7 +5,9 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from steel_tpu import config, distribute, install, keras_api
+from steel_tpu import config, install, keras_api
+
+from steel_tpu.device import distribute
 from steel_tpu.config import resolve
 
 

@@ -8,7 +8,9 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from steel_tpu import averaging, console, custom_gradients, distribute, memory, outputs, step, storage, system
+from steel_tpu import averaging, console, memory, outputs, storage, system
+
+from steel_tpu.device import custom_gradients, distribute, step
 from steel_tpu.config import resolve
 from steel_tpu import tasks as tasks_lib
 from steel_tpu.constants import NUM_CLASSES

@@ -39,7 +39,7 @@ def logical_cpus():
 @pytest.fixture(scope="module")
 def mirrored(logical_cpus):
     """The 8-replica strategy (tests that need it for other things define their own)."""
-    from steel_tpu import distribute
+    from steel_tpu.device import distribute
 
     return distribute.select_strategy(prefer="mirrored", verbose=False)
 
@@ -47,7 +47,7 @@ def mirrored(logical_cpus):
 @pytest.fixture(scope="module")
 def single():
     """One CPU device, the reference the replicated runs are compared with."""
-    from steel_tpu import distribute
+    from steel_tpu.device import distribute
 
     return distribute.select_strategy(prefer="cpu", verbose=False)
 
@@ -127,7 +127,8 @@ def trained_workdir(tiny_data, tiny_config, tmp_path_factory):
 def slice_runs(tiny_data, tiny_config, tmp_path_factory, logical_cpus):
     """One segmenter workdir trained on fold 0 with 1 replica, then resumed on fold 1 with 8: what the step saw each
     time (test_slices), and the 8-replica fold's weight average (test_train), one run serving both."""
-    from steel_tpu import config, distribute, step, train
+    from steel_tpu import config, train
+    from steel_tpu.device import distribute, step
 
     # A U-Net, not tiny's UNet++: its nested decoder, copied into each of 8 replicas' graphs, cost ~85 s more of
     # graph building (560 -> 475 s alone) and proves nothing more about batches per replica.

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu import distribute
+from steel_tpu.device import distribute
 
-from steel_tpu.augment import (
+from steel_tpu.device.augment import (
     AugmentConfig,
     augment_batch,
     classifier_labels,

@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu import averaging, step
+from steel_tpu import averaging
+
+from steel_tpu.device import step
 from steel_tpu.keras_api import keras
 from tests.test_step import BATCH, LOSSES, MASKS, iterator, segmenter, setup
 

@@ -10,7 +10,7 @@ import pytest
 
 import steel_tpu
 from steel_tpu import cli
-from steel_tpu.cli_errors import user_error
+from steel_tpu.cli.errors import user_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMMANDS = ("synth", "evaluate", "shards", "import-seed004", "verify", "train", "tune", "predict", "report", "env",
@@ -78,7 +78,7 @@ def test_help_shows_an_example_defaults_and_help_for_every_option(name):
     parser = _subparser(name)
     text = parser.format_help()
     assert f"example:\n  steel-tpu {name} --" in text
-    cli.build_parser().parse_args(cli.EXAMPLES[name].split()[1:])  # the example itself parses
+    cli.build_parser().parse_args(cli.COMMANDS[name].example.split()[1:])  # the example itself parses
     for action in parser._actions:
         assert action.help, f"{name} {action.option_strings or action.dest}: no help text"
         if action.default not in (None, False, [], argparse.SUPPRESS) and not action.required:
@@ -174,3 +174,20 @@ def test_native_log_lines_are_dropped_and_progress_is_plain():
     assert proc.returncode == 0 and "\r" not in output and not NATIVE.search(output), output
     assert re.fullmatch(r"epoch 1/1: 5/5 step in \S+s \(\S+ step/s, loss 0.5\)\n", proc.stdout)
     assert proc.stderr == "kept\n"  # Python's own stderr passes the filter untouched
+
+
+def test_options_a_beam_run_cannot_honour_are_refused_not_dropped(capsys):
+    base = ["predict", "--workdir", "w", "--images", "i", "--out", "o.csv", "--runner", "DirectRunner"]
+    for extra in (["--chunk-size", "5"], ["--device", "cpu"]):
+        with pytest.raises(SystemExit) as stop:
+            cli.parse([*base, *extra])
+        assert stop.value.code == 2 and f"{extra[0]} cannot be used with --runner" in capsys.readouterr().err
+    assert cli.parse(base).runner == "DirectRunner"  # without them it parses
+
+
+def test_every_command_that_runs_models_takes_device_and_workdir_repeated():
+    for name in ("train", "rescore", "predict", "pseudo", "env"):
+        assert any("--device" in flags for flags, _ in cli.COMMANDS[name].arguments), name
+    for name in ("tune", "rescore", "predict", "pseudo", "export"):
+        (options,) = [o for flags, o in cli.COMMANDS[name].arguments if "--workdir" in flags]
+        assert options["action"] == "append", name

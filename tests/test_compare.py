@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 from conftest import compare_args
-from test_tune import _write_workdir
+from fakes import oof_workdir
 
 from steel_tpu import cli, compare, config, system
 from steel_tpu.tuning import tune
@@ -71,9 +71,9 @@ def test_foreign_files_and_folders_are_refused_untouched(tmp_path, capsys):
 
 def test_presets_scored_on_other_images_are_refused(tmp_path):
     a, b, c = (str(tmp_path / n) for n in "abc")
-    _write_workdir(a, n=6, folds=(0,))
-    _write_workdir(b, n=6, folds=(0, 1), seed=1)
-    _write_workdir(c, n=6, folds=(0,), seed=2)
+    oof_workdir(a, n=6, folds=(0,))
+    oof_workdir(b, n=6, folds=(0, 1), seed=1)
+    oof_workdir(c, n=6, folds=(0,), seed=2)
     assert compare.check_same_images({"x": a, "z": c}) == compare.oof_image_ids(a) == [f"f0_{i:03d}.jpg"
                                                                                         for i in range(6)]
     with pytest.raises(ValueError, match=r"^y \(.*\): its OOF image f1_000.jpg is not among x's \(12 vs 6 images\)"):
@@ -84,7 +84,7 @@ def test_presets_scored_on_other_images_are_refused(tmp_path):
 
 def test_rows_are_each_workdirs_diagnosis_with_a_verdict(tmp_path):
     works = {"x": str(tmp_path / "x"), "y": str(tmp_path / "y")}
-    _write_workdir(works["x"], n=20, seed=0)
+    oof_workdir(works["x"], n=20, seed=0)
     shutil.copytree(works["x"], works["y"])
     rng = np.random.default_rng(7)
     for fold in (0, 1):  # the same images and truth, noisier maps
@@ -118,8 +118,8 @@ def test_rows_are_each_workdirs_diagnosis_with_a_verdict(tmp_path):
 
 def test_other_truth_under_the_same_ids_is_refused(tmp_path):
     works = {"x": str(tmp_path / "x"), "y": str(tmp_path / "y")}
-    _write_workdir(works["x"], n=20, seed=0)
-    _write_workdir(works["y"], n=20, seed=5)  # the same image ids, other masks
+    oof_workdir(works["x"], n=20, seed=0)
+    oof_workdir(works["y"], n=20, seed=5)  # the same image ids, other masks
     results = {}
     for name, work in works.items():
         tune.tune(workdir=work, plots=False)

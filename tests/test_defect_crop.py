@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu.augment import AugmentConfig, augment_batch
+from steel_tpu.device.augment import AugmentConfig, augment_batch
 
 B, H, W, C = 8, 64, 256, 4
 CROP = dict(crop_height=32, crop_width=64, brightness=0.0, contrast=0.0, gamma=0.0)

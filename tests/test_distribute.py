@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu import distribute
+from steel_tpu.device import distribute
 
 TPU_VARS = (*distribute.install.TPU_ENV_VARS, "TF_CONFIG")
 
@@ -72,7 +72,7 @@ def test_a_required_tpu_on_a_host_without_one_stops_with_the_fix(clean_env):
 
 def test_a_detected_but_unreachable_tpu_stops_instead_of_falling_back():
     # A subprocess: a failed TPU initialisation may leave this process' runtime half-configured.
-    code = ("from steel_tpu import distribute\n"
+    code = ("from steel_tpu.device import distribute\n"
             "try:\n    distribute.select_strategy()\nexcept distribute.TPUUnavailable as e:\n    print('STOPPED', e)\n"
             "print(distribute.select_strategy(prefer='cpu', verbose=False).kind)")
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "TF_CPP_MIN_LOG_LEVEL": "3", "TPU_ACCELERATOR_TYPE": "v5litepod-1"}
@@ -101,7 +101,7 @@ def test_bad_requests_are_clear(clean_env):
 
 def test_requested_tpu_that_is_absent_fails_naming_what_was_tried():
     # A subprocess: a failed TPU initialisation may leave this process' runtime half-configured.
-    code = "from steel_tpu import distribute\ndistribute.select_strategy(tpu='local')"
+    code = "from steel_tpu.device import distribute\ndistribute.select_strategy(tpu='local')"
     env = {**os.environ, "PYTHONPATH": os.getcwd(), "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode != 0

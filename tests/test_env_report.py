@@ -6,7 +6,9 @@ import keras
 import pytest
 import tensorflow as tf
 
-from steel_tpu import distribute, env_report, install
+from steel_tpu import env_report, install
+
+from steel_tpu.device import distribute
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 from test_multi_workdir import _bind, _perturbed_copy
-from test_tune import _write_workdir
+from fakes import oof_workdir
 
 HOST_ONLY_MODULES = ["steel_tpu.metrics", "steel_tpu.synth", "steel_tpu.kaggle", "steel_tpu.rle",
                      "steel_tpu.postprocess", "steel_tpu.storage", "steel_tpu.submission_writer",
@@ -43,7 +43,7 @@ def test_module_imports_without_tensorflow(module):
 
 def test_the_check_can_fail():
     with pytest.raises(AssertionError, match="TensorFlow was imported"):
-        _without_tensorflow("import steel_tpu.augment")
+        _without_tensorflow("import steel_tpu.device.augment")
 
 
 @pytest.mark.parametrize("command", ["evaluate", "tune", "synth", "report", "train", "pseudo", "compare", "rescore"])
@@ -61,13 +61,13 @@ def test_evaluate_and_synth_run_without_tensorflow(tmp_path):
 
 def test_tune_runs_without_tensorflow(tmp_path):
     work = str(tmp_path / "work")
-    _write_workdir(work, n=8)
+    oof_workdir(work, n=8)
     assert "tune: OOF dice" in _without_tensorflow(_cli("tune", "--workdir", work))
 
 
 def test_tune_of_several_workdirs_runs_without_tensorflow(tmp_path):
     a, ens = str(tmp_path / "a"), str(tmp_path / "ens")
-    _write_workdir(a, n=8)
+    oof_workdir(a, n=8)
     _bind(a)
     b = _perturbed_copy(a, str(tmp_path / "b"), seed=1)
     out = _without_tensorflow(_cli("tune", "--workdir", a, "--workdir", b, "--out", ens))

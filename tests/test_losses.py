@@ -8,7 +8,7 @@ import tensorflow as tf
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from steel_tpu import losses
+from steel_tpu.device import losses
 
 RNG = np.random.default_rng(7)
 SEG_TRUE = (RNG.uniform(size=(3, 8, 16, 4)) > 0.6).astype(np.float32)

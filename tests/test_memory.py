@@ -6,7 +6,9 @@ import weakref
 import pytest
 import tensorflow as tf
 
-from steel_tpu import config, custom_gradients, memory, train
+from steel_tpu import config, memory, train
+
+from steel_tpu.device import custom_gradients
 from steel_tpu.workdir import Workdir
 
 # Growth left behind per fold before the fix: ~200 MB (classifier at 32x160, 1 step a fold); after it, 27-43 MB

@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_tune import _write_workdir
+from fakes import finish_fold, oof_workdir
 
 from steel_tpu import cli, config, kaggle, members, postprocess, predict, storage, tasks
 from steel_tpu.formats import thresholds as thresholds_format
@@ -74,7 +74,7 @@ def _hand_averaged(works, out):
             mean = np.mean([o["probs"].astype(np.float64) for o in oofs], axis=0)
             probs = np.rint(mean).astype(np.uint8) if task == "segment" else mean.astype(np.float32)
             target.save_oof(task, fold, **{**oofs[0], "probs": probs})
-            storage.write_text(target.done_path(task, fold), "{}")
+            finish_fold(target, task, fold)
     return out
 
 
@@ -96,7 +96,7 @@ def two_members(tmp_path_factory):
     """Two synthetic workdirs with the same images and truth, different OOF probabilities, one shard record."""
     root = tmp_path_factory.mktemp("members")
     a = str(root / "a")
-    _write_workdir(a, n=30, classifier="multilabel")
+    oof_workdir(a, n=30, classifier="multilabel")
     _bind(a)
     return a, _perturbed_copy(a, str(root / "b"), seed=1)
 

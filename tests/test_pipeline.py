@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu import distribute, rle, synth
+from steel_tpu import rle, synth
+
+from steel_tpu.device import distribute
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.data import decode, example, pipeline
 from steel_tpu.data.shard_folder import ShardFolder, ShardFolderError

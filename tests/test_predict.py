@@ -12,7 +12,8 @@ import tensorflow as tf
 from PIL import Image
 
 from steel_tpu import config as config_lib
-from steel_tpu import distribute, kaggle, metrics, postprocess, predict, storage, tasks
+from steel_tpu import kaggle, metrics, postprocess, predict, storage, tasks
+from steel_tpu.device import distribute
 from steel_tpu.constants import CLASS_IDS, HEIGHT, WIDTH
 from steel_tpu.data import pipeline, shards
 from steel_tpu.data.source import SourceError

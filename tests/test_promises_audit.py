@@ -11,7 +11,9 @@ import sys
 import numpy as np
 import pytest
 
-from steel_tpu import cli, config, distribute, storage, train
+from steel_tpu import cli, config, storage, train
+
+from steel_tpu.device import distribute
 from steel_tpu.tuning import plot_data
 from steel_tpu.data.shard_folder import MANIFEST, ShardFolder
 from steel_tpu.data.shards import build_shards

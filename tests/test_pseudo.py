@@ -192,7 +192,7 @@ def test_training_batches_hold_exactly_the_capped_pseudo_rows(truth_pseudo, tiny
 
 
 def test_every_replica_gets_its_capped_pseudo_rows(truth_pseudo, tiny_data, mirrored):
-    from steel_tpu import distribute
+    from steel_tpu.device import distribute
 
     pseudo_files = ShardFolder.open(truth_pseudo[0], split="pseudo").files()
     labelled_files = ShardFolder.open(tiny_data["shards"], split="train").files(folds=[1])

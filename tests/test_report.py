@@ -15,6 +15,7 @@ from steel_tpu.tuning import plot_data, tune
 from steel_tpu.data import example, shards
 from steel_tpu.data.shard_folder import ShardFolder, read_records
 from steel_tpu.workdir import Workdir
+from fakes import finish_fold
 from steel_tpu.synth import synthesize
 
 SCALE = 8  # OOF maps of 32x200
@@ -73,8 +74,7 @@ def _write_workdir(work, shard_dir, *, seed=0):
                      **{k: v + 0.1 * e + 0.01 * fold for k, v in metric.items()}, "train_images_per_s": 10.0 + e,
                      "seconds": 3.0} for e in range(3)]
             wd.write_log(task, fold, rows)
-            # A done marker written directly: the report reads no weights, so these folds have none.
-            storage.write_text(wd.done_path(task, fold), "{}")
+            finish_fold(wd, task, fold)
     return cfg
 
 

@@ -9,7 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
-from test_tune import _write_workdir
+from fakes import oof_workdir
 
 from steel_tpu import cli, kaggle, metrics, predict, rescore
 from steel_tpu.tuning import components, oof_stats, tune
@@ -151,7 +151,7 @@ def test_a_workdir_without_a_shards_record_is_refused(tiny_data, tmp_path):
 
 def test_the_estimate_is_tunes_own_dice_after(tmp_path):
     work = str(tmp_path / "work")
-    _write_workdir(work)
+    oof_workdir(work)
     for grid in ((0,), COMPONENT_GRID):
         result = tune.tune(workdir=work, plots=False, component_grid=grid)
         pp = Workdir(work).thresholds().postprocess

@@ -6,7 +6,9 @@ import math
 
 import pytest
 
-from steel_tpu import cli, config, distribute, train
+from steel_tpu import cli, config, train
+
+from steel_tpu.device import distribute
 from steel_tpu.config import resolve
 from steel_tpu.workdir import Workdir
 

@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from test_tune import _write_workdir
+from fakes import oof_workdir
 
 from steel_tpu import cli
 from steel_tpu.formats import thresholds as thresholds_format
@@ -16,7 +16,7 @@ from steel_tpu.workdir import Workdir
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     work = str(tmp_path_factory.mktemp("tuned") / "work")
-    _write_workdir(work)
+    oof_workdir(work)
     tune.tune(workdir=work, plots=False)
     return work
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu import augment, distribute, losses, step
+from steel_tpu.device import augment, distribute, losses, step
 # The package's Keras: tests/test_legacy_keras.py reruns this module under tf-keras (TF_USE_LEGACY_KERAS=1).
 from steel_tpu.keras_api import keras
 

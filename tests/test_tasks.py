@@ -5,7 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu import config, losses, metrics, tasks
+from steel_tpu import config, metrics, tasks
+
+from steel_tpu.device import losses
 from steel_tpu.keras_api import keras
 from steel_tpu.tasks.segment import one_hot_targets
 

@@ -9,60 +9,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu import config as config_lib
-from steel_tpu import cli, metrics, postprocess, report, storage
+from steel_tpu import cli, metrics, postprocess, report
 from steel_tpu.formats import thresholds as thresholds_format
 from steel_tpu.tuning import checks as tune_checks
 from steel_tpu.tuning import oof_stats, plot_data, plots, search, tune
 from steel_tpu.workdir import Workdir
-from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
-
-SCALE = 8  # OOF maps of 32x200: small and fast, still a real oof.npz
-H, W = HEIGHT // SCALE, WIDTH // SCALE
-
-
-def _image(rng, *, speck_prob, clean_specks_only):
-    """One OOF image: truth rectangles, a noisy probability map that follows them, and small false specks."""
-    truth = np.zeros((H, W, NUM_CLASSES), bool)
-    for c in range(NUM_CLASSES):
-        if rng.random() < 0.4:
-            y, x = rng.integers(0, H - 8), rng.integers(0, W - 30)
-            truth[y:y + rng.integers(4, 8), x:x + rng.integers(10, 30), c] = True
-    p = np.clip(truth * rng.uniform(0.45, 0.9) + rng.normal(0.1, 0.12, truth.shape), 0, 1)
-    for c in range(NUM_CLASSES):
-        if rng.random() < speck_prob and not (clean_specks_only and truth.any()):  # a 2x2 false positive: 256 full-resolution pixels
-            y, x = rng.integers(0, H - 2), rng.integers(0, W - 2)
-            p[y:y + 2, x:x + 2, c] = 0.9
-    return np.round(p * 255).astype(np.uint8), truth
-
-
-def _write_workdir(work, *, n=40, folds=(0, 1), seed=0, speck_prob=0.3, clean_specks_only=False,
-                   classifier="binary", make_image=_image):
-    """A workdir with real oof.npz / done.json files for each fold (no models: tune needs none)."""
-    rng = np.random.default_rng(seed)
-    cfg = config_lib.preset("tiny")
-    cfg.oof_scale = SCALE
-    wd = Workdir(work)
-    wd.save_config(cfg)
-    for fold in folds:
-        q, truth = map(np.stack, zip(*[make_image(rng, speck_prob=speck_prob, clean_specks_only=clean_specks_only)
-                                       for _ in range(n)]))
-        ids = np.array([f"f{fold}_{i:03d}.jpg" for i in range(n)])
-        full_pred = np.repeat(np.repeat(postprocess.binarize(q, 0.5), SCALE, 1), SCALE, 2)
-        full_truth = np.repeat(np.repeat(truth, SCALE, 1), SCALE, 2)
-        wd.save_oof("segment", fold, image_ids=ids, probs=q, truth=truth,
-                         truth_area=full_truth.sum(axis=(1, 2)), labels=truth.any(axis=(1, 2)),
-                         dice=metrics.dice_matrix(full_pred, full_truth).astype(np.float32))
-        # A done marker written directly: tune reads only OOF files, so these folds have no weights.
-        storage.write_text(wd.done_path("segment", fold), "{}")
-        if classifier:
-            any_defect = truth.any(axis=(1, 2, 3)) if classifier == "binary" else truth.any(axis=(1, 2))
-            probs = np.clip(any_defect * 0.6 + rng.uniform(0, 0.4, any_defect.shape), 0, 1)
-            probs = probs.reshape(n, -1).astype(np.float32)
-            wd.save_oof("classify", fold, image_ids=ids[::-1],
-                             probs=probs[::-1], labels=truth.any(axis=(1, 2))[::-1])
-            storage.write_text(wd.done_path("classify", fold), "{}")
-
+from steel_tpu.constants import NUM_CLASSES
+from fakes import SCALE, H, W, oof_workdir
 
 def _load_oof(work):
     """(uint8 maps, truth, classifier probs or None) of every fold, joined on image ids."""
@@ -88,7 +41,7 @@ def _oof_dice_direct(oof, pp):
 @pytest.fixture(scope="module")
 def tuned(tmp_path_factory):
     work = str(tmp_path_factory.mktemp("tune_work"))
-    _write_workdir(work)
+    oof_workdir(work)
     return work, tune.tune(workdir=work)
 
 
@@ -109,7 +62,7 @@ def test_tune_writes_thresholds_and_plots(tuned):
 @pytest.mark.parametrize("classifier", ["binary", "multilabel", None])
 def test_plot_data_holds_the_search_at_the_chosen_settings(tmp_path, classifier):
     work = str(tmp_path)
-    _write_workdir(work, n=12, seed=2, classifier=classifier)
+    oof_workdir(work, n=12, seed=2, classifier=classifier)
     result = tune.tune(workdir=work, plots=False)
     data = plot_data.load(Workdir(work).tune_dir())
     assert str(data["gate_head"]) == (classifier or "none")
@@ -154,7 +107,7 @@ def test_planted_specks_are_removed_by_min_area(tuned):
 @pytest.mark.parametrize("classifier", ["binary", "multilabel", None])
 def test_search_finds_the_brute_force_optimum(tmp_path, classifier):
     work = str(tmp_path)
-    _write_workdir(work, n=12, seed=3, classifier=classifier)
+    oof_workdir(work, n=12, seed=3, classifier=classifier)
     grids = dict(pixel_grid=(0.4, 0.5, 0.6), area_grid=(0, 300, 3000), gate_grid=(0.0, 0.5, 0.8))
     stats = oof_stats.collect((work,))
     tables, kind, gates = search.search_tables(stats, **grids)
@@ -179,7 +132,7 @@ def test_search_finds_the_brute_force_optimum(tmp_path, classifier):
 
 def test_gate_is_chosen_when_the_classifier_knows_clean_images(tmp_path):
     work = str(tmp_path)
-    _write_workdir(work, n=30, speck_prob=0.9, clean_specks_only=True, seed=5)
+    oof_workdir(work, n=30, speck_prob=0.9, clean_specks_only=True, seed=5)
     result = tune.tune(workdir=work, out=str(tmp_path / "elsewhere"), area_grid=(0,), plots=False)
     # Specks on clean images, min area disabled: only the gate (clean images score p < 0.4) can remove them.
     assert 0.4 <= result["gate"][0] <= 0.6  # clean images have p < 0.4, defective ones p >= 0.6
@@ -240,7 +193,7 @@ def test_component_stage_is_the_brute_force_optimum_and_removes_specks_on_defect
     from steel_tpu.tuning import components as tune_components
 
     work = str(tmp_path)
-    _write_workdir(work, n=20, seed=4, speck_prob=0.8, classifier=classifier)
+    oof_workdir(work, n=20, seed=4, speck_prob=0.8, classifier=classifier)
     sizes, areas = (0, 128, 320, 1024), (0, 300, 3000)
     result = tune.tune(workdir=work, area_grid=areas, component_grid=sizes, plots=False)
     pp, oof = postprocess.PostProcess.from_dict(result), _load_oof(work)
@@ -261,7 +214,7 @@ def test_component_stage_is_the_brute_force_optimum_and_removes_specks_on_defect
 
 def test_edge_choices_extend_the_pixel_grid_or_are_warned_about(tmp_path, capsys):
     work = str(tmp_path)
-    _write_workdir(work, n=20, seed=6, classifier=None)
+    oof_workdir(work, n=20, seed=6, classifier=None)
     # Truth pixels sit near 0.45..0.9, background near 0.1: the best threshold is above 0.35, and the 256 px
     # specks survive every area of this grid.
     result = tune.tune(workdir=work, pixel_grid=(0.3, 0.35), area_grid=(0, 100), plots=False)
@@ -276,8 +229,8 @@ def test_edge_choices_extend_the_pixel_grid_or_are_warned_about(tmp_path, capsys
 
 def test_fold_stability_is_each_fold_tuned_alone_and_the_overall_dice_per_fold(tmp_path):
     both, alone = str(tmp_path / "both"), str(tmp_path / "alone")
-    _write_workdir(both, n=20, seed=7)
-    _write_workdir(alone, n=20, seed=7, folds=(0,))  # the same fold-0 data: it is generated first
+    oof_workdir(both, n=20, seed=7)
+    oof_workdir(alone, n=20, seed=7, folds=(0,))  # the same fold-0 data: it is generated first
     result, fold0 = tune.tune(workdir=both, plots=False), tune.tune(workdir=alone, plots=False)
     stability = result["fold_stability"]
     own = stability["per_fold"]["0"]
@@ -315,7 +268,7 @@ def test_soft_gate_stage_is_the_brute_force_optimum_of_direct_thresholding(tmp_p
     from steel_tpu.tuning import soft as tune_soft
 
     work = str(tmp_path)
-    _write_workdir(work, n=20, seed=8, speck_prob=0.6, classifier=classifier)
+    oof_workdir(work, n=20, seed=8, speck_prob=0.6, classifier=classifier)
     soft, pixels, areas = (0.0, 0.1, 0.3, 0.6), (0.3, 0.5, 0.7), (0, 300, 3000)
     result = tune.tune(workdir=work, pixel_grid=pixels, area_grid=areas, soft_grid=soft, plots=False)
     pp, oof = postprocess.PostProcess.from_dict(result), _load_oof(work)
@@ -434,7 +387,7 @@ def test_double_threshold_stage_is_the_brute_force_optimum_of_postprocess_rule(t
     from steel_tpu.tuning import double as tune_double
 
     work = str(tmp_path)
-    _write_workdir(work, n=16, seed=9, classifier=classifier, make_image=_halo_image)
+    oof_workdir(work, n=16, seed=9, classifier=classifier, make_image=_halo_image)
     pixels, areas = (0.3, 0.4, 0.5, 0.6, 0.7), (0, 300, 3000)
     result = tune.tune(workdir=work, pixel_grid=pixels, area_grid=areas, soft_grid=soft, double=True, plots=False)
     plain = tune.tune(workdir=work, out=str(tmp_path / "plain"), pixel_grid=pixels, area_grid=areas, soft_grid=soft,
@@ -482,8 +435,8 @@ def test_double_threshold_stays_single_where_it_is_no_better(tuned, tmp_path):
 
 def test_double_threshold_edges_and_fold_stability(tmp_path):
     both, alone = str(tmp_path / "both"), str(tmp_path / "alone")
-    _write_workdir(both, n=16, seed=10, classifier=None, make_image=_halo_image)
-    _write_workdir(alone, n=16, seed=10, classifier=None, make_image=_halo_image, folds=(0,))
+    oof_workdir(both, n=16, seed=10, classifier=None, make_image=_halo_image)
+    oof_workdir(alone, n=16, seed=10, classifier=None, make_image=_halo_image, folds=(0,))
     grids = dict(pixel_grid=(0.4, 0.5, 0.6, 0.7), area_grid=(0, 300, 3000), plots=False, double=True)
     result, fold0 = tune.tune(workdir=both, **grids), tune.tune(workdir=alone, **grids)
     own = result["fold_stability"]["per_fold"]["0"]
@@ -531,7 +484,7 @@ def _rare_class_images():
 @pytest.mark.parametrize("classifier", ["multilabel", None])
 def test_a_class_gaining_less_than_min_gain_over_empty_is_switched_off(tmp_path, capsys, classifier):
     work = str(tmp_path / "w")
-    _write_workdir(work, n=20, folds=(0, 1), classifier=classifier, make_image=_rare_class_images())
+    oof_workdir(work, n=20, folds=(0, 1), classifier=classifier, make_image=_rare_class_images())
     oof = _load_oof(work)
     result = tune.tune(workdir=work, plots=True)
     pp = postprocess.PostProcess.from_dict(result)

@@ -13,7 +13,9 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunInference
 
-from steel_tpu import distribute, storage
+from steel_tpu import storage
+
+from steel_tpu.device import distribute
 from steel_tpu.config import resolve
 from steel_tpu.beam.options import pipeline_options
 from steel_tpu.data import decode, source

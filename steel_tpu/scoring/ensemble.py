@@ -5,7 +5,9 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from steel_tpu import augment, members, postprocess
+from steel_tpu import members, postprocess
+
+from steel_tpu.device import augment
 from steel_tpu import tasks as tasks_lib
 
 

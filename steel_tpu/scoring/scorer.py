@@ -13,7 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import tensorflow as tf
 
-from steel_tpu import console, custom_gradients, distribute, rle, step
+from steel_tpu import console, rle
+
+from steel_tpu.device import custom_gradients, distribute, step
 from steel_tpu.config import resolve
 from steel_tpu.data import tfrecord
 from steel_tpu.scoring import ensemble as ensemble_lib

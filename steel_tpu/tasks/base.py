@@ -4,7 +4,9 @@ import dataclasses
 
 import numpy as np
 
-from steel_tpu import augment, losses, models
+from steel_tpu import models
+
+from steel_tpu.device import augment, losses
 from steel_tpu.constants import CHANNELS, CLASS_IDS
 from steel_tpu.data import decode
 

@@ -5,7 +5,9 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from steel_tpu import augment, metrics, models
+from steel_tpu import metrics, models
+
+from steel_tpu.device import augment
 from steel_tpu.tasks.base import Task
 
 
