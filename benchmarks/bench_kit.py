@@ -23,9 +23,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from steel_tpu import config as config_lib  # noqa: E402
-from steel_tpu import export, kit, postprocess, predict, synth, tasks  # noqa: E402
+from steel_tpu import postprocess, tasks  # noqa: E402
 from steel_tpu.constants import NUM_CLASSES  # noqa: E402
-from steel_tpu.workdir import Workdir  # noqa: E402
+from steel_tpu.data import synth
+from steel_tpu.formats import kit
+from steel_tpu.formats.workdir import Workdir  # noqa: E402
+from steel_tpu.scoring import export, predict
 
 KAGGLE_TEST_IMAGES = 5506
 

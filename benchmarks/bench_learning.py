@@ -25,12 +25,13 @@ import time
 import numpy as np
 
 import over_seeds
-from steel_tpu import config, train
+from steel_tpu import config
 from steel_tpu.constants import NUM_CLASSES
 from steel_tpu.data.shard_folder import MANIFEST
 from steel_tpu.data.shards import build_shards
-from steel_tpu.synth import synthesize
-from steel_tpu.workdir import Workdir
+from steel_tpu.data.synth import synthesize
+from steel_tpu.formats.workdir import Workdir
+from steel_tpu.training import train
 
 # Each option as `--set` overrides on top of the baseline (the `tiny` preset at the benchmark's size).
 OPTIONS = {

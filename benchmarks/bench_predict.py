@@ -35,14 +35,17 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import timing  # noqa: E402
 
 from steel_tpu import config as config_lib  # noqa: E402
-from steel_tpu import kaggle, metrics, postprocess, predict, synth, tasks  # noqa: E402
+from steel_tpu import metrics, postprocess, tasks  # noqa: E402
+from steel_tpu.data import pipeline  # noqa: E402
+from steel_tpu.data import synth
 from steel_tpu.device import step
+from steel_tpu.formats import kaggle
+from steel_tpu.formats.submission import ChunkedSubmission  # noqa: E402
+from steel_tpu.formats.workdir import Workdir  # noqa: E402
 from steel_tpu.scoring import ensemble  # noqa: E402
+from steel_tpu.scoring import predict
 from steel_tpu.scoring.scorer import submitted_rles  # noqa: E402
 from steel_tpu.scoring.source import ModelSource  # noqa: E402
-from steel_tpu.data import pipeline  # noqa: E402
-from steel_tpu.submission_writer import ChunkedSubmission  # noqa: E402
-from steel_tpu.workdir import Workdir  # noqa: E402
 
 FOLDS = (0, 1)
 DEFECT_FRACTION = 0.05

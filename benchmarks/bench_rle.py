@@ -6,8 +6,8 @@ import os
 import numpy as np
 import timing
 
-from steel_tpu import rle
 from steel_tpu.constants import HEIGHT, WIDTH
+from steel_tpu.formats import rle
 
 CLASSES = 4
 

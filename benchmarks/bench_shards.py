@@ -16,7 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import timing
 
-from steel_tpu import storage, synth
+from steel_tpu import storage
+from steel_tpu.data import synth
 from steel_tpu.data.shards import build_shards
 from steel_tpu.data.source import TRAIN_IMAGES
 

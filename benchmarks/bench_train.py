@@ -23,13 +23,14 @@ import time
 import numpy as np
 
 import over_seeds
-from steel_tpu import config, memory, postprocess, tasks, train
-from steel_tpu.tuning import gain, oof_stats, search
+from steel_tpu import config, postprocess, tasks
 from steel_tpu.data.folds import assign_folds
 from steel_tpu.data.shard_folder import MANIFEST
-from steel_tpu.workdir import Workdir
 from steel_tpu.data.shards import build_shards
-from steel_tpu.synth import synthesize
+from steel_tpu.data.synth import synthesize
+from steel_tpu.formats.workdir import Workdir
+from steel_tpu.training import memory, train
+from steel_tpu.tuning import gain, oof_stats, search
 
 
 def gated_dice(seg, cls, *, gate):

@@ -38,10 +38,14 @@ def _claim(out):
 
 def run(*, out, n_train=160, n_test=40, seed=0, overrides=()):
     # Imported here so that main() quiets TensorFlow's log lines before TensorFlow loads.
-    from steel_tpu import config, kaggle, metrics, predict, synth, train
-    from steel_tpu.tuning.tune import tune
+    from steel_tpu import config, metrics
+    from steel_tpu.data import synth
     from steel_tpu.data.shards import build_shards
     from steel_tpu.data.verify import verify
+    from steel_tpu.formats import kaggle
+    from steel_tpu.scoring import predict
+    from steel_tpu.training import train
+    from steel_tpu.tuning.tune import tune
 
     start = time.perf_counter()
     _claim(out)

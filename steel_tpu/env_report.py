@@ -7,8 +7,8 @@ import tensorflow as tf
 
 from steel_tpu import config, install, keras_api
 
-from steel_tpu.device import distribute
 from steel_tpu.config import resolve
+from steel_tpu.device import distribute
 
 
 def _credentials(environ):

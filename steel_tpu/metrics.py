@@ -7,8 +7,8 @@ import numpy as np
 from steel_tpu import postprocess, storage
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.data.source import list_jpegs
-from steel_tpu.kaggle import EMPTY, CsvError, image_id_problem, read_labels
-from steel_tpu.rle import parse_runs
+from steel_tpu.formats.kaggle import EMPTY, CsvError, image_id_problem, read_labels
+from steel_tpu.formats.rle import parse_runs
 
 _BATCH = 64  # images thresholded at once: bounds the bool copies to ~25 MB at oof_scale 4
 

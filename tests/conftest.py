@@ -97,7 +97,7 @@ TINY_NO_XLA_OVERRIDES = [o.replace("jit_compile=True", "jit_compile=False") for 
 def tiny_data(tmp_path_factory):
     """A synthetic data set (48 train, 8 test images) and its shards in 2 folds: {"data", "shards"} paths."""
     from steel_tpu.data.shards import build_shards
-    from steel_tpu.synth import synthesize
+    from steel_tpu.data.synth import synthesize
 
     root = tmp_path_factory.mktemp("tiny_data")
     data, shards = str(root / "data"), str(root / "shards")
@@ -116,7 +116,7 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def trained_workdir(tiny_data, tiny_config, tmp_path_factory):
     """A real workdir: classifier + segmenter trained briefly on both folds of `tiny_data`."""
-    from steel_tpu import train
+    from steel_tpu.training import train
 
     work = str(tmp_path_factory.mktemp("trained") / "work")
     train.run(shards=tiny_data["shards"], workdir=work, cfg=tiny_config, folds=(0, 1))
@@ -127,8 +127,9 @@ def trained_workdir(tiny_data, tiny_config, tmp_path_factory):
 def slice_runs(tiny_data, tiny_config, tmp_path_factory, logical_cpus):
     """One segmenter workdir trained on fold 0 with 1 replica, then resumed on fold 1 with 8: what the step saw each
     time (test_slices), and the 8-replica fold's weight average (test_train), one run serving both."""
-    from steel_tpu import config, train
+    from steel_tpu import config
     from steel_tpu.device import distribute, step
+    from steel_tpu.training import train
 
     # A U-Net, not tiny's UNet++: its nested decoder, copied into each of 8 replicas' graphs, cost ~85 s more of
     # graph building (560 -> 475 s alone) and proves nothing more about batches per replica.
@@ -225,7 +226,7 @@ def _fast_runs_train_nothing(request):
     if "not slow" not in (request.config.option.markexpr or ""):
         yield
         return
-    from steel_tpu import train
+    from steel_tpu.training import train
 
     def refuse(**_):
         raise AssertionError("a test not marked slow trains a model (itself or through a fixture): mark it "

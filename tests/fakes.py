@@ -12,7 +12,7 @@ import numpy as np
 from steel_tpu import config as config_lib
 from steel_tpu import metrics, postprocess, storage
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
-from steel_tpu.workdir import Workdir
+from steel_tpu.formats.workdir import Workdir
 
 
 def finish_fold(wd, task, fold, *, info=None):

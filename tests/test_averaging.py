@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu import averaging
+from steel_tpu.training import averaging
 
 from steel_tpu.device import step
 from steel_tpu.keras_api import keras

@@ -11,7 +11,7 @@ import sys
 import pytest
 from PIL import Image
 
-from steel_tpu import cli, postprocess, predict, storage
+from steel_tpu import cli, postprocess, storage
 from steel_tpu import config as config_lib
 from steel_tpu.beam import predict as beam_predict
 from steel_tpu.beam.options import pipeline_options
@@ -20,8 +20,9 @@ from steel_tpu.data import pipeline
 from steel_tpu.data.shard_folder import ShardFolder
 from steel_tpu.data.shards import build_shards
 from steel_tpu.data.source import SourceError
+from steel_tpu.data.synth import synthesize
 from steel_tpu.data.verify import verify
-from steel_tpu.synth import synthesize
+from steel_tpu.scoring import predict
 # The random-init fold workdir, its images, and the builder of another such workdir.
 from test_predict import N_TEST, data, images, random_workdir, upload_inputs, work  # noqa: F401
 

@@ -9,9 +9,11 @@ import pytest
 from conftest import compare_args
 from fakes import oof_workdir
 
-from steel_tpu import cli, compare, config, system
+from steel_tpu import cli, config
+from steel_tpu.formats import system
+from steel_tpu.formats.workdir import Workdir
+from steel_tpu.reports import compare
 from steel_tpu.tuning import tune
-from steel_tpu.workdir import Workdir
 
 
 def _run(*args):

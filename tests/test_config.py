@@ -189,8 +189,8 @@ def test_config_imports_no_tensorflow():
 
 def test_every_name_a_config_may_choose_has_its_builder():
     from steel_tpu import models
-    from steel_tpu.device import losses
     from steel_tpu.config import choices
+    from steel_tpu.device import losses
     from steel_tpu.models import encoders
 
     # The names live in config.choices only (no TensorFlow there); each has what builds it.

@@ -12,7 +12,9 @@ import zipfile
 import pytest
 
 import steel_tpu
-from steel_tpu import cli, export, kit
+from steel_tpu import cli
+from steel_tpu.formats import kit
+from steel_tpu.scoring import export
 from steel_tpu.tuning import tune
 
 pytestmark = pytest.mark.slow
@@ -67,7 +69,7 @@ def test_the_kit_holds_what_it_says(exported):
     assert info["models"]["segment"] == [0, 1]
     with zipfile.ZipFile(os.path.join(exported["kit"], info["package"])) as z:
         names = set(z.namelist())
-    assert "steel_tpu/predict.py" in names and f"steel_tpu-{steel_tpu.__version__}.dist-info/RECORD" in names
+    assert "steel_tpu/scoring/predict.py" in names and f"steel_tpu-{steel_tpu.__version__}.dist-info/RECORD" in names
     # The same package bytes give the same wheel bytes (fixed zip times): a re-export rewrites the kit unchanged.
     again = export.build_wheel()[1]
     assert open(os.path.join(exported["kit"], info["package"]), "rb").read() == again

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from steel_tpu import figures, rle
-from steel_tpu.kaggle import EMPTY, Labels
+from steel_tpu.formats import rle
+from steel_tpu.formats.kaggle import EMPTY, Labels
+from steel_tpu.reports import figures
 
 H, W = 64, 320
 

@@ -9,9 +9,9 @@ import pytest
 from test_multi_workdir import _bind, _perturbed_copy
 from fakes import oof_workdir
 
-HOST_ONLY_MODULES = ["steel_tpu.metrics", "steel_tpu.synth", "steel_tpu.kaggle", "steel_tpu.rle",
-                     "steel_tpu.postprocess", "steel_tpu.storage", "steel_tpu.submission_writer",
-                     "steel_tpu.pseudo_rule"]
+HOST_ONLY_MODULES = ["steel_tpu.metrics", "steel_tpu.data.synth", "steel_tpu.formats.kaggle", "steel_tpu.formats.rle",
+                     "steel_tpu.postprocess", "steel_tpu.storage", "steel_tpu.formats.submission",
+                     "steel_tpu.scoring.pseudo_rule"]
 
 
 def _without_tensorflow(code):
@@ -53,7 +53,7 @@ def test_help_without_tensorflow(command):
 
 def test_evaluate_and_synth_run_without_tensorflow(tmp_path):
     data = str(tmp_path / "synth")
-    _without_tensorflow(f"from steel_tpu.synth import synthesize; synthesize({data!r}, n_train=2, n_test=3, seed=1)")
+    _without_tensorflow(f"from steel_tpu.data.synth import synthesize; synthesize({data!r}, n_train=2, n_test=3, seed=1)")
     truth = f"{data}/test_truth.csv"
     out = _without_tensorflow(_cli("evaluate", "--pred", truth, "--truth", truth, "--images", f"{data}/test_images"))
     assert "dice 1.0000" in out and "n=3 images" in out

@@ -5,8 +5,8 @@ import csv
 import numpy as np
 import pytest
 
-from steel_tpu import rle, submission_writer
-from steel_tpu.kaggle import (
+from steel_tpu.formats import rle, submission as submission_writer
+from steel_tpu.formats.kaggle import (
     EMPTY,
     CsvError,
     Labels,

@@ -8,7 +8,7 @@ import sys
 import pytest
 from conftest import TINY_NO_XLA_OVERRIDES
 
-from steel_tpu import kaggle
+from steel_tpu.formats import kaggle
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.slow

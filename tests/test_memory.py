@@ -6,10 +6,11 @@ import weakref
 import pytest
 import tensorflow as tf
 
-from steel_tpu import config, memory, train
+from steel_tpu import config
+from steel_tpu.training import memory, train
 
 from steel_tpu.device import custom_gradients
-from steel_tpu.workdir import Workdir
+from steel_tpu.formats.workdir import Workdir
 
 # Growth left behind per fold before the fix: ~200 MB (classifier at 32x160, 1 step a fold); after it, 27-43 MB
 # from fold 1 to fold 3 in four runs (no Python object grows: the rest is the allocator and TF's runtime).
@@ -47,7 +48,7 @@ def test_graphs_traced_in_the_block_are_freed_after_it_and_earlier_ones_keep_the
 @pytest.mark.slow  # three folds of real training
 def test_three_folds_in_one_process_leave_memory_flat(tmp_path):
     from steel_tpu.data.shards import build_shards
-    from steel_tpu.synth import synthesize
+    from steel_tpu.data.synth import synthesize
 
     data, shards, work = (str(tmp_path / n) for n in ("data", "shards", "work"))
     synthesize(data, n_train=18, n_test=0, seed=5)

@@ -6,9 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from steel_tpu import cli, rle, storage
-from steel_tpu.kaggle import EMPTY, CsvError, Labels, read_labels, write_submission, write_train_csv
+from steel_tpu import cli, storage
 from steel_tpu.constants import NUM_CLASSES
+from steel_tpu.formats import rle
+from steel_tpu.formats.kaggle import EMPTY, CsvError, Labels, read_labels, write_submission, write_train_csv
 from steel_tpu.metrics import (OofSummary, Scores, class_confusion, class_labels, confusion_rates, dice_matrix, evaluate,
                                pick_examples, pixel_confusion, predicted_labels, read_image_set, roc_auc, score_labels)
 

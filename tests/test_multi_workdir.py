@@ -12,15 +12,16 @@ import pytest
 import tensorflow as tf
 from fakes import finish_fold, oof_workdir
 
-from steel_tpu import cli, config, kaggle, members, postprocess, predict, storage, tasks
-from steel_tpu.formats import thresholds as thresholds_format
-from steel_tpu.scoring import ensemble
-from steel_tpu.scoring.source import Member, ModelSource, unseen_models
-from steel_tpu.tuning import oof_stats, plot_data, tune
+from steel_tpu import cli, config, postprocess, storage, tasks
 from steel_tpu.constants import CLASS_IDS
 from steel_tpu.data import pipeline
-from steel_tpu.submission_writer import parts_dir
-from steel_tpu.workdir import Workdir
+from steel_tpu.formats import kaggle
+from steel_tpu.formats import thresholds as thresholds_format
+from steel_tpu.formats.submission import parts_dir
+from steel_tpu.formats.workdir import Workdir
+from steel_tpu.scoring import ensemble, members, predict
+from steel_tpu.scoring.source import Member, ModelSource, unseen_models
+from steel_tpu.tuning import oof_stats, plot_data, tune
 
 # The second member: cheaper than conftest's trained_workdir (no XLA, one step) and different in what members may
 # differ in: the segmenter's decoder and the classifier's input size.
@@ -216,7 +217,7 @@ def second_member(tiny_data, tiny_config, tmp_path_factory):
     """Another workdir trained on the same shards as trained_workdir, cheaply: fold 0 only (so trained_workdir's
     fold 1 is left out of tuning, and weighs in at predict as one more fold model), another decoder and classifier
     size."""
-    from steel_tpu import train
+    from steel_tpu.training import train
 
     work = str(tmp_path_factory.mktemp("member") / "work")
     train.run(shards=tiny_data["shards"], workdir=work, cfg=config.apply_overrides(tiny_config, MEMBER_OVERRIDES),

@@ -10,7 +10,8 @@ from conftest import TINY_NO_XLA_OVERRIDES
 from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
 from nbclient import NotebookClient
 
-from steel_tpu import kaggle, metrics
+from steel_tpu import metrics
+from steel_tpu.formats import kaggle
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "colab" / "steel_tpu_colab.ipynb"

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu import rle, synth
+from steel_tpu.data import synth
+from steel_tpu.formats import rle
 
-from steel_tpu.device import distribute
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.data import decode, example, pipeline
 from steel_tpu.data.shard_folder import ShardFolder, ShardFolderError
 from steel_tpu.data.shards import build_shards
+from steel_tpu.device import distribute
 
 SIZE = (32, 192)  # DCT-scaled decode at 1/8 (32x200), then an area resize of the width
 BATCH = 4

@@ -12,15 +12,17 @@ import tensorflow as tf
 from PIL import Image
 
 from steel_tpu import config as config_lib
-from steel_tpu import kaggle, metrics, postprocess, predict, storage, tasks
-from steel_tpu.device import distribute
+from steel_tpu import metrics, postprocess, storage, tasks
 from steel_tpu.constants import CLASS_IDS, HEIGHT, WIDTH
 from steel_tpu.data import pipeline, shards
 from steel_tpu.data.source import SourceError
-from steel_tpu.submission_writer import parts_dir
-from steel_tpu.synth import synthesize
+from steel_tpu.data.synth import synthesize
+from steel_tpu.device import distribute
+from steel_tpu.formats import kaggle
+from steel_tpu.formats.submission import parts_dir
+from steel_tpu.formats.workdir import Workdir, WorkdirError
+from steel_tpu.scoring import predict
 from steel_tpu.scoring.source import ModelSource
-from steel_tpu.workdir import Workdir, WorkdirError
 
 SIZE = (64, 320)
 N_TEST = 12

@@ -11,15 +11,16 @@ import sys
 import numpy as np
 import pytest
 
-from steel_tpu import cli, config, storage, train
+from steel_tpu import cli, config, storage
+from steel_tpu.training import train
 
-from steel_tpu.device import distribute
-from steel_tpu.tuning import plot_data
 from steel_tpu.data.shard_folder import MANIFEST, ShardFolder
 from steel_tpu.data.shards import build_shards
 from steel_tpu.data.tfrecord import TFRecordError
-from steel_tpu.submission_writer import PLAN, ChunkedSubmission, parts_dir
-from steel_tpu.workdir import SHARDS, Workdir, WorkdirError
+from steel_tpu.device import distribute
+from steel_tpu.formats.submission import PLAN, ChunkedSubmission, parts_dir
+from steel_tpu.formats.workdir import SHARDS, Workdir, WorkdirError
+from steel_tpu.tuning import plot_data
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

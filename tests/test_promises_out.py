@@ -7,11 +7,14 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu import demo, predict, report, storage, synth
+from steel_tpu import demo, storage
+from steel_tpu.data import synth
+from steel_tpu.formats.outputs import OutputError
+from steel_tpu.formats.submission import parts_dir
+from steel_tpu.formats.workdir import Workdir
+from steel_tpu.reports import report
+from steel_tpu.scoring import predict
 from steel_tpu.tuning import tune
-from steel_tpu.outputs import OutputError
-from steel_tpu.submission_writer import parts_dir
-from steel_tpu.workdir import Workdir
 
 GLOBS = [("a*b", ["aXb", "a-b", "ab"]), ("a[1]", ["a1"]), ("a?", ["aa"])]
 

@@ -8,13 +8,15 @@ import os
 import numpy as np
 import pytest
 
-from steel_tpu import cli, config, kaggle, postprocess, storage, train
+from steel_tpu import cli, config, postprocess, storage
 from steel_tpu.data import pipeline, source
 from steel_tpu.data.shard_folder import PSEUDO_KEYS, ShardFolder, ShardFolderError, read_records
 from steel_tpu.data.verify import verify
-from steel_tpu.pseudo import PseudoError, Selection, pseudo_label, write_pseudo_shards
-from steel_tpu.pseudo_rule import ConfidenceRule
-from steel_tpu.workdir import Workdir, WorkdirError
+from steel_tpu.formats import kaggle
+from steel_tpu.formats.workdir import Workdir, WorkdirError
+from steel_tpu.scoring.pseudo import PseudoError, Selection, pseudo_label, write_pseudo_shards
+from steel_tpu.scoring.pseudo_rule import ConfidenceRule
+from steel_tpu.training import train
 
 SIZE = (64, 320)  # the tiny preset's input size
 

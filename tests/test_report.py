@@ -10,13 +10,15 @@ import pytest
 from PIL import Image
 
 from steel_tpu import config as config_lib
-from steel_tpu import metrics, postprocess, report, rle, storage
-from steel_tpu.tuning import plot_data, tune
+from steel_tpu import metrics, postprocess, storage
 from steel_tpu.data import example, shards
 from steel_tpu.data.shard_folder import ShardFolder, read_records
-from steel_tpu.workdir import Workdir
+from steel_tpu.formats import rle
+from steel_tpu.formats.workdir import Workdir
+from steel_tpu.reports import report
+from steel_tpu.tuning import plot_data, tune
 from fakes import finish_fold
-from steel_tpu.synth import synthesize
+from steel_tpu.data.synth import synthesize
 
 SCALE = 8  # OOF maps of 32x200
 K_FOLDS = 5

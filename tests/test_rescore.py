@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 from fakes import oof_workdir
 
-from steel_tpu import cli, kaggle, metrics, predict, rescore
-from steel_tpu.tuning import components, oof_stats, tune
+from steel_tpu import cli, metrics
 from steel_tpu.data.shard_folder import ShardFolder
 from steel_tpu.data.shards import build_shards
+from steel_tpu.formats import kaggle
+from steel_tpu.formats.workdir import Workdir, WorkdirError
+from steel_tpu.scoring import predict, rescore
+from steel_tpu.tuning import components, oof_stats, tune
 from steel_tpu.tuning.components import COMPONENT_GRID
-from steel_tpu.workdir import Workdir, WorkdirError
 
 
 def _cli(*args):

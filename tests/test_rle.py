@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from steel_tpu import rle
+from steel_tpu.formats import rle
 
 SHAPES = [(256, 1600), (32, 64), (7, 5)]
 

@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu import cli, rle, storage
+from steel_tpu import cli, storage
 from steel_tpu.constants import CLASS_IDS
 from steel_tpu.data import example, pipeline
 from steel_tpu.data.seed004 import import_seed004, scan
 from steel_tpu.data.shard_folder import MANIFEST, PLAN, ShardFolder, read_records
 from steel_tpu.data.shards import build_shards
 from steel_tpu.data.source import SourceError
-from steel_tpu.synth import synthesize
+from steel_tpu.data.synth import synthesize
+from steel_tpu.formats import rle
 
 N_TRAIN, K, FOLD_SEED = 24, 3, 1
 SHARD_MB = 0.3  # ~80 KB synthetic JPEGs: two or three of our shards per fold

@@ -6,8 +6,11 @@ import os
 
 import pytest
 
-from steel_tpu import cli, config, kaggle, kit, predict, report, system
-from steel_tpu.workdir import Workdir
+from steel_tpu import cli, config
+from steel_tpu.formats import kaggle, kit, system
+from steel_tpu.formats.workdir import Workdir
+from steel_tpu.reports import report
+from steel_tpu.scoring import predict
 
 pytestmark = pytest.mark.slow  # one tiny training run per preset
 

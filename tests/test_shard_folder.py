@@ -7,13 +7,14 @@ import shutil
 
 import pytest
 
-from steel_tpu import config, storage, train
+from steel_tpu import config, storage
 from steel_tpu.data import example, pipeline, tfrecord
+from steel_tpu.training import train
 from steel_tpu.data.shard_folder import (MANIFEST, ShardFolder, ShardFolderError, fold_totals, read_records,
                                          totals)
 from steel_tpu.data.shards import build_shards
+from steel_tpu.data.synth import synthesize
 from steel_tpu.data.verify import VerifyError, verify
-from steel_tpu.synth import synthesize
 
 K = 3
 EXTRA = "train-f0-00000-of-00009.tfrec"  # a shard name no build of this folder wrote

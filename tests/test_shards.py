@@ -15,13 +15,14 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from steel_tpu import cli, kaggle, rle, storage
+from steel_tpu import cli, storage
 from steel_tpu.data import example
 from steel_tpu.data.shard_folder import MANIFEST, PLAN
 from steel_tpu.data.shards import build_shards
 from steel_tpu.data.source import SourceError
+from steel_tpu.data.synth import synthesize
 from steel_tpu.data.verify import VerifyError, verify
-from steel_tpu.synth import synthesize
+from steel_tpu.formats import kaggle, rle
 
 N_TRAIN, N_TEST, K = 40, 8, 5
 SHARD_MB = 0.3  # ~80 KB synthetic JPEGs: two shards per fold of 8 images

@@ -8,7 +8,7 @@ from steel_tpu import storage
 from steel_tpu.data.shard_folder import MANIFEST, PLAN, ShardFolder
 from steel_tpu.data.shards import build_shards
 from steel_tpu.data.source import SourceError
-from steel_tpu.synth import synthesize
+from steel_tpu.data.synth import synthesize
 
 SHARD_LIKE = "train-f0-00000-of-00001.tfrec"  # a shard name, but not one this builder recorded
 

@@ -6,11 +6,12 @@ import math
 
 import pytest
 
-from steel_tpu import cli, config, train
+from steel_tpu import cli, config
+from steel_tpu.training import train
 
-from steel_tpu.device import distribute
 from steel_tpu.config import resolve
-from steel_tpu.workdir import Workdir
+from steel_tpu.device import distribute
+from steel_tpu.formats.workdir import Workdir
 
 
 @pytest.mark.parametrize("replicas", [1, 8, 64])

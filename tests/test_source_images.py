@@ -10,9 +10,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from steel_tpu import cli, kaggle, metrics
+from steel_tpu import cli, metrics
 from steel_tpu.data import example, jpeg_check, pipeline, source, tfrecord
 from steel_tpu.data.shard_folder import MANIFEST, records_in
+from steel_tpu.formats import kaggle
 
 BAD = {  # file -> what its reason must say
     "cmyk.jpg": "CMYK JPEG (4 channels)",

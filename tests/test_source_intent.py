@@ -8,9 +8,9 @@ from fakes import oof_workdir
 from steel_tpu import cli
 from steel_tpu.formats import thresholds as thresholds_format
 from steel_tpu.formats.thresholds import ThresholdsError
+from steel_tpu.formats.workdir import Workdir
 from steel_tpu.scoring.source import ModelSource
 from steel_tpu.tuning import tune
-from steel_tpu.workdir import Workdir
 
 
 @pytest.fixture(scope="module")

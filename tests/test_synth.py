@@ -1,4 +1,4 @@
-"""Tests for steel_tpu.synth: file layout, determinism, label statistics and visibly different defects."""
+"""Tests for steel_tpu.data.synth: file layout, determinism, label statistics and visibly different defects."""
 
 import os
 import re
@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from steel_tpu import kaggle, rle, synth
 from steel_tpu.constants import CLASS_IDS, HEIGHT, WIDTH
-from steel_tpu.outputs import OutputError
+from steel_tpu.data import synth
+from steel_tpu.formats import kaggle, rle
+from steel_tpu.formats.outputs import OutputError
 
 N_TRAIN, N_TEST = 250, 10
 ID_PATTERN = re.compile(r"[0-9a-f]{9}\.jpg")

@@ -6,7 +6,9 @@ import os
 
 import pytest
 
-from steel_tpu import cli, config, members, system
+from steel_tpu import cli, config
+from steel_tpu.formats import system
+from steel_tpu.scoring import members
 from steel_tpu.scoring.source import ModelSource
 
 

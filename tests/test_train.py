@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu import averaging, config, tasks, train
+from steel_tpu import config, tasks
 from steel_tpu.data import example
 from steel_tpu.data.shard_folder import ShardFolder
+from steel_tpu.formats.workdir import Workdir
 from steel_tpu.tasks.classify import classifier_scores
-from steel_tpu.workdir import Workdir
+from steel_tpu.training import averaging, train
 
 pytestmark = pytest.mark.slow  # every test here trains real models (the XLA compile alone takes a minute)
 
@@ -163,7 +164,8 @@ def test_a_diverging_run_stops_in_one_line_and_is_not_done(tiny_data, tiny_confi
 
 
 def test_a_softmax_segmenter_trains_tunes_predicts_exports_and_reports(tiny_data, tiny_config, tmp_path):
-    from steel_tpu import export, predict, report
+    from steel_tpu.reports import report
+    from steel_tpu.scoring import export, predict
     from steel_tpu.tuning import tune
 
     cfg = config.apply_overrides(tiny_config, [

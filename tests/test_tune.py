@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from steel_tpu import cli, metrics, postprocess, report
+from steel_tpu import cli, metrics, postprocess
+from steel_tpu.constants import NUM_CLASSES
 from steel_tpu.formats import thresholds as thresholds_format
+from steel_tpu.formats.workdir import Workdir
+from steel_tpu.reports import report
 from steel_tpu.tuning import checks as tune_checks
 from steel_tpu.tuning import oof_stats, plot_data, plots, search, tune
-from steel_tpu.workdir import Workdir
-from steel_tpu.constants import NUM_CLASSES
 from fakes import SCALE, H, W, oof_workdir
 
 def _load_oof(work):

@@ -7,11 +7,11 @@ import shutil
 
 import pytest
 
-from steel_tpu import kaggle
 from steel_tpu.data.shard_folder import MANIFEST
 from steel_tpu.data.shards import build_shards
+from steel_tpu.data.synth import synthesize
 from steel_tpu.data.verify import VerifyError, verify
-from steel_tpu.synth import synthesize
+from steel_tpu.formats import kaggle
 
 K = 3
 

@@ -9,9 +9,9 @@ import pytest
 
 from steel_tpu import config as config_lib
 from steel_tpu import storage
-from steel_tpu.keras_api import keras
 from steel_tpu.formats.thresholds import ThresholdsError
-from steel_tpu.workdir import Workdir, WorkdirError
+from steel_tpu.formats.workdir import Workdir, WorkdirError
+from steel_tpu.keras_api import keras
 
 
 def _model():

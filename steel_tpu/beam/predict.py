@@ -1,6 +1,6 @@
 """Batch scoring on Beam: list a JPEG folder, check and decode each image, run the model source's ensemble (a
 workdir, a system, a kit or several workdirs) with RunInference, then the single-machine post-processing, RLE and
-CSV layout (steel_tpu.scoring, steel_tpu.submission_writer).
+CSV layout (steel_tpu.scoring, steel_tpu.formats.submission).
 
 The submission is written once, sorted by image id, so it is byte-identical to `steel-tpu predict` on the same
 images; bad images follow the same rules (an error naming every one, or with --skip-bad empty rows plus
@@ -15,17 +15,17 @@ from apache_beam.ml.inference.base import KeyedModelHandler, ModelHandler, RunIn
 
 from steel_tpu import storage
 
-from steel_tpu.device import distribute
-from steel_tpu.config import resolve
 from steel_tpu.beam.options import pipeline_options
+from steel_tpu.config import resolve
 from steel_tpu.data import decode, source
-from steel_tpu.kaggle import EMPTY
-from steel_tpu.predict import write_errors
+from steel_tpu.device import distribute
+from steel_tpu.formats.kaggle import EMPTY
+from steel_tpu.formats.submission import HEADER, claim, rows_text
 from steel_tpu.scoring import scorer as scorer_lib
+from steel_tpu.scoring.predict import write_errors
 from steel_tpu.scoring.source import ModelSource
-from steel_tpu.submission_writer import HEADER, claim, rows_text
 
-_METRICS = "steel_tpu.predict"
+_METRICS = "steel_tpu.scoring.predict"
 
 
 class EnsembleHandler(ModelHandler):

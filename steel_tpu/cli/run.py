@@ -6,7 +6,7 @@ from steel_tpu import config
 
 
 def synth(args):
-    from steel_tpu.synth import synthesize
+    from steel_tpu.data.synth import synthesize
 
     print(json.dumps(synthesize(args.out, n_train=args.train, n_test=args.test, seed=args.seed), indent=1))
 
@@ -78,7 +78,7 @@ def train(args):
     # leaves a workdir holding its config.
     overrides = [*args.set, *([f"device={args.device}"] if args.device else [])]
     members = config.members_of(args.config, overrides)
-    from steel_tpu import train
+    from steel_tpu.training import train
 
     tasks = None if args.task == "both" else (args.task,)
     train.run_preset(shards=args.shards, workdir=args.workdir, name=args.config, members=members, tasks=tasks,
@@ -97,7 +97,7 @@ def tune(args):
 
 
 def rescore(args):
-    from steel_tpu.rescore import rescore  # TensorFlow: the models score the OOF images again
+    from steel_tpu.scoring.rescore import rescore  # TensorFlow: the models score the OOF images again
 
     rescore(workdir=_models(args), shards=args.shards, thresholds=args.thresholds, tolerance=args.tolerance,
             batch_size=args.batch_size, device=_device(args))
@@ -115,7 +115,7 @@ def predict(args):
                      pipeline_flags=args.pipeline_flags, batch_size=args.batch_size, tta=args.tta,
                      skip_bad=args.skip_bad, thresholds=args.thresholds, folds=args.folds)
         return
-    from steel_tpu.predict import predict
+    from steel_tpu.scoring.predict import predict
 
     predict(workdir=_models(args), images=args.images, out=args.out, batch_size=args.batch_size, tta=args.tta,
             skip_bad=args.skip_bad, thresholds=args.thresholds, folds=args.folds, device=_device(args),
@@ -123,7 +123,7 @@ def predict(args):
 
 
 def pseudo(args):
-    from steel_tpu.pseudo import pseudo_label
+    from steel_tpu.scoring.pseudo import pseudo_label
 
     pseudo_label(workdir=_models(args), images=args.images, out=args.out, hi=args.min_confidence,
                  lo=1.0 - args.min_confidence if args.max_absent is None else args.max_absent,
@@ -132,7 +132,7 @@ def pseudo(args):
 
 
 def report(args):
-    from steel_tpu.report import report
+    from steel_tpu.reports.report import report
 
     print(report(workdir=args.workdir, out=args.out, shards=args.shards, examples=args.examples))
 
@@ -140,7 +140,7 @@ def report(args):
 def compare(args):
     for name in args.configs:  # a bad --set fails before TensorFlow loads (compare's report and train import it)
         config.members_of(name, args.set)
-    from steel_tpu.compare import compare
+    from steel_tpu.reports.compare import compare
 
     tasks = ("classify", "segment") if args.task == "both" else (args.task,)
     compare(shards=args.shards, configs=args.configs, folds=args.folds, out=args.out, tasks=tasks,
@@ -158,6 +158,6 @@ def env(args):
 
 
 def export(args):
-    from steel_tpu.export import export
+    from steel_tpu.scoring.export import export
 
     export(workdir=_models(args), out=args.out, thresholds=args.thresholds, folds=args.folds)

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 
-from steel_tpu import kaggle, rle, storage
+from steel_tpu import storage
 from steel_tpu.constants import CLASS_IDS, HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.data import jpeg_check, shards, tfrecord
 from steel_tpu.data.shard_folder import join_problems
 from steel_tpu.data.source import Source, SourceError
+from steel_tpu.formats import kaggle, rle
 
 FORMAT = "seed004"
 DEFECT, NO_DEFECT = "train-defect", "train-no-defect"

@@ -13,7 +13,7 @@ from steel_tpu.data import example, tfrecord
 
 MANIFEST = "manifest.json"  # written last by the shard builder: a folder without it is unfinished
 PLAN = "_plan.json"  # the builder's plan and finished shards; exists only while a build is unfinished
-# pseudo: labels a workdir's ensemble predicted for unlabelled images (steel_tpu.pseudo); no folds, so they can
+# pseudo: labels a workdir's ensemble predicted for unlabelled images (steel_tpu.scoring.pseudo); no folds, so they can
 # never be validated or scored on, and a split of their own, so no reader of train or test shards opens them.
 SPLITS = ("train", "test", "pseudo")
 MAX_SHARDS = 99_999  # per fold: the five digits of a shard name's index and count

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from steel_tpu import console, kaggle, outputs, rle, storage
+from steel_tpu import console, storage
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.data import example, tfrecord
 from steel_tpu.data.folds import assign_folds
+from steel_tpu.formats import kaggle, outputs, rle
 from steel_tpu.data.shard_folder import (MANIFEST, MAX_SHARDS, PLAN, fold_totals, parse_shard_name, shard_name,
                                          totals)
 from steel_tpu.data.source import SourceError, scan

@@ -4,8 +4,9 @@ import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from steel_tpu import kaggle, storage
+from steel_tpu import storage
 from steel_tpu.constants import HEIGHT, WIDTH
+from steel_tpu.formats import kaggle
 
 TRAIN_CSV = "train.csv"
 TRAIN_IMAGES = "train_images"

@@ -4,9 +4,10 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from steel_tpu import kaggle, rle, storage
+from steel_tpu import storage
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.data import example, jpeg_check, tfrecord
+from steel_tpu.formats import kaggle, rle
 from steel_tpu.data.shard_folder import (MANIFEST, ShardFolderError, join_problems, manifest_problems,
                                          parse_shard_name, read_manifest, records_in)
 from steel_tpu.data.source import locate

@@ -5,10 +5,11 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from steel_tpu import members, postprocess
+from steel_tpu import postprocess
+from steel_tpu.scoring import members
 
-from steel_tpu.device import augment
 from steel_tpu import tasks as tasks_lib
+from steel_tpu.device import augment
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,11 +13,12 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import tensorflow as tf
 
-from steel_tpu import console, rle
+from steel_tpu import console
+from steel_tpu.formats import rle
 
-from steel_tpu.device import custom_gradients, distribute, step
 from steel_tpu.config import resolve
 from steel_tpu.data import tfrecord
+from steel_tpu.device import custom_gradients, distribute, step
 from steel_tpu.scoring import ensemble as ensemble_lib
 
 _IN_FLIGHT = 2  # device batches waiting for the host worker: bounds host memory, keeps the device busy

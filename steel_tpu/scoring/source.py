@@ -9,12 +9,13 @@ thresholds fit them. Host only: nothing here imports TensorFlow.
 import dataclasses
 import os
 
-from steel_tpu import kit as kit_lib
-from steel_tpu import members as members_lib
-from steel_tpu import postprocess, storage, system
+from steel_tpu import postprocess, storage
+from steel_tpu.formats import kit as kit_lib
+from steel_tpu.formats import system
 from steel_tpu.formats import thresholds as thresholds_format
-from steel_tpu.members import MembersError, normalized
-from steel_tpu.workdir import Workdir
+from steel_tpu.formats.workdir import Workdir
+from steel_tpu.scoring import members as members_lib
+from steel_tpu.scoring.members import MembersError, normalized
 
 KINDS = ("workdir", "ensemble", "system", "kit")
 

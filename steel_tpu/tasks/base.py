@@ -6,9 +6,9 @@ import numpy as np
 
 from steel_tpu import models
 
-from steel_tpu.device import augment, losses
 from steel_tpu.constants import CHANNELS, CLASS_IDS
 from steel_tpu.data import decode
+from steel_tpu.device import augment, losses
 
 
 class Task:

@@ -5,8 +5,8 @@ import tensorflow as tf
 
 from steel_tpu import metrics, models, postprocess
 
-from steel_tpu.device import augment
 from steel_tpu.constants import CLASS_IDS
+from steel_tpu.device import augment
 from steel_tpu.tasks.base import Task
 
 

@@ -11,8 +11,9 @@ import dataclasses
 
 import numpy as np
 
-from steel_tpu import components, members, postprocess
+from steel_tpu import components, postprocess
 from steel_tpu.constants import NUM_CLASSES
+from steel_tpu.scoring import members
 from steel_tpu.tuning.oof_stats import dice, gate_passes
 from steel_tpu.tuning.oof_stats import dice_of as oof_dice_of
 from steel_tpu.tuning.search import best

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from steel_tpu import members, postprocess
+from steel_tpu import postprocess
 from steel_tpu.constants import HEIGHT, NUM_CLASSES
+from steel_tpu.scoring import members
 
 _LEVELS = 256
 _BATCH = 64  # images per histogram pass: bounds the int32 index array to ~30 MB at oof_scale 4

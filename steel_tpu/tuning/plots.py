@@ -5,7 +5,7 @@ import numpy as np
 
 from steel_tpu import storage
 from steel_tpu.constants import CLASS_IDS, NUM_CLASSES
-from steel_tpu.figures import CLASS_COLORS, png  # figures selects the Agg backend
+from steel_tpu.reports.figures import CLASS_COLORS, png  # figures selects the Agg backend
 from steel_tpu.tuning.plot_data import PLOT_FILES as FILES
 
 

@@ -3,14 +3,16 @@ with the optional stages (soft gate, double threshold, components), the class sw
 
 import numpy as np
 
-from steel_tpu import members, outputs, postprocess, storage
+from steel_tpu import postprocess, storage
 from steel_tpu.constants import NUM_CLASSES
+from steel_tpu.formats import outputs
 from steel_tpu.formats import thresholds as thresholds_format
+from steel_tpu.formats.workdir import Workdir
+from steel_tpu.scoring import members
 from steel_tpu.scoring.source import ModelSource
 from steel_tpu.tuning import checks, gain, oof_stats, plot_data, search, soft
 from steel_tpu.tuning import double as double_threshold
 from steel_tpu.tuning.search import AREA_GRID, GATE_GRID, PIXEL_GRID
-from steel_tpu.workdir import Workdir
 
 
 def _hit_rate(stats, dice):

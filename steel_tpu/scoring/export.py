@@ -1,4 +1,4 @@
-"""`steel-tpu export`: a model source's fold models, thresholds and this package as a kit that scores offline (Kaggle)."""
+"""`steel-tpu export`: a model source's fold models, thresholds and this package as a kit that scores offline."""
 
 import base64
 import hashlib
@@ -15,10 +15,12 @@ import numpy as np
 
 import steel_tpu
 from steel_tpu import config as config_lib
-from steel_tpu import kit, members, storage, system
+from steel_tpu import storage
 from steel_tpu import tasks as tasks_lib
+from steel_tpu.formats import kit, system
 from steel_tpu.formats import thresholds as thresholds_format
 from steel_tpu.keras_api import keras
+from steel_tpu.scoring import members
 from steel_tpu.scoring.source import ModelSource
 
 NAME = "steel_tpu"
@@ -51,7 +53,7 @@ def build_wheel():
     entries += [
         (f"{info}/METADATA", f"Metadata-Version: 2.1\nName: {NAME}\nVersion: {version}\n"
                              f"Summary: {steel_tpu.__doc__.strip()}\n".encode()),
-        (f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: steel_tpu.export\nRoot-Is-Purelib: true\n"
+        (f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: steel_tpu.scoring.export\nRoot-Is-Purelib: true\n"
                           b"Tag: py3-none-any\n"),
         (f"{info}/entry_points.txt", f"[console_scripts]\n{CONSOLE_SCRIPTS}\n".encode()),
     ]

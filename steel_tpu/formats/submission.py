@@ -16,9 +16,10 @@ import json
 import os
 import re
 
-from steel_tpu import outputs, storage
+from steel_tpu import storage
 from steel_tpu.constants import CLASS_IDS
-from steel_tpu.kaggle import SUBMISSION_COLUMNS, csv_reader
+from steel_tpu.formats import outputs
+from steel_tpu.formats.kaggle import SUBMISSION_COLUMNS, csv_reader
 
 PLAN = "plan.json"
 _PART = re.compile(r"part-\d{5,}\.csv")

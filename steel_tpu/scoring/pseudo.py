@@ -14,13 +14,14 @@ import time
 
 import numpy as np
 
-from steel_tpu import outputs, rle, storage
+from steel_tpu import storage
 from steel_tpu.data import pipeline
 from steel_tpu.data import shards as shards_lib
 from steel_tpu.data import source as source_lib
 from steel_tpu.data.shard_folder import holds_shards
-from steel_tpu.kaggle import Labels
-from steel_tpu.pseudo_rule import ConfidenceRule
+from steel_tpu.formats import outputs, rle
+from steel_tpu.formats.kaggle import Labels
+from steel_tpu.scoring.pseudo_rule import ConfidenceRule
 from steel_tpu.scoring.scorer import scorer
 from steel_tpu.scoring.source import ModelSource
 

@@ -8,14 +8,16 @@ import time
 import numpy as np
 from PIL import Image
 
-from steel_tpu import figures, metrics, outputs, postprocess, storage, system
+from steel_tpu import metrics, postprocess, storage
 from steel_tpu.constants import CLASS_IDS, NUM_CLASSES
 from steel_tpu.data import example
 from steel_tpu.data.shard_folder import ShardFolder, read_records
+from steel_tpu.formats import outputs, system
 from steel_tpu.formats import thresholds as thresholds_format
-from steel_tpu.page import Section, page
+from steel_tpu.formats.workdir import THRESHOLDS, Workdir
+from steel_tpu.reports import figures
+from steel_tpu.reports.page import Section, page
 from steel_tpu.tuning import checks, plot_data, plots
-from steel_tpu.workdir import THRESHOLDS, Workdir
 
 INDEX = "index.html"
 EXAMPLES_PER_SIDE = 4  # best and worst validation images shown

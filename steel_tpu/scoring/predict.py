@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from steel_tpu import storage
 from steel_tpu.data import pipeline, source
 from steel_tpu.data.shard_folder import ShardFolder, holds_shards
-from steel_tpu.kaggle import EMPTY
+from steel_tpu.formats.kaggle import EMPTY
+from steel_tpu.formats.submission import ChunkedSubmission, claim, errors_path
 from steel_tpu.scoring.scorer import scorer, submitted_rles
 from steel_tpu.scoring.source import ModelSource
-from steel_tpu.submission_writer import ChunkedSubmission, claim, errors_path
 
 CHUNK_SIZE = 1024  # images per committed part file: at most this much work is redone after a crash
 

@@ -4,12 +4,14 @@ import html
 import json
 import time
 
-from steel_tpu import config, members, outputs, postprocess, storage, system
+from steel_tpu import config, postprocess, storage
+from steel_tpu.formats import outputs, system
 from steel_tpu.formats import thresholds as thresholds_format
-from steel_tpu.page import Section, page
+from steel_tpu.formats.workdir import Workdir
+from steel_tpu.reports.page import Section, page
+from steel_tpu.scoring import members
 from steel_tpu.scoring.source import ModelSource
 from steel_tpu.tuning.tune import tune
-from steel_tpu.workdir import Workdir
 
 HTML, JSON = "compare.html", "compare.json"
 FILES = frozenset({HTML, JSON})  # what compare writes directly in OUT; anything else there is refused

@@ -8,16 +8,18 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from steel_tpu import averaging, console, memory, outputs, storage, system
+from steel_tpu import console, storage
+from steel_tpu.formats import outputs, system
+from steel_tpu.training import averaging, memory
 
-from steel_tpu.device import custom_gradients, distribute, step
-from steel_tpu.config import resolve
 from steel_tpu import tasks as tasks_lib
+from steel_tpu.config import resolve
 from steel_tpu.constants import NUM_CLASSES
 from steel_tpu.data import pipeline, tfrecord
 from steel_tpu.data.shard_folder import ShardFolder
+from steel_tpu.device import custom_gradients, distribute, step
+from steel_tpu.formats.workdir import Workdir
 from steel_tpu.keras_api import keras
-from steel_tpu.workdir import Workdir
 
 
 class Diverged(ValueError):

@@ -12,7 +12,7 @@ import numpy as np
 
 from steel_tpu import storage
 from steel_tpu.constants import CLASS_IDS
-from steel_tpu.workdir import Workdir
+from steel_tpu.formats.workdir import Workdir
 
 _BATCH = 64  # images averaged at a time: bounds the float32 copy of one fold's maps
 

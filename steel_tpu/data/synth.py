@@ -20,8 +20,9 @@ import posixpath
 import numpy as np
 from PIL import Image
 
-from steel_tpu import kaggle, outputs, rle, storage
+from steel_tpu import storage
 from steel_tpu.constants import CLASS_IDS, HEIGHT, WIDTH
+from steel_tpu.formats import kaggle, outputs, rle
 
 # Independent per-image presence probabilities; their product of complements (0.474) is the clean fraction.
 CLASS_PROBS = {1: 0.10, 2: 0.03, 3: 0.41, 4: 0.08}

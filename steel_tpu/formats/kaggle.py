@@ -8,7 +8,7 @@ import numpy as np
 
 from steel_tpu import storage
 from steel_tpu.constants import CLASS_IDS, HEIGHT, NUM_CLASSES, WIDTH
-from steel_tpu.rle import RleError, area, decode, parse_runs
+from steel_tpu.formats.rle import RleError, area, decode, parse_runs
 
 CURRENT_COLUMNS = ("ImageId", "ClassId", "EncodedPixels")
 LEGACY_COLUMNS = ("ImageId_ClassId", "EncodedPixels")

@@ -22,7 +22,7 @@ import tempfile
 from steel_tpu import config as config_lib
 from steel_tpu import storage
 from steel_tpu.formats.fold_models import FoldModels
-from steel_tpu.workdir import WorkdirError, read_json
+from steel_tpu.formats.workdir import WorkdirError, read_json
 
 FORMATS = (1, 2)  # 1: one model set at the root; 2: one folder per member
 KIT_JSON, CONFIG, THRESHOLDS, MODELS, SCORE = "kit.json", "config.json", "thresholds.json", "models", "score.py"

@@ -1,0 +1,1 @@
+"""Training: the K-fold loop (train), the weight average (averaging) and host memory figures (memory)."""
