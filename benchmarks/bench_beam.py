@@ -22,7 +22,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench_predict import scoring_inputs  # noqa: E402  (benchmarks/ is this script's own folder)
 
-from steel_tpu import postprocess, predict  # noqa: E402
+from steel_tpu import postprocess  # noqa: E402
+from steel_tpu.scoring import predict  # noqa: E402
 from steel_tpu.beam import predict as beam_predict  # noqa: E402
 
 TARGET_PER_HOUR = 1_000_000

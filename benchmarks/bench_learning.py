@@ -27,7 +27,7 @@ import numpy as np
 import over_seeds
 from steel_tpu import config
 from steel_tpu.constants import NUM_CLASSES
-from steel_tpu.data.shard_folder import MANIFEST
+from steel_tpu.data.manifest import MANIFEST
 from steel_tpu.data.shards import build_shards
 from steel_tpu.data.synth import synthesize
 from steel_tpu.formats.workdir import Workdir

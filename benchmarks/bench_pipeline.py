@@ -28,10 +28,11 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import timing  # noqa: E402
-from steel_tpu import synth  # noqa: E402
+from steel_tpu.data import synth  # noqa: E402
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH  # noqa: E402
 from steel_tpu.data import example, pipeline  # noqa: E402
-from steel_tpu.data.shard_folder import MANIFEST, ShardFolder  # noqa: E402
+from steel_tpu.data.manifest import MANIFEST  # noqa: E402
+from steel_tpu.data.shard_folder import ShardFolder  # noqa: E402
 from steel_tpu.data.shards import build_shards  # noqa: E402
 
 TARGET_BOUND = 0.85

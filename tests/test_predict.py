@@ -20,7 +20,8 @@ from steel_tpu.data.synth import synthesize
 from steel_tpu.device import distribute
 from steel_tpu.formats import kaggle
 from steel_tpu.formats.submission import parts_dir
-from steel_tpu.formats.workdir import Workdir, WorkdirError
+from steel_tpu.formats.weights import WeightsError
+from steel_tpu.formats.workdir import Workdir
 from steel_tpu.scoring import predict
 from steel_tpu.scoring.source import ModelSource
 
@@ -232,7 +233,7 @@ def test_a_fold_whose_weights_are_garbage_is_refused_naming_the_file(work, image
     shutil.copytree(work, own)
     path = Workdir(own).weights_path("segment", 1)
     storage.write_bytes(path, b"these bytes are not HDF5" * 64)
-    with pytest.raises(WorkdirError, match=re.escape(f"{path}: not a readable HDF5 weights file")):
+    with pytest.raises(WeightsError, match=re.escape(f"{path}: not a readable HDF5 weights file")):
         _run(str(own), images, tmp_path / "x.csv", batch_size=8)
     assert not os.path.exists(tmp_path / "x.csv")
 

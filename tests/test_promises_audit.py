@@ -14,11 +14,13 @@ import pytest
 from steel_tpu import cli, config, storage
 from steel_tpu.training import train
 
-from steel_tpu.data.shard_folder import MANIFEST, ShardFolder
+from steel_tpu.data.manifest import MANIFEST
+from steel_tpu.data.shard_folder import ShardFolder
 from steel_tpu.data.shards import build_shards
 from steel_tpu.data.tfrecord import TFRecordError
 from steel_tpu.device import distribute
 from steel_tpu.formats.submission import PLAN, ChunkedSubmission, parts_dir
+from steel_tpu.formats.oof import OofError
 from steel_tpu.formats.workdir import SHARDS, Workdir, WorkdirError
 from steel_tpu.tuning import plot_data
 
@@ -220,12 +222,12 @@ def test_swapped_csv_columns_are_one_short_line(tmp_path, capsys):
 def test_an_oof_file_missing_arrays_or_rows_is_named(tmp_path):
     wd = Workdir(str(tmp_path))
     wd.save_oof("classify", 0, image_ids=np.array(["a.jpg", "b.jpg"]), labels=np.zeros((2, 4), bool))
-    with pytest.raises(WorkdirError, match=r"classify/fold0/oof.npz: not a classify out-of-fold file \(missing "
+    with pytest.raises(OofError, match=r"classify/fold0/oof.npz: not a classify out-of-fold file \(missing "
                                            r"\['probs'\]"):
         wd.oof("classify", 0)
     wd.save_oof("classify", 0, image_ids=np.array(["a.jpg", "b.jpg"]), labels=np.zeros((2, 4), bool),
                 probs=np.zeros((3, 1), np.float32))
-    with pytest.raises(WorkdirError, match=r"row counts \[2, 3\]"):
+    with pytest.raises(OofError, match=r"row counts \[2, 3\]"):
         wd.oof("classify", 0)
 
 

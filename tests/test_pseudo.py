@@ -10,7 +10,8 @@ import pytest
 
 from steel_tpu import cli, config, postprocess, storage
 from steel_tpu.data import pipeline, source
-from steel_tpu.data.shard_folder import PSEUDO_KEYS, ShardFolder, ShardFolderError, read_records
+from steel_tpu.data.manifest import PSEUDO_KEYS
+from steel_tpu.data.shard_folder import ShardFolder, ShardFolderError, read_records
 from steel_tpu.data.verify import verify
 from steel_tpu.formats import kaggle
 from steel_tpu.formats.workdir import Workdir, WorkdirError

@@ -15,7 +15,7 @@ from steel_tpu.data import example, shards
 from steel_tpu.data.shard_folder import ShardFolder, read_records
 from steel_tpu.formats import rle
 from steel_tpu.formats.workdir import Workdir
-from steel_tpu.reports import report
+from steel_tpu.reports import examples, report
 from steel_tpu.tuning import plot_data, tune
 from fakes import finish_fold
 from steel_tpu.data.synth import synthesize
@@ -103,7 +103,7 @@ def _check_pngs(folder, names):
 
 def test_read_images_decodes_the_source_jpegs(source, shard_dir):
     ids = [r[example.IMAGE_ID] for r in _fold_records(shard_dir, 2)][:3]
-    images = report.read_images(shard_dir, {2: ids})
+    images = examples.read_images(shard_dir, {2: ids})
     assert sorted(images) == sorted(ids)
     for image_id in ids:
         expected = np.asarray(Image.open(os.path.join(source, "train_images", image_id)).convert("L"))
@@ -113,7 +113,7 @@ def test_read_images_decodes_the_source_jpegs(source, shard_dir):
 def test_read_images_names_a_missing_image(shard_dir):
     other = next(_fold_records(shard_dir, 3))[example.IMAGE_ID]
     with pytest.raises(ValueError, match=re.escape(other)):
-        report.read_images(shard_dir, {2: [other]})  # in fold 3's shards, not fold 2's
+        examples.read_images(shard_dir, {2: [other]})  # in fold 3's shards, not fold 2's
 
 
 def test_report_without_thresholds_or_images(work, tmp_path):

@@ -14,7 +14,8 @@ from steel_tpu import cli, storage
 from steel_tpu.constants import CLASS_IDS
 from steel_tpu.data import example, pipeline
 from steel_tpu.data.seed004 import import_seed004, scan
-from steel_tpu.data.shard_folder import MANIFEST, PLAN, ShardFolder, read_records
+from steel_tpu.data.manifest import MANIFEST, PLAN
+from steel_tpu.data.shard_folder import ShardFolder, read_records
 from steel_tpu.data.shards import build_shards
 from steel_tpu.data.source import SourceError
 from steel_tpu.data.synth import synthesize

@@ -10,8 +10,8 @@ import pytest
 from steel_tpu import config, storage
 from steel_tpu.data import example, pipeline, tfrecord
 from steel_tpu.training import train
-from steel_tpu.data.shard_folder import (MANIFEST, ShardFolder, ShardFolderError, fold_totals, read_records,
-                                         totals)
+from steel_tpu.data.manifest import MANIFEST, fold_totals, totals
+from steel_tpu.data.shard_folder import ShardFolder, ShardFolderError, read_records
 from steel_tpu.data.shards import build_shards
 from steel_tpu.data.synth import synthesize
 from steel_tpu.data.verify import VerifyError, verify

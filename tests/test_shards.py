@@ -17,7 +17,7 @@ from PIL import Image
 
 from steel_tpu import cli, storage
 from steel_tpu.data import example
-from steel_tpu.data.shard_folder import MANIFEST, PLAN
+from steel_tpu.data.manifest import MANIFEST, PLAN
 from steel_tpu.data.shards import build_shards
 from steel_tpu.data.source import SourceError
 from steel_tpu.data.synth import synthesize

@@ -5,7 +5,8 @@ import os
 import pytest
 
 from steel_tpu import storage
-from steel_tpu.data.shard_folder import MANIFEST, PLAN, ShardFolder
+from steel_tpu.data.manifest import MANIFEST, PLAN
+from steel_tpu.data.shard_folder import ShardFolder
 from steel_tpu.data.shards import build_shards
 from steel_tpu.data.source import SourceError
 from steel_tpu.data.synth import synthesize

@@ -12,7 +12,8 @@ from PIL import Image
 
 from steel_tpu import cli, metrics
 from steel_tpu.data import example, jpeg_check, pipeline, source, tfrecord
-from steel_tpu.data.shard_folder import MANIFEST, records_in
+from steel_tpu.data.manifest import MANIFEST
+from steel_tpu.data.shard_folder import records_in
 from steel_tpu.formats import kaggle
 
 BAD = {  # file -> what its reason must say

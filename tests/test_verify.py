@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from steel_tpu.data.shard_folder import MANIFEST
+from steel_tpu.data.manifest import MANIFEST
 from steel_tpu.data.shards import build_shards
 from steel_tpu.data.synth import synthesize
 from steel_tpu.data.verify import VerifyError, verify

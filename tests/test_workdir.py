@@ -10,6 +10,8 @@ import pytest
 from steel_tpu import config as config_lib
 from steel_tpu import storage
 from steel_tpu.formats.thresholds import ThresholdsError
+from steel_tpu.formats.oof import OofError
+from steel_tpu.formats.weights import WeightsError
 from steel_tpu.formats.workdir import Workdir, WorkdirError
 from steel_tpu.keras_api import keras
 
@@ -20,7 +22,7 @@ def _model():
 
 def test_done_needs_finite_best_weights(tmp_path):
     wd = Workdir(tmp_path / "w")
-    with pytest.raises(WorkdirError, match=r"best\.weights\.h5: missing"):
+    with pytest.raises(WeightsError, match=r"best\.weights\.h5: missing"):
         wd.mark_done("segment", 0, {"epochs": 0})  # e.g. epochs=0: no epoch ever kept weights
     assert wd.done("segment", 0) is None
     model = _model()
@@ -29,7 +31,7 @@ def test_done_needs_finite_best_weights(tmp_path):
         name = []
         f.visititems(lambda n, o: name.append(n) if isinstance(o, h5py.Dataset) and o.dtype.kind == "f" else None)
         f[name[0]][...] = np.nan
-    with pytest.raises(WorkdirError, match="NaN or inf"):
+    with pytest.raises(WeightsError, match="NaN or inf"):
         wd.mark_done("segment", 0, {})
     assert wd.completed_folds("segment") == []
     wd.save_weights(model, "segment", 0)
@@ -44,7 +46,7 @@ def test_unreadable_weights_are_refused_naming_the_file(tmp_path, garbage):
     path = wd.weights_path("classify", 1)
     data = storage.read_bytes(path)
     storage.write_bytes(path, garbage if garbage is not None else data[: len(data) // 2])  # None: truncated
-    with pytest.raises(WorkdirError, match=re.escape(f"{path}: not a readable HDF5 weights file")):
+    with pytest.raises(WeightsError, match=re.escape(f"{path}: not a readable HDF5 weights file")):
         wd.load_weights(_model(), "classify", 1)
 
 
@@ -75,5 +77,5 @@ def test_bad_files_are_named(tmp_path):
     with pytest.raises(ThresholdsError, match=r"thresholds\.json: not a valid thresholds file"):
         wd.thresholds()
     storage.write_bytes(wd.oof_path("segment", 0), b"garbage")
-    with pytest.raises(WorkdirError, match=r"oof\.npz: not a readable out-of-fold file"):
+    with pytest.raises(OofError, match=r"oof\.npz: not a readable out-of-fold file"):
         wd.oof("segment", 0)

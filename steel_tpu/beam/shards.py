@@ -7,7 +7,7 @@ import apache_beam as beam
 
 from steel_tpu.beam.options import pipeline_options
 from steel_tpu.data import shards
-from steel_tpu.data.shard_folder import read_manifest
+from steel_tpu.data import manifest as manifest_lib
 
 
 def build_shards(*, data, out, runner, pipeline_flags=(), folds=5, seed=0, shard_mb=100.0, split="train",
@@ -24,5 +24,5 @@ def build_shards(*, data, out, runner, pipeline_flags=(), folds=5, seed=0, shard
              | "WriteShard" >> beam.Map(shards.write_shard, build=build)
              | "Entries" >> beam.combiners.ToList()
              | "WriteManifest" >> beam.Map(lambda written, b: shards.finish_build(b, written) and None, b=build))
-    _, manifest = read_manifest(out)  # written by a worker: the launcher reads it back
+    _, manifest = manifest_lib.read(out)  # written by a worker: the launcher reads it back
     return shards.summarize(build, manifest, seconds=time.perf_counter() - start)

@@ -78,10 +78,10 @@ def train(args):
     # leaves a workdir holding its config.
     overrides = [*args.set, *([f"device={args.device}"] if args.device else [])]
     members = config.members_of(args.config, overrides)
-    from steel_tpu.training import train
+    from steel_tpu.training import presets
 
     tasks = None if args.task == "both" else (args.task,)
-    train.run_preset(shards=args.shards, workdir=args.workdir, name=args.config, members=members, tasks=tasks,
+    presets.run_preset(shards=args.shards, workdir=args.workdir, name=args.config, members=members, tasks=tasks,
                      folds=args.folds, pseudo=args.pseudo)
 
 

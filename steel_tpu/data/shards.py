@@ -4,7 +4,6 @@ import hashlib
 import json
 import math
 import os
-import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -15,14 +14,13 @@ import numpy as np
 from steel_tpu import console, storage
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.data import example, tfrecord
+from steel_tpu.data import manifest as manifest_lib
+from steel_tpu.data import own_files
 from steel_tpu.data.folds import assign_folds
 from steel_tpu.formats import kaggle, outputs, rle
-from steel_tpu.data.shard_folder import (MANIFEST, MAX_SHARDS, PLAN, fold_totals, parse_shard_name, shard_name,
-                                         totals)
+from steel_tpu.data.manifest import MANIFEST, MAX_SHARDS, PLAN, shard_name
 from steel_tpu.data.source import SourceError, scan
 
-# storage.atomic_write's local temp file for NAME, left behind only by a killed writer (mkstemp's 8 characters).
-_TEMP = re.compile(r"\.tmp-[a-z0-9_]{8}-(.+)")
 _MB = 1_000_000
 
 
@@ -125,18 +123,18 @@ def plan_source(source, *, data, out, folds, seed, shard_mb, overwrite=False, ps
     specs = plan_shards(source, folds=folds, seed=seed, shard_mb=shard_mb)
     plan_sha256 = _plan_digest(source, specs, folds=folds, seed=seed, shard_mb=shard_mb, pseudo=pseudo)
     found = storage.list_files(out)
-    docs = _claim(out, found, split=split, overwrite=overwrite)  # refuses foreign files before any write
-    previous = {} if overwrite else _previous(docs, plan_sha256)
+    docs = own_files.claim(out, found, split=split, overwrite=overwrite)  # refuses foreign files before any write
+    previous = {} if overwrite else own_files.previous(docs, plan_sha256)
     planned = {s.name for s in specs}
     # Every shard name this build may write or delete, recorded first: a killed run's files stay provably ours.
-    plan = {"plan_sha256": plan_sha256, "names": sorted(planned | _recorded(docs)), "shards": []}
+    plan = {"plan_sha256": plan_sha256, "names": sorted(planned | own_files.recorded(docs)), "shards": []}
     storage.makedirs(out)
     # The plan goes down before anything is removed or written, so an interruption from here on can resume.
     _write_json(storage.join(out, PLAN), {**plan, "shards": list(previous.values())})
     storage.remove(storage.join(out, MANIFEST))
-    _remove_stale(out, found, owned=_recorded(docs), keep=set() if overwrite else planned)
+    own_files.remove_stale(out, found, owned=own_files.recorded(docs), keep=set() if overwrite else planned)
     done = {s.name: previous[s.name] for s in specs
-            if s.name in previous and _intact(storage.join(out, s.name), previous[s.name])}
+            if s.name in previous and own_files.intact(storage.join(out, s.name), previous[s.name])}
     return Build(source=source, specs=tuple(specs), plan=plan, done=done,
                  todo=tuple(s for s in specs if s.name not in done), data=str(data), out=str(out), folds=folds,
                  seed=seed, shard_mb=shard_mb, pseudo=pseudo)
@@ -153,9 +151,9 @@ def finish_build(build, written):
     missing = [s.name for s in build.specs if s.name not in done]
     if missing:
         raise RuntimeError(f"{build.out}: {len(missing)} planned shard(s) were not written, e.g. {missing[0]}")
-    manifest = _manifest(build.source, build.specs, done, data=build.data, folds=build.folds, seed=build.seed,
+    manifest = manifest_lib.make(build.source, build.specs, done, data=build.data, folds=build.folds, seed=build.seed,
                          shard_mb=build.shard_mb, plan_sha256=build.plan["plan_sha256"], pseudo=build.pseudo)
-    _write_json(storage.join(build.out, MANIFEST), manifest)
+    manifest_lib.write(build.out, manifest)
     storage.remove(storage.join(build.out, PLAN))
     return manifest
 
@@ -263,101 +261,5 @@ def _plan_digest(source, specs, *, folds, seed, shard_mb, pseudo=None):
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def _claim(out, found, *, split, overwrite):
-    """{MANIFEST/PLAN: doc} of a previous build in `out`; refuses a folder holding files this builder did not write.
-
-    `found` is one literal listing of `out` ({name: size}): no character of the user's path is ever a pattern.
-    """
-    docs, foreign = {}, []
-    for name in (MANIFEST, PLAN):
-        if name in found:
-            doc = _builder_doc(storage.join(out, name))
-            if doc is None:
-                foreign.append(f"{name} (not one this builder wrote)")
-            else:
-                docs[name] = doc
-    own = _recorded(docs) | {MANIFEST, PLAN}
-    foreign += [n for n in sorted(found) if n not in own and not _temp_of(n, own)]
-    if foreign:
-        shown = ", ".join(foreign[:10]) + (f" and {len(foreign) - 10} more" if len(foreign) > 10 else "")
-        raise SourceError(f"{out}: holds {len(foreign)} file(s) this shard builder did not write: {shown}; "
-                          "nothing was changed: give an empty or new --out (--overwrite replaces only its own files)")
-    other = docs.get(MANIFEST, {}).get("split")
-    if other not in (None, split) and not overwrite:
-        raise SourceError(f"{storage.join(out, MANIFEST)}: {out} holds {other} shards; use another --out or --overwrite")
-    return docs
-
-
-def _builder_doc(path):
-    """A manifest or plan this builder wrote (a dict whose shard names are all shard names), else None."""
-    try:
-        doc = json.loads(storage.read_text(path))
-        names = [e["name"] for e in doc["shards"]] + list(doc.get("names", []))
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return None
-    return doc if all(isinstance(n, str) and parse_shard_name(n) for n in names) else None
-
-
-def _recorded(docs):
-    """Shard names a previous build recorded as its own: the shards of its manifest or plan, and what it planned."""
-    return {n for doc in docs.values() for n in [e["name"] for e in doc["shards"]] + doc.get("names", [])}
-
-
-def _temp_of(name, own):
-    m = _TEMP.fullmatch(name)
-    return bool(m) and m[1] in own
-
-
-def _previous(docs, plan_sha256):
-    """Manifest entries of shards a previous build of the same plan finished: {name: entry}."""
-    for name in (PLAN, MANIFEST):
-        if docs.get(name, {}).get("plan_sha256") == plan_sha256:
-            return {s["name"]: s for s in docs[name]["shards"]}
-    return {}
-
-
-def _remove_stale(out, found, *, owned, keep):
-    """Remove, by exact name, shards a previous build recorded that this plan does not keep, and temp files of a
-    killed writer of ours."""
-    for name in found:
-        if (name in owned and name not in keep) or _temp_of(name, owned | {MANIFEST, PLAN}):
-            storage.remove(storage.join(out, name))
-
-
-def _intact(path, entry):
-    if not storage.exists(path) or storage.size(path) != entry["bytes"]:
-        return False
-    return _file_sha256(path) == entry["sha256"]
-
-
-def _file_sha256(path, *, chunk=1 << 20):
-    digest = hashlib.sha256()
-    with storage.open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _write_json(path, doc):
     storage.write_text(path, json.dumps(doc, indent=1) + "\n")
-
-
-def _manifest(source, specs, done, *, data, folds, seed, shard_mb, plan_sha256, pseudo=None):
-    shards = [done[s.name] for s in specs]
-    fold_ids = sorted({s.fold for s in specs if s.fold >= 0})
-    return {
-        "schema_version": example.SCHEMA_VERSION,
-        "split": source.split,
-        "source": str(data),
-        "csv_sha256": source.csv_sha256,
-        "folds": folds if source.split == "train" else None,
-        "seed": seed,
-        "shard_mb": shard_mb,
-        "plan_sha256": plan_sha256,
-        **totals(shards),
-        "fold_totals": [fold_totals(shards, f) for f in fold_ids],
-        "shards": shards,
-        "skipped": [{"image_id": i, "reason": reason} for i, reason in source.skipped],
-        **source.manifest_extra(),
-        **({"pseudo": pseudo} if pseudo is not None else {}),
-    }

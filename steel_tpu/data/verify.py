@@ -8,8 +8,9 @@ from steel_tpu import storage
 from steel_tpu.constants import HEIGHT, NUM_CLASSES, WIDTH
 from steel_tpu.data import example, jpeg_check, tfrecord
 from steel_tpu.formats import kaggle, rle
-from steel_tpu.data.shard_folder import (MANIFEST, ShardFolderError, join_problems, manifest_problems,
-                                         parse_shard_name, read_manifest, records_in)
+from steel_tpu.data import manifest as manifest_lib
+from steel_tpu.data.manifest import MANIFEST, manifest_problems, parse_shard_name
+from steel_tpu.data.shard_folder import ShardFolderError, join_problems, records_in
 from steel_tpu.data.source import locate
 
 class VerifyError(ValueError):
@@ -41,7 +42,7 @@ def verify(shards, *, data=None, workers=None):
     """Check every shard's bytes, sha256, records, class counts and that each image decodes as training decodes
     it; with `data`, every image and mask against the source too."""
     try:
-        _, manifest = read_manifest(shards)
+        _, manifest = manifest_lib.read(shards)
     except (ShardFolderError, FileNotFoundError) as e:
         raise VerifyError(str(e)) from None
     entries = manifest["shards"]

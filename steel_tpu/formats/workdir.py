@@ -20,25 +20,19 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import posixpath
 import re
-import tempfile
-
-import h5py
-import numpy as np
 
 from steel_tpu import config as config_lib
 from steel_tpu import storage
+from steel_tpu.formats import oof as oof_format
 from steel_tpu.formats import thresholds as thresholds_format
+from steel_tpu.formats import weights
 from steel_tpu.formats.fold_models import FoldModels
 
 CONFIG, SHARDS, RUNS, THRESHOLDS, TUNE = "config.json", "shards.json", "runs.jsonl", thresholds_format.FILE, "tune"
-CKPT, TB, WEIGHTS, LOG, OOF, DONE = "ckpt", "tb", "best.weights.h5", "log.csv", "oof.npz", "done.json"
+CKPT, TB, WEIGHTS, LOG, OOF, DONE = "ckpt", "tb", "best.weights.h5", "log.csv", oof_format.FILE, "done.json"
 _FOLD = re.compile(r"fold(\d+)")
-# What each task's oof.npz holds (save_oof says what each array is); a file missing one is named, not a KeyError.
-OOF_KEYS = {"classify": ("image_ids", "labels", "probs"),
-            "segment": ("image_ids", "labels", "probs", "truth", "truth_area", "dice")}
 _CKPT_FILE = re.compile(r"(ckpt-\d+)\.(index|data-\d{5}-of-\d{5})")
 
 
@@ -57,24 +51,6 @@ def read_json(path, *, what):
 def _identity(record):
     """A pseudo-label record without its path: the same folder moved (to gs://, renamed) is the same data."""
     return None if not isinstance(record, dict) else (record.get("fingerprint"), record.get("manifest_sha256"))
-
-
-def check_weights(path, data):
-    """Refuse weights bytes that are not HDF5 (garbage, truncated) or hold a non-finite number, naming `path`."""
-    bad = []
-
-    def visit(name, obj):
-        if isinstance(obj, h5py.Dataset) and obj.dtype.kind == "f" and not np.isfinite(obj[()]).all():
-            bad.append(name)
-
-    try:
-        with h5py.File(io.BytesIO(data), "r") as f:
-            f.visititems(visit)
-    except OSError as error:
-        raise WorkdirError(f"{path}: not a readable HDF5 weights file ({error})") from None
-    if bad:
-        raise WorkdirError(f"{path}: {len(bad)} weight array(s) hold NaN or inf (e.g. {bad[0]}); this fold "
-                           "diverged and cannot be used")
 
 
 class Workdir(FoldModels):
@@ -261,30 +237,12 @@ class Workdir(FoldModels):
         return storage.join(self.fold_dir(task, fold), OOF)
 
     def save_oof(self, task, fold, **arrays):
-        """Out-of-fold arrays, one row per validation image, `image_ids` first (compressed npz, atomic).
-
-        classify: `probs` float32 [N, heads] (the gating probabilities); segment: `probs` uint8 [N, 256/s,
-        1600/s, 4] (p * 255, block-mean downsampled by the config's oof_scale), `truth` bool [N, 256/s, 1600/s,
-        4], `truth_area` int64 [N, 4] (full-resolution pixel counts) and `dice` float32 [N, 4]
-        (full-resolution Dice at the eval threshold). Both: `labels` bool [N, 4] class presence.
-        """
-        buf = io.BytesIO()
-        np.savez_compressed(buf, **arrays)
-        storage.write_bytes(self.oof_path(task, fold), buf.getvalue())
+        """Write the fold's out-of-fold arrays (formats/oof.py says what each task's are)."""
+        oof_format.write(self.oof_path(task, fold), **arrays)
 
     def oof(self, task, fold):
-        path = self.oof_path(task, fold)
-        try:
-            with np.load(io.BytesIO(storage.read_bytes(path))) as data:
-                arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError) as error:
-            raise WorkdirError(f"{path}: not a readable out-of-fold file ({error})") from None
-        missing = [k for k in OOF_KEYS.get(task, ()) if k not in arrays]
-        lengths = {len(v) for k, v in arrays.items() if k in OOF_KEYS.get(task, ()) and v.ndim}
-        if missing or len(lengths) > 1:
-            raise WorkdirError(f"{path}: not a {task} out-of-fold file (missing {missing or 'nothing'}; "
-                               f"row counts {sorted(lengths)})")
-        return arrays
+        """The fold's out-of-fold arrays of `task`, checked (formats/oof.py)."""
+        return oof_format.read(self.oof_path(task, fold), task)
 
     # --- best.weights.h5 ---
 
@@ -292,12 +250,7 @@ class Workdir(FoldModels):
         return storage.join(self.fold_dir(task, fold), WEIGHTS)
 
     def save_weights(self, model, task, fold):
-        """Keras writes HDF5 through h5py (local files only): write locally, then publish atomically."""
-        with tempfile.TemporaryDirectory() as tmp:
-            local = os.path.join(tmp, "model.weights.h5")
-            model.save_weights(local)
-            with open(local, "rb") as f:
-                storage.write_bytes(self.weights_path(task, fold), f.read())
+        weights.save(model, self.weights_path(task, fold))
 
     def load_model(self, task, fold, *, strategy):
         """`task`'s model (a task object) built under `strategy` with the fold's best weights (scoring.ensemble)."""
@@ -310,25 +263,9 @@ class Workdir(FoldModels):
         """The file a fold's model comes from (what a resumed predict must find unchanged)."""
         return self.weights_path(task, fold)
 
-    def _checked_weights(self, task, fold):
-        path = self.weights_path(task, fold)
-        if not storage.exists(path):
-            raise WorkdirError(f"{path}: missing: the fold has no best weights (did any epoch finish?)")
-        data = storage.read_bytes(path)
-        check_weights(path, data)
-        return path, data
-
     def load_weights(self, model, task, fold):
         """Load the fold's best weights into `model`; a missing, non-HDF5 or non-finite file is refused by name."""
-        path, data = self._checked_weights(task, fold)
-        with tempfile.TemporaryDirectory() as tmp:
-            local = os.path.join(tmp, "model.weights.h5")
-            with open(local, "wb") as f:
-                f.write(data)
-            try:
-                model.load_weights(local)
-            except (ValueError, KeyError, OSError) as error:
-                raise WorkdirError(f"{path}: does not fit the model the workdir's config builds ({error})") from None
+        weights.load(model, self.weights_path(task, fold))
 
     # --- done.json ---
 
@@ -342,7 +279,7 @@ class Workdir(FoldModels):
 
     def mark_done(self, task, fold, info):
         """Write done.json, but only over best weights that exist and are finite: done means usable."""
-        self._checked_weights(task, fold)
+        weights.read_checked(self.weights_path(task, fold))
         storage.write_text(self.done_path(task, fold), json.dumps(info, indent=2))
         return info
 

@@ -20,7 +20,7 @@ _TIE = 1e-9
 
 def _check_workdirs(workdirs, cfgs):
     """Each OUT/<preset> is absent, empty, or a workdir of that preset's config, or a system (then training resumes
-    it; train.run_system checks a system's members)."""
+    it; presets.run_system checks a system's members)."""
     for name, path in workdirs.items():
         if not storage.exists(path) or system.is_system(path):
             continue
@@ -145,12 +145,12 @@ def compare(*, shards, configs, folds, out, tasks=("classify", "segment"), overr
     for name in (HTML, JSON):  # an earlier comparison must not stand beside workdirs this run changes
         storage.remove(storage.join(out, name))
     outputs.remove_temps(out, found, ours=FILES.__contains__)
-    from steel_tpu import train  # TensorFlow only once the arguments and folders are known to be good
+    from steel_tpu.training import presets  # TensorFlow only once the arguments and folders are known to be good
 
     for name in names:
         print(f"compare: {name} -> {workdirs[name]}")
         trains = {t for cfg in cfgs[name].values() for t in cfg.tasks}  # --task both: what each preset has
-        train.run_preset(shards=shards, workdir=workdirs[name], name=name, members=cfgs[name],
+        presets.run_preset(shards=shards, workdir=workdirs[name], name=name, members=cfgs[name],
                          tasks=[t for t in tasks if t in trains], folds=folds, device=device)
     ids = check_same_images(workdirs)
     results = {}

@@ -1,20 +1,17 @@
 """`steel-tpu report`: one HTML page with PNG figures describing a training workdir (local or gs://)."""
 
 import html
-import io
 import re
 import time
 
 import numpy as np
-from PIL import Image
 
 from steel_tpu import metrics, postprocess, storage
 from steel_tpu.constants import CLASS_IDS, NUM_CLASSES
-from steel_tpu.data import example
-from steel_tpu.data.shard_folder import ShardFolder, read_records
 from steel_tpu.formats import outputs, system
 from steel_tpu.formats import thresholds as thresholds_format
 from steel_tpu.formats.workdir import THRESHOLDS, Workdir
+from steel_tpu.reports import examples as example_images
 from steel_tpu.reports import figures
 from steel_tpu.reports.page import Section, page
 from steel_tpu.tuning import checks, plot_data, plots
@@ -22,7 +19,6 @@ from steel_tpu.tuning import checks, plot_data, plots
 INDEX = "index.html"
 EXAMPLES_PER_SIDE = 4  # best and worst validation images shown
 CURVE_METRICS = {"classify": ("auc", "accuracy"), "segment": ("dice",)}
-_SEGMENT_KEYS = ("image_ids", "probs", "truth", "truth_area", "dice")
 _TUNE_CAPTIONS = {  # tune_plots' files; circles mark the chosen settings
     "dice_vs_pixel_threshold.png": "OOF Dice per class against the pixel threshold, at the chosen min area and gate.",
     "dice_vs_min_area.png": "OOF Dice per class against the minimum mask area, at the chosen threshold and gate.",
@@ -40,39 +36,11 @@ def training_logs(work, task):
     return {fold: rows for fold, rows in logs.items() if rows}
 
 
-def _load_segment_oof(wd, fold):
-    oof, path = wd.oof("segment", fold), wd.oof_path("segment", fold)
-    missing = [k for k in _SEGMENT_KEYS if k not in oof]
-    if missing:
-        raise ValueError(f"{path}: not a segmenter OOF file (missing {missing})")
-    n = len(oof["image_ids"])
-    probs, truth = oof["probs"], oof["truth"]
-    if (probs.dtype != np.uint8 or probs.ndim != 4 or probs.shape[-1] != NUM_CLASSES or truth.shape != probs.shape
-            or oof["dice"].shape != (n, NUM_CLASSES) or len(probs) != n):
-        raise ValueError(f"{path}: expected {n} uint8 maps, bool truth [N, h, w, {NUM_CLASSES}] and dice "
-                         f"[N, {NUM_CLASSES}]; got {probs.dtype} {probs.shape}, {truth.shape}, {oof['dice'].shape}")
-    return oof
-
-
-def read_images(data, wanted):
-    """{image id: uint8 [height, width] grayscale} for `wanted` ({fold: ids}), read from that fold's shards."""
-    folder = ShardFolder.open(data, split="train").check()
-    images = {}
-    for fold, ids in wanted.items():
-        for rec in read_records(folder.files(folds=[fold]), image_ids=ids):
-            images[rec[example.IMAGE_ID]] = np.asarray(Image.open(io.BytesIO(rec[example.IMAGE])).convert("L"))
-        todo = set(ids) - set(images)
-        if todo:
-            raise ValueError(f"{data}: no fold-{fold} shard holds {sorted(todo)}, which the workdir's fold-{fold} "
-                             "OOF data names; was it trained on other shards?")
-    return images
-
-
 def _summarize_segment(work, folds, thresholds, *, k, eval_threshold):
     """One pass over each fold's oof.npz, one fold in memory at a time."""
     summary = metrics.OofSummary(thresholds=thresholds, k=k, eval_threshold=eval_threshold)
     for fold in folds:
-        summary.add_fold(fold, _load_segment_oof(Workdir(work), fold))
+        summary.add_fold(fold, Workdir(work).oof("segment", fold))  # checked by formats/oof.py
     return summary
 
 
@@ -207,38 +175,6 @@ def _tune_section(work, tuned):
     return section
 
 
-def _examples_section(seg, data):
-    section = Section("Best and worst validation images")
-    if seg is None:
-        section.note("No completed segment folds, so no OOF maps to show.")
-        return section
-    chosen = seg.examples()
-    images = {}
-    if data is not None:
-        wanted = {}
-        for _, c in chosen:
-            wanted.setdefault(c["fold"], []).append(c["image_id"])
-        images = read_images(data, wanted)
-    examples = [dict(title=_example_title(kind, c), probs=c["probs"], truth=c["truth"],
-                     image=images.get(c["image_id"])) for kind, c in chosen]
-    kinds = [kind for kind, _ in chosen]
-    backdrop = "over the image" if data is not None else "alone (pass --shards SHARDS to see the images under them)"
-    section.figure("examples.png", figures.prediction_grid(examples),
-                   f"The {kinds.count('best')} best (among images with a defect) and {kinds.count('worst')} "
-                   f"worst OOF images by mean Dice over the 4 classes: probability maps (opacity rising from "
-                   f"p = {figures.OVERLAY_FLOOR:g} to 1) {backdrop}, truth outlined, one colour per class.")
-    section.table(["", "image", "fold", *[f"class {c}" for c in CLASS_IDS], "mean"],
-                  [[kind, c["image_id"], c["fold"], *map(float, c["dice"]), float(c["dice"].mean())]
-                   for kind, c in chosen])
-    return section
-
-
-def _example_title(kind, c):
-    per_class = "  ".join(f"c{cid} {d:.2f}" for cid, d in zip(CLASS_IDS, c["dice"]))
-    truth = "defect" if c["has_defect"] else "clean"
-    return f"{kind}: {c['image_id']} (fold {c['fold']}, {truth})  mean Dice {c['dice'].mean():.3f}  [{per_class}]"
-
-
 def _header(work, cfg, data):
     seg, cls = cfg.segment, cfg.classify
     return (f"<h1>steel_tpu report</h1><p>workdir <code>{html.escape(str(work))}</code>, config "
@@ -260,7 +196,7 @@ def _workdir_sections(workdir, tuned, *, shards, examples):
     return _header(workdir, cfg, shards), [
         _curves_section(workdir, tasks=cfg.tasks), _dice_section(workdir, seg, cfg),
         _confusion_section(seg, thresholds, tuned is not None), _tune_section(workdir, tuned),
-        _examples_section(seg, shards)]
+        example_images.section(seg, shards)]
 
 
 def _system_sections(folder, tuned):

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from steel_tpu import console, storage
-from steel_tpu.formats import outputs, system
+from steel_tpu import console
+from steel_tpu.formats import outputs
 from steel_tpu.training import averaging, memory
 
 from steel_tpu import tasks as tasks_lib
@@ -190,7 +190,7 @@ def _open_pseudo(pseudo, *, cfg, tasks):
     return ShardFolder.open(pseudo, split="pseudo").check()
 
 
-def _folds(folder, folds, *, shards):
+def check_folds(folder, folds, *, shards):
     """`folds` as a tuple, refused unless each is a fold of the shard folder."""
     bad = [f for f in folds if not 0 <= f < folder.num_folds]
     if bad:
@@ -203,7 +203,7 @@ def _sampling(spec, train_folds):
     return dict(folds=train_folds, oversample=d.oversample, clean_keep=d.clean_keep, classes=spec.config.model.classes)
 
 
-def _check_sampling(folder, *, cfg, tasks, folds):
+def check_sampling(folder, *, cfg, tasks, folds):
     """Refuse, before anything is written, a task whose sampling keeps no training image for a fold (a model of a
     class the other folds never hold, on defect images only): its dataset would never yield a batch."""
     for task in tasks:
@@ -227,8 +227,8 @@ def run(*, shards, workdir, cfg, tasks=None, folds=None, device=None, pseudo=Non
     outputs.check_folder(workdir, flag="--workdir")
     # The manifest is the truth: exactly its shards, their sizes checked, nothing unlisted beside them.
     folder = ShardFolder.open(shards, split="train").check()
-    folds = _folds(folder, cfg.folds if folds is None else folds, shards=shards)
-    _check_sampling(folder, cfg=cfg, tasks=tasks, folds=folds)
+    folds = check_folds(folder, cfg.folds if folds is None else folds, shards=shards)
+    check_sampling(folder, cfg=cfg, tasks=tasks, folds=folds)
     pseudo_folder = _open_pseudo(pseudo, cfg=cfg, tasks=tasks)
     device = device or distribute.select_strategy(tpu=cfg.tpu, prefer=distribute.prefer_for(cfg.device),
                                                   verbose=False)
@@ -254,42 +254,6 @@ def run(*, shards, workdir, cfg, tasks=None, folds=None, device=None, pseudo=Non
     except tf.errors.DataLossError as error:
         # TensorFlow names no file; outside the hot loop, the shards are re-read to say which one is damaged.
         raise tfrecord.name_damaged(error, folder.files() + (pseudo_folder.files() if pseudo_folder else [])) from None
-    return results
-
-
-def run_preset(*, shards, workdir, name, members, tasks=None, folds=None, device=None, pseudo=None):
-    """Train preset `name` ({member: Config}, config.members_of) into `workdir`: one workdir (run), or a system's
-    member workdirs (run_system)."""
-    if None in members:
-        return run(shards=shards, workdir=workdir, cfg=members[None], tasks=tasks, folds=folds, device=device,
-                   pseudo=pseudo)
-    return run_system(shards=shards, workdir=workdir, name=name, members=members, tasks=tasks, folds=folds,
-                      device=device, pseudo=pseudo)
-
-
-def run_system(*, shards, workdir, name, members, tasks=None, folds=None, device=None, pseudo=None):
-    """Train the system `name` ({member: Config}, config.members_of) into `workdir`: system.json first, then each
-    member into workdir/<member> (run), those of its tasks among `tasks` (default: all), on one device."""
-    outputs.check_folder(workdir, flag="--workdir")
-    folder = ShardFolder.open(shards, split="train").check()  # bad shards fail before system.json is written
-    plan = {member: cfg.tasks if tasks is None else tuple(t for t in tasks if t in cfg.tasks)
-            for member, cfg in members.items()}
-    for member, cfg in members.items():
-        try:
-            own_folds = _folds(folder, cfg.folds if folds is None else folds, shards=shards)
-            _check_sampling(folder, cfg=cfg, tasks=plan[member], folds=own_folds)
-        except ValueError as error:
-            raise ValueError(f"[{name}] member {member}: {error}") from None
-    system.claim(workdir, name=name, members=members)
-    first = next(iter(members.values()))  # a preset's members share the device keys
-    device = device or distribute.select_strategy(tpu=first.tpu, prefer=distribute.prefer_for(first.device),
-                                                  verbose=False)
-    results = []
-    for member, cfg in members.items():
-        if plan[member]:
-            print(f"[{name}] member {member}: {', '.join(plan[member])}")
-            results += run(shards=shards, workdir=storage.join(workdir, member), cfg=cfg, tasks=plan[member],
-                           folds=folds, device=device, pseudo=pseudo)
     return results
 
 

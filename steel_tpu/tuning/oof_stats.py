@@ -72,11 +72,8 @@ def _suffix_counts(q, truth):
 
 
 def _fold_stats(wd, fold):
-    oof, path = wd.oof("segment", fold), wd.oof_path("segment", fold)
+    oof = wd.oof("segment", fold)  # checked by formats/oof.py: uint8 maps and bool truth of one shape
     q, truth = oof["probs"], oof["truth"]
-    if q.dtype != np.uint8 or q.ndim != 4 or q.shape != truth.shape or q.shape[-1] != NUM_CLASSES:
-        raise ValueError(f"{path}: expected uint8 probs and bool truth [N, h, w, {NUM_CLASSES}], got "
-                         f"{q.dtype} {q.shape} and {truth.shape}")
     parts = [_suffix_counts(q[i:i + _BATCH], truth[i:i + _BATCH]) for i in range(0, len(q), _BATCH)]
     return oof, [np.concatenate(p) for p in zip(*parts)], HEIGHT // q.shape[1]
 
