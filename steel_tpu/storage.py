@@ -139,6 +139,12 @@ def atomic_write(path, mode="wb"):
         else:
             fs, p = _fs(path)
             fs.put_file(tmp, p)
+    except OSError as error:
+        if error.filename is not None or error.errno is None:
+            raise
+        # A full disk or a read-only mount fails a write() or fsync(), whose error names no file: name the one
+        # being written, so the user is told where (cli/errors.py prints it in one line).
+        raise OSError(error.errno, error.strerror, path) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -1,5 +1,6 @@
 """Which exceptions are the user's to fix, as the one line the CLI prints for them (None: a bug, show it all)."""
 
+import errno
 import json
 import sys
 
@@ -8,6 +9,14 @@ _TF_USER_ERRORS = ("DataLossError", "NotFoundError", "PermissionDeniedError", "U
                    "InvalidArgumentError", "FailedPreconditionError", "ResourceExhaustedError", "AlreadyExistsError")
 _GCS_AUTH_HINT = ("GCS credentials: in Colab run google.colab.auth.authenticate_user(); elsewhere "
                   "`gcloud auth application-default login` or a service account with access to the bucket")
+
+
+# What to do about a fault of the machine rather than of the input: the same command resumes once it is fixed.
+_ENVIRONMENT_HINTS = {
+    errno.ENOSPC: " (the disk is full: free space there, then run the same command again; it resumes)",
+    errno.EDQUOT: " (over the disk quota: free space there, then run the same command again; it resumes)",
+    errno.EROFS: " (a read-only file system: give a writable location)",
+}
 
 
 def _names(error):
@@ -58,7 +67,7 @@ def user_error(error, *, paths=()):
         return f"not valid JSON: {error}"
     if isinstance(error, OSError) and error.filename is not None and not isinstance(error, FileNotFoundError):
         target = error.filename if error.filename2 is None else f"{error.filename} -> {error.filename2}"
-        return f"{error.strerror or type(error).__name__}: {target}"
+        return f"{error.strerror or type(error).__name__}: {target}{_ENVIRONMENT_HINTS.get(error.errno, '')}"
     if isinstance(error, (ValueError, FileNotFoundError, PermissionError)):
         return str(error)
     return None

@@ -10,9 +10,10 @@ KIT/steel_tpu-V-py3-none-any.whl    this package
 KIT/score.py                        scores a folder of test images into submission.csv, offline
 ```
 An ensemble's or a system's kit (format 2) holds one folder per member, `KIT/<member>/config.json` and
-`KIT/<member>/models/...`, and kit.json lists the members with the workdir each came from and the identity of its
-fold models there (what the ensemble's thresholds.json records). `predict --workdir KIT` (and KIT/score.py, which
-runs it) reads a kit where it would read the workdirs (scoring.source.ModelSource).
+`KIT/<member>/models/...`; kit.json lists the members with the workdir each came from and the identity of its fold
+models there, and the workdirs its thresholds were tuned for (what the ensemble's thresholds.json records).
+`predict --workdir KIT` (and KIT/score.py, which runs it) reads a kit where it would read the workdirs
+(scoring.source.ModelSource).
 """
 
 import os
@@ -46,10 +47,9 @@ def check_member_name(name, *, where):
 class KitMember(FoldModels):
     """One model set of a kit: its config and `.keras` fold models under `path` (the kit, or its member folder)."""
 
-    def __init__(self, path, *, models, source=None, identity=None):
+    def __init__(self, path, *, models, identity=None):
         self.path = str(path)
         self.models = {task: sorted(int(f) for f in folds) for task, folds in models.items()}
-        self.source = source  # the workdir it was exported from (format 2), as thresholds.json records it
         self._identity = identity  # format 2: {task: {fold: (weights path, bytes)}} in the source workdir
 
     def config(self):
@@ -110,6 +110,16 @@ class Kit:
     def thresholds_path(self):
         return storage.join(self.path, THRESHOLDS)
 
+    def tuned_for(self):
+        """The normalized workdirs the kit's thresholds were tuned for (format 2), else None (one workdir's kit)."""
+        if self.info["format"] == 1:
+            return None
+        try:
+            return tuple(str(p) for p in self.info["tuned_for"])
+        except (KeyError, TypeError) as error:
+            raise WorkdirError(f"{storage.join(self.path, KIT_JSON)}: not a valid kit description (tuned_for: "
+                               f"{type(error).__name__})") from None
+
     def members(self):
         """The kit's model sets: one KitMember (format 1), or one per member folder (format 2)."""
         where = storage.join(self.path, KIT_JSON)
@@ -117,7 +127,7 @@ class Kit:
             if self.info["format"] == 1:
                 return (KitMember(self.path, models=self.info["models"]),)
             return tuple(KitMember(storage.join(self.path, check_member_name(m["name"], where=where)),
-                                   models=m["models"], source=str(m["workdir"]), identity=m["identity"])
+                                   models=m["models"], identity=m["identity"])
                          for m in self.info["members"])
         except (KeyError, TypeError, AttributeError, ValueError) as error:
             raise WorkdirError(f"{where}: not a valid kit description ({type(error).__name__}: {error})") from None

@@ -178,7 +178,7 @@ def export(*, workdir, out, thresholds=None, folds=None):
     if names == [None]:
         info = {"format": 1, **info, "models": plan.members[0].folds}
     else:
-        info = {"format": 2, **info, "members": [
+        info = {"format": 2, **info, "tuned_for": source.tuned_for, "members": [
             {"name": name, "workdir": members.normalized(m.path), "models": m.folds,
              "identity": {task: {str(f): list(item) for f, item in zip(m.folds[task], ident)}
                           for task, ident in m.identity.items()}}

@@ -61,6 +61,9 @@ class ModelSource:
     stores: tuple
     home: str | None
     kind: str
+    # A kit's record of the workdirs its thresholds were tuned for (its members, and any whose models it leaves out
+    # because the thresholds do not use them: a system's classifiers where no gate was tuned); None: the stores'.
+    tuned: tuple | None = None
 
     @classmethod
     def resolve(cls, work):
@@ -72,7 +75,8 @@ class ModelSource:
         if not given:
             raise MembersError("no workdir given")
         if len(given) == 1 and kit_lib.is_kit(given[0]):
-            return cls(given=given, stores=kit_lib.Kit(given[0]).members(), home=given[0], kind="kit")
+            kit = kit_lib.Kit(given[0])
+            return cls(given=given, stores=kit.members(), home=given[0], kind="kit", tuned=kit.tuned_for())
         if len(given) == 1 and system.is_system(given[0]):
             return cls(given=given, stores=tuple(Workdir(p) for p in system.member_paths(given[0])), home=given[0],
                        kind="system")
@@ -93,8 +97,10 @@ class ModelSource:
 
     @property
     def tuned_for(self):
-        """The workdirs an ensemble's thresholds must record, normalized: a kit's members' source workdirs."""
-        return [normalized(getattr(s, "source", None) or s.path) for s in self.stores]
+        """The workdirs an ensemble's thresholds must record, normalized: a kit's record of them."""
+        if self.tuned is not None:
+            return list(self.tuned)
+        return [normalized(s.path) for s in self.stores]
 
     def workdirs(self, *, command):
         """The member Workdirs, for commands that read training data (OOF, shards.json); a kit is refused."""
