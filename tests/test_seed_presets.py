@@ -65,9 +65,9 @@ def test_seed_presets_train_tune_predict_and_report(compared_presets, tiny_data,
                 assert os.path.exists(tmp_path / f"report_{name}" / f"curves_{member}_{SEED000[member][0]}.png")
 
 
-def test_a_system_or_an_ensemble_is_one_model_source_everywhere(compared_presets, tiny_data, tmp_path):
+def test_a_system_or_an_ensemble_is_one_model_source_everywhere(compared_presets, tiny_data, tmp_path, capsys):
     """Seed 000's system, or seed 003's and 004's workdirs as an ensemble: exported as one kit that scores like the
-    source, rescored as one, and scored on Beam like on one machine."""
+    source, rescored as one, pseudo-labelled with, and scored on Beam like on one machine."""
     out, names = compared_presets["out"], compared_presets["configs"]
     if "seed000" in names:
         given, thresholds = [str(out / "seed000")], str(out / "seed000" / "thresholds.json")
@@ -93,6 +93,17 @@ def test_a_system_or_an_ensemble_is_one_model_source_everywhere(compared_presets
     assert cli.main(["rescore", *workdirs, "--thresholds", thresholds, "--shards", tiny_data["shards"]]) == 0
     rescored = json.loads(open(os.path.join(os.path.dirname(thresholds), "rescore.json")).read())
     assert rescored["folds"] == [compared_presets["fold"]] and rescored["n_images"] > 0
+
+    # Pseudo-labels from the same source: every image scored by it and judged (a loose rule, so some are kept).
+    pseudo_out = str(tmp_path / "pseudo")
+    code = cli.main(["pseudo", *workdirs, "--thresholds", thresholds, "--images", images, "--out", pseudo_out,
+                     "--min-confidence", "0.51", "--max-absent", "1.0", "--min-area", "0"])
+    if code == 0:
+        provenance = json.loads(open(os.path.join(pseudo_out, "manifest.json")).read())["pseudo"]
+        assert provenance["scored"] == 8 and provenance["workdir"] == ", ".join(given)
+    else:  # scored, and none confident: refused in one line, nothing written
+        assert "none of 8 images passed the confidence rule" in capsys.readouterr().err
+        assert not os.path.exists(pseudo_out)
 
     on_beam = str(tmp_path / "beam.csv")
     assert cli.main(["predict", *workdirs, "--thresholds", thresholds, "--images", images, "--out", on_beam,

@@ -39,12 +39,6 @@ def _comments(cls):
     return notes
 
 
-def _default(f):
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    return f.default_factory()
-
-
 def _notes(cls):
     """Comments of `cls` and of the classes it inherits fields from."""
     found = {}

@@ -1,7 +1,7 @@
 """A Plan on the device: the device and batch, the ensemble's compiled predict step, the batch loop and the rows.
 
 predict, rescore, pseudo and Beam all score through `Scorer`: host decoding (tf.data) in the caller, the ensemble,
-full-resolution maps and pixel thresholds on the device, then `run_batches` hands each device batch to host work
+full-resolution maps and pixel thresholds on the device, then `Scorer.run` hands each device batch to host work
 (component filter, min areas, gate, RLE) in one worker thread, so the device never waits.
 """
 
@@ -64,30 +64,26 @@ class Scorer:
     def rows(self, batch, outputs):
         """(image ids, masks, areas, gating probabilities or None) of a device batch's valid rows, components
         filtered."""
-        return scored_rows(batch, outputs, pp=self.plan.postprocess)
+        pp = self.plan.postprocess
+        valid = slice(None) if batch["valid"].all() else batch["valid"]  # no copy of full batches' masks
+        probs = outputs["probs"][valid] if "probs" in outputs else None
+        ids = [i.decode() for i in batch["image_id"][valid]]
+        masks, areas = outputs["masks"][valid], outputs["areas"][valid]
+        if pp.filters_components:
+            masks, areas = pp.filter(masks)
+        return ids, masks, areas, probs
 
     def run(self, dataset, *, host_work, total, progress, pending=lambda: [], desc="predict"):
         """Score `dataset` (padded batches with "image", "image_id", "valid"), `host_work(batch, outputs) -> images
         done` in one worker thread; `pending()` names the inputs still being read (for decoding errors)."""
-        run_batches(dataset, predict_step=self.predict_step, host_work=host_work, pending=pending, total=total,
-                    progress=progress, desc=desc)
+        _run_batches(dataset, predict_step=self.predict_step, host_work=host_work, pending=pending, total=total,
+                     progress=progress, desc=desc)
 
 
 def submitted_rles(masks, areas, class_probs, *, pp):
     """One list of RLE strings per image: the device's thresholded masks, '' where min area or gate drop one."""
     kept = pp.keep(areas, class_probs)
     return [[r if k else "" for r, k in zip(row, keep)] for row, keep in zip(rle.encode_batch(masks), kept)]
-
-
-def scored_rows(batch, outputs, *, pp):
-    """(image ids, masks, areas, gating probabilities or None) of a device batch's valid rows, components filtered."""
-    valid = slice(None) if batch["valid"].all() else batch["valid"]  # no copy of full batches' masks
-    probs = outputs["probs"][valid] if "probs" in outputs else None
-    ids = [i.decode() for i in batch["image_id"][valid]]
-    masks, areas = outputs["masks"][valid], outputs["areas"][valid]
-    if pp.filters_components:
-        masks, areas = pp.filter(masks)
-    return ids, masks, areas, probs
 
 
 def _batches(dataset, pending):
@@ -110,7 +106,7 @@ def _batches(dataset, pending):
             raise RuntimeError(f"input pipeline failed around {where}: {error.message}") from None
 
 
-def run_batches(dataset, *, predict_step, host_work, pending, total, progress, desc="predict"):
+def _run_batches(dataset, *, predict_step, host_work, pending, total, progress, desc):
     """Device batches in the main thread, `host_work(batch, outputs) -> images done` in one worker, at most
     _IN_FLIGHT batches apart."""
     bar = console.Progress(total, desc=desc, unit="img", enabled=progress)
