@@ -45,6 +45,7 @@ class Host:
     gpu_signals: tuple
     tensorflow: dict  # installed TensorFlow distributions: {name: version}
     libtpu: str | None  # installed libtpu version
+    jax: dict = dataclasses.field(default_factory=dict)  # installed {jax, jaxlib}: {name: version}
 
     @property
     def tpu(self):
@@ -70,7 +71,8 @@ def probe(*, environ=None, dev="/dev", distributions=None):
         tpu.append(f"libtpu {libtpu} is installed")
     gpu = sorted(str(p) for p in dev.glob("nvidia[0-9]*"))
     tf = {name: distributions[name] for name in TF_DISTRIBUTIONS if name in distributions}
-    return Host(tpu_signals=tuple(tpu), gpu_signals=tuple(gpu), tensorflow=tf, libtpu=libtpu)
+    jax = {name: distributions[name] for name in ("jax", "jaxlib") if name in distributions}
+    return Host(tpu_signals=tuple(tpu), gpu_signals=tuple(gpu), tensorflow=tf, libtpu=libtpu, jax=jax)
 
 
 def with_extra(package, extra):
@@ -91,10 +93,32 @@ class Plan:
     warnings: tuple = ()
 
 
-def decide(host, *, package=None, legacy=False):
-    """The pip installs for `host`: never a second TensorFlow, never a replaced one, libtpu pinned on a TPU host."""
+def _kept(host):
+    """`name==version` of the host's JAX stack (jax, jaxlib, libtpu): given to pip with what is installed beside them,
+    so that it keeps them exactly or refuses, never replaces them (Colab's and Kaggle's TPU runtimes are built on
+    them)."""
+    stack = {**host.jax, **({"libtpu": host.libtpu} if host.libtpu else {})}
+    return [f"{name}=={version}" for name, version in sorted(stack.items())]
+
+
+class InstallError(ValueError):
+    """An install that would harm this host's runtime; the message says what to do instead."""
+
+
+def decide(host, *, package=None, legacy=False, tensorflow_tpu=False):
+    """The pip installs for `host`: never a second TensorFlow, never a replaced one, never a touched JAX stack (jax,
+    jaxlib, libtpu: Colab's and Kaggle's TPU runtimes); libtpu pinned with tensorflow-tpu, which is only chosen
+    explicitly (`tensorflow_tpu`) or on a TPU host with neither TensorFlow nor JAX."""
     package = package or default_package()
     warnings = []
+    if tensorflow_tpu and (host.jax or (host.libtpu and host.libtpu != LIBTPU_VERSION)):
+        stack = ", ".join(_kept(host))
+        raise InstallError(f"--tensorflow-tpu would replace this host's libtpu ({stack}) with {LIBTPU_VERSION}, "
+                           f"which tensorflow-tpu {TF_VERSION} needs: on a JAX TPU runtime (Colab, Kaggle) leave it "
+                           "out (tensorflow-cpu feeds tf.data beside JAX); use a TPU VM image with TensorFlow for it")
+    if tensorflow_tpu and host.tensorflow and not {"tensorflow-tpu", "tf-nightly-tpu"} & set(host.tensorflow):
+        raise InstallError(f"--tensorflow-tpu: {', '.join(sorted(host.tensorflow))} is installed; uninstall it first "
+                           "(two TensorFlow distributions overwrite each other)")
     if host.tensorflow:
         # Whatever TensorFlow the runtime has stays: a TPU VM's tensorflow-tpu is paired with its libtpu, a GPU
         # image's build with its CUDA. Only this package (no TensorFlow extra) goes in beside it.
@@ -103,12 +127,18 @@ def decide(host, *, package=None, legacy=False):
         if len(host.tensorflow) > 1:
             warnings.append("several TensorFlow distributions are installed and overwrite each other: "
                             + ", ".join(f"{n} {v}" for n, v in sorted(host.tensorflow.items())))
-        if host.tpu and "tensorflow-tpu" not in host.tensorflow and "tf-nightly-tpu" not in host.tensorflow:
+        tpu_tf = {"tensorflow-tpu", "tf-nightly-tpu"} & set(host.tensorflow)
+        if host.tpu and not tpu_tf and not host.jax:
             warnings.append(f"this is a TPU host but {name} has no TPU support: uninstall it and run "
-                            f"`python -m steel_tpu.install` again for tensorflow-tpu {TF_VERSION}")
-        requirements = [with_extra(package, None)]
+                            f"`python -m steel_tpu.install --tensorflow-tpu` for tensorflow-tpu {TF_VERSION}")
+        requirements = [*_kept(host), with_extra(package, None)] if host.jax else [with_extra(package, None)]
         tf_minor = ".".join(version.split(".")[:2])
-    elif host.tpu:
+    elif host.tpu and host.jax and not tensorflow_tpu:
+        reason = (f"TPU host with JAX ({'; '.join(host.tpu_signals)}): {', '.join(_kept(host))} kept exactly; "
+                  f"tensorflow-cpu {TF_VERSION} for tf.data beside them")
+        requirements = [f"tensorflow-cpu=={TF_VERSION}", *_kept(host), with_extra(package, None)]
+        tf_minor = TF_MINOR
+    elif host.tpu or tensorflow_tpu:
         reason = (f"TPU host without TensorFlow ({'; '.join(host.tpu_signals)}): tensorflow-tpu {TF_VERSION} "
                   f"with the libtpu it was released with ({LIBTPU_VERSION})")
         requirements = [f"tensorflow-tpu=={TF_VERSION}", f"libtpu=={LIBTPU_VERSION}", with_extra(package, None)]
@@ -143,9 +173,16 @@ def main(argv=None):
     parser.add_argument("--package", default=None,
                         help="what to install: a checkout folder, a wheel or a git+https URL (default: this checkout)")
     parser.add_argument("--legacy", action="store_true", help="also tf-keras (for TF_USE_LEGACY_KERAS=1), --no-deps")
+    parser.add_argument("--tensorflow-tpu", action="store_true",
+                        help=f"tensorflow-tpu {TF_VERSION} with libtpu {LIBTPU_VERSION}, for a TPU VM that runs "
+                             "TensorFlow on its TPU (refused where a JAX runtime's libtpu would be replaced)")
     parser.add_argument("--dry-run", action="store_true", help="print the pip commands instead of running them")
     args = parser.parse_args(argv)
-    plan = decide(probe(), package=args.package, legacy=args.legacy)
+    try:
+        plan = decide(probe(), package=args.package, legacy=args.legacy, tensorflow_tpu=args.tensorflow_tpu)
+    except InstallError as error:
+        print(f"steel_tpu.install: error: {error}", file=sys.stderr)
+        return 2
     print(f"steel_tpu.install: {plan.reason}")
     for warning in plan.warnings:
         print(f"steel_tpu.install: WARNING: {warning}")

@@ -21,9 +21,9 @@ def fake_dev(tmp_path, *names):
     return dev
 
 
-def plan_for(tmp_path, *, environ=(), devices=(), dists=None, legacy=False):
+def plan_for(tmp_path, *, environ=(), devices=(), dists=None, legacy=False, tensorflow_tpu=False):
     host = install.probe(environ=dict(environ), dev=fake_dev(tmp_path, *devices), distributions=dists or {})
-    return host, install.decide(host, package=PKG, legacy=legacy)
+    return host, install.decide(host, package=PKG, legacy=legacy, tensorflow_tpu=tensorflow_tpu)
 
 
 @pytest.mark.parametrize("environ,devices", [
@@ -57,6 +57,39 @@ def test_a_host_with_tensorflow_never_gets_another(tmp_path, dists):
     assert plan.commands == ((PKG,),)
     assert not any(arg.startswith(("tensorflow", "libtpu", "tf-")) for arg in flat)
     assert "kept as it is" in plan.reason
+
+
+# The TPU runtimes users open in 2026 (DESIGN.md's platform facts): JAX built against their own libtpu.
+COLAB_TPU = {"jax": "0.7.2", "jaxlib": "0.7.2", "libtpu": "0.0.21.1", "keras": "3.13.2", "numpy": "2.1.3"}
+KAGGLE_TPU = {"tensorflow-cpu": "2.20.0", "jax": "0.7.2", "jaxlib": "0.7.2", "libtpu": "0.0.17", "keras": "3.13.2"}
+JAX_STACK = {"colab": ("jax==0.7.2", "jaxlib==0.7.2", "libtpu==0.0.21.1"),
+             "kaggle": ("jax==0.7.2", "jaxlib==0.7.2", "libtpu==0.0.17")}
+
+
+def test_a_jax_tpu_runtime_keeps_its_jax_stack_and_gets_tensorflow_cpu_for_tf_data(tmp_path):
+    host, colab = plan_for(tmp_path, environ={"COLAB_TPU_1VM": "1"}, dists=COLAB_TPU)
+    assert host.tpu and host.jax == {"jax": "0.7.2", "jaxlib": "0.7.2"}
+    assert colab.commands == ((f"tensorflow-cpu=={install.TF_VERSION}", *JAX_STACK["colab"], PKG),)
+    assert "kept exactly" in colab.reason and not colab.warnings
+    _, kaggle = plan_for(tmp_path, environ={"TPU_ACCELERATOR_TYPE": "v5litepod-8"}, dists=KAGGLE_TPU)
+    # Kaggle's tensorflow-cpu stays, and nothing asks for it to be replaced by tensorflow-tpu.
+    assert kaggle.commands == ((*JAX_STACK["kaggle"], PKG),) and not kaggle.warnings
+    for plan in (colab, kaggle):
+        flat = [arg for command in plan.commands for arg in command]
+        assert not any(a.startswith(("tensorflow-tpu", "libtpu==0.0.14")) for a in flat)
+
+
+def test_tensorflow_tpu_is_chosen_explicitly_and_never_over_a_jax_runtime(tmp_path, capsys, monkeypatch):
+    _, bare = plan_for(tmp_path, dists={}, tensorflow_tpu=True)  # a TPU VM without TensorFlow or JAX, by choice
+    assert bare.commands[0][:2] == (f"tensorflow-tpu=={install.TF_VERSION}", f"libtpu=={install.LIBTPU_VERSION}")
+    with pytest.raises(install.InstallError, match=r"would replace this host's libtpu \(jax==0\.7\.2"):
+        plan_for(tmp_path, environ={"COLAB_TPU_1VM": "1"}, dists=COLAB_TPU, tensorflow_tpu=True)
+    with pytest.raises(install.InstallError, match="tensorflow-cpu is installed; uninstall it first"):
+        plan_for(tmp_path, dists={"tensorflow-cpu": "2.20.0"}, tensorflow_tpu=True)
+    monkeypatch.setattr(install, "installed_distributions", lambda: dict(COLAB_TPU))
+    assert install.main(["--dry-run", "--package", PKG, "--tensorflow-tpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("steel_tpu.install: error: --tensorflow-tpu would replace") and err.count("\n") == 1
 
 
 def test_non_tpu_tensorflow_on_a_tpu_host_is_flagged_not_replaced(tmp_path):
@@ -105,11 +138,14 @@ def test_dry_run_prints_the_commands_and_installs_nothing(capsys, monkeypatch, t
 
 # --- pip's own resolver (metadata only) -------------------------------------------------------------------------
 
-def _resolve(tmp_path, requirements, *, no_deps=False):
+def _resolve(tmp_path, requirements, *, no_deps=False, python="3.11"):
     report = tmp_path / f"report{len(list(tmp_path.glob('report*')))}.json"
     args = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
-            "--only-binary=:all:", "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311",
-            "--platform", "manylinux_2_31_x86_64", "--platform", "manylinux_2_17_x86_64",
+            "--only-binary=:all:", "--python-version", python, "--implementation", "cp",
+            "--abi", f"cp{python.replace('.', '')}",
+            # pip matches only the platform tags it is given: every glibc a TPU VM image may have (jaxlib's wheels
+            # are manylinux_2_27, TensorFlow's 2_17).
+            *[arg for minor in range(17, 36) for arg in ("--platform", f"manylinux_2_{minor}_x86_64")],
             "--platform", "manylinux2014_x86_64", "--target", str(tmp_path / "target"), "--report", str(report),
             *(["--no-deps"] if no_deps else []), *requirements]
     done = subprocess.run(args, capture_output=True, text=True, timeout=600)
@@ -150,3 +186,18 @@ def test_the_lock_installs_one_tensorflow_distribution():
     assert pinned["tf-keras"][0] == "no-deps.txt"
     makefile = (root / "Makefile").read_text()
     assert "--no-deps -r requirements/no-deps.txt" in makefile
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("python", ["3.12", "3.13"])
+def test_pip_keeps_a_jax_runtimes_stack_and_adds_one_tensorflow(tmp_path, python):
+    """Colab's TPU image (Python 3.13, JAX 0.7.2 on libtpu 0.0.21.1, no TensorFlow) and Kaggle's (3.12): what the plan
+    asks pip for resolves with exactly one TensorFlow, tensorflow-cpu, and the JAX stack at its own versions."""
+    plan = install.decide(install.probe(environ={"COLAB_TPU_1VM": "1"}, dev=fake_dev(tmp_path),
+                                        distributions=COLAB_TPU), package=PKG)
+    requirements = [r for r in plan.commands[0] if r != PKG] + ["keras==3.13.2", "numpy>=1.26", "pillow>=10.0"]
+    resolved = _resolve(tmp_path, requirements, python=python)
+    flavours = {n: v for n, v in resolved.items() if install._normalise(n) in install.TF_DISTRIBUTIONS}
+    assert flavours == {"tensorflow-cpu": install.TF_VERSION}
+    assert (resolved["jax"], resolved["jaxlib"], resolved["libtpu"]) == ("0.7.2", "0.7.2", "0.0.21.1")
+

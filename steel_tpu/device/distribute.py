@@ -15,9 +15,9 @@ from steel_tpu.keras_api import keras
 KINDS = ("tpu", "gpu", "cpu")
 PREFER = ("tpu", "gpu", "cpu", "mirrored")
 # What to do when a TPU was asked for (or is detected) and cannot be reached: the one-line fix printed with the reason.
-NO_TPU_FIX = (f"fix: on a TPU host without TensorFlow run `python -m steel_tpu.install` (tensorflow-tpu "
+NO_TPU_FIX = (f"fix: on a TensorFlow TPU VM run `python -m steel_tpu.install --tensorflow-tpu` (tensorflow-tpu "
               f"{install.TF_VERSION} + libtpu {install.LIBTPU_VERSION}); to run on this machine's CPU or GPU instead, "
-              "choose it explicitly: device=cpu or device=gpu (select_strategy(prefer='cpu'|'gpu'))")
+              "choose it explicitly: --device cpu or --device gpu (--set device=cpu|gpu in a config)")
 
 
 class TPUUnavailable(RuntimeError):
