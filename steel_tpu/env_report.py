@@ -61,8 +61,13 @@ def env_report(*, device=None, prefer=None, require_tpu=False, environ=None, dev
                         + ", ".join(f"{n} {v}" for n, v in sorted(host.tensorflow.items()))
                         + "; keep one (pip uninstall the others, then reinstall the one you want)")
     if host.tpu and not {"tensorflow-tpu", "tf-nightly-tpu"} & set(host.tensorflow):
-        problems.append("this looks like a TPU host but no tensorflow-tpu is installed: "
-                        "pip uninstall the TensorFlow that is there, then `python -m steel_tpu.install`")
+        if host.jax:
+            problems.append(f"this TPU is JAX's ({', '.join(f'{n} {v}' for n, v in sorted(host.jax.items()))} on "
+                            f"libtpu {host.libtpu or 'its own'}), and no tensorflow-tpu is installed: steel_tpu does not "
+                            "train through JAX yet, so run with --device cpu here (or on a TensorFlow TPU VM)")
+        else:
+            problems.append("this looks like a TPU host but no tensorflow-tpu is installed: pip uninstall the "
+                            "TensorFlow that is there, then `python -m steel_tpu.install --tensorflow-tpu`")
     tf_tpu = host.tensorflow.get("tensorflow-tpu", "")
     if tf_tpu.startswith(install.TF_MINOR) and host.libtpu not in (None, install.LIBTPU_VERSION):
         problems.append(f"tensorflow-tpu {tf_tpu} with libtpu {host.libtpu}: it was released with libtpu "

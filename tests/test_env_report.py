@@ -74,3 +74,12 @@ def test_an_unreachable_required_tpu_is_a_problem_not_a_crash(tmp_path, monkeypa
     report = env_report.env_report(require_tpu=True, environ=clean_environ(tmp_path), dev=tmp_path)
     assert report["strategy"] is None and report["presets"] == {}
     assert any("a TPU is required but this host shows none" in p for p in report["problems"])
+
+
+def test_a_jax_tpu_runtime_is_told_what_runs_there(tmp_path, mirrored):
+    report = env_report.env_report(
+        device=mirrored, environ=clean_environ(tmp_path, COLAB_TPU_1VM="1"), dev=tmp_path,
+        distributions={"tensorflow-cpu": "2.20.0", "jax": "0.7.2", "jaxlib": "0.7.2", "libtpu": "0.0.21.1"})
+    problems = "\n".join(report["problems"])
+    assert "this TPU is JAX's (jax 0.7.2, jaxlib 0.7.2 on libtpu 0.0.21.1)" in problems
+    assert "--device cpu" in problems and "uninstall" not in problems
