@@ -20,7 +20,8 @@ from steel_tpu.config import resolve
 from steel_tpu.data import decode, source
 from steel_tpu.device import distribute
 from steel_tpu.formats.kaggle import EMPTY
-from steel_tpu.formats.submission import HEADER, claim, rows_text
+from steel_tpu.formats.kaggle import SUBMISSION_HEADER, submission_rows
+from steel_tpu.formats.submission import claim
 from steel_tpu.scoring import scorer as scorer_lib
 from steel_tpu.scoring.predict import write_errors
 from steel_tpu.scoring.source import ModelSource
@@ -95,7 +96,7 @@ def _write(rows, *, bad, images, out, skip_bad):
         raise source.SourceError(f"{images}: empty source, no JPEG files (.jpg, .jpeg) in {images_dir}")
     write_errors(out, bad)
     with storage.atomic_write(out, "wb") as f:
-        f.write((HEADER + rows_text(sorted(rows))).encode())
+        f.write((SUBMISSION_HEADER + submission_rows(sorted(rows))).encode())
     beam.metrics.Metrics.counter(_METRICS, "images").inc(len(rows))
     beam.metrics.Metrics.counter(_METRICS, "bad").inc(len(bad))
 

@@ -199,15 +199,29 @@ def _write_csv(path, header, rows):
     storage.write_text(path, buffer.getvalue())
 
 
+SUBMISSION_HEADER = ",".join(SUBMISSION_COLUMNS) + "\n"
+
+
+def submission_rows(rows):
+    """The submission's CSV lines (no header) of `rows` [(image id, one RLE per class)]: one line per image x class,
+    in the current layout. Every submission writer writes its rows with this (predict's chunks, Beam, Python)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for image_id, rles in rows:
+        writer.writerows((image_id, rle, c) for c, rle in zip(CLASS_IDS, rles))
+    return buffer.getvalue()
+
+
 def write_submission(path, labels, *, layout="current"):
     """A Kaggle submission with one row for every image x class, in `labels` order (atomic, local or gs://).
 
     layout="current": ImageId,EncodedPixels,ClassId; layout="legacy": ImageId_ClassId,EncodedPixels.
     """
-    pairs = [(i, c, rle) for i in labels.image_ids for c, rle in zip(CLASS_IDS, labels.rles[i])]
     if layout == "current":
-        _write_csv(path, SUBMISSION_COLUMNS, [(i, rle, c) for i, c, rle in pairs])
+        rows = [(i, labels.rles[i]) for i in labels.image_ids]
+        storage.write_text(path, SUBMISSION_HEADER + submission_rows(rows))
     elif layout == "legacy":
+        pairs = [(i, c, rle) for i in labels.image_ids for c, rle in zip(CLASS_IDS, labels.rles[i])]
         _write_csv(path, LEGACY_COLUMNS, [(f"{i}_{c}", rle) for i, c, rle in pairs])
     else:
         raise ValueError(f"layout {layout!r}: expected 'current' or 'legacy'")

@@ -9,7 +9,6 @@ DST.csv.errors.csv               the images `--skip-bad` left out and why (only 
 These are the only files predict writes or deletes; a parts folder holding any other file is refused by name.
 """
 
-import csv
 import hashlib
 import io
 import json
@@ -19,7 +18,7 @@ import re
 from steel_tpu import storage
 from steel_tpu.constants import CLASS_IDS
 from steel_tpu.formats import outputs
-from steel_tpu.formats.kaggle import SUBMISSION_COLUMNS, csv_reader
+from steel_tpu.formats.kaggle import SUBMISSION_HEADER, csv_reader, submission_rows
 
 PLAN = "plan.json"
 _PART = re.compile(r"part-\d{5,}\.csv")
@@ -66,18 +65,6 @@ def _part(out, index):
     return storage.join(parts_dir(out), f"part-{index:05d}.csv")
 
 
-HEADER = ",".join(SUBMISSION_COLUMNS) + "\n"
-
-
-def rows_text(rows):
-    """The CSV lines (no header) of `rows`, a list of (image id, one RLE per class): one line per image x class."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    for image_id, rles in rows:
-        writer.writerows((image_id, rle, c) for c, rle in zip(CLASS_IDS, rles))
-    return buffer.getvalue()
-
-
 class ChunkedSubmission:
     """Part files of one plan: committed chunks survive a crash; a different plan starts over."""
 
@@ -105,13 +92,13 @@ class ChunkedSubmission:
 
     def commit(self, index, rows):
         """Write chunk `index`: `rows` is a list of (image id, one RLE per class)."""
-        storage.write_text(_part(self.out, index), rows_text(rows))
+        storage.write_text(_part(self.out, index), submission_rows(rows))
 
     def finish(self, num_chunks):
         """Publish header + parts 0..num_chunks-1 as the final CSV (atomically), then drop the parts."""
         seen = set()
         with storage.atomic_write(self.out, "wb") as f:
-            f.write(HEADER.encode())
+            f.write(SUBMISSION_HEADER.encode())
             for index in range(num_chunks):
                 data = storage.read_bytes(_part(self.out, index))
                 for row in csv_reader(io.StringIO(data.decode())):
