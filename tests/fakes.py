@@ -44,15 +44,21 @@ def oof_image(rng, *, speck_prob, clean_specks_only):
     return np.round(p * 255).astype(np.uint8), truth
 
 
+def tiny_workdir(work, *, scale=SCALE):
+    """(Workdir, its config): a workdir at `work` holding the tiny preset's config with OOF maps at 1/`scale`."""
+    cfg = config_lib.preset("tiny")
+    cfg.oof_scale = scale
+    wd = Workdir(work)
+    wd.save_config(cfg)
+    return wd, cfg
+
+
 def oof_workdir(work, *, n=40, folds=(0, 1), seed=0, speck_prob=0.3, clean_specks_only=False,
                 classifier="binary", make_image=oof_image):
     """A workdir with out-of-fold data and finished folds for tune (which reads no model): config.json, oof.npz and
     done.json, each written through Workdir."""
     rng = np.random.default_rng(seed)
-    cfg = config_lib.preset("tiny")
-    cfg.oof_scale = SCALE
-    wd = Workdir(work)
-    wd.save_config(cfg)
+    wd, _ = tiny_workdir(work)
     for fold in folds:
         q, truth = map(np.stack, zip(*[make_image(rng, speck_prob=speck_prob, clean_specks_only=clean_specks_only)
                                        for _ in range(n)]))

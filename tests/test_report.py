@@ -17,7 +17,7 @@ from steel_tpu.formats import rle
 from steel_tpu.formats.workdir import Workdir
 from steel_tpu.reports import examples, report
 from steel_tpu.tuning import plot_data, tune
-from fakes import finish_fold
+from fakes import finish_fold, tiny_workdir
 from steel_tpu.data.synth import synthesize
 
 SCALE = 8  # OOF maps of 32x200
@@ -51,10 +51,7 @@ def _write_workdir(work, shard_dir, *, seed=0):
     maps are the masks' negative: the known worst image.
     """
     rng = np.random.default_rng(seed)
-    cfg = config_lib.preset("tiny")
-    cfg.oof_scale = SCALE
-    wd = Workdir(work)
-    wd.save_config(cfg)
+    wd, cfg = tiny_workdir(work, scale=SCALE)
     for fold in OOF_FOLDS:
         recs = list(_fold_records(shard_dir, fold))
         ids = np.array([r[example.IMAGE_ID] for r in recs])

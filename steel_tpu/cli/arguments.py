@@ -74,6 +74,11 @@ def workdirs(help_text):
     return arg("--workdir", required=True, action="append", help=help_text)
 
 
+def thresholds(help_text):
+    """--thresholds: a thresholds.json (formats/thresholds.py) instead of the model source's own."""
+    return arg("--thresholds", default=None, help=help_text)
+
+
 SHARDS = arg("--shards", required=True, help="the shard folder, local or gs://")
 DEVICE = arg("--device", choices=DEVICES, default=None,
              help="where the models run: auto (the default) a TPU when the host shows one, else local GPUs, else the "

@@ -6,7 +6,7 @@ import dataclasses
 from steel_tpu.cli import run
 from steel_tpu.cli.arguments import (BATCH_SIZE, COUNT, DEVICE, MODEL_FOLDS, POSITIVE_INT, PRESETS, RUNNER, SET,
                                      SHARD_BUILD, SHARD_MB, SHARDS, TTA, WORKERS, arg, bounded, config_list,
-                                     fold_list, min_areas, workdirs)
+                                     fold_list, min_areas, thresholds, workdirs)
 from steel_tpu.config.choices import DEVICES
 
 
@@ -107,7 +107,7 @@ COMMANDS = {
             workdirs("a trained and tuned workdir or system folder, local or gs://; repeated: an ensemble of "
                      "workdirs (with --thresholds from `tune` over them); rescore.json goes beside the thresholds"),
             arg("--shards", required=True, help="the shard folder the workdirs were trained from"),
-            arg("--thresholds", default=None, help="a thresholds.json (default: the workdir's or system's)"),
+            thresholds("a thresholds.json (default: the workdir's or system's)"),
             arg("--tolerance", type=bounded(float, 0.0), default=0.01,
                 help="warn about a class whose full-resolution Dice differs from the estimate by more"),
             BATCH_SIZE, DEVICE)),
@@ -120,8 +120,8 @@ COMMANDS = {
             arg("--out", required=True, help="the submission CSV, current Kaggle layout (local or gs://)"),
             BATCH_SIZE, TTA,
             arg("--skip-bad", action="store_true", help="list bad images in OUT.errors.csv and score them empty"),
-            arg("--thresholds", default=None, help="a thresholds.json (default: the source's own, else defaults; "
-                                                   "required with several --workdir)"),
+            thresholds("a thresholds.json (default: the source's own, else defaults; required with several "
+                       "--workdir)"),
             MODEL_FOLDS,
             arg("--chunk-size", type=POSITIVE_INT, default=None,
                 help="images per committed chunk (the resume unit; single machine only; default 1024)"),
@@ -144,8 +144,8 @@ COMMANDS = {
                      "--min-confidence)"),
             arg("--min-area", type=min_areas, default=None,
                 help="pixels a confidently present mask needs: one count or 4 (default: the thresholds' min areas)"),
-            arg("--thresholds", default=None, help="a thresholds.json (default: the source's own; without one the "
-                                                   "command stops: run tune first)"),
+            thresholds("a thresholds.json (default: the source's own; without one the command stops: run tune "
+                       "first)"),
             MODEL_FOLDS, BATCH_SIZE, TTA, SHARD_MB, DEVICE)),
     "report": Command(
         run.report, "an HTML report of a training workdir or system",
@@ -182,6 +182,6 @@ COMMANDS = {
             workdirs("a trained and tuned workdir or system folder, local or gs://; repeated: an ensemble of "
                      "workdirs (with --thresholds from `tune` over them), one kit for all of them"),
             arg("--out", required=True, help="the kit folder: new, empty, or an earlier kit"),
-            arg("--thresholds", default=None, help="a thresholds.json (default: the source's own)"),
+            thresholds("a thresholds.json (default: the source's own)"),
             arg("--folds", type=fold_list, default=None, help="comma-separated fold models (default: all)"))),
 }

@@ -188,8 +188,14 @@ class TrainConfig:
                 f"class_weights={self.class_weights!r}: weights the cce loss term, which loss={self.loss!r} lacks")
 
 
-class _TaskChecks:
-    """What every task config checks: crops inside the input, and loss terms its head can train with."""
+@dataclass
+class _TaskConfig:
+    """What both task configs hold (the data, augment and train sections) and check: crops inside the input, and
+    loss terms the head can train with."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
     def _check_task(self, *, head):
         fields.check(self)
@@ -207,22 +213,16 @@ class _TaskChecks:
 
 
 @dataclass
-class ClassifyConfig(_TaskChecks):
+class ClassifyConfig(_TaskConfig):
     model: ClassifierModel = field(default_factory=ClassifierModel)
-    data: DataConfig = field(default_factory=DataConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
         self._check_task(head="sigmoid")
 
 
 @dataclass
-class SegmentConfig(_TaskChecks):
+class SegmentConfig(_TaskConfig):
     model: SegmenterModel = field(default_factory=SegmenterModel)
-    data: DataConfig = field(default_factory=DataConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self):
         self._check_task(head=self.model.head)
