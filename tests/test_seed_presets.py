@@ -97,7 +97,7 @@ def test_a_system_or_an_ensemble_is_one_model_source_everywhere(compared_presets
     # Pseudo-labels from the same source: every image scored by it and judged (a loose rule, so some are kept).
     pseudo_out = str(tmp_path / "pseudo")
     code = cli.main(["pseudo", *workdirs, "--thresholds", thresholds, "--images", images, "--out", pseudo_out,
-                     "--min-confidence", "0.51", "--max-absent", "1.0", "--min-area", "0"])
+                     "--min-confidence", "0.5000001", "--max-absent", "0.5", "--min-area", "0"])
     if code == 0:
         provenance = json.loads(open(os.path.join(pseudo_out, "manifest.json")).read())["pseudo"]
         assert provenance["scored"] == 8 and provenance["workdir"] == ", ".join(given)
