@@ -5,7 +5,7 @@ import csv
 import numpy as np
 import pytest
 
-from steel_tpu.formats import rle, submission as submission_writer
+from steel_tpu.formats import rle, submission
 from steel_tpu.formats.kaggle import (
     EMPTY,
     CsvError,
@@ -262,8 +262,8 @@ def test_an_rle_longer_than_the_csv_modules_field_limit_round_trips(tmp_path, la
 
 def test_chunked_submission_publishes_an_rle_longer_than_the_field_limit(tmp_path, default_csv_field_limit):
     out = str(tmp_path / "submission.csv")
-    submission_writer.claim(out)
-    chunks = submission_writer.ChunkedSubmission(out, plan={"images": 2})
+    submission.claim(out)
+    chunks = submission.ChunkedSubmission(out, plan={"images": 2})
     chunks.commit(0, [("noisy.jpg", noisy_full_size_rles())])
     chunks.commit(1, [("clean.jpg", EMPTY)])
     assert chunks.finish(2) == 2

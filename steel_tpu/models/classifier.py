@@ -15,7 +15,7 @@ HEAD_UNITS = {"binary": 1, "multilabel": NUM_CLASSES}
 
 def _head(features: keras.KerasTensor, *, name: str) -> keras.KerasTensor:
     # The head runs in float32 whatever the policy: it is tiny, and bfloat16 logits would round
-    # probabilities near the label thresholds that tune.py searches.
+    # probabilities near the label thresholds that tune searches.
     logits = keras.layers.Dense(HEAD_UNITS[name], dtype="float32", name=f"{name}_logits")(features)
     return keras.layers.Activation("sigmoid", dtype="float32", name=name)(logits)
 

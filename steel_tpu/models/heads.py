@@ -19,5 +19,5 @@ def channels(head: str, num_classes: int) -> int:
 
 
 def activate(logits, head: str, *, name: str):
-    # float32 whatever the policy: bfloat16 would round probabilities near the pixel threshold tune.py searches.
+    # float32 whatever the policy: bfloat16 would round probabilities near the pixel threshold tune searches.
     return keras.layers.Activation(head, dtype="float32", name=name)(logits)

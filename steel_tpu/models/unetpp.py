@@ -56,7 +56,7 @@ def _up(x: keras.KerasTensor, *, name: str) -> keras.KerasTensor:
 def _mask_head(x: keras.KerasTensor, *, filters: int, num_classes: int, head: str, name: str) -> keras.KerasTensor:
     """Stride-2 decoder node -> full-resolution block -> 1x1 conv -> float32 sigmoid or softmax."""
     x = _conv_block(_up(x, name=f"{name}_up"), filters, name=f"{name}_block")
-    # float32 logits: bfloat16 would round probabilities near the pixel threshold tune.py searches.
+    # float32 logits: bfloat16 would round probabilities near the pixel threshold tune searches.
     logits = keras.layers.Conv2D(heads.channels(head, num_classes), 1, dtype="float32", name=f"{name}_logits")(x)
     return heads.activate(logits, head, name=name)
 

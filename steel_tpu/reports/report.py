@@ -19,7 +19,7 @@ from steel_tpu.tuning import checks, plot_data, plots
 INDEX = "index.html"
 EXAMPLES_PER_SIDE = 4  # best and worst validation images shown
 CURVE_METRICS = {"classify": ("auc", "accuracy"), "segment": ("dice",)}
-_TUNE_CAPTIONS = {  # tune_plots' files; circles mark the chosen settings
+_TUNE_CAPTIONS = {  # tuning/plots.py's files; circles mark the chosen settings
     "dice_vs_pixel_threshold.png": "OOF Dice per class against the pixel threshold, at the chosen min area and gate.",
     "dice_vs_min_area.png": "OOF Dice per class against the minimum mask area, at the chosen threshold and gate.",
     "dice_vs_gate.png": "OOF Dice against the classifier gate, at the best threshold and area for each gate.",

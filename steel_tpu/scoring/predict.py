@@ -2,7 +2,7 @@
 
 The scoring is scoring/'s (the model source, its ensemble on the device, the batch loop and rows); this module
 plans the images as chunks, assembles the scored rows in order and commits each chunk beside the output
-(submission_writer): a re-run after a crash resumes after the last committed one.
+(formats/submission.py): a re-run after a crash resumes after the last committed one.
 """
 
 import collections

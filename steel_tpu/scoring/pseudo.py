@@ -84,7 +84,7 @@ def _provenance(*, source, images, ens, pp, pp_from, rule, tta, selection):
 
 def write_pseudo_shards(*, out, found, labels, provenance, shard_mb=100.0, workers=None, progress=True):
     """Write the images of `labels` ({image id: RLEs}) from the scanned JPEG folder `found` (source.scan) as pseudo
-    shards in `out`, `provenance` (its keys: shard_folder.PSEUDO_KEYS) as the manifest's "pseudo"; returns it."""
+    shards in `out`, `provenance` (its keys: data/manifest.PSEUDO_KEYS) as the manifest's "pseudo"; returns it."""
     kept = sorted(labels)
     source = source_lib.Source(split="pseudo", images_dir=found.images_dir, paths={i: found.paths[i] for i in kept},
                                sizes={i: found.sizes[i] for i in kept},
