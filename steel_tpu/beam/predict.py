@@ -109,8 +109,7 @@ def predict(*, workdir, images, out, runner, pipeline_flags=(), batch_size=None,
     start = time.perf_counter()
     options = pipeline_options(runner, pipeline_flags)
     models = ModelSource.resolve(workdir)
-    if thresholds is None and models.own_folder() is None:
-        models.thresholds()  # several workdirs without --thresholds: refused before claim(out) deletes anything
+    models.check_thresholds_given(thresholds)  # before claim(out) deletes a previous submission
     claim(out)  # as single-machine predict: an unusable --out fails now, and the previous OUT goes before the work
     plan = models.plan(thresholds=thresholds, folds=folds)
     pp, pp_from, size = plan.postprocess, plan.thresholds_from, plan.segment_size

@@ -144,8 +144,7 @@ def predict(*, workdir, images, out, batch_size=None, tta=False, skip_bad=False,
     """
     start = time.perf_counter()
     models = ModelSource.resolve(workdir)
-    if thresholds is None and models.own_folder() is None:
-        models.thresholds()  # several workdirs without --thresholds: refused before claim(out) deletes anything
+    models.check_thresholds_given(thresholds)  # before claim(out) deletes a previous submission
     claim(out)  # an unusable --out fails here, not after the scoring; the previous OUT goes
     plan = models.plan(thresholds=thresholds, folds=folds)
     chunks = plan_chunks(images, chunk_size=chunk_size, skip_bad=skip_bad)  # bad input fails before model builds

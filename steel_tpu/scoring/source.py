@@ -127,9 +127,7 @@ class ModelSource:
             if given.path is not None:  # read from a file: tuned for some workdirs, which must be these
                 self.check_tuned(given)
             return given
-        if given is None and self.own_folder() is None:
-            raise MembersError("several --workdir need --thresholds: the ensemble's thresholds.json from `steel-tpu "
-                               "tune --workdir W0 --workdir W1 ... --out DIR` (no member's own thresholds fit them)")
+        self.check_thresholds_given(given)
         path = given or storage.join(self.own_folder(), thresholds_format.FILE)
         found = thresholds_format.read(path) if given else thresholds_format.read_if_present(path)
         if found is None:
@@ -140,6 +138,13 @@ class ModelSource:
             return None
         self.check_tuned(found)
         return found
+
+    def check_thresholds_given(self, given):
+        """Refuse several workdirs without `given` thresholds (no member's own fit their ensemble): a command calls
+        this before it deletes a previous output."""
+        if given is None and self.own_folder() is None:
+            raise MembersError("several --workdir need --thresholds: the ensemble's thresholds.json from `steel-tpu "
+                               "tune --workdir W0 --workdir W1 ... --out DIR` (no member's own thresholds fit them)")
 
     def check_tuned(self, found):
         """Refuse Thresholds tuned for other workdirs: one workdir needs ones tuned without members (its own OOF),
