@@ -62,9 +62,10 @@ def env_report(*, device=None, prefer=None, require_tpu=False, environ=None, dev
                         + "; keep one (pip uninstall the others, then reinstall the one you want)")
     if host.tpu and not {"tensorflow-tpu", "tf-nightly-tpu"} & set(host.tensorflow):
         if host.jax:
-            problems.append(f"this TPU is JAX's ({', '.join(f'{n} {v}' for n, v in sorted(host.jax.items()))} on "
-                            f"libtpu {host.libtpu or 'its own'}), and no tensorflow-tpu is installed: steel_tpu does not "
-                            "train through JAX yet, so run with --device cpu here (or on a TensorFlow TPU VM)")
+            if keras_api.backend() != "jax":
+                problems.append(f"this TPU is JAX's ({', '.join(f'{n} {v}' for n, v in sorted(host.jax.items()))} "
+                                f"on libtpu {host.libtpu or 'its own'}) and no tensorflow-tpu is installed, so "
+                                "TensorFlow cannot drive it: run with --backend jax (what auto chooses here)")
         else:
             problems.append("this looks like a TPU host but no tensorflow-tpu is installed: pip uninstall the "
                             "TensorFlow that is there, then `python -m steel_tpu.install --tensorflow-tpu`")
@@ -72,10 +73,10 @@ def env_report(*, device=None, prefer=None, require_tpu=False, environ=None, dev
     if tf_tpu.startswith(install.TF_MINOR) and host.libtpu not in (None, install.LIBTPU_VERSION):
         problems.append(f"tensorflow-tpu {tf_tpu} with libtpu {host.libtpu}: it was released with libtpu "
                         f"{install.LIBTPU_VERSION} (pip install libtpu=={install.LIBTPU_VERSION})")
-    strategy = {"strategy": None, "device": None, "replicas": None}
+    strategy = {"backend": None, "strategy": None, "device": None, "replicas": None}
     try:
         device = device or distribute.select_strategy(prefer=prefer, require_tpu=require_tpu, verbose=False)
-        strategy = {k: v for k, v in distribute.describe(device).items() if k in ("strategy", "device", "replicas")}
+        strategy = {k: v for k, v in distribute.describe(device).items() if k in strategy}
     except distribute.TPUUnavailable as error:
         problems.append(str(error))
     credentials = _credentials(environ)
@@ -104,7 +105,7 @@ def format_report(report):
         f"GPU devices: {', '.join(report['gpu_signals']) or 'none'}",
         f"devices: {', '.join(report['devices'])}",
         f"strategy: {report['strategy'] or 'none'} on {report['device'] or '-'}, "
-        f"{report['replicas'] or '-'} replica(s)",
+        f"{report['replicas'] or '-'} replica(s), backend {report['backend'] or '-'}",
         f"gs:// credentials: {usable}" + (f" ({cred['source']})" if cred["source"] else "") + f": {cred['note']}",
     ]
     lines += [f"preset {name}: {why}" for name, why in report["presets"].items()]

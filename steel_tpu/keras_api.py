@@ -14,8 +14,21 @@ if LEGACY:
 else:
     import keras
 
-__all__ = ["LEGACY", "keras", "describe", "loss_scale_optimizer", "scale_loss", "unscale_gradients",
-           "optimizer_built"]
+# Device code is written once in Keras 3's ops, which run on both backends; under tf-keras, Keras 3 (a dependency of
+# TensorFlow) is loaded beside it on the TensorFlow backend, and its ops act on the same tf tensors.
+import keras as _keras3  # noqa: E402
+from keras import ops  # noqa: E402
+
+if LEGACY and _keras3.backend.backend() != "tensorflow":
+    raise ImportError("TF_USE_LEGACY_KERAS=1 runs on TensorFlow only: unset KERAS_BACKEND=jax")
+
+__all__ = ["LEGACY", "keras", "ops", "backend", "describe", "loss_scale_optimizer", "scale_loss",
+           "unscale_gradients", "optimizer_built"]
+
+
+def backend() -> str:
+    """The backend running the device side: 'tf' or 'jax' (tf-keras always runs on TensorFlow)."""
+    return "tf" if LEGACY else {"tensorflow": "tf"}.get(_keras3.backend.backend(), _keras3.backend.backend())
 
 
 def describe() -> str:

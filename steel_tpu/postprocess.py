@@ -20,10 +20,12 @@ def is_off(threshold):
 
 
 def to_full_resolution(probs, *, height=HEIGHT, width=WIDTH):
-    """[B, h, w, C] probabilities -> [B, height, width, C] uint8 (p * 255, rounded), in the graph."""
-    import tensorflow as tf  # here, not at the top: tune and evaluate use this module without TensorFlow
-    full = tf.image.resize(tf.cast(probs, tf.float32), (height, width), method="bilinear")
-    return tf.cast(tf.round(tf.clip_by_value(full, 0.0, 1.0) * QUANT), tf.uint8)
+    """[B, h, w, C] probabilities -> [B, height, width, C] uint8 (p * 255, rounded half to even), on the device
+    (Keras ops: TensorFlow or JAX)."""
+    from steel_tpu.keras_api import ops  # here, not at the top: tune and evaluate use this module without Keras
+
+    full = ops.image.resize(ops.cast(probs, "float32"), (height, width), interpolation="bilinear")
+    return ops.cast(ops.round(ops.clip(full, 0.0, 1.0) * QUANT), "uint8")
 
 
 def levels(thresholds):
@@ -41,7 +43,7 @@ def binarize(quantized, thresholds):
 
 
 def _level_rule(thresholds, soft_gate, class_probs, *, clip, floor):
-    """floor(clip(t + (1 - p) * k, 0, 1) * 255): the level of soft gating, written once for numpy and TensorFlow
+    """floor(clip(t + (1 - p) * k, 0, 1) * 255): the level of soft gating, written once for numpy and the device
     (float32 in the same operation order on both), so tune and predict cut at the same level."""
     return floor(clip(thresholds + (1.0 - class_probs) * soft_gate, 0.0, 1.0) * QUANT)
 
@@ -67,20 +69,20 @@ def to_masks(quantized, pp, *, class_probs=None):
     """In the graph: uint8 maps [B, H, W, C] -> (bool masks, int32 [B, C] pixel counts), threshold_maps' rule: masks
     drawn at `pp`'s mask (lower) levels, counts above its presence (upper) levels; soft-gate levels are computed on
     the device from `class_probs` [B, heads]. A single-threshold `pp` draws and counts at one level."""
-    import tensorflow as tf  # see to_full_resolution
+    from steel_tpu.keras_api import ops  # see to_full_resolution
 
     def level(thresholds):
         if not pp.soft_gate:
-            return tf.constant(levels(thresholds), tf.uint8)
-        t = tf.constant(np.asarray(thresholds, np.float32))
-        k = tf.constant(np.asarray(pp.soft_gate, np.float32))
-        rule = _level_rule(t, k, tf.cast(class_probs, tf.float32), clip=tf.clip_by_value, floor=tf.floor)
-        return tf.cast(rule, tf.uint8)[:, None, None, :]
+            return ops.convert_to_tensor(levels(thresholds), "uint8")
+        t = ops.convert_to_tensor(np.asarray(thresholds, np.float32))
+        k = ops.convert_to_tensor(np.asarray(pp.soft_gate, np.float32))
+        rule = _level_rule(t, k, ops.cast(class_probs, "float32"), clip=ops.clip, floor=ops.floor)
+        return ops.cast(rule, "uint8")[:, None, None, :]
 
     upper = level(pp.pixel_threshold)
     masks = quantized > (level(pp.mask_threshold) if pp.mask_threshold else upper)
     above = masks if not pp.mask_threshold else quantized > upper
-    return masks, tf.reduce_sum(tf.cast(above, tf.int32), axis=[1, 2])
+    return masks, ops.sum(ops.cast(above, "int32"), axis=(1, 2))
 
 
 def downsample(quantized, *, scale):

@@ -44,7 +44,8 @@ def test_default_strategy_on_this_machine(clean_env, capsys, logical_cpus):
     assert device.kind == "cpu" and device.replicas == 1
     assert device.strategy is tf.distribute.get_strategy()
     assert capsys.readouterr().out.strip().splitlines() == [
-        f"steel_tpu: _DefaultDistributionStrategy on cpu, 1 replica(s), {keras.mixed_precision.global_policy().name}, "
+        f"steel_tpu: backend tf, _DefaultDistributionStrategy on cpu, 1 replica(s), "
+        f"{keras.mixed_precision.global_policy().name}, "
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}, libtpu not installed"]
 
 
@@ -92,7 +93,7 @@ def test_bad_requests_are_clear(clean_env):
     with pytest.raises(ValueError, match="prefer"):
         distribute.select_strategy(prefer="quantum")
     if not tf.config.list_physical_devices("GPU"):
-        with pytest.raises(RuntimeError, match="no GPU"):
+        with pytest.raises(distribute.DeviceUnavailable, match="no GPU: choose --device cpu"):
             distribute.select_strategy(prefer="gpu", verbose=False)
     clean_env.setenv("TF_CONFIG", "{not json")
     with pytest.raises(ValueError, match="TF_CONFIG"):

@@ -132,8 +132,10 @@ def test_dry_run_prints_the_commands_and_installs_nothing(capsys, monkeypatch, t
     assert install.main(["--dry-run", "--package", PKG, "--legacy"]) == 0
     out = capsys.readouterr().out
     assert "-m pip install --no-deps tf-keras~=" in out
-    # This environment has tensorflow-cpu: it is kept, so only the package is installed.
-    assert f"-m pip install {PKG}\n" in out and "kept as it is" in out
+    # This environment has tensorflow-cpu: it is kept, so only the package is installed (beside the installed JAX
+    # pinned as it is: the lock holds the JAX the TPU images ship).
+    jax = "".join(f"{n}=={v} " for n, v in sorted(install.probe().jax.items()))
+    assert f"-m pip install {jax}{PKG}\n" in out and "kept as it is" in out
 
 
 # --- pip's own resolver (metadata only) -------------------------------------------------------------------------

@@ -4,7 +4,7 @@ import argparse
 import math
 
 from steel_tpu import config
-from steel_tpu.config.choices import DEVICES
+from steel_tpu.config.choices import BACKENDS, DEVICES
 
 
 def arg(*flags, **options):
@@ -83,6 +83,9 @@ SHARDS = arg("--shards", required=True, help="the shard folder, local or gs://")
 DEVICE = arg("--device", choices=DEVICES, default=None,
              help="where the models run: auto (the default) a TPU when the host shows one, else local GPUs, else the "
                   "CPU; tpu, gpu or cpu explicitly")
+BACKEND = arg("--backend", choices=BACKENDS, default=None,
+              help="which Keras backend runs the models: auto (the default) JAX on a TPU host whose TensorFlow cannot "
+                   "drive the TPU (Colab, Kaggle), else TensorFlow; KERAS_BACKEND, when set, is auto's answer")
 BATCH_SIZE = arg("--batch-size", type=POSITIVE_INT, default=None, help="global batch (default: the segmenter's)")
 TTA = arg("--tta", action="store_true", help="average over horizontal and vertical flips")
 MODEL_FOLDS = arg("--folds", type=fold_list, default=None,

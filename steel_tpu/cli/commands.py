@@ -4,10 +4,10 @@ from it, in steel_tpu.cli)."""
 import dataclasses
 
 from steel_tpu.cli import run
-from steel_tpu.cli.arguments import (BATCH_SIZE, COUNT, DEVICE, MODEL_FOLDS, POSITIVE_INT, PRESETS, RUNNER, SET,
+from steel_tpu.cli.arguments import (BACKEND, BATCH_SIZE, COUNT, DEVICE, MODEL_FOLDS, POSITIVE_INT, PRESETS, RUNNER, SET,
                                      SHARD_BUILD, SHARD_MB, SHARDS, TTA, WORKERS, arg, bounded, config_list,
                                      fold_list, min_areas, thresholds, workdirs)
-from steel_tpu.config.choices import DEVICES
+from steel_tpu.config.choices import BACKENDS, DEVICES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,10 @@ COMMANDS = {
                      "TASK.data.pseudo_share (e.g. --set segment.data.pseudo_share=0.125); never validated on"),
             arg("--device", choices=DEVICES, default=None,
                 help="where to train (default: the config's `device`; auto: a TPU when the host shows one, else "
-                     "local GPUs, else the CPU); the same as --set device=..."))),
+                     "local GPUs, else the CPU); the same as --set device=..."),
+            arg("--backend", choices=BACKENDS, default=None,
+                help="which Keras backend trains (default: the config's `backend`; auto: JAX on a TPU host whose "
+                     "TensorFlow cannot drive the TPU, else TensorFlow); the same as --set backend=..."))),
     "tune": Command(
         run.tune, "choose thresholds and minimum areas on out-of-fold predictions", "steel-tpu tune --workdir work", (
             workdirs("a training workdir or system folder, local or gs://; repeated: an ensemble of workdirs trained "
@@ -110,7 +113,7 @@ COMMANDS = {
             thresholds("a thresholds.json (default: the workdir's or system's)"),
             arg("--tolerance", type=bounded(float, 0.0), default=0.01,
                 help="warn about a class whose full-resolution Dice differs from the estimate by more"),
-            BATCH_SIZE, DEVICE)),
+            BATCH_SIZE, DEVICE, BACKEND)),
     "predict": Command(
         run.predict, "score images with the model source's fold ensemble into a Kaggle submission",
         "steel-tpu predict --workdir work --images data/test_images --out submission.csv", (
@@ -125,7 +128,7 @@ COMMANDS = {
             MODEL_FOLDS,
             arg("--chunk-size", type=POSITIVE_INT, default=None,
                 help="images per committed chunk (the resume unit; single machine only; default 1024)"),
-            DEVICE, RUNNER),
+            DEVICE, BACKEND, RUNNER),
         not_with_runner=("chunk_size", "device")),
     "pseudo": Command(
         run.pseudo, "pseudo-label unlabelled JPEGs with the model source's ensemble: keep the images whose classifier "
@@ -146,7 +149,7 @@ COMMANDS = {
                 help="pixels a confidently present mask needs: one count or 4 (default: the thresholds' min areas)"),
             thresholds("a thresholds.json (default: the source's own; without one the command stops: run tune "
                        "first)"),
-            MODEL_FOLDS, BATCH_SIZE, TTA, SHARD_MB, DEVICE)),
+            MODEL_FOLDS, BATCH_SIZE, TTA, SHARD_MB, DEVICE, BACKEND)),
     "report": Command(
         run.report, "an HTML report of a training workdir or system",
         "steel-tpu report --workdir work --out report --shards shards", (
@@ -174,6 +177,7 @@ COMMANDS = {
         run.env, "what this host has: TensorFlow, Keras, libtpu, devices, strategy, credentials, presets that fit, "
               "problems", "steel-tpu env --device auto", (
             arg("--device", choices=DEVICES, default=None, help="the device choice to report on (default: auto)"),
+            BACKEND,
             arg("--json", action="store_true", help="the report as JSON"),
             arg("--strict", action="store_true", help="exit 1 when a problem is listed"))),
     "export": Command(

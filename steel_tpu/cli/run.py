@@ -2,7 +2,7 @@
 
 import json
 
-from steel_tpu import config
+from steel_tpu import backend, config
 
 
 def synth(args):
@@ -57,6 +57,11 @@ def verify(args):
     print(verify(args.shards, data=args.data, workers=args.workers))
 
 
+def _backend(args):
+    """Fix the Keras backend `--backend` chose (auto: from the host) before anything imports Keras."""
+    backend.use(args.backend or "auto")
+
+
 def _device(args):
     """The device `--device` chose (auto: None, the command detects it), built only when asked for explicitly."""
     if args.device in (None, "auto"):
@@ -76,8 +81,11 @@ def _models(args):
 def train(args):
     # Built and validated before TensorFlow loads and anything is written: a bad --set fails in a second and never
     # leaves a workdir holding its config.
-    overrides = [*args.set, *([f"device={args.device}"] if args.device else [])]
+    overrides = [*args.set, *([f"device={args.device}"] if args.device else []),
+                 *([f"backend={args.backend}"] if args.backend else [])]
     members = config.members_of(args.config, overrides)
+    # Every member gets the same --set and no preset chooses a backend of its own: the first one's is theirs.
+    backend.use(next(iter(members.values())).backend)
     from steel_tpu.training import presets
 
     tasks = None if args.task == "both" else (args.task,)
@@ -97,6 +105,7 @@ def tune(args):
 
 
 def rescore(args):
+    _backend(args)
     from steel_tpu.scoring.rescore import rescore  # TensorFlow: the models score the OOF images again
 
     rescore(workdir=_models(args), shards=args.shards, thresholds=args.thresholds, tolerance=args.tolerance,
@@ -104,6 +113,7 @@ def rescore(args):
 
 
 def predict(args):
+    _backend(args)
     if args.runner:
         from steel_tpu.beam.options import pipeline_options
 
@@ -123,6 +133,7 @@ def predict(args):
 
 
 def pseudo(args):
+    _backend(args)
     from steel_tpu.scoring.pseudo import pseudo_label
 
     pseudo_label(workdir=_models(args), images=args.images, out=args.out, hi=args.min_confidence,
@@ -148,6 +159,7 @@ def compare(args):
 
 
 def env(args):
+    _backend(args)
     from steel_tpu import env_report
     from steel_tpu.device import distribute
 

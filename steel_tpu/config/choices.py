@@ -16,6 +16,8 @@ HEAD_LOSS_TERMS = {"sigmoid": ("bce", "dice", "batch_dice", "focal", "lovasz"),
 WEIGHTS = (None, "imagenet")
 # Where a run goes (config `device`): auto detects; the others are explicit choices (distribute.prefer_for).
 DEVICES = ("auto", "tpu", "gpu", "cpu")
+# Which Keras backend runs the device side (config `backend`): auto chooses from the host (steel_tpu/backend.py).
+BACKENDS = ("auto", "tf", "jax")
 
 # What sm.get_preprocessing(backbone) does to an image, per segmentation-models backbone (checked against it in
 # the tests); its names are the encoders an sm-* arch accepts.

@@ -237,6 +237,9 @@ class Config:
     # tpu: a TPU or stop (the TPU presets); gpu | cpu: that, explicitly (a TPU preset run elsewhere on purpose).
     device: str = "auto"
     tpu: str | None = None  # None: detect; "local" on Colab / TPU VMs; a name or grpc:// address otherwise
+    # auto: JAX on a TPU host whose TensorFlow cannot drive the TPU (Colab, Kaggle), else TensorFlow; KERAS_BACKEND,
+    # when set, is the user's choice. tf | jax: that backend, whatever the host.
+    backend: str = "auto"
     gpu_float16: bool = False  # mixed float16 on GPUs (tensor cores), with loss scaling
     oof_scale: int = 4  # out-of-fold probability maps are stored at full resolution / oof_scale
     # The models this workdir trains: seed 000's classifiers and per-class segmenters are workdirs of one task
@@ -254,6 +257,7 @@ class Config:
         check_folds(self.folds, name="folds")
         require(self.seed >= 0, f"seed={self.seed!r}: must be >= 0 (as --seed is)")
         one_of("device", self.device, choices.DEVICES)
+        one_of("backend", self.backend, choices.BACKENDS)
         require(self.oof_scale >= 1 and HEIGHT % self.oof_scale == 0 and WIDTH % self.oof_scale == 0,
                  f"oof_scale={self.oof_scale}: must divide {HEIGHT} and {WIDTH}")
 

@@ -39,9 +39,9 @@ def decode_gray(jpeg, *, image_size):
 
 def to_luma(gray, *, image_size):
     """uint8 [B, h, w, 1] from a batch of decode_gray planes: an exact area resize, rounded; what training batches
-    carry. The device makes the 3 channels (to_channels, in the task's augmentation), so the host and the infeed
-    move a third of the bytes: a host-side 3-channel copy cost 0.4-0.6 CPU ms per 256x1600 image, a fifth of a
-    batch image's whole pipeline cost."""
+    carry. The device makes the 3 channels (augment.to_channels, in the task's augmentation), so the host and the
+    infeed move a third of the bytes: a host-side 3-channel copy cost 0.4-0.6 CPU ms per 256x1600 image, a fifth of
+    a batch image's whole pipeline cost."""
     h, w = check_image_size(image_size)
     return gray if gray.shape[1:3] == (h, w) else _resized(gray, image_size=(h, w))
 
@@ -87,13 +87,13 @@ def _area_resize(x, *, axis, size):
     p, q = n // g, size // g
     shape = x.shape.as_list()
     periods = tf.reshape(x, shape[:axis] + [g, p] + shape[axis + 1 :])
-    weights = _area_weights(p, q)
+    weights = area_weights(p, q)
     outputs = [tf.add_n([float(weights[i, j]) * tf.gather(periods, i, axis=axis + 1)
                          for i in range(p) if weights[i, j] > 1e-9]) for j in range(q)]
     return tf.reshape(tf.stack(outputs, axis=axis + 1), shape[:axis] + [size] + shape[axis + 1 :])
 
 
-def _area_weights(p, q):
+def area_weights(p, q):
     """[p, q]: the share of output j's box (p/q inputs wide) that input i covers."""
     scale = p / q
     lo, hi = np.arange(q) * scale, (np.arange(q) + 1) * scale

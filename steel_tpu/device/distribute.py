@@ -1,4 +1,5 @@
-"""Chooses the device: TPU connection, tf.distribute strategy and precision policy (step.py runs the steps on it)."""
+"""Chooses the device: TPU connection, tf.distribute strategy (or, under JAX, a Keras DataParallel mesh,
+jax_device.py) and precision policy; step.py and jax_step.py run the steps on it."""
 
 import dataclasses
 import glob
@@ -18,19 +19,39 @@ PREFER = ("tpu", "gpu", "cpu", "mirrored")
 NO_TPU_FIX = (f"fix: on a TensorFlow TPU VM run `python -m steel_tpu.install --tensorflow-tpu` (tensorflow-tpu "
               f"{install.TF_VERSION} + libtpu {install.LIBTPU_VERSION}); to run on this machine's CPU or GPU instead, "
               "choose it explicitly: --device cpu or --device gpu (--set device=cpu|gpu in a config)")
+NO_TPU_FIX_JAX = ("fix: on a Colab or Kaggle TPU runtime, use the image's own jax and libtpu (`python -m "
+                  "steel_tpu.install` keeps them); to run on this machine's CPU or GPU instead, choose it explicitly: "
+                  "--device cpu or --device gpu (--set device=cpu|gpu in a config)")
 
 
-class TPUUnavailable(RuntimeError):
-    """A TPU was asked for or detected, and none could be reached: the run stops before anything is built."""
+class DeviceUnavailable(ValueError):
+    """The device asked for is not there: the run stops before anything is built, and the CLI says so in one line
+    naming the flag that chooses another (a ValueError: cli/errors.py prints those as they are)."""
+
+
+class TPUUnavailable(DeviceUnavailable):
+    """A TPU was asked for or detected, and none could be reached."""
 
 
 @dataclasses.dataclass(frozen=True)
 class Device:
-    """The chosen strategy, what it runs on and how many replicas it has."""
+    """The chosen strategy, what it runs on and how many replicas it has.
+
+    Under JAX, `strategy` is TensorFlow's default one (its scope() does nothing) and `distribution` the Keras
+    DataParallel mesh: the host feeds one global batch, which Keras shards over the `replicas` devices.
+    """
 
     strategy: tf.distribute.Strategy
     kind: str
     replicas: int
+    backend: str = "tf"
+    distribution: object = None
+
+    @property
+    def input_replicas(self):
+        """How many per-replica batches make the global batch on the host: the replicas under TensorFlow (one
+        pipeline slice each), 1 under JAX (one global batch, sharded on the way to the devices)."""
+        return 1 if self.backend == "jax" else self.replicas
 
 
 def tpu_detected(*, environ=None, accel_paths=None):
@@ -84,7 +105,7 @@ def _local_choice(prefer, environ):
     if prefer != "cpu" and _tf_config_workers(environ) > 1:
         return tf.distribute.MultiWorkerMirroredStrategy(), kind
     if prefer == "gpu" and not gpus:
-        raise RuntimeError("prefer='gpu' but TensorFlow sees no GPU")
+        raise DeviceUnavailable("--device gpu, but TensorFlow sees no GPU: choose --device cpu (or auto)")
     if prefer == "mirrored" or (gpus and prefer != "cpu"):
         # With no GPU this mirrors over the logical CPU devices: the 8-core TPU stand-in used by the tests.
         return tf.distribute.MirroredStrategy(), kind
@@ -123,6 +144,15 @@ def select_strategy(*, tpu=None, prefer=None, require_tpu=False, verbose=True):
 
 def _choose(*, tpu, prefer, require_tpu):
     environ = os.environ
+    if keras_api.backend() == "jax":
+        from steel_tpu.device import jax_device
+
+        expected = bool(tpu) or prefer == "tpu" or require_tpu or (prefer is None and tpu_detected(environ=environ))
+        no_tpu = lambda reason: TPUUnavailable(f"{reason} -- {NO_TPU_FIX_JAX}")  # noqa: E731
+        kind, replicas, distribution = jax_device.choose(prefer=prefer, tpu_expected=expected, no_tpu=no_tpu,
+                                                         no_device=DeviceUnavailable)
+        return Device(strategy=tf.distribute.get_strategy(), kind=kind, replicas=replicas, backend="jax",
+                      distribution=distribution)
     if tpu or prefer == "tpu" or require_tpu or (prefer is None and tpu_detected(environ=environ)):
         if not tpu and not tpu_detected(environ=environ):
             # Nothing on this host says TPU: say so at once instead of waiting on connection attempts.
@@ -145,23 +175,27 @@ def describe(device):
     """What a run used, for printing and for the workdir: device, replicas, precision and library versions."""
     tf_dists = install.probe().tensorflow
     return {
+        "backend": device.backend,
         "device": device.kind,
-        "strategy": type(device.strategy).__name__,
+        "strategy": type(device.distribution or device.strategy).__name__,
         "replicas": device.replicas,
         "precision": keras.mixed_precision.global_policy().name,
         "tensorflow": tf.__version__,
         "tensorflow_distributions": tf_dists,
         "keras": keras_api.describe(),
+        "jax": _version("jax"),
         "libtpu": _version("libtpu") or _version("libtpu-nightly"),
     }
 
 
 def summary(device):
-    """One line: 'steel_tpu: TPUStrategy on tpu, 8 replica(s), mixed_bfloat16, TensorFlow 2.20.0, Keras 3.15.1,
-    libtpu 0.0.14' (precision: the Keras policy in force when called)."""
+    """One line: 'steel_tpu: backend jax, DataParallel on tpu, 8 replica(s), mixed_bfloat16, TensorFlow 2.20.0,
+    Keras 3.13.2, JAX 0.7.2, libtpu 0.0.21.1' (precision: the Keras policy in force when called)."""
     d = describe(device)
-    return (f"steel_tpu: {d['strategy']} on {d['device']}, {d['replicas']} replica(s), {d['precision']}, "
-            f"TensorFlow {d['tensorflow']}, {d['keras']}, libtpu {d['libtpu'] or 'not installed'}")
+    jax = f", JAX {d['jax']}" if device.backend == "jax" else ""
+    return (f"steel_tpu: backend {d['backend']}, {d['strategy']} on {d['device']}, {d['replicas']} replica(s), "
+            f"{d['precision']}, TensorFlow {d['tensorflow']}, {d['keras']}{jax}, "
+            f"libtpu {d['libtpu'] or 'not installed'}")
 
 
 def use_xla(device, requested=None):

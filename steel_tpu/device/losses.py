@@ -1,8 +1,9 @@
-"""Per-example losses (one float32 value per example, shape [B]) for segmentation and classification."""
+"""Per-example losses (one float32 value per example, shape [B]) for segmentation and classification, in Keras
+ops: the same code on the TensorFlow and the JAX backend."""
 
 import re
 
-import tensorflow as tf
+from steel_tpu.keras_api import backend, ops
 
 # Smallest probability margin float32 resolves just below 1.0 (ulp there is 6e-8): log(1e-7) ~ -16.1,
 # so a confident wrong pixel costs a finite, bounded loss instead of inf.
@@ -11,17 +12,24 @@ EPS = 1e-7
 
 def _float32(y_true, y_pred):
     # bfloat16 has 8 mantissa bits: sums over 256x1600 pixels and log() near 0/1 must happen in float32.
-    return tf.cast(y_true, tf.float32), tf.cast(y_pred, tf.float32)
+    return ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")
+
+
+def _rank(x):
+    return len(x.shape)
 
 
 def _mean_per_example(values):
-    return tf.reduce_mean(values, axis=list(range(1, values.shape.rank)))
+    return ops.mean(values, axis=list(range(1, _rank(values))))
 
 
 def _check_shapes(y_true, y_pred):
-    if y_pred.shape.rank < 2:
-        raise ValueError(f"y_pred must be [B, ..., C], got shape {y_pred.shape}")
-    y_true.shape.assert_is_compatible_with(y_pred.shape)
+    if _rank(y_pred) < 2:
+        raise ValueError(f"y_pred must be [B, ..., C], got shape {tuple(y_pred.shape)}")
+    # Dimensions unknown while tracing (None) match anything.
+    if _rank(y_true) != _rank(y_pred) or any(a is not None and b is not None and a != b
+                                              for a, b in zip(y_true.shape, y_pred.shape)):
+        raise ValueError(f"y_true shape {tuple(y_true.shape)} does not match y_pred shape {tuple(y_pred.shape)}")
 
 
 def bce(y_true, y_pred, *, pos_weight=None, label_smoothing=0.0, from_logits=False):
@@ -31,13 +39,13 @@ def bce(y_true, y_pred, *, pos_weight=None, label_smoothing=0.0, from_logits=Fal
     if label_smoothing:
         y_true = y_true * (1.0 - label_smoothing) + 0.5 * label_smoothing
     if from_logits:
-        log_p, log_not_p = tf.math.log_sigmoid(y_pred), tf.math.log_sigmoid(-y_pred)
+        log_p, log_not_p = ops.log_sigmoid(y_pred), ops.log_sigmoid(-y_pred)
     else:
-        p = tf.clip_by_value(y_pred, EPS, 1.0 - EPS)
-        log_p, log_not_p = tf.math.log(p), tf.math.log(1.0 - p)
+        p = ops.clip(y_pred, EPS, 1.0 - EPS)
+        log_p, log_not_p = ops.log(p), ops.log(1.0 - p)
     positive = y_true * log_p
     if pos_weight is not None:
-        positive = positive * tf.constant(pos_weight, tf.float32)
+        positive = positive * ops.convert_to_tensor(pos_weight, "float32")
     return _mean_per_example(-(positive + (1.0 - y_true) * log_not_p))
 
 
@@ -46,10 +54,10 @@ def cce(y_true, y_pred, *, class_weights=None):
     scale each pixel's term by the weight of its true class (as Keras' class_weight does per sample)."""
     y_true, y_pred = _float32(y_true, y_pred)
     _check_shapes(y_true, y_pred)
-    per_channel = y_true * tf.math.log(tf.clip_by_value(y_pred, EPS, 1.0))
+    per_channel = y_true * ops.log(ops.clip(y_pred, EPS, 1.0))
     if class_weights is not None:
-        per_channel = per_channel * tf.constant(class_weights, tf.float32)
-    return _mean_per_example(-tf.reduce_sum(per_channel, axis=-1))
+        per_channel = per_channel * ops.convert_to_tensor(class_weights, "float32")
+    return _mean_per_example(-ops.sum(per_channel, axis=-1))
 
 
 AUTO_POS_WEIGHT_MAX = 10.0
@@ -70,11 +78,11 @@ def soft_dice(y_true, y_pred, *, smooth=1.0):
     """Mean over classes of 1 - soft Dice, each class summed over the example's pixels (0 when perfect)."""
     y_true, y_pred = _float32(y_true, y_pred)
     _check_shapes(y_true, y_pred)
-    spatial = list(range(1, y_pred.shape.rank - 1))
-    intersection = tf.reduce_sum(y_true * y_pred, axis=spatial)
-    total = tf.reduce_sum(y_true, axis=spatial) + tf.reduce_sum(y_pred, axis=spatial)
+    spatial = list(range(1, _rank(y_pred) - 1))
+    intersection = ops.sum(y_true * y_pred, axis=spatial)
+    total = ops.sum(y_true, axis=spatial) + ops.sum(y_pred, axis=spatial)
     dice = (2.0 * intersection + smooth) / (total + smooth)
-    return tf.reduce_mean(1.0 - dice, axis=-1)
+    return ops.mean(1.0 - dice, axis=-1)
 
 
 def batch_dice(y_true, y_pred, *, smooth=1.0):
@@ -84,19 +92,28 @@ def batch_dice(y_true, y_pred, *, smooth=1.0):
     Per-example Dice saturates at 1 - smooth / (predicted area + smooth) for a class an image lacks, so false
     positives there cost next to nothing; summed over the batch, they lower the Dice of the batch's defects.
     Under a tf.distribute strategy the sums are all-reduced over replicas (whose backward pass is an all-reduce
-    too), so every replica count trains alike."""
+    too), so every replica count trains alike; under JAX the step sees the global batch (Keras' DataParallel
+    shards it, XLA inserts the all-reduce), so the sums are already global."""
     y_true, y_pred = _float32(y_true, y_pred)
     _check_shapes(y_true, y_pred)
-    pixels = list(range(y_pred.shape.rank - 1))
-    sums = [tf.reduce_sum(y_true * y_pred, axis=pixels), tf.reduce_sum(y_true + y_pred, axis=pixels)]
+    pixels = list(range(_rank(y_pred) - 1))
+    sums = [ops.sum(y_true * y_pred, axis=pixels), ops.sum(y_true + y_pred, axis=pixels)]
+    if backend() == "tf":
+        sums = _all_reduced(sums)
+    intersection, total = sums
+    dice = (2.0 * intersection + smooth) / (total + smooth)
+    return ops.ones((ops.shape(y_pred)[0],), "float32") * ops.mean(1.0 - dice)
+
+
+def _all_reduced(sums):
+    import tensorflow as tf
+
     context = tf.distribute.get_replica_context()
     if context is None:
         raise ValueError("batch_dice sums over every replica's batch: call it in a replica context (strategy.run)")
     if context.num_replicas_in_sync > 1:
-        sums = context.all_reduce(tf.distribute.ReduceOp.SUM, sums)
-    intersection, total = sums
-    dice = (2.0 * intersection + smooth) / (total + smooth)
-    return tf.fill(tf.shape(y_pred)[:1], tf.reduce_mean(1.0 - dice))
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, sums)
+    return sums
 
 
 batch_dice.all_reduces = True  # step.make_train_step reads it: not every strategy can all-reduce inside XLA
@@ -106,20 +123,20 @@ def focal(y_true, y_pred, *, gamma=2.0, alpha=0.25):
     """Binary focal loss (Lin et al. 2017) averaged over pixels and classes."""
     y_true, y_pred = _float32(y_true, y_pred)
     _check_shapes(y_true, y_pred)
-    p = tf.clip_by_value(y_pred, EPS, 1.0 - EPS)
-    positive = -alpha * y_true * tf.pow(1.0 - p, gamma) * tf.math.log(p)
-    negative = -(1.0 - alpha) * (1.0 - y_true) * tf.pow(p, gamma) * tf.math.log(1.0 - p)
+    p = ops.clip(y_pred, EPS, 1.0 - EPS)
+    positive = -alpha * y_true * ops.power(1.0 - p, gamma) * ops.log(p)
+    negative = -(1.0 - alpha) * (1.0 - y_true) * ops.power(p, gamma) * ops.log(1.0 - p)
     return _mean_per_example(positive + negative)
 
 
 def _lovasz_gradient(truth_sorted):
     """[..., P] gradient of the Lovasz extension of the Jaccard loss at pixels sorted by decreasing error
     (Berman et al. 2018, Alg. 1); the union is >= 1 at every position, so no division by zero."""
-    positives = tf.reduce_sum(truth_sorted, axis=-1, keepdims=True)
-    intersection = positives - tf.cumsum(truth_sorted, axis=-1)
-    union = positives + tf.cumsum(1.0 - truth_sorted, axis=-1)
+    positives = ops.sum(truth_sorted, axis=-1, keepdims=True)
+    intersection = positives - ops.cumsum(truth_sorted, axis=-1)
+    union = positives + ops.cumsum(1.0 - truth_sorted, axis=-1)
     jaccard = 1.0 - intersection / union
-    return tf.concat([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], axis=-1)
+    return ops.concatenate([jaccard[..., :1], jaccard[..., 1:] - jaccard[..., :-1]], axis=-1)
 
 
 def lovasz_hinge(y_true, y_pred):
@@ -128,17 +145,18 @@ def lovasz_hinge(y_true, y_pred):
     The models end in a sigmoid: the hinge reads the logit log(p / (1 - p)) of the clipped probability."""
     y_true, y_pred = _float32(y_true, y_pred)
     _check_shapes(y_true, y_pred)
-    p = tf.clip_by_value(y_pred, EPS, 1.0 - EPS)
-    logits = tf.math.log(p) - tf.math.log(1.0 - p)
+    p = ops.clip(y_pred, EPS, 1.0 - EPS)
+    logits = ops.log(p) - ops.log(1.0 - p)
     classes = y_pred.shape[-1]
     # [B, C, P]: one Lovasz term per (example, class), so the loss stays per example.
-    to_rows = lambda x: tf.transpose(tf.reshape(x, [tf.shape(x)[0], -1, classes]), [0, 2, 1])  # noqa: E731
+    to_rows = lambda x: ops.transpose(ops.reshape(x, (ops.shape(x)[0], -1, classes)), (0, 2, 1))  # noqa: E731
     truth, logits = to_rows(y_true), to_rows(logits)
     errors = 1.0 - logits * (2.0 * truth - 1.0)
-    order = tf.argsort(errors, axis=-1, direction="DESCENDING")
-    errors_sorted = tf.gather(errors, order, batch_dims=2)
-    grad = tf.stop_gradient(_lovasz_gradient(tf.gather(truth, order, batch_dims=2)))
-    return tf.reduce_mean(tf.reduce_sum(tf.nn.relu(errors_sorted) * grad, axis=-1), axis=-1)
+    # Decreasing error; the order among equal errors does not change the Lovasz extension's value.
+    order = ops.argsort(-errors, axis=-1)
+    errors_sorted = ops.take_along_axis(errors, order, axis=-1)
+    grad = ops.stop_gradient(_lovasz_gradient(ops.take_along_axis(truth, order, axis=-1)))
+    return ops.mean(ops.sum(ops.relu(errors_sorted) * grad, axis=-1), axis=-1)
 
 
 TERMS = {"bce": bce, "cce": cce, "dice": soft_dice, "batch_dice": batch_dice, "focal": focal, "lovasz": lovasz_hinge}
@@ -154,7 +172,7 @@ def combined(weights, *, options=None):
     terms = [(name, float(w), TERMS[name], dict(options.get(name, {}))) for name, w in weights.items()]
 
     def loss(y_true, y_pred):
-        return tf.add_n([w * fn(y_true, y_pred, **kwargs) for _, w, fn, kwargs in terms])
+        return sum(w * fn(y_true, y_pred, **kwargs) for _, w, fn, kwargs in terms)
 
     loss.__name__ = "+".join(f"{w:g}*{name}" for name, w, _, _ in terms)
     loss.all_reduces = any(getattr(fn, "all_reduces", False) for _, _, fn, _ in terms)

@@ -8,7 +8,8 @@ W/runs.jsonl                       one line per train invocation: host, device, 
 W/thresholds.json, W/tune/         tune's choice (formats/thresholds.py owns its content) and its plots
 W/rescore.json                     that choice scored at full resolution on the OOF images (rescore.py's)
 W/{classify,segment}/fold{k}/
-    ckpt/                          latest tf.train.Checkpoint (model + optimizer + epoch), for resume
+    ckpt/                          latest tf.train.Checkpoint (model + optimizer + epoch), for resume; under the
+                                   JAX backend ckpt/state.npz instead (formats/fold_state.py)
     best.weights.h5                weights of the best validation epoch
     log.csv                        one row per epoch; tb/ holds the same as TensorBoard scalars
     oof.npz                        out-of-fold predictions of the best epoch (see save_oof)
@@ -25,6 +26,7 @@ import re
 
 from steel_tpu import config as config_lib
 from steel_tpu import storage
+from steel_tpu.formats import fold_state
 from steel_tpu.formats import oof as oof_format
 from steel_tpu.formats import thresholds as thresholds_format
 from steel_tpu.formats import weights
@@ -72,7 +74,7 @@ class Workdir(FoldModels):
             return False
         old = self._read_config(path)
         # Where it runs may change between sessions (a preempted TPU resumed on another host); what it trains may not.
-        if dataclasses.replace(old, tpu=cfg.tpu, device=cfg.device) != cfg:
+        if dataclasses.replace(old, tpu=cfg.tpu, device=cfg.device, backend=cfg.backend) != cfg:
             raise ValueError(f"{path} holds a different config; use a new --workdir (or delete it) to change it")
         return True
 
@@ -181,6 +183,14 @@ class Workdir(FoldModels):
         import tensorflow as tf  # only training needs it; the rest of the workdir is host-side
 
         return tf.train.CheckpointManager(checkpoint, self.ckpt_dir(task, fold), max_to_keep=None)
+
+    def tf_checkpoint(self, task, fold):
+        """Whether the fold holds a TensorFlow-backend checkpoint (its `checkpoint` index file)."""
+        return storage.exists(storage.join(self.ckpt_dir(task, fold), "checkpoint"))
+
+    def state_path(self, task, fold):
+        """The fold's JAX-backend training state (formats/fold_state.py)."""
+        return storage.join(self.ckpt_dir(task, fold), fold_state.FILE)
 
     def prune_checkpoints(self, task, fold, latest):
         """Delete, by exact name from one literal listing, the fold's checkpoint files other than `latest`'s."""

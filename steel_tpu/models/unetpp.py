@@ -10,10 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import tensorflow as tf
-
 from steel_tpu.constants import NUM_CLASSES
-from steel_tpu.keras_api import keras
+from steel_tpu.keras_api import keras, ops
 from steel_tpu.models import heads
 from steel_tpu.models.encoders import build_encoder, check_input_shape
 
@@ -35,14 +33,14 @@ class Upsample2x(keras.layers.Layer):
     """Nearest-neighbour 2x upsampling as a broadcast and a reshape, for any (even unknown) height and width.
 
     Not keras.layers.UpSampling2D: under tf-keras that is tf.image.resize, whose gradient
-    (ResizeNearestNeighborGrad) has no XLA kernel, so a jit-compiled train step would not build.
+    (ResizeNearestNeighborGrad) has no XLA kernel, so a jit-compiled train step would not build. Keras ops, so the
+    same layer traces under JAX (where every dimension is static) and TensorFlow (where height and width may not be).
     """
 
     def call(self, x):
-        shape = tf.shape(x)
-        height, width, channels = shape[1], shape[2], x.shape[-1]
-        tiled = tf.broadcast_to(x[:, :, None, :, None, :], [shape[0], height, 2, width, 2, channels])
-        return tf.reshape(tiled, [shape[0], 2 * height, 2 * width, channels])
+        batch, height, width, channels = ops.shape(x)
+        tiled = ops.broadcast_to(x[:, :, None, :, None, :], (batch, height, 2, width, 2, channels))
+        return ops.reshape(tiled, (batch, 2 * height, 2 * width, channels))
 
     def compute_output_shape(self, input_shape):
         batch, height, width, channels = input_shape

@@ -3,13 +3,13 @@
 import dataclasses
 
 import numpy as np
-import tensorflow as tf
 
 from steel_tpu import postprocess
 from steel_tpu.scoring import members
 
 from steel_tpu import tasks as tasks_lib
-from steel_tpu.device import augment
+from steel_tpu.device import augment, resize
+from steel_tpu.keras_api import ops
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +49,11 @@ class Ensemble:
         return own[0] if len(own) == 1 else [[m.path, i] for m, i in zip(self.members, own)]
 
     @property
+    def models(self):
+        """Every Keras model the forward calls."""
+        return [model for m in self.members for model in (*m.segmenters, *m.classifiers)]
+
+    @property
     def has_classifiers(self):
         return any(m.classifiers for m in self.members)
 
@@ -76,20 +81,20 @@ def _flips(x, tta):
     if not tta:
         return x
     # One model call on a 3x batch, not three calls: one trace per model and a fuller device.
-    return tf.concat([x, tf.reverse(x, axis=[2]), tf.reverse(x, axis=[1])], axis=0)
+    return ops.concatenate([x, ops.flip(x, axis=2), ops.flip(x, axis=1)], axis=0)
 
 
 def _unflip_mean(p, tta):
     """Mean over the views of _flips, each flipped back (flips are their own inverses)."""
     if not tta:
         return p
-    same, h, v = tf.split(p, 3, axis=0)
-    return (same + tf.reverse(h, axis=[2]) + tf.reverse(v, axis=[1])) / 3.0
+    same, h, v = ops.split(p, 3, axis=0)
+    return (same + ops.flip(h, axis=2) + ops.flip(v, axis=1)) / 3.0
 
 
 def _view_mean(p, tta):
     """Mean over the views of a per-image output (classifier probabilities): nothing to flip back."""
-    return tf.reduce_mean(tf.stack(tf.split(p, 3, axis=0)), axis=0) if tta else p
+    return ops.mean(ops.stack(ops.split(p, 3, axis=0)), axis=0) if tta else p
 
 
 def make_forward(ensemble, *, pp, tta=False):
@@ -116,7 +121,7 @@ def make_forward(ensemble, *, pp, tta=False):
                 size = tuple(m.classify_size)
                 if size not in sized:
                     # One decode per image on the host; a classifier's own size is made on the device.
-                    sized[size] = tf.round(tf.image.resize(x, size, method="area"))
+                    sized[size] = ops.round(resize.area(x, size))
                 # The classify task decides which head's probabilities gate (Classify.gate_probs).
                 cls.setdefault(m.gate_kind, []).extend(
                     _view_mean(m.tasks["classify"].probs(model, sized[size]), tta) for model in m.classifiers)
@@ -125,7 +130,7 @@ def make_forward(ensemble, *, pp, tta=False):
         if cls:
             out["probs"] = members.combine_gates(cls)
         # A model's maps of classes it does not predict are zeros (Segment.probs): each class over its own models.
-        mean = tf.add_n(seg) / tf.constant(np.maximum(count, 1.0), tf.float32)
+        mean = sum(seg[1:], seg[0]) / ops.convert_to_tensor(np.maximum(count, 1.0).astype(np.float32))
         out["masks"], out["areas"] = postprocess.to_masks(postprocess.to_full_resolution(mean), pp,
                                                           class_probs=out.get("probs"))
         return out

@@ -18,7 +18,8 @@ from steel_tpu.formats import rle
 
 from steel_tpu.config import resolve
 from steel_tpu.data import tfrecord
-from steel_tpu.device import custom_gradients, distribute, step
+from steel_tpu.device import custom_gradients, distribute
+from steel_tpu.device import steps as device_steps
 from steel_tpu.scoring import ensemble as ensemble_lib
 
 _IN_FLIGHT = 2  # device batches waiting for the host worker: bounds host memory, keeps the device busy
@@ -45,8 +46,8 @@ def scorer(plan, *, device=None, batch_size=None, tta=False, jit_compile=None):
     with custom_gradients.forgotten_after():
         ens = ensemble_lib.build(plan, strategy=device.strategy)
         forward = ensemble_lib.make_forward(ens, pp=plan.postprocess, tta=tta)
-        predict_step = step.make_predict_step(forward=forward, strategy=device.strategy,
-                                              jit_compile=distribute.use_xla(device, jit_compile))
+        predict_step = device_steps.predict_step(device=device, forward=forward, models=ens.models,
+                                                 jit_compile=distribute.use_xla(device, jit_compile))
         yield Scorer(plan=plan, device=device, batch_size=batch_size, ensemble=ens, predict_step=predict_step)
 
 

@@ -7,7 +7,6 @@ import numpy as np
 from steel_tpu import models
 
 from steel_tpu.constants import CHANNELS, CLASS_IDS
-from steel_tpu.data import decode
 from steel_tpu.device import augment, losses
 
 
@@ -67,7 +66,7 @@ class Task:
             out_images, out_masks = augment.augment_batch(images, masks, seed=seed, config=acfg)
             # Training batches carry the luma plane (pipeline.train_dataset): augmenting one channel and making
             # the three here, on the device, is the same arithmetic on a third of the bytes.
-            return decode.to_channels(out_images), self.targets(masks, out_masks)
+            return augment.to_channels(out_images), self.targets(masks, out_masks)
 
         return fn
 

@@ -3,11 +3,11 @@
 import functools
 
 import numpy as np
-import tensorflow as tf
 
 from steel_tpu import metrics, models
 
 from steel_tpu.device import augment
+from steel_tpu.keras_api import ops
 from steel_tpu.tasks.base import Task
 
 
@@ -21,7 +21,7 @@ class Classify(Task):
     def targets(self, masks, augmented_masks):
         # A crop can cut every defect pixel out: the label follows the cropped mask (augment.classifier_labels).
         labels = augment.classifier_labels(masks, augmented_masks, config=self.config.augment)
-        binary = tf.reduce_max(labels, axis=-1, keepdims=True)
+        binary = ops.max(labels, axis=-1, keepdims=True)
         return {"binary": binary, "multilabel": labels, "both": {"binary": binary, "multilabel": labels}}[
             self.config.model.heads]
 
@@ -44,7 +44,7 @@ class Classify(Task):
         return "multilabel" if self.config.model.heads == "multilabel" else "binary"
 
     def probs(self, model, x):
-        return tf.cast(self.gate_probs(model(x, training=False)), tf.float32)
+        return ops.cast(self.gate_probs(model(x, training=False)), "float32")
 
     def forward(self, model):
         return lambda images: self.probs(model, augment.eval_preprocess(images))

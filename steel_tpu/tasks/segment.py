@@ -1,12 +1,12 @@
 """The segmenter: per-class masks, full-resolution Dice selection, and the OOF maps tune searches."""
 
 import numpy as np
-import tensorflow as tf
 
 from steel_tpu import metrics, models, postprocess
 
 from steel_tpu.constants import CLASS_IDS
 from steel_tpu.device import augment
+from steel_tpu.keras_api import ops
 from steel_tpu.tasks.base import Task
 
 
@@ -29,7 +29,7 @@ class Segment(Task):
         return self.config.model.classes
 
     def targets(self, masks, augmented_masks):
-        masks = tf.gather(augmented_masks, [CLASS_IDS.index(c) for c in self.classes], axis=-1)
+        masks = ops.take(augmented_masks, [CLASS_IDS.index(c) for c in self.classes], axis=-1)
         return one_hot_targets(masks) if self.softmax else masks
 
     def probs(self, model, x):
@@ -37,13 +37,13 @@ class Segment(Task):
         # places among zeros, so everything reading probs (validation, OOF, tune, predict, ensembles, kits, Beam)
         # sees the same [B, h, w, 4] class maps whichever head made them (ensemble.coverage divides by the
         # models of each class).
-        out = tf.cast(model(x, training=False), tf.float32)
+        out = ops.cast(model(x, training=False), "float32")
         out = out[..., 1:] if self.softmax else out
         if self.classes == CLASS_IDS:
             return out
-        zeros = tf.zeros_like(out[..., 0])
-        return tf.stack([out[..., self.classes.index(c)] if c in self.classes else zeros for c in CLASS_IDS],
-                        axis=-1)
+        zeros = ops.zeros_like(out[..., 0])
+        return ops.stack([out[..., self.classes.index(c)] if c in self.classes else zeros for c in CLASS_IDS],
+                         axis=-1)
 
     def forward(self, model):
         # Full resolution on the device, quantised as predict does: a tuned threshold means the same thing there.
@@ -69,6 +69,6 @@ def one_hot_targets(masks):
     A pixel two classes claim goes to the higher class id (metrics.class_labels counts truth by the same rule):
     Severstal's masks practically never overlap, and a softmax can only learn one class per pixel.
     """
-    ids = tf.range(1, masks.shape[-1] + 1, dtype=tf.int32)
-    labels = tf.reduce_max(tf.where(tf.cast(masks, tf.float32) > 0.5, ids, 0), axis=-1)
-    return tf.one_hot(labels, masks.shape[-1] + 1, dtype=tf.float32)
+    ids = ops.arange(1, masks.shape[-1] + 1, dtype="int32")
+    labels = ops.max(ops.where(ops.cast(masks, "float32") > 0.5, ids, 0), axis=-1)
+    return ops.one_hot(labels, masks.shape[-1] + 1, dtype="float32")

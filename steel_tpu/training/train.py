@@ -8,16 +8,17 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from steel_tpu import console
+from steel_tpu import console, keras_api
 from steel_tpu.formats import outputs
-from steel_tpu.training import averaging, memory
+from steel_tpu.training import averaging, checkpoints, memory
 
 from steel_tpu import tasks as tasks_lib
 from steel_tpu.config import resolve
 from steel_tpu.constants import NUM_CLASSES
 from steel_tpu.data import pipeline, tfrecord
 from steel_tpu.data.shard_folder import ShardFolder
-from steel_tpu.device import custom_gradients, distribute, step
+from steel_tpu.device import custom_gradients, distribute
+from steel_tpu.device import steps as device_steps
 from steel_tpu.formats.workdir import Workdir
 from steel_tpu.keras_api import keras
 
@@ -36,18 +37,6 @@ def _schedule(t, steps_per_epoch):
         warmup_target=t.learning_rate if warmup else None,
         warmup_steps=warmup,
     )
-
-
-class _FoldState(tf.Module):
-    """Everything a resumed fold needs besides the data: weights, optimizer slots, epoch, best score."""
-
-    def __init__(self, model, optimizer, average=None):
-        super().__init__()
-        self.model, self.optimizer = model, optimizer
-        if average is not None:  # only then: checkpoints of runs without an average keep their layout
-            self.average = average
-        self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.best = tf.Variable(-np.inf, dtype=tf.float64, trainable=False)
 
 
 def _diverged(task, fold, epoch, what):
@@ -92,7 +81,8 @@ def train_fold(*, folder, wd, cfg, task, fold, device, pseudo=None):
     share = d.pseudo_share if pseudo is not None else 0.0
     pseudo_files = pseudo.files() if share else []
     # An epoch is one pass over the labelled folds: pseudo rows take batch places, so it takes more steps.
-    labelled_rows = d.batch_size - pipeline.pseudo_rows(d.batch_size // device.replicas, share) * device.replicas
+    labelled_rows = d.batch_size - pipeline.pseudo_rows(d.batch_size // device.input_replicas,
+                                                        share) * device.input_replicas
     steps = t.steps_per_epoch or pipeline.steps_per_epoch(folder, batch_size=labelled_rows,
                                                           **_sampling(spec, train_folds))
     # Whole calls of steps_per_execution steps: the compiled loop has a static trip count.
@@ -104,22 +94,19 @@ def train_fold(*, folder, wd, cfg, task, fold, device, pseudo=None):
         optimizer = distribute.wrap_optimizer(keras.optimizers.Adam(_schedule(t, steps)),
                                               keras.mixed_precision.global_policy())
         optimizer.build(model.trainable_variables)
-        average = averaging.WeightAverage(model, decay=t.ema_decay) if t.ema_decay else None
-        state = _FoldState(model, optimizer, average)
-    manager = wd.checkpoint_manager(tf.train.Checkpoint(state=state), task, fold)
-    if manager.latest_checkpoint:
-        tf.train.Checkpoint(state=state).restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        print(f"[{task} fold {fold}] resuming after epoch {int(state.epoch.numpy())}")
-    first = int(state.epoch.numpy())
+        average = averaging.weight_average(model, decay=t.ema_decay) if t.ema_decay else None
+        state = checkpoints.for_device(device, wd, task, fold, model=model, optimizer=optimizer, average=average)
+    first = state.restore()
+    if first:
+        print(f"[{task} fold {fold}] resuming after epoch {first}")
 
     # The compiled steps and the data.
     jit_compile = distribute.use_xla(device, t.jit_compile)
-    train_step = step.make_train_step(
-        model=model, loss_fn=spec.loss(class_counts=_class_counts(folder, train_folds)), optimizer=optimizer,
-        global_batch_size=d.batch_size,
-        strategy=device.strategy, augment_fn=spec.augment_fn(), steps_per_execution=t.steps_per_execution,
-        jit_compile=jit_compile, average=average)
-    predict = step.make_predict_step(forward=spec.forward(model), strategy=device.strategy, jit_compile=jit_compile)
+    train_step = device_steps.train_step(
+        device=device, model=model, loss_fn=spec.loss(class_counts=_class_counts(folder, train_folds)),
+        optimizer=optimizer, global_batch_size=d.batch_size, augment_fn=spec.augment_fn(),
+        steps_per_execution=t.steps_per_execution, jit_compile=jit_compile, average=average)
+    predict = device_steps.predict_step(device=device, forward=spec.forward(model), models=[model], jit_compile=jit_compile)
     train_files = folder.files(folds=train_folds)
     # Validation (hence OOF and tune) reads the held-out labelled fold only: never a pseudo-label.
     eval_ds = pipeline.eval_dataset(files=folder.files(folds=[fold]), image_size=image_size, batch_size=d.batch_size)
@@ -151,11 +138,14 @@ def train_fold(*, folder, wd, cfg, task, fold, device, pseudo=None):
         # With an average, validation, OOF and the kept best weights are all the averaged model's.
         with average.applied(model) if average else contextlib.nullcontext():
             score, scores, oof = spec.validate(predict, eval_ds)
-            if score > float(state.best.numpy()):
-                state.best.assign(score)
+            if score > state.best:
+                state.set_best(score)
                 wd.save_weights(model, task, fold)
                 wd.save_oof(task, fold, **oof)
-        lr = float(optimizer.learning_rate.numpy()) if hasattr(optimizer.learning_rate, "numpy") else t.learning_rate
+        try:
+            lr = float(np.asarray(optimizer.learning_rate))
+        except (TypeError, ValueError):  # tf-keras may hand back the schedule itself
+            lr = t.learning_rate
         row = {"epoch": epoch, "loss": round(loss, 6), "lr": lr, **{k: round(v, 6) for k, v in scores.items()},
                "train_images_per_s": round(steps * d.batch_size / train_seconds, 2),
                "seconds": round(time.perf_counter() - start, 2),
@@ -165,12 +155,11 @@ def train_fold(*, folder, wd, cfg, task, fold, device, pseudo=None):
         print(f"[{task} fold {fold}] " + "  ".join(f"{k} {v}" for k, v in row.items()))
         _log_row(tb, row, epoch)
         wd.write_log(task, fold, rows)
-        state.epoch.assign(epoch + 1)
-        wd.prune_checkpoints(task, fold, latest=manager.save())
+        state.save(epoch + 1)
     tb.close()  # its writer thread and buffers would outlive the fold
 
     return wd.mark_done(task, fold, {"task": task, "fold": fold, "epochs": t.epochs,
-                                     "best": float(state.best.numpy()), "metric": spec.metric})
+                                     "best": state.best, "metric": spec.metric})
 
 
 def _open_pseudo(pseudo, *, cfg, tasks):
@@ -230,6 +219,7 @@ def run(*, shards, workdir, cfg, tasks=None, folds=None, device=None, pseudo=Non
     folds = check_folds(folder, cfg.folds if folds is None else folds, shards=shards)
     check_sampling(folder, cfg=cfg, tasks=tasks, folds=folds)
     pseudo_folder = _open_pseudo(pseudo, cfg=cfg, tasks=tasks)
+    _check_backend(cfg, tasks=tasks)
     device = device or distribute.select_strategy(tpu=cfg.tpu, prefer=distribute.prefer_for(cfg.device),
                                                   verbose=False)
     distribute.set_precision(device.kind, gpu_float16=cfg.gpu_float16)
@@ -237,7 +227,7 @@ def run(*, shards, workdir, cfg, tasks=None, folds=None, device=None, pseudo=Non
     resolved = resolve.resolve_for(cfg, replicas=device.replicas)  # a batch that cannot split fails before writing
     for task in tasks:  # a share too small for one row of this slice's per-replica batch fails before writing too
         data = getattr(resolved, task).data
-        pipeline.pseudo_rows(data.batch_size // device.replicas, data.pseudo_share)
+        pipeline.pseudo_rows(data.batch_size // device.input_replicas, data.pseudo_share)
     wd = Workdir(workdir)
     wd.save_config(cfg)  # the user's config: the same on every slice, so a resume on another one is not refused
     wd.bind_shards(folder, pseudo=pseudo_folder)
@@ -255,6 +245,20 @@ def run(*, shards, workdir, cfg, tasks=None, folds=None, device=None, pseudo=Non
         # TensorFlow names no file; outside the hot loop, the shards are re-read to say which one is damaged.
         raise tfrecord.name_damaged(error, folder.files() + (pseudo_folder.files() if pseudo_folder else [])) from None
     return results
+
+
+def _check_backend(cfg, *, tasks):
+    """Refuse, before anything is written, a backend this process did not load or a model it cannot train."""
+    running = keras_api.backend()
+    if cfg.backend not in ("auto", running):
+        raise ValueError(f"backend={cfg.backend} but this process runs Keras on {running}: choose the backend before "
+                         "anything imports keras (steel-tpu train --backend, or steel_tpu.backend.use() first)")
+    if running == "jax":
+        sm = [f"{task}.model.arch={getattr(cfg, task).model.arch}" for task in tasks
+              if getattr(getattr(cfg, task).model, "arch", "").startswith("sm-")]
+        if sm:
+            raise ValueError(f"{', '.join(sm)}: segmentation-models builds on tf.keras and trains under the "
+                             "TensorFlow backend only: --backend tf, or an unetpp/unet arch")
 
 
 def _record_run(wd, *, device, resolved, tasks, folds, pseudo):
@@ -285,5 +289,8 @@ def _released(device, cfg):
     with custom_gradients.forgotten_after():
         yield
     keras.backend.clear_session()
+    # clear_session drops every Keras global: the dtype policy and, under JAX, the device mesh.
     distribute.set_precision(device.kind, gpu_float16=cfg.gpu_float16)
+    if device.distribution is not None:
+        keras.distribution.set_distribution(device.distribution)
     memory.collect()
