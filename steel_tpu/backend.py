@@ -67,3 +67,16 @@ def activate(name):
 def use(setting="auto"):
     """choose() then activate(): what a command does first, before it imports anything that loads Keras."""
     return activate(choose(setting))
+
+
+def refusal(cfg, *, tasks, running):
+    """Why a config's `tasks` cannot train in a process running Keras on `running` ('tf' / 'jax'), or None."""
+    if cfg.backend not in ("auto", running):
+        return (f"backend={cfg.backend} but this process runs Keras on {running}: choose the backend before anything "
+                "imports keras (steel-tpu train --backend, or steel_tpu.backend.use() first)")
+    sm = [f"{task}.model.arch={getattr(cfg, task).model.arch}" for task in tasks
+          if getattr(getattr(cfg, task).model, "arch", "").startswith("sm-")]
+    if running == "jax" and sm:
+        return (f"{', '.join(sm)}: segmentation-models builds on tf.keras and trains under the TensorFlow backend "
+                "only: --backend tf, or an unetpp/unet arch")
+    return None

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from steel_tpu import config, install, keras_api
+from steel_tpu import backend, config, install, keras_api
 
 from steel_tpu.config import resolve
 from steel_tpu.device import distribute
@@ -39,6 +39,9 @@ def _presets(kind, replicas):
     for name in (*config.PRESETS, *config.SYSTEMS):
         bad = []
         for cfg in config.members_of(name).values():  # a system fits when each of its members does
+            refused = backend.refusal(cfg, tasks=cfg.tasks, running=keras_api.backend())
+            if refused:
+                bad.append(refused)
             if cfg.device == "tpu" and kind != "tpu":
                 bad.append("a TPU preset (device=tpu) and this run is not on a TPU (--set device=gpu|cpu runs it "
                            "here on purpose)")

@@ -59,6 +59,32 @@ def fresh_env(tmp_path_factory):
     return {"python": python, "env": clean}
 
 
+# The Keras of Kaggle's and Colab's images (googlecolab/backend-info pip-freeze.txt, 2026-08-19; Kaggle's CPU/GPU
+# image is built on Colab's): older than the lock's, so a kit must not depend on the Keras that wrote it.
+IMAGE_KERAS = "3.13.2"
+
+
+@pytest.fixture(scope="module")
+def image_env(fresh_env, tmp_path_factory):
+    """fresh_env's twin with the images' Keras in front of the shared site-packages and no simplejpeg (neither image
+    has it: a module that raises ImportError stands for its absence)."""
+    env = tmp_path_factory.mktemp("image") / "env"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(env)], check=True)
+    python = str(env / "bin" / "python")
+    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", site,
+                    f"keras=={IMAGE_KERAS}"], check=True, capture_output=True)
+    with open(os.path.join(site, "simplejpeg.py"), "w") as f:
+        f.write("raise ImportError(\"No module named 'simplejpeg' (not in the Kaggle and Colab images)\")\n")
+    with open(os.path.join(site, "scoring_image.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+    probe = subprocess.run([python, "-c", "import keras; print(keras.__version__); import simplejpeg"],
+                           env=fresh_env["env"], cwd=str(env), capture_output=True, text=True)
+    assert probe.stdout.strip() == IMAGE_KERAS and "not in the Kaggle" in probe.stderr, probe.stderr[-2000:]
+    return {"python": python, "env": fresh_env["env"]}
+
+
 def test_the_kit_holds_what_it_says(exported):
     info = json.loads(open(os.path.join(exported["kit"], kit.KIT_JSON)).read())
     assert info["version"] == steel_tpu.__version__ and info["package"] == export.wheel_name()
@@ -110,6 +136,25 @@ def test_the_kit_scores_offline_in_a_fresh_environment_like_predict(exported, fr
     n = len(os.listdir(images))
     print(f"kit score.py: {n} images in {seconds:.1f}s (process start included) "
           f"{'in a network namespace' if offline else 'WITH network: unshare -rn is not available'}")
+
+
+@pytest.mark.parametrize("keras_backend", ["tensorflow", "jax"])
+def test_the_kit_scores_with_the_images_keras_and_without_simplejpeg_under_both_backends(
+        exported, image_env, tiny_data, tmp_path, keras_backend):
+    images = os.path.join(tiny_data["data"], "test_images")
+    reference = str(tmp_path / "predict.csv")
+    assert cli.main(["predict", "--workdir", exported["work"], "--images", images, "--out", reference,
+                     "--thresholds", exported["thresholds"]]) == 0
+    python, env = image_env["python"], {**image_env["env"], "KERAS_BACKEND": keras_backend}
+    out = str(tmp_path / "submission.csv")
+    offline = ["unshare", "-rn"] if _unshare_works() else []
+    run = subprocess.run(offline + [python, os.path.join(exported["kit"], kit.SCORE), "--images", images,
+                                    "--out", out], env=env, cwd=str(tmp_path), capture_output=True, text=True)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert "(wheel)" in run.stdout and f"backend {'jax' if keras_backend == 'jax' else 'tf'}," in run.stdout
+    assert f"Keras {IMAGE_KERAS}" in run.stdout
+    with open(out, "rb") as a, open(reference, "rb") as b:
+        assert a.read() == b.read()
 
 
 def test_bench_kit_smoke():

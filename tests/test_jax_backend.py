@@ -106,3 +106,128 @@ def test_a_process_that_loaded_keras_cannot_switch_backend():
         backend.activate("jax")
     with pytest.raises(backend.BackendError, match="expected one of"):
         backend.choose("torch")
+
+
+# --- refusals: one line, exit 2, before anything is written ---
+
+def _console(*args, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in (*install.TPU_ENV_VARS, "KERAS_BACKEND")}
+    script = os.path.join(os.path.dirname(sys.executable), "steel-tpu")
+    return subprocess.run([script, *args], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+
+@pytest.mark.parametrize("chosen", ["tf", "jax"])
+def test_a_tpu_preset_without_a_tpu_stops_in_one_line_naming_the_flag(tiny_data, tmp_path, chosen):
+    if install.probe().tpu:
+        pytest.skip("this host looks like a TPU host")
+    work = tmp_path / "work"
+    done = _console("train", "--config", "colab-tpu", "--shards", tiny_data["shards"], "--workdir", str(work),
+                    "--folds", "0", "--backend", chosen, tmp_path=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("steel-tpu train: error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr
+    assert "TPU" in errors[0] and "--device cpu" in errors[0]
+    # Nothing written but the workdir's config (what a resume must find): no fold was started.
+    assert not (work / "segment").exists() and not (work / "classify").exists()
+
+
+def test_segmentation_models_under_jax_are_refused_in_one_line(tiny_data, tmp_path):
+    done = _console("train", "--config", "seed001", "--shards", tiny_data["shards"], "--workdir",
+                    str(tmp_path / "work"), "--folds", "0", "--backend", "jax", "--device", "cpu", tmp_path=tmp_path)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert "trains under the TensorFlow backend only: --backend tf" in done.stderr
+    assert not (tmp_path / "work").exists()
+
+
+# --- a workdir crosses backends ---
+
+def _train_args(shards, work, *extra):
+    from tests.conftest import TINY_TRAIN_OVERRIDES
+
+    sets = [a for o in TINY_TRAIN_OVERRIDES for a in ("--set", o)]
+    return ["train", "--config", "tiny", "--shards", shards, "--workdir", str(work), "--folds", "0", *sets, *extra]
+
+
+def _maps_both_ways(work, task, tmp_path):
+    """(TensorFlow's, JAX's) uint8 full-resolution maps of fold 0's `task` model on the same images."""
+    from steel_tpu import tasks
+    from steel_tpu.device import distribute
+    from steel_tpu.device import steps as device_steps
+    from steel_tpu.formats.workdir import Workdir
+
+    wd = Workdir(str(work))
+    cfg = wd.config()
+    data = getattr(cfg, task).data
+    images = np.random.default_rng(0).integers(0, 256, size=(2, data.image_height, data.image_width, 3),
+                                               dtype=np.uint8)
+    device = distribute.select_strategy(prefer="cpu", verbose=False)
+    spec = tasks.make(task, cfg)
+    model = wd.load_model(spec, 0, strategy=device.strategy)
+    predict = device_steps.predict_step(device=device, forward=spec.forward(model), models=[model], jit_compile=False)
+    request = json.dumps({"workdir": str(work), "task": task, "fold": 0})
+    return predict(images), _jax("forward", {"request": np.array(request), "images": images}, tmp_path)["maps"]
+
+
+@pytest.mark.slow
+def test_a_workdir_trained_under_jax_scores_under_tensorflow(tiny_data, tmp_path):
+    work = tmp_path / "work"
+    done = _console(*_train_args(tiny_data["shards"], work, "--backend", "jax", "--set", "segment.train.ema_decay=0.9"),
+                    tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "steel_tpu: backend jax, DataParallel on cpu" in done.stdout
+    runs = [json.loads(line) for line in (work / "runs.jsonl").read_text().splitlines()]
+    assert runs[-1]["backend"] == "jax" and runs[-1]["jax"]
+    assert (work / "segment" / "fold0" / "ckpt" / "state.npz").exists()
+    for task in ("segment", "classify"):
+        ours, theirs = _maps_both_ways(work, task, tmp_path)
+        assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1  # one quantisation level (1/255)
+    # The whole scoring path, under each backend: the same submission's Dice.
+    from steel_tpu.metrics import evaluate
+
+    tuned = _console("tune", "--workdir", str(work), tmp_path=tmp_path)
+    assert tuned.returncode == 0, tuned.stderr[-3000:]
+    scores = {}
+    for chosen in ("tf", "jax"):
+        out = tmp_path / f"{chosen}.csv"
+        done = _console("predict", "--workdir", str(work), "--images", os.path.join(tiny_data["data"], "test_images"),
+                        "--out", str(out), "--backend", chosen, tmp_path=tmp_path)
+        assert done.returncode == 0, done.stderr[-3000:]
+        scores[chosen] = evaluate(pred_path=str(out), truth_path=os.path.join(tiny_data["data"], "test_truth.csv"),
+                                  images=os.path.join(tiny_data["data"], "test_images"), intersection=False).mean
+    assert abs(scores["tf"] - scores["jax"]) <= 1e-3
+
+
+@pytest.mark.slow
+def test_a_workdir_trained_under_tensorflow_scores_under_jax(trained_workdir, tmp_path):
+    for task in ("segment", "classify"):
+        ours, theirs = _maps_both_ways(trained_workdir, task, tmp_path)
+        assert np.abs(ours.astype(int) - theirs.astype(int)).max() <= 1
+
+
+@pytest.mark.slow
+def test_a_jax_fold_killed_mid_training_resumes_and_refuses_the_other_backend(tiny_data, tmp_path):
+    import signal
+    import time
+
+    work = tmp_path / "work"
+    args = _train_args(tiny_data["shards"], work, "--backend", "jax", "--task", "segment",
+                       "--set", "segment.train.epochs=30")
+    env = {k: v for k, v in os.environ.items() if k not in (*install.TPU_ENV_VARS, "KERAS_BACKEND")}
+    script = os.path.join(os.path.dirname(sys.executable), "steel-tpu")
+    proc = subprocess.Popen([script, *args], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    state = work / "segment" / "fold0" / "ckpt" / "state.npz"
+    deadline = time.monotonic() + 300
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists() and not (work / "segment" / "fold0" / "done.json").exists()
+    refused = _console(*args[:-2], "--set", "segment.train.epochs=30", "--backend", "tf", tmp_path=tmp_path)
+    assert refused.returncode == 2 and "checkpointed under the jax backend" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    resumed = _console(*args, tmp_path=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming after epoch" in resumed.stdout
+    assert (work / "segment" / "fold0" / "done.json").exists()

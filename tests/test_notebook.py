@@ -70,14 +70,17 @@ def test_committed_notebook_has_no_outputs_and_safe_defaults():
 
 
 @pytest.mark.slow
-def test_notebook_runs_headless_on_cpu(tmp_path, monkeypatch):
+@pytest.mark.parametrize("chosen", ["tf", "jax"])  # jax: the path a Colab TPU runtime takes
+def test_notebook_runs_headless_on_cpu(tmp_path, monkeypatch, chosen):
     nb = nbformat.read(NOTEBOOK, as_version=4)
     root = tmp_path / "run"
     inject_parameters(nb, {
         "LOCAL_ROOT": str(root), "N_TRAIN": 32, "N_TEST": 8, "NUM_FOLDS": 2, "FOLDS": [0], "CONFIG": "tiny",
         "OVERRIDES": TINY_NO_XLA_OVERRIDES, "SEED": 0,
         "DEVICE": "cpu",  # the explicit choice: CI has no TPU, and a TPU-looking host must not stop the run
+        "BACKEND": chosen,
     })
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
     # The kernel is a fresh process: it finds the package from the checkout and has no 8-device CPU set-up.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -89,7 +92,7 @@ def test_notebook_runs_headless_on_cpu(tmp_path, monkeypatch):
     assert not errors
     text = _text_outputs(nb)
     assert "steel_tpu is already importable: nothing to install" in text
-    assert "on cpu" in text and "config 'tiny'" in text
+    assert "on cpu" in text and "config 'tiny'" in text and f"backend: {chosen}" in text
     assert "recommended preset: tiny" in text and "gs:// credentials:" in text  # the steel-tpu env report
     assert "OOF Dice" in text and "all empty: dice" in text
     # EDA (2 inline plots + samples), 2 training curves, tuning (Dice bars + 4 plots), predictions.

@@ -69,7 +69,7 @@ COMMANDS = {
             arg("--workdir", required=True, help="checkpoints, logs and out-of-fold data (local or gs://)"),
             arg("--config", required=True, choices=PRESETS,
                 help="preset (always explicit: a TPU run must never fall back to the demo model): tiny = laptops, "
-                     "tests, make demo; colab-tpu = one TPU v2-8/v3-8/v5e-8; full = the seed solution's scale; "
+                     "tests, make demo; colab-tpu = any TPU slice (Colab v5e-1, Kaggle v5e-8 / v6e-8); full = the seed solution's scale; "
                      "seed000..seed004 = the seed write-ups' systems (seed000: six member workdirs in --workdir)"),
             arg("--task", choices=("classify", "segment", "both"), default="both",
                 help="which models to train (both: those the config names in `tasks`)"),
@@ -181,7 +181,7 @@ COMMANDS = {
             arg("--json", action="store_true", help="the report as JSON"),
             arg("--strict", action="store_true", help="exit 1 when a problem is listed"))),
     "export": Command(
-        run.export, "a kit that scores offline (Kaggle): wheel, .keras fold models, thresholds, score.py",
+        run.export, "a kit that scores offline (Kaggle): wheel, fold model weights, thresholds, score.py",
         "steel-tpu export --workdir work --out kit", (
             workdirs("a trained and tuned workdir or system folder, local or gs://; repeated: an ensemble of "
                      "workdirs (with --thresholds from `tune` over them), one kit for all of them"),

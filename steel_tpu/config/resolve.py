@@ -7,7 +7,7 @@ config one run trains with, once per run; the run records `summary` of it in the
 - global batch = batch_per_replica x replicas (or a fixed batch_size, split over the replicas).
 - learning rate x sqrt(global / reference_batch): the square-root rule for Adam (Malladi et al., "On the SDEs and
   Scaling Rules for Adaptive Gradient Algorithms", NeurIPS 2022). The linear rule (Goyal et al. 2017) is SGD's: it
-  would move Adam's step size 8x between a v5e-1 and a v2-8, where the sqrt rule moves it 2.8x.
+  would move Adam's step size 8x between a v5e-1 and a v5e-8, where the sqrt rule moves it 2.8x.
 - steps per execution x reference_batch / global: the same number of images a host call on every slice, so the
   host round trips cost the same share of the time, and the epoch (whole calls, train.py) is cut at the same
   granularity on one chip as on 64.

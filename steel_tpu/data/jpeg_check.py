@@ -2,9 +2,13 @@
 
 import io
 
-import simplejpeg
 import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
+
+try:
+    import simplejpeg
+except ImportError:  # Kaggle's and Colab's images lack it: a kit scores there with PIL's stricter-than-TF decode
+    simplejpeg = None
 
 from steel_tpu.constants import HEIGHT, WIDTH
 from steel_tpu.data.decode import decode_gray
@@ -62,6 +66,8 @@ def _header_problem(data):
 
 def _decoder_reason(data):
     """libjpeg-turbo's error or first warning on these bytes, as a reason; None if it decodes them cleanly."""
+    if simplejpeg is None:
+        return _pil_reason(data)
     try:
         # strict: warnings raise. Only 1/8 scale is computed: the entropy decoding, where the warnings come from,
         # is the same at every scale.
@@ -71,4 +77,17 @@ def _decoder_reason(data):
         if "Premature end of JPEG file" in message:
             return "truncated JPEG (the decoder ran out of data)"
         return f"corrupt JPEG data ({message})" if "Corrupt JPEG data" in message else f"unreadable JPEG ({message})"
+    return None
+
+
+def _pil_reason(data):
+    """Without simplejpeg: PIL's full decode, which refuses a JPEG it runs out of data in (TensorFlow pads it with
+    grey) but, unlike simplejpeg's strict mode, passes a corrupt entropy-coded body that libjpeg only warns about."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        if "truncated" in str(error):
+            return "truncated JPEG (the decoder ran out of data)"
+        return f"unreadable JPEG ({error})"
     return None

@@ -22,6 +22,15 @@ def to_device(batch, device):
     return jax.tree_util.tree_map(put, batch)
 
 
+def replicated(tree, device):
+    """`tree` placed whole on every device of the mesh: fresh variables are uncommitted arrays, the step's outputs
+    replicated ones, and a jitted function called with both kinds compiles twice."""
+    if device.distribution is None:
+        return tree
+    mesh = device.distribution.device_mesh.backend_mesh
+    return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
 def step_key(seed, step):
     """The augmentation key of one step: the same on every device count (the step sees the global batch)."""
     return jax.random.fold_in(jax.random.key(seed), step)
@@ -83,9 +92,9 @@ def make_train_step(*, model, loss_fn, optimizer, global_batch_size, device, aug
     compiled = jax.jit(one_step, donate_argnums=(0,))
 
     def train_step(iterator, *, step, seed):
-        state = (_values(trainable), _values(non_trainable), _values(optimizer.variables),
-                 [] if average is None else [ops.convert_to_tensor(s) for s in average.shadow],
-                 np.int64(0) if average is None else average.count)
+        state = replicated((_values(trainable), _values(non_trainable), _values(optimizer.variables),
+                            [] if average is None else list(average.shadow),
+                            np.int32(0) if average is None else np.int32(average.count)), device)
         losses = []
         for i in range(steps_per_execution):
             images, masks = to_device(_numpy(next(iterator)), device)
@@ -134,7 +143,7 @@ def make_predict_step(*, forward, models, device):
         if images.shape[0] % device.replicas:
             raise ValueError(f"predict batch of {images.shape[0]} rows is not divisible by {device.replicas} "
                              f"devices (pad it and drop the padding with a validity mask)")
-        out = compiled(_values(variables), to_device(images, device))
+        out = compiled(replicated(_values(variables), device), to_device(images, device))
         return jax.tree_util.tree_map(np.asarray, out)
 
     return predict

@@ -1,22 +1,27 @@
 """The one owner of an exported kit folder (`steel-tpu export`): its file names, and reading its model sets.
 
-One workdir's kit (format 1):
+One workdir's kit (format 3):
 ```
-KIT/kit.json                        format, package wheel, fold models per task, where they came from
-KIT/config.json                     the training config (the workdir's, as the user wrote it)
-KIT/models/{task}_fold{k}.keras     the fold models, Keras-native (custom layers registered by steel_tpu.models)
-KIT/thresholds.json                 tune's thresholds
-KIT/steel_tpu-V-py3-none-any.whl    this package
-KIT/score.py                        scores a folder of test images into submission.csv, offline
+KIT/kit.json                            format, package wheel, fold models per task, where they came from
+KIT/config.json                         the training config (the workdir's, as the user wrote it)
+KIT/models/{task}_fold{k}.weights.h5    the fold models' weights: the wheel's own builders make the models
+KIT/thresholds.json                     tune's thresholds
+KIT/steel_tpu-V-py3-none-any.whl        this package
+KIT/score.py                            scores a folder of test images into submission.csv, offline
 ```
-An ensemble's or a system's kit (format 2) holds one folder per member, `KIT/<member>/config.json` and
+An ensemble's or a system's kit (format 4) holds one folder per member, `KIT/<member>/config.json` and
 `KIT/<member>/models/...`; kit.json lists the members with the workdir each came from and the identity of its fold
 models there, and the workdirs its thresholds were tuned for (what the ensemble's thresholds.json records).
+
+Weights, not `.keras` files: a `.keras` file holds Keras' serialised model graph, which an older Keras cannot read
+(Keras 3.13, Kaggle's and Colab's, refuses what 3.15 writes); HDF5 weights loaded into the package's own builders
+cross Keras versions and backends. Formats 1 and 2 (the same layouts with `{task}_fold{k}.keras` models) still read.
 `predict --workdir KIT` (and KIT/score.py, which runs it) reads a kit where it would read the workdirs
 (scoring.source.ModelSource).
 """
 
 import os
+import posixpath
 import re
 import tempfile
 
@@ -25,13 +30,15 @@ from steel_tpu import storage
 from steel_tpu.formats.fold_models import FoldModels
 from steel_tpu.formats.workdir import WorkdirError, read_json
 
-FORMATS = (1, 2)  # 1: one model set at the root; 2: one folder per member
+# format -> (one model set at the root, or one folder per member; model files): 3 and 4 are what export writes.
+FORMATS = {1: ("root", "keras"), 2: ("members", "keras"), 3: ("root", "weights"), 4: ("members", "weights")}
+WRITTEN = {"root": 3, "members": 4}
 KIT_JSON, CONFIG, THRESHOLDS, MODELS, SCORE = "kit.json", "config.json", "thresholds.json", "models", "score.py"
 _MEMBER = re.compile(r"[a-z][a-z0-9_-]{0,31}")  # a member's folder: never a path or a pattern
 
 
-def model_name(task, fold):
-    return f"{task}_fold{int(fold)}.keras"
+def model_name(task, fold, *, files="weights"):
+    return f"{task}_fold{int(fold)}" + {"weights": ".weights.h5", "keras": ".keras"}[files]
 
 
 def is_kit(path):
@@ -45,12 +52,12 @@ def check_member_name(name, *, where):
 
 
 class KitMember(FoldModels):
-    """One model set of a kit: its config and `.keras` fold models under `path` (the kit, or its member folder)."""
+    """One model set of a kit: its config and fold models under `path` (the kit, or its member folder)."""
 
-    def __init__(self, path, *, models, identity=None):
-        self.path = str(path)
+    def __init__(self, path, *, models, identity=None, files="weights"):
+        self.path, self.files = str(path), files
         self.models = {task: sorted(int(f) for f in folds) for task, folds in models.items()}
-        self._identity = identity  # format 2: {task: {fold: (weights path, bytes)}} in the source workdir
+        self._identity = identity  # formats 2, 4: {task: {fold: (weights path, bytes)}} in the source workdir
 
     def config(self):
         path = storage.join(self.path, CONFIG)
@@ -65,23 +72,31 @@ class KitMember(FoldModels):
         return list(self.models.get(task, []))
 
     def model_path(self, task, fold):
-        return storage.join(self.path, MODELS, model_name(task, fold))
+        return storage.join(self.path, MODELS, model_name(task, fold, files=self.files))
 
     def identity(self, folds):
-        """The fold models' identity in the workdir they came from (format 2: what an ensemble's thresholds record),
+        """The fold models' identity in the workdir they came from (formats 2, 4: what an ensemble's thresholds record),
         else the kit's own files."""
         if self._identity is None:
             return super().identity(folds)
         return {task: [tuple(self._identity[task][str(f)]) for f in use] for task, use in folds.items()}
 
     def load_model(self, task, fold, *, strategy):
-        """The fold's `.keras` model of `task` (a task object), loaded under `strategy`'s scope."""
+        """The fold's model of `task` (a task object), built under `strategy`'s scope: the task's own builder with
+        the kit's weights (formats 3, 4), or a `.keras` file as it is (formats 1, 2)."""
+        path = self.model_path(task.name, fold)
+        if self.files == "weights":
+            from steel_tpu.formats import weights
+
+            with strategy.scope():
+                model = task.build_model(pretrained=False)
+            weights.load(model, path)
+            return model
         import steel_tpu.models  # noqa: F401 - registers the custom layers the files name
         from steel_tpu.keras_api import keras
 
-        path = self.model_path(task.name, fold)
         with tempfile.TemporaryDirectory() as tmp:
-            local = os.path.join(tmp, model_name(task.name, fold))
+            local = os.path.join(tmp, posixpath.basename(path))
             with open(local, "wb") as f:
                 f.write(storage.read_bytes(path))
             try:
@@ -103,6 +118,7 @@ class Kit:
             found = self.info.get("format") if isinstance(self.info, dict) else None
             raise WorkdirError(f"{where}: kit format {found!r}, this steel_tpu reads formats {list(FORMATS)}: score "
                                "it with the wheel inside the kit")
+        self.layout, self.files = FORMATS[self.info["format"]]
 
     def __str__(self):
         return self.path
@@ -112,7 +128,7 @@ class Kit:
 
     def tuned_for(self):
         """The normalized workdirs the kit's thresholds were tuned for (format 2), else None (one workdir's kit)."""
-        if self.info["format"] == 1:
+        if self.layout == "root":
             return None
         try:
             return tuple(str(p) for p in self.info["tuned_for"])
@@ -124,10 +140,10 @@ class Kit:
         """The kit's model sets: one KitMember (format 1), or one per member folder (format 2)."""
         where = storage.join(self.path, KIT_JSON)
         try:
-            if self.info["format"] == 1:
-                return (KitMember(self.path, models=self.info["models"]),)
+            if self.layout == "root":
+                return (KitMember(self.path, models=self.info["models"], files=self.files),)
             return tuple(KitMember(storage.join(self.path, check_member_name(m["name"], where=where)),
-                                   models=m["models"], identity=m["identity"])
+                                   models=m["models"], identity=m["identity"], files=self.files)
                          for m in self.info["members"])
         except (KeyError, TypeError, AttributeError, ValueError) as error:
             raise WorkdirError(f"{where}: not a valid kit description ({type(error).__name__}: {error})") from None

@@ -7,17 +7,14 @@ import json
 import os
 import pathlib
 import posixpath
-import tempfile
 import time
 import zipfile
-
-import numpy as np
 
 import steel_tpu
 from steel_tpu import config as config_lib
 from steel_tpu import storage
 from steel_tpu import tasks as tasks_lib
-from steel_tpu.formats import kit, system
+from steel_tpu.formats import kit, system, weights
 from steel_tpu.formats import thresholds as thresholds_format
 from steel_tpu.keras_api import keras
 from steel_tpu.scoring import members
@@ -102,21 +99,6 @@ def _refuse_foreign(out, planned):
                               f"{', ...' if len(foreign) > 5 else ''}); export into a new or empty folder")
 
 
-def _keras_file(model):
-    """The model as `.keras` bytes, reloaded and compared weight by weight: a kit never holds a file that does not
-    load back (a custom layer missing from keras.saving's registry fails here, not on Kaggle)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "model.keras")
-        model.save(path)
-        again = keras.saving.load_model(path, compile=False)
-        mismatched = [w.name for w, v in zip(model.weights, again.weights)
-                      if not np.array_equal(np.asarray(w), np.asarray(v))]
-        if len(again.weights) != len(model.weights) or mismatched:
-            raise ValueError(f"model {model.name}: its .keras file reloads with other weights ({mismatched[:3]})")
-        with open(path, "rb") as f:
-            return f.read()
-
-
 def _member_names(source):
     """A kit folder name per member: a system's own member names; m0, m1, ... for several workdirs; none for one."""
     if source.kind == "workdir":
@@ -127,22 +109,23 @@ def _member_names(source):
 
 
 def _write_models(member, folder, *, chosen):
-    """Write `member`'s config and its `chosen` fold models ({task: folds}) as .keras files under `folder`."""
+    """Write `member`'s config and its `chosen` fold models' weights ({task: folds}) under `folder`, each loaded
+    into the model the config builds first: a kit never holds weights its own builders cannot take."""
     cfg = member.config
     for task_name, fs in chosen.items():
         task = tasks_lib.make(task_name, cfg)
         for fold in fs:
             model = task.build_model(pretrained=False)
             member.models.load_weights(model, task_name, fold)
-            storage.write_bytes(storage.join(folder, kit.MODELS, kit.model_name(task_name, fold)), _keras_file(model))
+            weights.save(model, storage.join(folder, kit.MODELS, kit.model_name(task_name, fold)))
     storage.write_text(storage.join(folder, kit.CONFIG), config_lib.to_json(cfg))
 
 
 def export(*, workdir, out, thresholds=None, folds=None):
     """Write the kit of `workdir` into `out` (new, empty, or an earlier kit of the same files); returns a summary.
 
-    `workdir`: a scoring.source.ModelSource or what resolves into one: one workdir (a format-1 kit), or a system or
-    several workdirs (a format-2 kit: one folder per member, scored as the same ensemble). `thresholds`: a
+    `workdir`: a scoring.source.ModelSource or what resolves into one: one workdir (a format-3 kit), or a system or
+    several workdirs (a format-4 kit: one folder per member, scored as the same ensemble). `thresholds`: a
     thresholds.json (default: the source's own; one is required: a kit scores with tuned values); `folds`: only
     these fold models (default: every completed one). Classifiers go in only when the thresholds need them, as
     predict would load them.
@@ -176,9 +159,9 @@ def export(*, workdir, out, thresholds=None, folds=None):
     storage.write_text(storage.join(out, kit.SCORE), score)
     info = {"package": wheel, "version": steel_tpu.__version__, "workdir": str(source), "thresholds": found.path}
     if names == [None]:
-        info = {"format": 1, **info, "models": plan.members[0].folds}
+        info = {"format": kit.WRITTEN["root"], **info, "models": plan.members[0].folds}
     else:
-        info = {"format": 2, **info, "tuned_for": source.tuned_for, "members": [
+        info = {"format": kit.WRITTEN["members"], **info, "tuned_for": source.tuned_for, "members": [
             {"name": name, "workdir": members.normalized(m.path), "models": m.folds,
              "identity": {task: {str(f): list(item) for f, item in zip(m.folds[task], ident)}
                           for task, ident in m.identity.items()}}

@@ -4,7 +4,8 @@
 
 Needs only what a Kaggle image has (TensorFlow, numpy, PIL, fsspec...) and this folder: steel_tpu comes from the
 wheel beside this file, installed (`pip install --no-index --no-deps *.whl`) or, when it is not, imported from the
-wheel itself. No network. Runs on the GPU when there is one, else the CPU (--device chooses).
+wheel itself. No network. Runs on the GPU when there is one, else the CPU (--device chooses); on a TPU runtime
+(Kaggle's v5e-8 / v6e-8) through JAX, which --backend auto chooses there.
 """
 
 import argparse
@@ -37,6 +38,9 @@ def main(argv=None):
     parser.add_argument("--out", default="submission.csv", help="the submission CSV to write")
     parser.add_argument("--device", choices=("auto", "gpu", "cpu", "tpu"), default="auto",
                         help="auto: the GPU when there is one, else the CPU")
+    parser.add_argument("--backend", choices=("auto", "tf", "jax"), default="auto",
+                        help="the Keras backend: auto chooses JAX on a TPU runtime (or as KERAS_BACKEND says), else "
+                             "TensorFlow")
     parser.add_argument("--batch-size", type=int, default=None, help="global batch (default: the training one)")
     parser.add_argument("--tta", action="store_true", help="average over horizontal and vertical flips")
     parser.add_argument("--skip-bad", action="store_true", help="score unreadable images empty, listed beside OUT")
@@ -45,7 +49,8 @@ def main(argv=None):
     from steel_tpu import cli
 
     print(f"score.py: steel_tpu {VERSION} ({source}) from {KIT}")
-    command = ["predict", "--workdir", KIT, "--images", args.images, "--out", args.out, "--device", args.device]
+    command = ["predict", "--workdir", KIT, "--images", args.images, "--out", args.out, "--device", args.device,
+               "--backend", args.backend]
     command += ["--batch-size", str(args.batch_size)] if args.batch_size else []
     command += ["--tta"] * args.tta + ["--skip-bad"] * args.skip_bad
     return cli.main(command)

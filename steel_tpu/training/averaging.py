@@ -81,7 +81,7 @@ class ArrayAverage:
 
     def __init__(self, model, *, decay):
         self.decay = _check_decay(decay)
-        self.count = np.zeros((), np.int64)
+        self.count = np.zeros((), np.int32)
         self.shadow = [np.asarray(w, np.float32) for w in averaged_weights(model)]
 
     def advanced(self, shadow, count, weights):

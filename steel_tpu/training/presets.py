@@ -28,6 +28,7 @@ def run_system(*, shards, workdir, name, members, tasks=None, folds=None, device
         try:
             own_folds = train.check_folds(folder, cfg.folds if folds is None else folds, shards=shards)
             train.check_sampling(folder, cfg=cfg, tasks=plan[member], folds=own_folds)
+            train.check_backend(cfg, tasks=plan[member])
         except ValueError as error:
             raise ValueError(f"[{name}] member {member}: {error}") from None
     system.claim(workdir, name=name, members=members)

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from steel_tpu import console, keras_api
+from steel_tpu import backend, console, keras_api
 from steel_tpu.formats import outputs
 from steel_tpu.training import averaging, checkpoints, memory
 
@@ -219,7 +219,7 @@ def run(*, shards, workdir, cfg, tasks=None, folds=None, device=None, pseudo=Non
     folds = check_folds(folder, cfg.folds if folds is None else folds, shards=shards)
     check_sampling(folder, cfg=cfg, tasks=tasks, folds=folds)
     pseudo_folder = _open_pseudo(pseudo, cfg=cfg, tasks=tasks)
-    _check_backend(cfg, tasks=tasks)
+    check_backend(cfg, tasks=tasks)
     device = device or distribute.select_strategy(tpu=cfg.tpu, prefer=distribute.prefer_for(cfg.device),
                                                   verbose=False)
     distribute.set_precision(device.kind, gpu_float16=cfg.gpu_float16)
@@ -247,18 +247,11 @@ def run(*, shards, workdir, cfg, tasks=None, folds=None, device=None, pseudo=Non
     return results
 
 
-def _check_backend(cfg, *, tasks):
+def check_backend(cfg, *, tasks):
     """Refuse, before anything is written, a backend this process did not load or a model it cannot train."""
-    running = keras_api.backend()
-    if cfg.backend not in ("auto", running):
-        raise ValueError(f"backend={cfg.backend} but this process runs Keras on {running}: choose the backend before "
-                         "anything imports keras (steel-tpu train --backend, or steel_tpu.backend.use() first)")
-    if running == "jax":
-        sm = [f"{task}.model.arch={getattr(cfg, task).model.arch}" for task in tasks
-              if getattr(getattr(cfg, task).model, "arch", "").startswith("sm-")]
-        if sm:
-            raise ValueError(f"{', '.join(sm)}: segmentation-models builds on tf.keras and trains under the "
-                             "TensorFlow backend only: --backend tf, or an unetpp/unet arch")
+    reason = backend.refusal(cfg, tasks=tasks, running=keras_api.backend())
+    if reason:
+        raise ValueError(reason)
 
 
 def _record_run(wd, *, device, resolved, tasks, folds, pseudo):

@@ -7,7 +7,7 @@ from steel_tpu.config.schema import (AugmentConfig, ClassifierModel, ClassifyCon
 def colab_tpu():
     """steel-tpu train --shards gs://BUCKET/shards --workdir gs://BUCKET/work --config colab-tpu
 
-    Any TPU slice: Colab's v5e-1 (1 replica) and v2-8, Cloud v3-8 / v4-8 / v5e-8 (8) and larger. B0 classifier and
+    Any TPU slice: Colab's v5e-1 (1 replica), Kaggle's v5e-8 and v6e-8 (8), Cloud TPU VM slices. B0 classifier and
     B0 UNet++ at 256x800, trained on 256x512 crops in bfloat16, ImageNet weights required. Batches are per replica
     (sized for a v2 core's 8 GiB, the smallest HBM of these); learning rates and steps per execution were set for
     8 replicas (reference_batch) and follow the slice (resolve.py). Elsewhere on purpose: --set device=gpu|cpu.
