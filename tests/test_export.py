@@ -157,6 +157,33 @@ def test_the_kit_scores_with_the_images_keras_and_without_simplejpeg_under_both_
         assert a.read() == b.read()
 
 
+def test_a_kit_of_keras_files_from_before_scores_the_same(exported, tiny_data, tmp_path):
+    """Format 1 (the `.keras` models kits held before weights): still read, and scored like the weights kit."""
+    import shutil
+
+    from steel_tpu import tasks
+    from steel_tpu.device import distribute
+    from steel_tpu.formats.kit import Kit
+
+    old = tmp_path / "old_kit"
+    shutil.copytree(exported["kit"], old)
+    info = json.loads((old / kit.KIT_JSON).read_text())
+    (member,) = Kit(str(old)).members()
+    strategy = distribute.select_strategy(prefer="cpu", verbose=False).strategy
+    for task, folds in info["models"].items():
+        for fold in folds:
+            model = member.load_model(tasks.make(task, member.config()), fold, strategy=strategy)
+            model.save(old / kit.MODELS / kit.model_name(task, fold, files="keras"))
+            os.remove(old / kit.MODELS / kit.model_name(task, fold))
+    (old / kit.KIT_JSON).write_text(json.dumps({**info, "format": 1}))
+    images = os.path.join(tiny_data["data"], "test_images")
+    outs = {}
+    for name, source in (("new", exported["kit"]), ("old", str(old))):
+        outs[name] = str(tmp_path / f"{name}.csv")
+        assert cli.main(["predict", "--workdir", source, "--images", images, "--out", outs[name]]) == 0
+    assert open(outs["old"], "rb").read() == open(outs["new"], "rb").read()
+
+
 def test_bench_kit_smoke():
     """benchmarks/bench_kit.py at its smoke size: score.py from the kit's wheel matches predict byte for byte."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

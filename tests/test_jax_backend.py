@@ -212,7 +212,7 @@ def test_a_jax_fold_killed_mid_training_resumes_and_refuses_the_other_backend(ti
 
     work = tmp_path / "work"
     args = _train_args(tiny_data["shards"], work, "--backend", "jax", "--task", "segment",
-                       "--set", "segment.train.epochs=30")
+                       "--set", "segment.train.epochs=3")
     env = {k: v for k, v in os.environ.items() if k not in (*install.TPU_ENV_VARS, "KERAS_BACKEND")}
     script = os.path.join(os.path.dirname(sys.executable), "steel-tpu")
     proc = subprocess.Popen([script, *args], env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
@@ -224,10 +224,25 @@ def test_a_jax_fold_killed_mid_training_resumes_and_refuses_the_other_backend(ti
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert state.exists() and not (work / "segment" / "fold0" / "done.json").exists()
-    refused = _console(*args[:-2], "--set", "segment.train.epochs=30", "--backend", "tf", tmp_path=tmp_path)
+    refused = _console(*args, "--backend", "tf", tmp_path=tmp_path)
     assert refused.returncode == 2 and "checkpointed under the jax backend" in refused.stderr
     assert "Traceback" not in refused.stderr
     resumed = _console(*args, tmp_path=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming after epoch" in resumed.stdout
     assert (work / "segment" / "fold0" / "done.json").exists()
+
+
+@pytest.mark.slow
+def test_preset_memory_smoke_reports_each_task_beside_the_chips_hbm(tmp_path):
+    """benchmarks/preset_memory.py at its smoke size: XLA's memory analysis of the compiled JAX step, per task."""
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "preset_memory.py"), "--smoke"],
+                          cwd=tmp_path, env={**env, "PYTHONPATH": ROOT}, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [r["task"] for r in rows] == ["segment", "classify"]
+    for row in rows:
+        # The step holds at least its weights and batch, and activations beyond them.
+        assert 0 < row["arguments_gib"] < row["total_gib"] and row["temporaries_gib"] > 0
+        assert "of a v5e chip's 16 GiB" in done.stdout

@@ -91,10 +91,13 @@ def make_train_step(*, model, loss_fn, optimizer, global_batch_size, device, aug
     # The previous state's buffers are dead once the step returns: donating them halves the peak HBM of the weights.
     compiled = jax.jit(one_step, donate_argnums=(0,))
 
+    def current():
+        return replicated((_values(trainable), _values(non_trainable), _values(optimizer.variables),
+                           [] if average is None else list(average.shadow),
+                           np.int32(0) if average is None else np.int32(average.count)), device)
+
     def train_step(iterator, *, step, seed):
-        state = replicated((_values(trainable), _values(non_trainable), _values(optimizer.variables),
-                            [] if average is None else list(average.shadow),
-                            np.int32(0) if average is None else np.int32(average.count)), device)
+        state = current()
         losses = []
         for i in range(steps_per_execution):
             images, masks = to_device(_numpy(next(iterator)), device)
@@ -108,6 +111,13 @@ def make_train_step(*, model, loss_fn, optimizer, global_batch_size, device, aug
             average.shadow, average.count = list(shadow), count
         return float(np.mean([float(x) for x in losses]))
 
+    def memory(images, masks):
+        """XLA's memory analysis of the step compiled for host batches shaped like these (on this device; a TPU's
+        figures come from compiling for a TPU): weights, optimizer slots and batch in, activations as temporaries."""
+        lowered = compiled.lower(current(), *to_device((images, masks), device), step_key(0, 0))
+        return lowered.compile().memory_analysis()
+
+    train_step.memory = memory
     return train_step
 
 
