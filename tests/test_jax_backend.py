@@ -246,3 +246,12 @@ def test_preset_memory_smoke_reports_each_task_beside_the_chips_hbm(tmp_path):
         # The step holds at least its weights and batch, and activations beyond them.
         assert 0 < row["arguments_gib"] < row["total_gib"] and row["temporaries_gib"] > 0
         assert "of a v5e chip's 16 GiB" in done.stdout
+
+
+def test_a_multi_host_slice_is_refused_under_jax(monkeypatch):
+    from steel_tpu.device import distribute, jax_device
+
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "host0,host1")
+    with pytest.raises(distribute.DeviceUnavailable, match="runs on one host; this TPU slice has 2"):
+        jax_device.choose(prefer=None, tpu_expected=True, no_tpu=distribute.TPUUnavailable,
+                          no_device=distribute.DeviceUnavailable)

@@ -7,9 +7,9 @@ import jax
 from steel_tpu.keras_api import keras
 
 
-def _multi_host(environ):
+def _hosts(environ):
     # A TPU VM slice lists every worker's hostname; one host (v5e-1, v5e-8, v6e-8) has one.
-    return len([h for h in environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1
+    return len([h for h in environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h])
 
 
 def choose(*, prefer, tpu_expected, no_tpu, no_device):
@@ -17,9 +17,12 @@ def choose(*, prefer, tpu_expected, no_tpu, no_device):
     names; `tpu_expected`: a TPU was asked for or this host shows one, so anything else is refused with `no_tpu`;
     a GPU asked for and absent with `no_device` (exception classes taking the one-line reason)."""
     environ = os.environ
-    if tpu_expected and _multi_host(environ):
-        # Every host of a slice runs this same program; initialize() joins them before devices are listed.
-        keras.distribution.initialize()
+    if _hosts(environ) > 1:
+        # keras.distribution.initialize() would join the hosts, but each host's tf.data would still read every
+        # image and validation would gather arrays no one host holds: refused rather than trained wrong.
+        raise no_device(f"the JAX backend runs on one host; this TPU slice has {_hosts(environ)} "
+                        "(TPU_WORKER_HOSTNAMES): train on one host's chips (v5e-8, v6e-8) or with --backend tf on "
+                        "tensorflow-tpu")
     if prefer in ("cpu", "mirrored"):
         # Explicitly the host's CPU, even where JAX's default platform is an accelerator; 'mirrored' is the TPU
         # stand-in of the tests: every virtual CPU device (XLA_FLAGS=--xla_force_host_platform_device_count=8).
