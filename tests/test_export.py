@@ -184,6 +184,24 @@ def test_a_kit_of_keras_files_from_before_scores_the_same(exported, tiny_data, t
     assert open(outs["old"], "rb").read() == open(outs["new"], "rb").read()
 
 
+def test_a_fold_trains_under_the_images_keras_through_jax(image_env, tiny_data, tmp_path):
+    """Colab's TPU runtime trains with its own Keras (3.13), not the lock's: the package (from the checkout) trains
+    a fold there through JAX."""
+    from tests.conftest import TINY_TRAIN_OVERRIDES
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    work = tmp_path / "work"
+    sets = [a for o in TINY_TRAIN_OVERRIDES for a in ("--set", o)]
+    env = {**image_env["env"], "PYTHONPATH": root, "KERAS_BACKEND": "jax"}
+    run = subprocess.run([image_env["python"], "-m", "steel_tpu", "train", "--config", "tiny", "--shards",
+                          tiny_data["shards"], "--workdir", str(work), "--folds", "0", "--task", "segment", *sets],
+                         env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert "backend jax, DataParallel on cpu, 1 replica(s), float32, TensorFlow" in run.stdout
+    assert f"Keras {IMAGE_KERAS}" in run.stdout
+    assert (work / "segment" / "fold0" / "done.json").exists()
+
+
 def test_bench_kit_smoke():
     """benchmarks/bench_kit.py at its smoke size: score.py from the kit's wheel matches predict byte for byte."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
