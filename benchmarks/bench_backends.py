@@ -135,12 +135,15 @@ def main():
     for proc, _ in workers.values():
         proc.stdin.close()
         proc.wait()
+    medians = {}
     for what in ("train_images_per_s", "predict_images_per_s"):
         for name in BACKENDS:
             median, lo, hi = timing.spread([t[what] for t in times[name]])
+            medians.setdefault(what, {})[name] = round(median, 2)
             print(f"{what} {name}: {median:.2f} ({lo:.2f}..{hi:.2f} over {args.repeat})")
         ratios = [j[what] / t[what] for j, t in zip(times["jax"], times["tf"])]
         print(timing.ratio_line(f"{what} jax/tf", ratios))
+    print(json.dumps({"backends": medians, "devices": {n: r["device"] for n, (_, r) in workers.items()}}))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """Accelerator proof: colab-tpu segmenter training and predict images/s, 256x1600 input, mixed precision.
 
-    python benchmarks/gpu_proof.py [--batch 32] [--predict-batch 16] [--steps 20] [--out proof.json]
+    python benchmarks/gpu_proof.py [--batch 32] [--predict-batch 16] [--steps 20] [--backends] [--out proof.json]
     python benchmarks/gpu_proof.py --smoke     # tiny sizes: runs on a CPU in seconds (the test runs this)
+
+--backends adds the same segmenter's train and predict images/s under Keras' TensorFlow and JAX backends, through
+the product's own steps (benchmarks/bench_backends.py, one worker process per backend), under "backends".
 
 Runs on whatever select_strategy finds (GPU: mixed_float16 with loss scaling; TPU: mixed_bfloat16; CPU: float32).
 Images are random uint8 made on the device, so the figures are the model's step rate, not the input pipeline's.
@@ -10,6 +13,9 @@ Weights are random (ImageNet weights change no step's cost). Prints one JSON obj
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import time
 
 import tensorflow as tf
@@ -105,6 +111,19 @@ def measure(*, full, crop, batch, predict_batch, steps, warmup, prefer=None):
     }
 
 
+def backends(*, device, size, batch, steps, smoke):
+    """{"train_images_per_s": {"tf": .., "jax": ..}, "predict_images_per_s": {..}} from bench_backends.py, or
+    {"error": why} (e.g. a GPU host whose JAX is the CPU build: the lock's)."""
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_backends.py")
+    command = [sys.executable, script, "--device", device, "--repeat", "3"]
+    command += ["--smoke"] if smoke else ["--encoder", "efficientnetb0", "--size", f"{size[0]}x{size[1]}",
+                                          "--batch", str(batch), "--steps", str(steps)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode:
+        return {"error": (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]}
+    return json.loads(done.stdout.strip().splitlines()[-1])["backends"]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes that run on a CPU in seconds")
@@ -113,12 +132,17 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--prefer", choices=distribute.PREFER, default=None, help="force a device kind")
+    parser.add_argument("--backends", action="store_true", help="also both Keras backends' images/s (see above)")
     parser.add_argument("--out", help="also write the JSON here")
     args = parser.parse_args(argv)
     sizes = dict(SMOKE) if args.smoke else {"full": FULL, "crop": CROP, "batch": args.batch,
                                             "predict_batch": args.predict_batch, "steps": args.steps,
                                             "warmup": args.warmup}
     result = measure(**sizes, prefer=args.prefer)
+    if args.backends:
+        # Full 256x1600 images (no crops: bench_backends trains on what it feeds), the predict batch.
+        result["backends"] = backends(device=result["device"], size=sizes["full"], batch=sizes["predict_batch"],
+                                      steps=sizes["steps"], smoke=args.smoke)
     text = json.dumps(result, indent=1)
     print(text)
     if args.out:
