@@ -1,4 +1,4 @@
-"""Which Keras backend runs the device side (config `backend`, `--backend`): TensorFlow or JAX, fixed before Keras loads."""
+"""Which Keras backend runs the device side (`--backend`): TensorFlow or JAX, fixed before Keras loads."""
 
 import os
 import sys

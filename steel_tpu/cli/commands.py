@@ -4,8 +4,8 @@ from it, in steel_tpu.cli)."""
 import dataclasses
 
 from steel_tpu.cli import run
-from steel_tpu.cli.arguments import (BACKEND, BATCH_SIZE, COUNT, DEVICE, MODEL_FOLDS, POSITIVE_INT, PRESETS, RUNNER, SET,
-                                     SHARD_BUILD, SHARD_MB, SHARDS, TTA, WORKERS, arg, bounded, config_list,
+from steel_tpu.cli.arguments import (BACKEND, BATCH_SIZE, COUNT, DEVICE, MODEL_FOLDS, POSITIVE_INT, PRESETS, RUNNER,
+                                     SET, SHARD_BUILD, SHARD_MB, SHARDS, TTA, WORKERS, arg, bounded, config_list,
                                      fold_list, min_areas, thresholds, workdirs)
 from steel_tpu.config.choices import BACKENDS, DEVICES
 
@@ -69,7 +69,8 @@ COMMANDS = {
             arg("--workdir", required=True, help="checkpoints, logs and out-of-fold data (local or gs://)"),
             arg("--config", required=True, choices=PRESETS,
                 help="preset (always explicit: a TPU run must never fall back to the demo model): tiny = laptops, "
-                     "tests, make demo; colab-tpu = any TPU slice (Colab v5e-1, Kaggle v5e-8 / v6e-8); full = the seed solution's scale; "
+                     "tests, make demo; colab-tpu = any TPU slice (Colab v5e-1, Kaggle v5e-8 / v6e-8); full = the "
+                     "seed solution's scale; "
                      "seed000..seed004 = the seed write-ups' systems (seed000: six member workdirs in --workdir)"),
             arg("--task", choices=("classify", "segment", "both"), default="both",
                 help="which models to train (both: those the config names in `tasks`)"),

@@ -106,7 +106,8 @@ def train_fold(*, folder, wd, cfg, task, fold, device, pseudo=None):
         device=device, model=model, loss_fn=spec.loss(class_counts=_class_counts(folder, train_folds)),
         optimizer=optimizer, global_batch_size=d.batch_size, augment_fn=spec.augment_fn(),
         steps_per_execution=t.steps_per_execution, jit_compile=jit_compile, average=average)
-    predict = device_steps.predict_step(device=device, forward=spec.forward(model), models=[model], jit_compile=jit_compile)
+    predict = device_steps.predict_step(device=device, forward=spec.forward(model), models=[model],
+                                        jit_compile=jit_compile)
     train_files = folder.files(folds=train_folds)
     # Validation (hence OOF and tune) reads the held-out labelled fold only: never a pseudo-label.
     eval_ds = pipeline.eval_dataset(files=folder.files(folds=[fold]), image_size=image_size, batch_size=d.batch_size)
