@@ -27,13 +27,18 @@ def choose(setting="auto", *, environ=None, host=None):
     if setting != "auto":
         return setting
     environ = os.environ if environ is None else environ
-    named = {v: k for k, v in KERAS_NAMES.items()}.get(environ.get("KERAS_BACKEND", ""))
-    if named:
-        return named
+    named = environ.get("KERAS_BACKEND", "")
+    if named in KERAS_NAMES.values():
+        return ours(named)
     host = install.probe(environ=environ) if host is None else host
     if host.tpu and host.jax and not set(_TF_TPU) & set(host.tensorflow):
         return "jax"
     return "tf"
+
+
+def ours(keras_name):
+    """'tf' / 'jax' for a name keras.backend.backend() returns (any other name as it is)."""
+    return {v: k for k, v in KERAS_NAMES.items()}.get(keras_name, keras_name)
 
 
 def loaded():
@@ -41,7 +46,7 @@ def loaded():
     keras = sys.modules.get("keras")
     if keras is None or not hasattr(keras, "backend"):
         return None
-    return {v: k for k, v in KERAS_NAMES.items()}.get(keras.backend.backend(), keras.backend.backend())
+    return ours(keras.backend.backend())
 
 
 def activate(name):

@@ -28,7 +28,9 @@ __all__ = ["LEGACY", "keras", "ops", "backend", "describe", "loss_scale_optimize
 
 def backend() -> str:
     """The backend running the device side: 'tf' or 'jax' (tf-keras always runs on TensorFlow)."""
-    return "tf" if LEGACY else {"tensorflow": "tf"}.get(_keras3.backend.backend(), _keras3.backend.backend())
+    from steel_tpu import backend as choice
+
+    return "tf" if LEGACY else choice.ours(_keras3.backend.backend())
 
 
 def describe() -> str:

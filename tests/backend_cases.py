@@ -19,22 +19,21 @@ def segmenter():
     """Convolutions, BatchNormalization (moving statistics: non-trainable state) and an L2 regulariser."""
     inputs = keras.Input((None, None, 3))
     x = keras.layers.Rescaling(1 / 255)(inputs)
-    # No bias before BatchNormalization (as the models have none): its gradient is 0 up to rounding, which Adam
-    # would blow up to full-size steps of noise.
+    # No bias before BatchNormalization, as the models have none: its gradient is 0 up to rounding.
     x = keras.layers.Conv2D(8, 3, padding="same", use_bias=False, kernel_regularizer=keras.regularizers.L2(1e-3))(x)
     x = keras.layers.BatchNormalization()(x)
     x = keras.layers.ReLU()(x)
     return keras.Model(inputs, keras.layers.Conv2D(C, 3, padding="same", activation="sigmoid")(x))
 
 
-def train(device, *, weights, loss, steps, optimizer, augmented=False, ema=None):
-    """(losses, weights after, EMA values or None) of `steps` steps from `weights` on IMAGES/MASKS."""
+def train(device, *, weights, loss, steps, augmented=False, ema=None):
+    """(losses, weights after, EMA values or None) of `steps` SGD steps from `weights` on IMAGES/MASKS."""
     from steel_tpu.training import averaging
 
     with device.strategy.scope():
         model = segmenter()
         model.set_weights(weights)
-        opt = {"sgd": lambda: keras.optimizers.SGD(0.1), "adam": lambda: keras.optimizers.Adam(1e-2)}[optimizer]()
+        opt = keras.optimizers.SGD(0.1)
         opt.build(model.trainable_variables)
         average = averaging.weight_average(model, decay=ema) if ema else None
 

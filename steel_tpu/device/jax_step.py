@@ -4,7 +4,7 @@ TensorFlow twin, with the same interface, is step.py)."""
 import jax
 import numpy as np
 
-from steel_tpu.device import draws
+from steel_tpu.device import draws, losses
 from steel_tpu.keras_api import ops
 
 
@@ -36,14 +36,6 @@ def step_key(seed, step):
     return jax.random.fold_in(jax.random.key(seed), step)
 
 
-def _per_example(loss_fn, targets, preds):
-    per_example = loss_fn(targets, preds)
-    if len(per_example.shape) != 1:
-        raise ValueError(f"loss {getattr(loss_fn, '__name__', loss_fn)} must return one value per example "
-                         f"(shape [B]), got shape {tuple(per_example.shape)}")
-    return per_example
-
-
 def _values(variables):
     return [v.value for v in variables]
 
@@ -66,13 +58,13 @@ def make_train_step(*, model, loss_fn, optimizer, global_batch_size, device, aug
     averaged = [] if average is None else _averaged_positions(model)
 
     def loss_of(trainable_values, non_trainable_values, images, targets):
-        preds, non_trainable_values, losses = model.stateless_call(
+        preds, non_trainable_values, regularisers = model.stateless_call(
             trainable_values, non_trainable_values, images, training=True, return_losses=True)
         # The step sees the global batch: its mean is what TensorFlow's sum over replicas of per-replica sums / the
         # global batch gives.
-        loss = ops.sum(_per_example(loss_fn, targets, preds)) / global_batch_size
-        if losses:
-            loss = loss + sum(ops.cast(x, "float32") for x in losses)
+        loss = ops.sum(losses.per_example(loss_fn, targets, preds)) / global_batch_size
+        if regularisers:
+            loss = loss + sum(ops.cast(x, "float32") for x in regularisers)
         return optimizer.scale_loss(loss), (loss, non_trainable_values)
 
     gradients = jax.value_and_grad(loss_of, has_aux=True)
@@ -98,18 +90,18 @@ def make_train_step(*, model, loss_fn, optimizer, global_batch_size, device, aug
 
     def train_step(iterator, *, step, seed):
         state = current()
-        losses = []
+        step_losses = []
         for i in range(steps_per_execution):
             images, masks = to_device(_numpy(next(iterator)), device)
             state, loss = compiled(state, images, masks, step_key(seed, step + i))
-            losses.append(loss)
+            step_losses.append(loss)
         trainable_values, non_trainable_values, optimizer_values, shadow, count = state
         _assign(trainable, trainable_values)
         _assign(non_trainable, non_trainable_values)
         _assign(optimizer.variables, optimizer_values)
         if average is not None:
             average.shadow, average.count = list(shadow), count
-        return float(np.mean([float(x) for x in losses]))
+        return float(np.mean([float(x) for x in step_losses]))
 
     def memory(images, masks):
         """XLA's memory analysis of the step compiled for host batches shaped like these (on this device; a TPU's

@@ -15,6 +15,17 @@ def _float32(y_true, y_pred):
     return ops.cast(y_true, "float32"), ops.cast(y_pred, "float32")
 
 
+def per_example(loss_fn, y_true, y_pred):
+    """`loss_fn(y_true, y_pred)`, refused unless it is one value per example (shape [B]): a batch-mean scalar would be
+    summed over replicas (an N-replica run would train with N x the gradient) and cannot be scaled to the global
+    batch. What both backends' train steps call."""
+    values = loss_fn(y_true, y_pred)
+    if _rank(values) != 1:
+        raise ValueError(f"loss {getattr(loss_fn, '__name__', loss_fn)} must return one value per example "
+                         f"(shape [B]), got shape {tuple(values.shape)}")
+    return values
+
+
 def _rank(x):
     return len(x.shape)
 

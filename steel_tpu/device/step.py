@@ -4,6 +4,7 @@ import numpy as np
 import tensorflow as tf
 
 from steel_tpu import keras_api
+from steel_tpu.device import losses
 
 
 def _check_optimizer(optimizer, strategy):
@@ -36,15 +37,6 @@ def _check_all_reduce(loss_fn, strategy, jit_compile):
                          f"compile: train with jit_compile=False (the default on CPU)")
 
 
-def _per_example(loss_fn, targets, preds):
-    per_example = loss_fn(targets, preds)
-    if per_example.shape.rank != 1:
-        # A batch-mean scalar would be summed over replicas: an N-replica run would train with N x the gradient.
-        raise ValueError(f"loss {getattr(loss_fn, '__name__', loss_fn)} must return one value per example "
-                         f"(shape [B]), got shape {per_example.shape}")
-    return per_example
-
-
 def replica_seed(seed, step, replica_id):
     """The stateless [2] seed of one replica at one step: reruns repeat it, other steps and replicas differ."""
     base = tf.stack([tf.cast(seed, tf.int64), tf.constant(0, tf.int64)])
@@ -58,7 +50,7 @@ def _grad_fn(*, model, loss_fn, optimizer, global_batch_size, replicas, augment_
             images, targets = augment_fn(images, targets, seed=seed)
         with tf.GradientTape() as tape:
             preds = model(images, training=True)
-            per_example = _per_example(loss_fn, targets, preds)
+            per_example = losses.per_example(loss_fn, targets, preds)
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
             if model.losses:
                 # Regularisers are computed on every replica from the same weights: 1/replicas of each sums to 1.
